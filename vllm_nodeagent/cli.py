@@ -1,0 +1,143 @@
+"""Command line: parse arguments, load config, dispatch. Exit codes: 0 ok, 1 failed, 2 usage/config error."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from vllm_nodeagent import __version__, log
+from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from vllm_nodeagent.host import Host
+from vllm_nodeagent.nvml import Nvml, NvmlOpener, try_open
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass
+class Context:
+    """What every command gets: the host seam, the loaded config and how to reach NVML."""
+
+    host: Host
+    config: Config
+    config_arg: Optional[str]  # --config as given (None = the default under the root)
+    log_format: str
+    nvml_opener: Optional[NvmlOpener] = None
+
+    def open_nvml(self) -> tuple[Optional[Nvml], str]:
+        return try_open(self.nvml_opener)
+
+    def reload_config(self) -> Config:
+        return read_config(self.host, self.config_arg)
+
+
+def read_config(host: Host, config_arg: Optional[str]) -> Config:
+    return load_config(config_arg, host.path(DEFAULT_CONFIG_PATH))
+
+
+def parse_gpu_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus: expected comma-separated indices, got {text!r}") from None
+    if any(v < 0 for v in values) or not values:
+        raise argparse.ArgumentTypeError(f"--gpus: expected comma-separated indices, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vllm-nodeagent", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--root", default=os.environ.get("VLLM_NODEAGENT_ROOT", "/"),
+                   help="host root for every /sys, /proc, /etc, /var path (default: / or $VLLM_NODEAGENT_ROOT)")
+    p.add_argument("--config", default=None, help=f"config file (default: {DEFAULT_CONFIG_PATH} under the root)")
+    p.add_argument("--log-format", choices=("console", "json"), default=None)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("topology", help="show GPU/NUMA/NIC/disk topology")
+    t.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("doctor", help="audit settings and host facts (read-only)")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+
+    a = sub.add_parser("apply", help="apply and verify configured settings, journaling originals")
+    a.add_argument("--dry-run", action="store_true")
+    a.add_argument("--only", nargs="+", metavar="ID", default=None, help="setting ids or id prefixes")
+    a.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("revert", help="restore every journaled original")
+    r.add_argument("--json", action="store_true")
+
+    w = sub.add_parser("prewarm", help="read model files into the page cache and prove residency")
+    w.add_argument("--json", action="store_true")
+    w.add_argument("--budget", default=None, help="bytes (e.g. 64G) or a fraction of MemAvailable (e.g. 0.5)")
+    w.add_argument("--lock", action="store_true", help="mlock the pages and hold them until interrupted")
+    w.add_argument("--threads", type=int, default=None)
+    w.add_argument("targets", nargs="*", metavar="TARGET", help="file, directory or HF model id")
+
+    la = sub.add_parser("launch", help="start vLLM under the NUMA binding of its GPUs")
+    la.add_argument("--dry-run", action="store_true")
+    la.add_argument("--json", action="store_true")
+    la.add_argument("--gpus", type=parse_gpu_list, default=None, help="GPU indices, e.g. 2,3")
+
+    sub.add_parser("run", help="the daemon: apply, prewarm, launch, supervise, watch drift")
+    return p
+
+
+# Commands live in their own modules; importing lazily keeps `doctor` and `topology` fast.
+_COMMANDS: dict[str, str] = {
+    "topology": "vllm_nodeagent.cli_topology:cmd_topology",
+    "doctor": "vllm_nodeagent.doctor:cmd_doctor",
+    "apply": "vllm_nodeagent.engine:cmd_apply",
+    "revert": "vllm_nodeagent.engine:cmd_revert",
+    "prewarm": "vllm_nodeagent.prewarm:cmd_prewarm",
+    "launch": "vllm_nodeagent.launcher:cmd_launch",
+    "run": "vllm_nodeagent.daemon:cmd_run",
+}
+
+CommandFn = Callable[[Context, argparse.Namespace], int]
+
+
+def _command(name: str) -> CommandFn:
+    module, _, attr = _COMMANDS[name].partition(":")
+    fn: CommandFn = getattr(importlib.import_module(module), attr)
+    return fn
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def main(argv: Optional[list[str]] = None, nvml_opener: Optional[NvmlOpener] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    host = Host(args.root)
+    if not host.root.is_dir():
+        print(f"vllm-nodeagent: --root {args.root}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        config = read_config(host, args.config)
+    except ConfigError as exc:
+        print(f"vllm-nodeagent: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    log_format = args.log_format or config.agent.log_format
+    log.configure(log_format)
+    ctx = Context(host=host, config=config, config_arg=args.config, log_format=log_format, nvml_opener=nvml_opener)
+    try:
+        return _command(args.command)(ctx, args)
+    except ConfigError as exc:
+        print(f"vllm-nodeagent: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

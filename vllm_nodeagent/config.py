@@ -1,0 +1,384 @@
+"""The configuration: one declared schema, TOML in, typed dataclasses out, one-line errors.
+
+Every key is declared once, as a dataclass field whose metadata (``spec``) says its type, range or choices and
+whether it is required. Loading walks those declarations, so the validator, the defaults and the typed result
+cannot drift apart. An absent section means "do not manage this"; inside a settings section an absent key means
+the same for that one setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import stat
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on the 3.9/3.10 CI legs
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = "/etc/vllm-nodeagent/config.toml"
+
+
+class ConfigError(Exception):
+    """Bad configuration: one line naming the file, the line where known, the key and the value."""
+
+    def __init__(
+        self, file: str, message: str, key: str = "", value: Any = None, line: Optional[int] = None
+    ) -> None:
+        self.file = file
+        self.key = key
+        self.value = value
+        self.line = line
+        where = f"{file}:{line}" if line else file
+        what = f" {key} = {_show(value)}:" if key else ""
+        super().__init__(f"{where}:{what} {message}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def spec(
+    kind: str,
+    default: Any = None,
+    *,
+    choices: tuple[str, ...] = (),
+    minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
+    required: bool = False,
+    doc: str = "",
+) -> Any:
+    """A declared key. ``kind`` is one of: int, float, bool, str, path, list[str], list[int], dict[str,str]."""
+    meta = {
+        "kind": kind,
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+        "required": required,
+        "doc": doc,
+    }
+    if isinstance(default, (list, dict)):
+        frozen_default = default
+        return field(default_factory=lambda: type(frozen_default)(frozen_default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    state_dir: str = spec("path", "/var/lib/vllm-nodeagent", doc="journal of originals and runtime state")
+    mode: str = spec("str", "enforce", choices=("enforce", "audit"), doc="drift: re-apply or only report")
+    drift_interval_s: int = spec("int", 60, minimum=1, maximum=86400)
+    revert_on_stop: bool = spec("bool", False, doc="restore journaled originals when the daemon stops")
+    metrics_textfile: str = spec("path", "", doc="Prometheus textfile for node_exporter; empty = off")
+    log_format: str = spec("str", "auto", choices=("auto", "console", "json"))
+
+
+@dataclass(frozen=True)
+class SysctlSetting:
+    name: str
+    value: str
+    mode: str  # "floor" (never lower a host already above) or "exact"
+
+
+@dataclass(frozen=True)
+class ThpConfig:
+    enabled: Optional[str] = spec("str", choices=("always", "madvise", "never"))
+    defrag: Optional[str] = spec("str", choices=("always", "defer", "defer+madvise", "madvise", "never"))
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    devices: list[str] = spec("list[str]", required=True, doc="globs over /sys/block names, e.g. nvme*")
+    scheduler: str = spec("str", required=True, choices=("none", "noop", "mq-deadline", "kyber", "bfq"))
+
+
+@dataclass(frozen=True)
+class CpuConfig:
+    governor: Optional[str] = spec(
+        "str", choices=("performance", "powersave", "schedutil", "ondemand", "conservative", "userspace")
+    )
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    persistence_mode: Optional[bool] = spec("bool")
+
+
+@dataclass(frozen=True)
+class IrqConfig:
+    irqbalance: Optional[str] = spec("str", choices=("stop", "keep", "ignore"))
+    affinity: bool = spec("bool", False, doc="pin GPU and NIC IRQs to their local NUMA CPUs")
+
+
+@dataclass(frozen=True)
+class PrewarmConfig:
+    paths: list[str] = spec("list[str]", [], doc="files, directories or HF model ids to warm")
+    include_model: bool = spec("bool", True, doc="also warm [vllm] model")
+    memory_budget_fraction: float = spec("float", 0.5, minimum=0.01, maximum=0.95)
+    lock: bool = spec("bool", False, doc="mlock the warmed pages while the daemon runs")
+    threads: int = spec("int", 0, minimum=0, maximum=256, doc="0 = pick from the CPU count")
+
+
+@dataclass(frozen=True)
+class VllmConfig:
+    command: list[str] = spec("list[str]", ["vllm", "serve"])
+    model: str = spec("str", "")
+    args: list[str] = spec("list[str]", [])
+    gpus: list[int] = spec("list[int]", [], minimum=0, maximum=1023, doc="GPU indices; empty = all")
+    numa: str = spec("str", "bind", choices=("bind", "preferred", "interleave", "none"))
+    nodes: list[int] = spec("list[int]", [], minimum=0, maximum=1023, doc="override the NUMA nodes")
+    user: str = spec("str", "vllm")
+    env: dict[str, str] = spec("dict[str,str]", {})
+    health_url: str = spec("str", "http://127.0.0.1:8000/health")
+    start_timeout_s: int = spec("int", 1800, minimum=1, maximum=86400)
+    stop_timeout_s: int = spec("int", 60, minimum=1, maximum=3600)
+    restart_backoff_initial_s: float = spec("float", 2.0, minimum=0.1, maximum=3600)
+    restart_backoff_max_s: float = spec("float", 300.0, minimum=1, maximum=86400)
+    healthy_reset_s: float = spec("float", 600.0, minimum=1, maximum=86400)
+    python: str = spec("path", "", doc="interpreter that runs vLLM, for argument checks; empty = derive")
+
+
+SECTIONS: dict[str, type] = {
+    "agent": AgentConfig,
+    "thp": ThpConfig,
+    "block": BlockConfig,
+    "cpu": CpuConfig,
+    "gpu": GpuConfig,
+    "irq": IrqConfig,
+    "prewarm": PrewarmConfig,
+    "vllm": VllmConfig,
+}
+# [sysctl] is a free-form table of sysctl names; it is declared by _load_sysctl below.
+SECTION_NAMES = ("agent", "sysctl", "thp", "block", "cpu", "gpu", "irq", "prewarm", "vllm")
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    sysctl: Optional[tuple[SysctlSetting, ...]] = None
+    thp: Optional[ThpConfig] = None
+    block: Optional[BlockConfig] = None
+    cpu: Optional[CpuConfig] = None
+    gpu: Optional[GpuConfig] = None
+    irq: Optional[IrqConfig] = None
+    prewarm: Optional[PrewarmConfig] = None
+    vllm: Optional[VllmConfig] = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+_SYSCTL_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+")
+_INT_VECTOR = re.compile(r"\d+( \d+)*")
+
+
+class _Ctx:
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.lines = text.splitlines()
+
+    def line_of(self, section: str, key: str = "") -> Optional[int]:
+        """Where ``[section]`` (and ``key`` in it) is written; TOML parsers do not report it."""
+        in_section = False
+        head = re.compile(rf"\s*\[\s*{re.escape(section)}\s*\]")
+        key_re = re.compile(rf"\s*(\"{re.escape(key)}\"|'{re.escape(key)}'|{re.escape(key)})\s*=")
+        for number, line in enumerate(self.lines, 1):
+            if re.match(r"\s*\[", line):
+                in_section = bool(head.match(line))
+                if in_section and not key:
+                    return number
+                continue
+            if in_section and key and key_re.match(line):
+                return number
+        return None
+
+    def error(self, section: str, key: str, value: Any, message: str) -> ConfigError:
+        dotted = f"{section}.{key}" if key else section
+        return ConfigError(self.file, message, dotted, value, self.line_of(section, key))
+
+
+def _check_value(ctx: _Ctx, section: str, key: str, raw: Any, meta: Mapping[str, Any]) -> Any:
+    kind: str = meta["kind"]
+
+    def bad(message: str) -> ConfigError:
+        return ctx.error(section, key, raw, message)
+
+    def number_in_range(value: float) -> None:
+        lo, hi = meta["minimum"], meta["maximum"]
+        if lo is not None and value < lo:
+            raise bad(f"must be at least {lo:g}")
+        if hi is not None and value > hi:
+            raise bad(f"must be at most {hi:g}")
+
+    if kind == "bool":
+        if not isinstance(raw, bool):
+            raise bad("expected true or false")
+        return raw
+    if kind == "int":
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise bad("expected an integer")
+        number_in_range(raw)
+        return raw
+    if kind == "float":
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise bad("expected a number")
+        number_in_range(float(raw))
+        return float(raw)
+    if kind in ("str", "path"):
+        if not isinstance(raw, str):
+            raise bad("expected a string")
+        if meta["choices"] and raw not in meta["choices"]:
+            raise bad(f"expected one of {', '.join(meta['choices'])}")
+        if kind == "path" and raw and not raw.startswith("/"):
+            raise bad("expected an absolute path")
+        if "\0" in raw:
+            raise bad("NUL byte in string")
+        return raw
+    if kind == "list[str]":
+        if not isinstance(raw, list) or not all(isinstance(x, str) and "\0" not in x for x in raw):
+            raise bad("expected a list of strings")
+        return list(raw)
+    if kind == "list[int]":
+        if not isinstance(raw, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
+            raise bad("expected a list of integers")
+        for x in raw:
+            number_in_range(x)
+        if len(set(raw)) != len(raw):
+            raise bad("duplicate entries")
+        return list(raw)
+    if kind == "dict[str,str]":
+        if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+            raise bad("expected a table of strings")
+        for name in raw:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ctx.error(section, f"{key}.{name}", raw[name], "not a valid environment variable name")
+        return dict(raw)
+    raise AssertionError(f"undeclared kind {kind}")  # a schema bug, not user input
+
+
+def _load_section(ctx: _Ctx, section: str, raw: Any) -> Any:
+    cls = SECTIONS[section]
+    if not isinstance(raw, dict):
+        raise ctx.error(section, "", raw, "expected a table")
+    declared = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in declared:
+            known = ", ".join(declared)
+            raise ctx.error(section, key, raw[key], f"unknown key (known: {known})")
+    values: dict[str, Any] = {}
+    for name, fld in declared.items():
+        if name in raw:
+            values[name] = _check_value(ctx, section, name, raw[name], fld.metadata)
+        elif fld.metadata["required"]:
+            raise ctx.error(section, name, None, "required key is missing")
+    return cls(**values)
+
+
+def _load_sysctl(ctx: _Ctx, raw: Any) -> tuple[SysctlSetting, ...]:
+    if not isinstance(raw, dict):
+        raise ctx.error("sysctl", "", raw, "expected a table")
+    settings: list[SysctlSetting] = []
+    for name, entry in raw.items():
+
+        def bad(message: str, value: Any = entry, key: str = name) -> ConfigError:
+            return ctx.error("sysctl", key, value, message)
+
+        if not _SYSCTL_NAME.fullmatch(name) or ".." in name:
+            raise bad('not a sysctl name (write it dotted and quoted: "vm.max_map_count")')
+        mode = "floor"
+        value: Any = entry
+        if isinstance(entry, dict):
+            unknown = set(entry) - {"value", "mode"}
+            if unknown:
+                raise bad(f"unknown key {sorted(unknown)[0]!r} (known: value, mode)")
+            if "value" not in entry:
+                raise bad("table needs a value")
+            value = entry["value"]
+            mode = entry.get("mode", "floor")
+            if mode not in ("floor", "exact"):
+                raise bad("mode must be floor or exact", mode, f"{name}.mode")
+        if isinstance(value, bool):
+            raise bad("expected an integer or a string")
+        if isinstance(value, int):
+            if value < 0:
+                raise bad("must be at least 0")
+            text = str(value)
+        elif isinstance(value, str):
+            text = " ".join(value.split())
+            if not text or "\0" in text or "\n" in value:
+                raise bad("empty or multi-line value")
+        else:
+            raise bad("expected an integer or a string")
+        if mode == "floor" and not _INT_VECTOR.fullmatch(text):
+            # A floor only means something for numbers; words (e.g. a congestion control) must match exactly.
+            mode = "exact"
+        settings.append(SysctlSetting(name=name, value=text, mode=mode))
+    return tuple(settings)
+
+
+def parse_config(text: str, file: str) -> Config:
+    """Validate TOML text into a Config. Raises ConfigError with a one-line message."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib puts "(at line N, column M)" in the message; surface it in our one-line form.
+        m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise ConfigError(file, f"malformed TOML: {exc}", line=int(m.group(1)) if m else None) from None
+    ctx = _Ctx(file, text)
+    kwargs: dict[str, Any] = {}
+    for section, raw in data.items():
+        if section not in SECTION_NAMES:
+            raise ctx.error(section, "", raw, f"unknown section (known: {', '.join(SECTION_NAMES)})")
+        if section == "sysctl":
+            kwargs["sysctl"] = _load_sysctl(ctx, raw)
+        else:
+            kwargs[section] = _load_section(ctx, section, raw)
+    vllm = kwargs.get("vllm")
+    if vllm is not None:
+        if not vllm.command:
+            raise ctx.error("vllm", "command", vllm.command, "must name a program")
+        if vllm.restart_backoff_initial_s > vllm.restart_backoff_max_s:
+            raise ctx.error(
+                "vllm", "restart_backoff_initial_s", vllm.restart_backoff_initial_s,
+                "must not exceed restart_backoff_max_s",
+            )
+    return Config(path=file, **kwargs)
+
+
+def check_file_safety(path: Path, shown: str) -> None:
+    """Refuse a config others could have written: the agent runs as root and acts on it."""
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(shown, "not a regular file")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(shown, f"refusing a group- or world-writable config (mode {stat.S_IMODE(st.st_mode):04o})")
+    if os.geteuid() == 0 and st.st_uid != 0:
+        raise ConfigError(shown, f"refusing a config not owned by root (uid {st.st_uid}) while running as root")
+
+
+def load_config(explicit: Optional[str], default_path: Path, default_shown: str = DEFAULT_CONFIG_PATH) -> Config:
+    """Load ``explicit`` (must exist) or the default file (missing = built-in defaults)."""
+    if explicit is not None:
+        path, shown = Path(explicit), explicit
+        if not path.exists():
+            raise ConfigError(shown, "no such file")
+    else:
+        path, shown = default_path, default_shown
+        if not path.exists():
+            return Config(path="(built-in defaults)")
+    check_file_safety(path, shown)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(shown, f"cannot read: {exc}") from None
+    return parse_config(text, shown)

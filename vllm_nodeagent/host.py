@@ -1,0 +1,161 @@
+"""The one seam through which the agent touches /sys, /proc, /etc and /var.
+
+Every host path is written as the absolute path it has on a real machine ("/proc/sys/vm/max_map_count") and
+re-rooted under ``Host.root``. Tests point the root at a fake tree; production uses "/". Symbolic links are
+resolved the way a chroot would resolve them: an absolute target restarts at the root and ".." never climbs
+above it, so nothing read or written through a Host can land outside its root.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+from pathlib import Path
+from typing import Optional
+
+_MAX_LINK_FOLLOWS = 40
+
+
+class HostError(Exception):
+    """A host path could not be read or written; carries the host path and the OS error."""
+
+    def __init__(self, op: str, path: str, err: OSError, value: Optional[str] = None) -> None:
+        self.op = op
+        self.path = path
+        self.errno = err.errno
+        self.strerror = err.strerror or str(err)
+        self.value = value
+        shown = f" value {value!r}" if value is not None else ""
+        super().__init__(f"{op} {path}{shown}: {self.strerror} ({errno.errorcode.get(self.errno or 0, '?')})")
+
+
+class Host:
+    """Reads and writes host paths under ``root``."""
+
+    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
+        self.root = Path(os.path.abspath(os.fspath(root)))
+        self.is_real = str(self.root) == "/"
+
+    def __repr__(self) -> str:
+        return f"Host({str(self.root)!r})"
+
+    # -- path resolution -------------------------------------------------------------------------------
+    def path(self, host_path: str) -> Path:
+        """Map a host path to where it lies under the root, following links chroot-style."""
+        if not host_path.startswith("/"):
+            raise ValueError(f"host paths are absolute, got {host_path!r}")
+        if self.is_real:
+            return Path(os.path.normpath(host_path))
+        return self.root / self._resolve(host_path).lstrip("/")
+
+    def _resolve(self, host_path: str) -> str:
+        parts = [p for p in host_path.split("/") if p not in ("", ".")]
+        resolved: list[str] = []
+        follows = 0
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if resolved:
+                    resolved.pop()
+                continue
+            candidate = self.root.joinpath(*resolved, part)
+            if candidate.is_symlink():
+                follows += 1
+                if follows > _MAX_LINK_FOLLOWS:
+                    raise HostError("resolve", host_path, OSError(errno.ELOOP, os.strerror(errno.ELOOP)))
+                target = os.readlink(candidate)
+                if target.startswith("/"):
+                    resolved = []
+                parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+                continue
+            resolved.append(part)
+        return "/" + "/".join(resolved)
+
+    def realpath(self, host_path: str) -> str:
+        """The host path with every link resolved (as the host would see it)."""
+        if self.is_real:
+            return os.path.realpath(host_path)
+        return self._resolve(host_path)
+
+    # -- reads -----------------------------------------------------------------------------------------
+    def read(self, host_path: str) -> str:
+        """The file's text with one trailing newline removed; raises HostError."""
+        try:
+            with open(self.path(host_path), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError as exc:
+            raise HostError("read", host_path, exc) from exc
+        return text[:-1] if text.endswith("\n") else text
+
+    def read_or(self, host_path: str, default: Optional[str] = None) -> Optional[str]:
+        """The file's text, or ``default`` when it is missing or unreadable (sysfs often is, by design)."""
+        try:
+            return self.read(host_path)
+        except HostError:
+            return default
+
+    def exists(self, host_path: str) -> bool:
+        return self.path(host_path).exists()
+
+    def is_dir(self, host_path: str) -> bool:
+        return self.path(host_path).is_dir()
+
+    def listdir(self, host_path: str) -> list[str]:
+        """Sorted entry names; empty when the directory is missing."""
+        try:
+            return sorted(os.listdir(self.path(host_path)))
+        except OSError:
+            return []
+
+    def glob(self, host_dir: str, pattern: str) -> list[str]:
+        """Host paths of the entries of ``host_dir`` whose name matches ``pattern`` (one level)."""
+        base = host_dir.rstrip("/")
+        return [f"{base}/{n}" for n in self.listdir(host_dir) if fnmatch.fnmatchcase(n, pattern)]
+
+    # -- writes ----------------------------------------------------------------------------------------
+    def write(self, host_path: str, value: str) -> None:
+        """Write a kernel attribute: no create, no truncate semantics beyond what the kernel does."""
+        target = self.path(host_path)
+        try:
+            # O_TRUNC matters only for fake trees (regular files); sysfs/procfs ignore it.
+            fd = os.open(target, os.O_WRONLY | os.O_TRUNC)
+            try:
+                data = value.encode()
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise HostError("write", host_path, exc, value) from exc
+
+    def write_file_atomic(self, host_path: str, data: bytes, mode: int = 0o600) -> None:
+        """Replace a regular file so a crash leaves either the old or the new content, never half."""
+        target = self.path(host_path)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            dir_fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise HostError("write", host_path, exc) from exc
+
+    def remove(self, host_path: str) -> None:
+        try:
+            self.path(host_path).unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise HostError("remove", host_path, exc) from exc

@@ -1,0 +1,173 @@
+"""A thin wrapper over NVML (``pynvml`` from the ``nvidia-ml-py`` package).
+
+Everything NVML can throw — the library missing, no driver, a call failing — surfaces as ``NvmlUnavailable``
+or ``NvmlCallError`` so callers degrade to sysfs instead of crashing. The wrapper takes the module as a
+parameter, which lets tests replay answers recorded on a real GPU host (tests/nvml_double.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable, Optional, Union
+
+from vllm_nodeagent.parse import ParseError, normalize_pci_bus_id
+
+# nvml.h: NVML_AFFINITY_SCOPE_NODE = 0 (NUMA node), NVML_AFFINITY_SCOPE_SOCKET = 1.
+AFFINITY_SCOPE_NODE = 0
+_WORD_BITS = 64  # NVML's cpuSet/nodeSet arrays are unsigned long words; 64-bit on every Linux we support.
+
+
+class NvmlUnavailable(Exception):
+    """NVML cannot be used on this host (library, driver or device missing)."""
+
+
+class NvmlCallError(Exception):
+    """One NVML call failed; the GPU is still there."""
+
+
+@dataclass(frozen=True)
+class NvmlGpu:
+    nvml_index: int
+    pci_bus_id: str  # sysfs form, 4-digit domain
+    name: str
+    uuid: str
+    memory_nodes: tuple[int, ...]  # nvmlDeviceGetMemoryAffinity(scope=NODE): the nearest NUMA node(s)
+    local_cpus: tuple[int, ...]  # nvmlDeviceGetCpuAffinityWithinScope(scope=NODE)
+
+
+def mask_words_to_ids(words: Any) -> list[int]:
+    """Bits set in NVML's array of unsigned-long words, as ids (CPU or node numbers)."""
+    ids: list[int] = []
+    for w, word in enumerate(words):
+        value = int(word)
+        ids.extend(w * _WORD_BITS + b for b in range(value.bit_length()) if value >> b & 1)
+    return ids
+
+
+def _text(value: Union[str, bytes]) -> str:
+    # Older nvidia-ml-py returned bytes; current returns str.
+    return value.decode() if isinstance(value, bytes) else value
+
+
+ModuleLoader = Callable[[], Any]
+
+
+def _import_pynvml() -> ModuleType:
+    return importlib.import_module("pynvml")
+
+
+class Nvml:
+    """An initialised NVML session. Use ``Nvml.open()``; call ``close()`` (or use ``with``)."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+
+    @classmethod
+    def open(cls, loader: ModuleLoader = _import_pynvml) -> Nvml:
+        try:
+            lib = loader()
+        except ImportError as exc:
+            raise NvmlUnavailable(f"pynvml not importable: {exc}") from None
+        try:
+            lib.nvmlInit()
+        except lib.NVMLError as exc:
+            raise NvmlUnavailable(f"nvmlInit failed: {exc}") from None
+        except OSError as exc:  # some versions leak the dlopen failure as OSError
+            raise NvmlUnavailable(f"NVML library not loadable: {exc}") from None
+        return cls(lib)
+
+    def close(self) -> None:
+        try:
+            self._lib.nvmlShutdown()
+        except self._lib.NVMLError as exc:
+            raise NvmlCallError(f"nvmlShutdown: {exc}") from None
+
+    def __enter__(self) -> Nvml:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._lib.NVMLError as exc:
+            raise NvmlCallError(f"{what}: {exc}") from None
+
+    def driver_version(self) -> str:
+        return _text(self._call("nvmlSystemGetDriverVersion", self._lib.nvmlSystemGetDriverVersion))
+
+    def count(self) -> int:
+        return int(self._call("nvmlDeviceGetCount", self._lib.nvmlDeviceGetCount))
+
+    def _handle(self, index: int) -> Any:
+        return self._call("nvmlDeviceGetHandleByIndex", self._lib.nvmlDeviceGetHandleByIndex, index)
+
+    def handle_by_bus_id(self, pci_bus_id: str) -> Any:
+        return self._call(
+            "nvmlDeviceGetHandleByPciBusId", self._lib.nvmlDeviceGetHandleByPciBusId, pci_bus_id
+        )
+
+    def gpus(self, cpu_count: int, node_count: int) -> list[NvmlGpu]:
+        """Every GPU NVML sees, with its NUMA affinity."""
+        out: list[NvmlGpu] = []
+        cpu_words = max(1, (cpu_count + _WORD_BITS - 1) // _WORD_BITS)
+        node_words = max(1, (node_count + _WORD_BITS - 1) // _WORD_BITS)
+        lib = self._lib
+        for i in range(self.count()):
+            h = self._handle(i)
+            pci = self._call("nvmlDeviceGetPciInfo", lib.nvmlDeviceGetPciInfo, h)
+            try:
+                bus_id = normalize_pci_bus_id(_text(pci.busId))
+            except ParseError as exc:
+                raise NvmlCallError(f"nvmlDeviceGetPciInfo: {exc}") from None
+            # Not nvmlDeviceGetNumaNodeId: on coherent (Grace) platforms that is the GPU memory's own node.
+            mem = self._call(
+                "nvmlDeviceGetMemoryAffinity", lib.nvmlDeviceGetMemoryAffinity, h, node_words, AFFINITY_SCOPE_NODE
+            )
+            cpus = self._call(
+                "nvmlDeviceGetCpuAffinityWithinScope",
+                lib.nvmlDeviceGetCpuAffinityWithinScope, h, cpu_words, AFFINITY_SCOPE_NODE,
+            )
+            out.append(
+                NvmlGpu(
+                    nvml_index=i,
+                    pci_bus_id=bus_id,
+                    name=_text(self._call("nvmlDeviceGetName", lib.nvmlDeviceGetName, h)),
+                    uuid=_text(self._call("nvmlDeviceGetUUID", lib.nvmlDeviceGetUUID, h)),
+                    memory_nodes=tuple(mask_words_to_ids(mem)),
+                    local_cpus=tuple(mask_words_to_ids(cpus)),
+                )
+            )
+        return out
+
+    def persistence_mode(self, pci_bus_id: str) -> bool:
+        h = self.handle_by_bus_id(pci_bus_id)
+        return bool(self._call("nvmlDeviceGetPersistenceMode", self._lib.nvmlDeviceGetPersistenceMode, h))
+
+    def set_persistence_mode(self, pci_bus_id: str, enabled: bool) -> None:
+        h = self.handle_by_bus_id(pci_bus_id)
+        self._call(
+            "nvmlDeviceSetPersistenceMode", self._lib.nvmlDeviceSetPersistenceMode, h, 1 if enabled else 0
+        )
+
+    def compute_pids(self, pci_bus_id: str) -> list[int]:
+        """PIDs with a compute context on the GPU (maps vLLM workers to their GPU)."""
+        h = self.handle_by_bus_id(pci_bus_id)
+        procs = self._call(
+            "nvmlDeviceGetComputeRunningProcesses", self._lib.nvmlDeviceGetComputeRunningProcesses, h
+        )
+        return sorted({int(p.pid) for p in procs})
+
+
+NvmlOpener = Callable[[], Nvml]
+
+
+def try_open(opener: Optional[NvmlOpener] = None) -> tuple[Optional[Nvml], str]:
+    """(session, "") when NVML works, else (None, the reason) — for callers that degrade gracefully."""
+    try:
+        return (opener or Nvml.open)(), ""
+    except NvmlUnavailable as exc:
+        return None, str(exc)

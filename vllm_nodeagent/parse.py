@@ -1,0 +1,136 @@
+"""Pure parsers for the text formats the kernel and NVML hand us. No I/O here."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Optional
+
+
+class ParseError(ValueError):
+    """Text that does not have the format the kernel documents."""
+
+
+def parse_cpulist(text: str) -> list[int]:
+    """Parse a kernel cpulist ("0-3,8-11", "0-31:2" strides, "" = none) into sorted unique ints.
+
+    Format: Documentation/admin-guide/cputopology.rst and bitmap_parselist() in lib/bitmap.c.
+    """
+    cpus: set[int] = set()
+    text = text.strip()
+    if not text:
+        return []
+    for chunk in text.split(","):
+        chunk = chunk.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+)(?:/(\d+))?)?)?", chunk)
+        if not m:
+            raise ParseError(f"bad cpulist element {chunk!r} in {text!r}")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ParseError(f"bad cpulist range {chunk!r} in {text!r}")
+        used = int(m.group(3)) if m.group(3) else 1
+        group = int(m.group(4)) if m.group(4) else used
+        if used < 1 or group < used:
+            raise ParseError(f"bad cpulist stride {chunk!r} in {text!r}")
+        for start in range(lo, hi + 1, group):
+            cpus.update(c for c in range(start, min(start + used, hi + 1)))
+    return sorted(cpus)
+
+
+def format_cpulist(cpus: Iterable[int]) -> str:
+    """The canonical kernel form of a set of CPUs: "0-3,8-11"."""
+    ordered = sorted(set(cpus))
+    ranges: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        ranges.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(ranges)
+
+
+def parse_cpumask(text: str) -> list[int]:
+    """Parse a hex cpumask as sysfs prints it ("ffff,00000000" = 32-bit words, most significant first)."""
+    words = text.strip().split(",")
+    if not words or any(not re.fullmatch(r"[0-9a-fA-F]+", w) for w in words):
+        raise ParseError(f"bad cpumask {text!r}")
+    value = int("".join(w.rjust(8, "0") for w in words), 16)
+    return [bit for bit in range(value.bit_length()) if value >> bit & 1]
+
+
+def parse_bracket_list(text: str) -> tuple[Optional[str], list[str]]:
+    """Parse "none [mq-deadline] kyber" into (current, offered). THP and the block scheduler use this form."""
+    current: Optional[str] = None
+    offered: list[str] = []
+    for token in text.split():
+        if token.startswith("[") and token.endswith("]") and len(token) > 2:
+            name = token[1:-1]
+            if current is not None:
+                raise ParseError(f"two bracketed entries in {text!r}")
+            current = name
+        else:
+            name = token
+        if not re.fullmatch(r"[A-Za-z0-9_+\-.]+", name):
+            raise ParseError(f"bad entry {token!r} in {text!r}")
+        offered.append(name)
+    return current, offered
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """Parse /proc/meminfo or a node's meminfo into bytes per key.
+
+    Node files prefix each line with "Node N "; both forms are accepted. Values are in kB (KiB, really).
+    """
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        line = re.sub(r"^Node \d+ ", "", line.strip())
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_()]+):\s+(\d+)(?:\s+kB)?", line)
+        if not m:
+            raise ParseError(f"bad meminfo line {line!r}")
+        value = int(m.group(2))
+        out[m.group(1)] = value * 1024 if line.endswith("kB") else value
+    return out
+
+
+def parse_sysctl_vector(text: str) -> list[int]:
+    """Parse a sysctl value of whitespace-separated integers ("4096 131072 6291456")."""
+    fields = text.split()
+    if not fields:
+        raise ParseError(f"empty sysctl value {text!r}")
+    try:
+        return [int(f) for f in fields]
+    except ValueError:
+        raise ParseError(f"non-integer sysctl value {text!r}") from None
+
+
+_PCI_RE = re.compile(r"([0-9a-fA-F]{1,8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
+
+
+def normalize_pci_bus_id(bus_id: str) -> str:
+    """NVML writes "00000000:17:00.0"; sysfs writes "0000:17:00.0". Return the sysfs form, lower case."""
+    m = _PCI_RE.fullmatch(bus_id.strip())
+    if not m:
+        raise ParseError(f"bad PCI bus id {bus_id!r}")
+    domain, bus, dev, fn = m.groups()
+    return f"{int(domain, 16):04x}:{bus.lower()}:{dev.lower()}.{fn}"
+
+
+def parse_interrupts_for(text: str, names: Iterable[str]) -> list[int]:
+    """IRQ numbers from /proc/interrupts whose action column mentions any of ``names``.
+
+    Used when a device has no msi_irqs directory (legacy INTx): the action names carry the driver or bus id.
+    """
+    wanted = [n for n in names if n]
+    irqs: list[int] = []
+    for line in text.splitlines()[1:]:
+        head, _, rest = line.partition(":")
+        if not head.strip().isdigit():
+            continue
+        if any(re.search(rf"(?<![0-9A-Za-z_]){re.escape(n)}(?![0-9A-Za-z_])", rest) for n in wanted):
+            irqs.append(int(head))
+    return sorted(irqs)
