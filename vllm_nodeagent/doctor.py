@@ -1,0 +1,173 @@
+"""`vllm-nodeagent doctor`: every configured setting and the host facts vLLM depends on. Never writes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from vllm_nodeagent import engine
+from vllm_nodeagent.host import Host
+from vllm_nodeagent.nvml import Nvml, NvmlCallError
+from vllm_nodeagent.parse import format_cpulist
+from vllm_nodeagent.topology import Topology, discover
+from vllm_nodeagent.tunables.base import Tunable
+from vllm_nodeagent.tunables.registry import build_tunables
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.cli import Context
+
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+STATUSES = (PASS, WARN, FAIL, SKIP)
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    status: str
+    current: Optional[str] = None
+    desired: Optional[str] = None
+    hint: str = ""
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def setting_checks(tunables: list[Tunable]) -> list[Check]:
+    by_id = {t.id: t for t in tunables}
+    checks: list[Check] = []
+    for o in engine.verify(tunables):
+        t = by_id[o.id]
+        if o.status == engine.OK:
+            status, hint = PASS, ""
+        elif o.status == engine.SKIPPED:
+            status, hint = SKIP, ""
+        elif o.status == engine.DRIFTED and t.owner:
+            status, hint = WARN, t.hint()  # someone else owns it: tell, don't fail the host for it
+        else:
+            status, hint = FAIL, t.hint()
+        checks.append(Check(o.id, status, o.current, o.desired, hint, o.message))
+    return checks
+
+
+def find_program(host: Host, name: str) -> Optional[str]:
+    """A program on PATH on the real host; under --root, in the usual bin dirs of the tree."""
+    if host.is_real:
+        return shutil.which(name)
+    for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        p = host.path(f"{d}/{name}")
+        if p.is_file() and os.access(p, os.X_OK):
+            return f"{d}/{name}"
+    return None
+
+
+def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: str) -> list[Check]:
+    config = ctx.config
+    checks = [Check("config", PASS, config.path, None, "", "valid")]
+
+    wants_numactl = config.vllm is not None and config.vllm.numa != "none"
+    numactl = find_program(ctx.host, "numactl")
+    if numactl:
+        checks.append(Check("host.numactl", PASS, numactl, "installed"))
+    else:
+        checks.append(Check("host.numactl", FAIL if wants_numactl else WARN, "missing", "installed",
+                            "apt-get install numactl  |  dnf install numactl", "vLLM is launched under numactl"))
+
+    sysfs_gpus = any(g.source == "sysfs" for g in topo.gpus)
+    if nvml is not None:
+        try:
+            driver = nvml.driver_version()
+            checks.append(Check("nvml", PASS, f"driver {driver}", "usable", "", f"{len(topo.gpus)} GPU(s)"))
+        except NvmlCallError as exc:
+            checks.append(Check("nvml", FAIL, str(exc), "usable", "check the NVIDIA driver (nvidia-smi)"))
+    elif topo.gpus and sysfs_gpus:
+        checks.append(Check("nvml", FAIL, nvml_error or "unavailable", "usable",
+                            "install the NVIDIA driver (libnvidia-ml.so.1) and nvidia-ml-py",
+                            "NVIDIA GPUs are on the PCI bus but NVML does not answer"))
+    else:
+        checks.append(Check("nvml", SKIP, nvml_error or "unavailable", "usable", "", "no NVIDIA GPU on this host"))
+
+    if topo.gpus:
+        bad = [g for g in topo.gpus if g.numa_node < 0 or not g.local_cpus]
+        current = ", ".join(f"GPU{g.index}:node{g.numa_node}/{format_cpulist(g.local_cpus) or '-'}"
+                            for g in topo.gpus)
+        if bad:
+            checks.append(Check("topology.gpu_numa", FAIL, current, "every GPU on a NUMA node",
+                                "check firmware NUMA (SRAT) settings", "GPU without a NUMA node or local CPUs"))
+        elif topo.warnings:
+            checks.append(Check("topology.gpu_numa", WARN, current, "NVML and sysfs agree",
+                                "compare nvidia-smi topo -m with /sys/bus/pci/devices/*/numa_node",
+                                "; ".join(topo.warnings)))
+        else:
+            checks.append(Check("topology.gpu_numa", PASS, current, "NVML and sysfs agree"))
+    else:
+        checks.append(Check("topology.gpu_numa", SKIP, "no GPU", None, "", "nothing to map"))
+    return checks
+
+
+def vllm_checks(ctx: Context, topo: Topology) -> list[Check]:
+    try:
+        from vllm_nodeagent import launcher
+    except ImportError as exc:  # the launcher module ships with the daemon; keep doctor usable without it
+        return [Check("vllm", SKIP, None, None, "", f"launcher unavailable: {exc}")]
+    checks_fn = getattr(launcher, "doctor_checks", None)
+    if checks_fn is None:
+        return []
+    return [Check(**{k: d.get(k) for k in ("id", "status", "current", "desired")},
+                  hint=d.get("hint", "") or "", detail=d.get("detail", "") or "")
+            for d in checks_fn(ctx, topo)]
+
+
+def run_checks(ctx: Context) -> list[Check]:
+    nvml, why = ctx.open_nvml()
+    try:
+        topo = discover(ctx.host, nvml, why)
+        tunables = build_tunables(ctx.config, topo, ctx.host, nvml, why)
+        checks = host_checks(ctx, topo, nvml, why) + setting_checks(tunables) + vllm_checks(ctx, topo)
+    finally:
+        if nvml is not None:
+            nvml.close()
+    return checks
+
+
+def summary(checks: list[Check]) -> dict[str, int]:
+    return {s: sum(1 for c in checks if c.status == s) for s in STATUSES}
+
+
+def exit_code(checks: list[Check], strict: bool) -> int:
+    counts = summary(checks)
+    return 1 if counts[FAIL] or (strict and counts[WARN]) else 0
+
+
+def render(checks: list[Check]) -> str:
+    rows = [["STATUS", "CHECK", "CURRENT", "DESIRED", "HINT"]]
+    for c in checks:
+        hint = c.hint or c.detail
+        rows.append([c.status.upper(), c.id, _short(c.current), _short(c.desired), hint])
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join([*(r[i].ljust(widths[i]) for i in range(4)), r[4]]).rstrip() for r in rows]
+    counts = summary(checks)
+    lines.append("")
+    lines.append(", ".join(f"{counts[s]} {s}" for s in STATUSES))
+    return "\n".join(lines)
+
+
+def _short(value: Optional[str], width: int = 40) -> str:
+    if value is None:
+        return "-"
+    value = " ".join(value.split())  # the kernel separates sysctl triples with tabs
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+def cmd_doctor(ctx: Context, args: argparse.Namespace) -> int:
+    from vllm_nodeagent.cli import print_json
+
+    checks = run_checks(ctx)
+    if args.json:
+        print_json({"checks": [c.to_json() for c in checks], "summary": summary(checks)})
+    else:
+        print(render(checks))
+    return exit_code(checks, args.strict)

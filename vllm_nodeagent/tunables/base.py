@@ -1,0 +1,215 @@
+"""The one protocol every host setting implements, and the shared base for file-backed settings.
+
+apply, verify, revert, drift and doctor are loops over ``Tunable`` objects (see engine.py and doctor.py):
+    read() -> compliant(current)? -> journal original -> write(target(current)) -> read() again.
+A family of settings is one module in this package plus one line in registry.py.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol, runtime_checkable
+
+from vllm_nodeagent.host import Host, HostError
+
+
+class NotApplicable(Exception):
+    """The setting does not exist here (no cpufreq in a VM, no NVML, a device without that scheduler)."""
+
+
+class TunableError(Exception):
+    """Reading or writing failed (EINVAL, EPERM, EROFS, a tool's non-zero exit). The message is one line."""
+
+
+@runtime_checkable
+class Tunable(Protocol):
+    id: str  # "sysctl.vm.max_map_count", "block.nvme0n1.scheduler" — stable: doctor JSON and the journal key
+    kind: str  # registry key used to rebuild a writer from the journal for revert
+    owner: Optional[str]  # someone else manages it (e.g. nvidia-persistenced): report, never write
+
+    def params(self) -> dict[str, str]:
+        """Enough to rebuild this setting's reader/writer for revert, without the config."""
+
+    def read(self) -> str:
+        """The current raw value as the host reports it; raises NotApplicable or TunableError."""
+
+    def desired(self) -> str:
+        """The configured value, as shown to people."""
+
+    def compliant(self, current: str) -> bool:
+        """Whether ``current`` satisfies the config (floors, aliases and bracket lists live here)."""
+
+    def target(self, current: str) -> str:
+        """The value to write when ``current`` is not compliant (a floor keeps fields already above)."""
+
+    def write(self, value: str) -> None:
+        """Set the value; raises TunableError and leaves the host as it was on refusal."""
+
+    def hint(self) -> str:
+        """A one-line fix hint for doctor."""
+
+    def note(self, current: str) -> str:
+        """Anything a person should know about the comparison (an alias used, say); "" when nothing."""
+
+
+class FileTunable:
+    """A setting that is one kernel attribute file: sysctls, THP, the block scheduler."""
+
+    kind = "file"
+    owner: Optional[str] = None
+
+    def __init__(self, host: Host, id: str, path: str, desired: str = "") -> None:
+        self.host = host
+        self.id = id
+        self.path = path
+        self._desired = desired
+
+    def params(self) -> dict[str, str]:
+        return {"path": self.path}
+
+    def read(self) -> str:
+        if not self.host.exists(self.path):
+            raise NotApplicable(f"{self.path} does not exist on this kernel")
+        try:
+            return self.host.read(self.path)
+        except HostError as exc:
+            raise TunableError(str(exc)) from None
+
+    def desired(self) -> str:
+        return self._desired
+
+    def compliant(self, current: str) -> bool:
+        return current == self._desired
+
+    def target(self, current: str) -> str:
+        return self._desired
+
+    def write(self, value: str) -> None:
+        try:
+            self.host.write(self.path, value)
+        except HostError as exc:
+            raise TunableError(str(exc)) from None
+
+    def hint(self) -> str:
+        return f"vllm-nodeagent apply --only {self.id}  (writes {self.path})"
+
+    def note(self, current: str) -> str:
+        return ""
+
+
+class MultiFileTunable:
+    """One setting spread over several files that should all hold the same value.
+
+    ``read`` reports the common value, or "name=value ..." when the files differ, so the journal keeps each
+    file's original exactly and ``write`` accepts either form. Used for CPU governors (one file per cpufreq
+    policy) and IRQ affinity (one file per interrupt).
+    """
+
+    kind = "multifile"
+    owner: Optional[str] = None
+
+    def __init__(self, host: Host, id: str, paths: dict[str, str], desired: str = "") -> None:
+        self.host = host
+        self.id = id
+        self.paths = dict(sorted(paths.items()))  # short name -> host path
+        self._desired = desired
+
+    def params(self) -> dict[str, str]:
+        return dict(self.paths)
+
+    def read_each(self) -> dict[str, str]:
+        if not self.paths:
+            raise NotApplicable("no files to manage on this host")
+        values: dict[str, str] = {}
+        for name, path in self.paths.items():
+            try:
+                values[name] = self.host.read(path)
+            except HostError as exc:
+                raise TunableError(str(exc)) from None
+        return values
+
+    def read(self) -> str:
+        values = self.read_each()
+        distinct = set(values.values())
+        if len(distinct) == 1:
+            return distinct.pop()
+        return " ".join(f"{k}={v}" for k, v in values.items())
+
+    def split(self, value: str) -> dict[str, str]:
+        """Per-file values from either form of ``read``'s output."""
+        if "=" not in value:
+            return {name: value for name in self.paths}
+        pairs = dict(item.split("=", 1) for item in value.split())
+        unknown = set(pairs) - set(self.paths)
+        if unknown:
+            raise TunableError(f"{self.id}: no such member {sorted(unknown)[0]!r}")
+        return pairs
+
+    def desired(self) -> str:
+        return self._desired
+
+    def compliant(self, current: str) -> bool:
+        return all(self.member_compliant(v) for v in self.split(current).values())
+
+    def member_compliant(self, value: str) -> bool:
+        return value == self._desired
+
+    def target(self, current: str) -> str:
+        return self._desired
+
+    def write(self, value: str) -> None:
+        """Write every member; on a refusal, put back the members already written, then raise."""
+        before = self.read_each()
+        done: list[str] = []
+        for name, new in self.split(value).items():
+            try:
+                self.host.write(self.paths[name], new)
+                done.append(name)
+            except HostError as exc:
+                for undo in done:
+                    try:
+                        self.host.write(self.paths[undo], before[undo])
+                    except HostError as undo_exc:
+                        raise TunableError(f"{exc}; and undoing {undo} failed: {undo_exc}") from None
+                raise TunableError(str(exc)) from None
+
+    def hint(self) -> str:
+        return f"vllm-nodeagent apply --only {self.id}"
+
+    def note(self, current: str) -> str:
+        return ""
+
+
+class Unavailable:
+    """A configured setting with nothing to act on here (no device matches a glob): doctor shows it as skip."""
+
+    kind = "unavailable"
+    owner: Optional[str] = None
+
+    def __init__(self, id: str, desired: str, reason: str) -> None:
+        self.id = id
+        self._desired = desired
+        self.reason = reason
+
+    def params(self) -> dict[str, str]:
+        return {}
+
+    def read(self) -> str:
+        raise NotApplicable(self.reason)
+
+    def desired(self) -> str:
+        return self._desired
+
+    def compliant(self, current: str) -> bool:
+        return False
+
+    def target(self, current: str) -> str:
+        return self._desired
+
+    def write(self, value: str) -> None:
+        raise TunableError(f"{self.id}: {self.reason}")
+
+    def hint(self) -> str:
+        return ""
+
+    def note(self, current: str) -> str:
+        return ""

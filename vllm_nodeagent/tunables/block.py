@@ -1,0 +1,51 @@
+"""The I/O scheduler of block devices chosen by globs: /sys/block/<dev>/queue/scheduler."""
+
+from __future__ import annotations
+
+from vllm_nodeagent.host import Host
+from vllm_nodeagent.parse import ParseError, parse_bracket_list
+from vllm_nodeagent.tunables.base import FileTunable, NotApplicable, TunableError
+
+# blk-mq kernels (all since 5.0) call the pass-through elevator "none"; "noop" was the legacy name.
+ALIASES = {"noop": "none"}
+
+
+class BlockScheduler(FileTunable):
+    kind = "block"
+
+    def __init__(self, host: Host, device: str, desired: str = "") -> None:
+        super().__init__(host, f"block.{device}.scheduler", f"/sys/block/{device}/queue/scheduler", desired)
+        self.device = device
+        self.configured = desired
+
+    def params(self) -> dict[str, str]:
+        return {"device": self.device}
+
+    def read(self) -> str:
+        raw = super().read()
+        try:
+            current, offered = parse_bracket_list(raw)
+        except ParseError as exc:
+            raise TunableError(f"{self.path}: {exc}") from None
+        if current is None:
+            raise TunableError(f"{self.path}: no bracketed current value in {raw!r}")
+        if self.configured:
+            if self.configured in offered:
+                self._desired = self.configured
+            elif ALIASES.get(self.configured) in offered:
+                self._desired = ALIASES[self.configured]
+            else:
+                raise NotApplicable(f"{self.device} offers {' '.join(offered)}, not {self.configured}")
+        return current
+
+    def note(self, current: str) -> str:
+        if self.configured in ALIASES and self._desired == ALIASES[self.configured]:
+            return f'"{self.configured}" is called "{self._desired}" on blk-mq kernels; using "{self._desired}"'
+        return ""
+
+
+def matching_devices(host: Host, patterns: list[str]) -> list[str]:
+    names: set[str] = set()
+    for pattern in patterns:
+        names.update(p.rsplit("/", 1)[1] for p in host.glob("/sys/block", pattern))
+    return sorted(names)

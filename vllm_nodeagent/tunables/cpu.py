@@ -1,0 +1,35 @@
+"""CPU frequency governor on every cpufreq policy."""
+
+from __future__ import annotations
+
+from vllm_nodeagent.host import Host
+from vllm_nodeagent.tunables.base import MultiFileTunable, NotApplicable
+
+CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
+
+
+def governor_paths(host: Host) -> dict[str, str]:
+    return {
+        p.rsplit("/", 1)[1]: f"{p}/scaling_governor"
+        for p in host.glob(CPUFREQ_DIR, "policy*")
+        if host.exists(f"{p}/scaling_governor")
+    }
+
+
+class CpuGovernor(MultiFileTunable):
+    kind = "cpu"
+
+    def __init__(self, host: Host, desired: str = "", paths: dict[str, str] | None = None) -> None:
+        super().__init__(host, "cpu.governor", governor_paths(host) if paths is None else paths, desired)
+
+    def read(self) -> str:
+        if not self.paths:
+            raise NotApplicable("no cpufreq policies (typical in VMs): the hypervisor owns frequency")
+        available = self.host.read_or(next(iter(self.paths.values())).replace(
+            "scaling_governor", "scaling_available_governors"))
+        if available is not None and self._desired and self._desired not in available.split():
+            raise NotApplicable(f"governors offered: {available}; not {self._desired}")
+        return super().read()
+
+    def hint(self) -> str:
+        return f"vllm-nodeagent apply --only {self.id}  (or: cpupower frequency-set -g {self._desired})"

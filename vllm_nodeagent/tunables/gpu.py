@@ -1,0 +1,71 @@
+"""NVIDIA persistence mode, per GPU, through NVML. nvidia-persistenced, when running, owns it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from vllm_nodeagent.host import Host
+from vllm_nodeagent.nvml import Nvml, NvmlCallError
+from vllm_nodeagent.tunables.base import NotApplicable, TunableError
+
+ON, OFF = "enabled", "disabled"
+
+
+def running_process(host: Host, comm: str) -> Optional[int]:
+    """PID of a process whose /proc/<pid>/comm is ``comm``, or None."""
+    for entry in host.listdir("/proc"):
+        if entry.isdigit() and host.read_or(f"/proc/{entry}/comm") == comm:
+            return int(entry)
+    return None
+
+
+class PersistenceMode:
+    kind = "gpu"
+
+    def __init__(self, host: Host, nvml: Optional[Nvml], index: int, pci_bus_id: str,
+                 desired: bool = True, nvml_error: str = "") -> None:
+        self.host = host
+        self.nvml = nvml
+        self.id = f"gpu.{index}.persistence_mode"
+        self.pci_bus_id = pci_bus_id
+        self._desired = ON if desired else OFF
+        self.nvml_error = nvml_error
+        pid = running_process(host, "nvidia-persistenced")
+        # The daemon keeps the driver loaded its own way; writing through NVML would fight it.
+        self.owner: Optional[str] = f"nvidia-persistenced (pid {pid})" if pid else None
+
+    def params(self) -> dict[str, str]:
+        return {"pci_bus_id": self.pci_bus_id, "index": self.id.split(".")[1]}
+
+    def read(self) -> str:
+        if self.nvml is None:
+            raise NotApplicable(f"NVML not usable: {self.nvml_error or 'not opened'}")
+        try:
+            return ON if self.nvml.persistence_mode(self.pci_bus_id) else OFF
+        except NvmlCallError as exc:
+            raise TunableError(f"{self.pci_bus_id}: {exc}") from None
+
+    def desired(self) -> str:
+        return self._desired
+
+    def compliant(self, current: str) -> bool:
+        return current == self._desired
+
+    def target(self, current: str) -> str:
+        return self._desired
+
+    def write(self, value: str) -> None:
+        if self.nvml is None:
+            raise TunableError("NVML not usable")
+        try:
+            self.nvml.set_persistence_mode(self.pci_bus_id, value == ON)
+        except NvmlCallError as exc:
+            raise TunableError(f"{self.pci_bus_id}: {exc}") from None
+
+    def hint(self) -> str:
+        if self.owner:
+            return "owned by nvidia-persistenced: enable it there (systemctl enable --now nvidia-persistenced)"
+        return f"vllm-nodeagent apply --only {self.id}  (or: nvidia-smi -i {self.pci_bus_id} -pm 1)"
+
+    def note(self, current: str) -> str:
+        return f"managed by {self.owner}" if self.owner else ""

@@ -1,0 +1,57 @@
+"""Kernel sysctls under /proc/sys. Numbers are floors unless the config says exact."""
+
+from __future__ import annotations
+
+from vllm_nodeagent.config import SysctlSetting
+from vllm_nodeagent.host import Host
+from vllm_nodeagent.parse import ParseError, parse_sysctl_vector
+from vllm_nodeagent.tunables.base import FileTunable
+
+
+def sysctl_path(name: str) -> str:
+    return "/proc/sys/" + name.replace(".", "/")
+
+
+class Sysctl(FileTunable):
+    kind = "sysctl"
+
+    def __init__(self, host: Host, name: str, value: str = "", mode: str = "exact") -> None:
+        super().__init__(host, f"sysctl.{name}", sysctl_path(name), value)
+        self.name = name
+        self.mode = mode
+
+    @classmethod
+    def from_setting(cls, host: Host, setting: SysctlSetting) -> Sysctl:
+        return cls(host, setting.name, setting.value, setting.mode)
+
+    def params(self) -> dict[str, str]:
+        return {"name": self.name}
+
+    def compliant(self, current: str) -> bool:
+        if self.mode == "exact":
+            return current.split() == self._desired.split()  # the kernel prints tabs, configs spaces
+        try:
+            have, want = parse_sysctl_vector(current), parse_sysctl_vector(self._desired)
+        except ParseError:
+            return False
+        # Each field of a triple (tcp_rmem: min default max) is its own floor.
+        return len(have) == len(want) and all(h >= w for h, w in zip(have, want))
+
+    def target(self, current: str) -> str:
+        if self.mode == "exact":
+            return self._desired
+        try:
+            have, want = parse_sysctl_vector(current), parse_sysctl_vector(self._desired)
+        except ParseError:
+            return self._desired
+        if len(have) != len(want):
+            return self._desired
+        return " ".join(str(max(h, w)) for h, w in zip(have, want))
+
+    def hint(self) -> str:
+        return f"vllm-nodeagent apply --only {self.id}  (or: sysctl -w {self.name}=\"{self._desired}\")"
+
+    def note(self, current: str) -> str:
+        if self.mode == "floor" and self.compliant(current) and current.split() != self._desired.split():
+            return "above the floor; left as is"
+        return ""
