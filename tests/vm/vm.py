@@ -33,7 +33,9 @@ CACHE_ROOT = Path(os.environ.get("VLLM_NODEAGENT_VM_CACHE", "/var/cache/vllm-nod
 # Bounds on bring-up (wall seconds until ssh answers). TCG boots take ~30 s alone on 2 cores;
 # two guests at once share those cores.
 TCG_BOOT_TIMEOUT = float(os.environ.get("VLLM_NODEAGENT_VM_BOOT_TIMEOUT", "300"))
-KVM_PROBE_TIMEOUT = float(os.environ.get("VLLM_NODEAGENT_VM_KVM_TIMEOUT", "45"))
+KVM_PROBE_TIMEOUT = float(os.environ.get("VLLM_NODEAGENT_VM_KVM_TIMEOUT", "60"))
+# A nested KVM guest that hangs does so before printing anything: give up early.
+KVM_BANNER_TIMEOUT = float(os.environ.get("VLLM_NODEAGENT_VM_KVM_BANNER_TIMEOUT", "15"))
 
 _accel_decided: Optional[str] = None
 timings: dict[str, float] = {}
@@ -191,10 +193,23 @@ class VM:
             return "(no serial log)"
         return text[-chars:]
 
+    def _kernel_started(self, within: float) -> bool:
+        """True once the serial console shows the kernel banner; False if it does not within ``within`` s."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if "Linux version" in self.serial_tail(10**6):
+                return True
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            time.sleep(1)
+        return False
+
     def _boot(self, accel: str, timeout: float) -> bool:
         self._launch(accel)
         t0 = time.monotonic()
         try:
+            if accel == "kvm" and not self._kernel_started(KVM_BANNER_TIMEOUT):
+                raise VMError(f"no kernel banner on the serial console within {KVM_BANNER_TIMEOUT:.0f} s")
             self.wait_ssh(timeout)
         except VMError as exc:
             log(f"{self.name}: bring-up with {accel} failed: {exc}\n--- serial console ({self.serial}) ---\n"
