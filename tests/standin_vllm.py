@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""A stand-in for ``vllm serve`` for the daemon tests (standard library only).
+
+* ``GET /health``: 503 while "loading" (``--load-seconds``, and for as long as ``--hold-file`` exists), then 200.
+  ``--refuse-while-loading`` opens the port only after loading, like the real vLLM.
+* ``--record FILE``: appends one JSON line per start and per worker: pid, ppid, uid, role, the
+  ``Cpus_allowed_list``/``Mems_allowed_list`` of /proc/self/status, the memory policy from /proc/self/numa_maps,
+  argv, and selected environment variables.
+* ``--workers N``: spawns N worker processes (children; they keep running until signalled, like vLLM's
+  workers, and do not handle SIGTERM themselves).
+* Crashing: ``--crash-after S`` (or env ``STANDIN_CRASH_AFTER``) exits with status 3 S seconds after it became
+  healthy; ``--crash-during-load`` (or env ``STANDIN_CRASH_DURING_LOAD=1``) exits 4 while loading.
+
+Any other argument (``serve``, the model, vLLM flags) is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+ENV_KEYS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HOME", "PATH", "LANG", "HF_HOME", "USER",
+            "NOTIFY_SOCKET", "VLLM_WORKER_MULTIPROC_METHOD", "STANDIN_MARK")
+
+
+def describe(role: str, argv: list[str]) -> dict[str, Any]:
+    info: dict[str, Any] = {"role": role, "pid": os.getpid(), "ppid": os.getppid(), "uid": os.getuid(),
+                            "gid": os.getgid(), "time": time.time(), "argv": argv}
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("Cpus_allowed_list", "Mems_allowed_list"):
+                info[key] = value.strip()
+    policies: dict[str, int] = {}
+    with open("/proc/self/numa_maps", encoding="ascii") as fh:
+        for line in fh:
+            parts = line.split(None, 2)
+            if len(parts) >= 2:
+                policies[parts[1]] = policies.get(parts[1], 0) + 1
+    info["mempolicy"] = max(policies, key=lambda k: policies[k]) if policies else ""
+    info["env"] = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
+    return info
+
+
+def record(path: Optional[str], info: dict[str, Any]) -> None:
+    if not path:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(info) + "\n")
+
+
+def worker_main(record_path: Optional[str]) -> int:
+    record(record_path, describe("worker", sys.argv))
+    while True:
+        time.sleep(3600)
+
+
+class State:
+    def __init__(self, load_seconds: float, hold_file: Optional[str]) -> None:
+        self.started = time.monotonic()
+        self.load_seconds = load_seconds
+        self.hold_file = hold_file
+        self.healthy_at: Optional[float] = None
+
+    def healthy(self) -> bool:
+        if time.monotonic() - self.started < self.load_seconds:
+            return False
+        if self.hold_file and os.path.exists(self.hold_file):
+            return False
+        if self.healthy_at is None:
+            self.healthy_at = time.monotonic()
+        return True
+
+
+def make_handler(state: State) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                code = 200 if state.healthy() else 503
+            else:
+                code = 404
+            body = b"{}"
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    return Handler
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--load-seconds", type=float, default=0.2)
+    p.add_argument("--hold-file", default=None)
+    p.add_argument("--record", default=None)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--crash-after", type=float, default=float(os.environ.get("STANDIN_CRASH_AFTER", "-1")))
+    p.add_argument("--crash-during-load", action="store_true",
+                   default=os.environ.get("STANDIN_CRASH_DURING_LOAD") == "1")
+    p.add_argument("--refuse-while-loading", action="store_true")
+    p.add_argument("--standin-worker", action="store_true", help=argparse.SUPPRESS)
+    args, _unknown = p.parse_known_args(argv)
+    if args.standin_worker:
+        return worker_main(args.record)
+
+    record(args.record, describe("server", argv))
+    for _ in range(args.workers):
+        subprocess.Popen([sys.executable, os.path.abspath(__file__), "--standin-worker",
+                          *(["--record", args.record] if args.record else [])])
+    state = State(args.load_seconds, args.hold_file)
+    if args.crash_during_load:
+        time.sleep(min(args.load_seconds, 0.1))
+        return 4
+    if args.refuse_while_loading:
+        while not state.healthy():
+            time.sleep(0.05)
+    server = http.server.ThreadingHTTPServer((args.host, args.port), make_handler(state))
+    stop = threading.Event()
+
+    def on_term(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"standin-vllm pid {os.getpid()} listening on {args.host}:{args.port}", flush=True)
+    while not stop.wait(0.05):
+        if args.crash_after >= 0 and state.healthy_at is not None:
+            if time.monotonic() - state.healthy_at >= args.crash_after:
+                print("standin-vllm crashing as told", flush=True)
+                os._exit(3)
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,588 @@
+"""`vllm-nodeagent run`: the daemon systemd starts (Type=notify).
+
+Order: config (already loaded by the CLI) → topology → apply + verify settings → prewarm → launch vLLM →
+READY=1 once vLLM answers its health URL → loop (watchdog pings, drift checks, child supervision) until SIGTERM.
+
+One thread, one loop. Signals only write their number into a self-pipe (``signal.set_wakeup_fd``; the Python
+handlers do nothing); the loop sleeps in ``select`` on that pipe and on the child's pidfd, with a timeout set by
+the next deadline (watchdog, drift, health poll, restart). An idle daemon wakes only for those deadlines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import signal
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from vllm_nodeagent import log
+from vllm_nodeagent.config import Config, ConfigError, VllmConfig
+from vllm_nodeagent.launcher import (
+    PID_FILE,
+    LaunchError,
+    LaunchPlan,
+    binding_mismatches,
+    build_plan,
+    live_binding,
+    something_to_launch,
+)
+from vllm_nodeagent.metrics import Metrics
+from vllm_nodeagent.notify import Notifier
+from vllm_nodeagent.supervisor import Backoff, Child, Exit, health_ok
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.cli import Context
+    from vllm_nodeagent.nvml import Nvml
+    from vllm_nodeagent.topology import Topology
+
+HEALTH_POLL_S = 0.5  # while vLLM loads
+EXTEND_EVERY_S = 10.0  # EXTEND_TIMEOUT_USEC cadence while loading
+EXTEND_BY_S = 30.0
+PIN_POLL_S = 2.0  # looking for workers to pin (binding "numactl+pin")
+CRASH_LOOP_AFTER = 3
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
+
+class Daemon:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        manage_settings: bool = True,
+        prewarm: bool = True,
+        gpus_override: Optional[list[int]] = None,
+        topology: Optional[Topology] = None,
+        notifier: Optional[Notifier] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ctx = ctx
+        self.manage_settings = manage_settings
+        self.do_prewarm = prewarm
+        self.gpus_override = gpus_override
+        self.topo = topology
+        self.notify = notifier or Notifier()
+        self.clock = clock
+        self.log = log.get()
+        self.metrics = Metrics(ctx.config.agent.metrics_textfile)
+        self.nvml: Optional[Nvml] = None
+        self.nvml_error = ""
+        self.tunables: list[Any] = []
+        self.journal: Any = None
+        self.plan: Optional[LaunchPlan] = None
+        self.child: Optional[Child] = None
+        self.backoff = self._new_backoff(ctx.config.vllm)
+        self.ready_sent = False
+        self.phase = "init"  # init | loading | serving | backoff | watching | stopping
+        self.restart_at = 0.0
+        self.load_deadline = 0.0
+        self.next_health = 0.0
+        self.next_extend = 0.0
+        self.next_drift = 0.0
+        self.next_watchdog = 0.0
+        self.next_pin = 0.0
+        self.pinned: set[int] = set()
+        self.drift_count = 0
+        self.exit_code: Optional[int] = None
+        self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old_handlers: dict[int, Any] = {}
+        self._old_wakeup = -1
+
+    # -- requests from outside the loop (tests, or another thread) ---------------------------------------------
+    def request(self, sig: int) -> None:
+        """Deliver ``sig`` to the loop as if it had been received (SIGTERM, SIGHUP)."""
+        os.write(self._wfd, bytes([sig]))
+
+    @staticmethod
+    def _new_backoff(cfg: Optional[VllmConfig]) -> Backoff:
+        c = cfg or VllmConfig()
+        return Backoff(c.restart_backoff_initial_s, c.restart_backoff_max_s, c.healthy_reset_s)
+
+    @property
+    def vcfg(self) -> VllmConfig:
+        return self.ctx.config.vllm or VllmConfig()
+
+    # -- signals --------------------------------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        try:
+            self._old_wakeup = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
+        except ValueError:
+            return  # not the main thread: requests come through request()
+        for sig in _HANDLED:
+            self._old_handlers[sig] = signal.signal(sig, _noop_handler)
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        if self._old_handlers:
+            signal.set_wakeup_fd(self._old_wakeup)
+
+    def _drain(self) -> list[int]:
+        got: list[int] = []
+        while True:
+            try:
+                data = os.read(self._rfd, 512)
+            except BlockingIOError:
+                return got
+            if not data:
+                return got
+            got.extend(data)
+
+    # -- the run --------------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            return self._run()
+        finally:
+            self._shutdown_resources()
+            self._restore_signals()
+            os.close(self._rfd)
+            os.close(self._wfd)
+
+    def _run(self) -> int:
+        t0 = self.clock()
+        self.next_watchdog = t0
+        self._watchdog(t0)
+        if self.topo is None:
+            self.notify.status("discovering topology")
+            from vllm_nodeagent.cli_topology import discover_with_nvml
+
+            self.topo = discover_with_nvml(self.ctx)
+        if self.manage_settings:
+            self.notify.status("applying settings")
+            self._open_nvml()
+            self._apply_settings()
+        if self._pending_stop():
+            return self._stop()
+        if self.do_prewarm:
+            self._prewarm()
+        if self._pending_stop():
+            return self._stop()
+        if something_to_launch(self.ctx.config.vllm):
+            if not self._start_child(initial=True):
+                return 1
+        else:
+            self.phase = "watching"
+            self._send_ready()
+        self.next_drift = self.clock() + self.ctx.config.agent.drift_interval_s
+        self.log.info("daemon_started", phase=self.phase, startup_s=round(self.clock() - t0, 3))
+        return self._loop()
+
+    def _pending_stop(self) -> bool:
+        """A SIGTERM that arrived during a blocking phase (settings, prewarm) is honoured before the next one."""
+        sigs = self._drain()
+        if signal.SIGTERM in sigs or signal.SIGINT in sigs:
+            return True
+        if signal.SIGHUP in sigs:
+            os.write(self._wfd, bytes([signal.SIGHUP]))  # handle once the loop runs
+        return False
+
+    def _loop(self) -> int:
+        while self.exit_code is None:
+            now = self.clock()
+            timeout = max(0.0, self._next_deadline() - now)
+            fds = [self._rfd]
+            if self.child is not None and self.child.wait_fd() >= 0:
+                fds.append(self.child.wait_fd())
+            with contextlib.suppress(InterruptedError):
+                select.select(fds, [], [], timeout)
+            for sig in self._drain():
+                if sig in (signal.SIGTERM, signal.SIGINT):
+                    return self._stop()
+                if sig == signal.SIGHUP:
+                    self._reload()
+            self._tick(self.clock())
+        return self.exit_code
+
+    def _next_deadline(self) -> float:
+        now = self.clock()
+        deadlines = [self.next_drift]
+        if self.notify.watchdog_interval_s:
+            deadlines.append(self.next_watchdog)
+        if self.phase == "loading":
+            deadlines += [self.next_health, self.next_extend if not self.ready_sent else self.next_health]
+        if self.phase == "backoff":
+            deadlines.append(self.restart_at)
+        if self.plan is not None and self.plan.pin and self.child is not None and self._pins_pending():
+            deadlines.append(self.next_pin)
+        if self.child is not None and self.child.wait_fd() < 0:
+            deadlines.append(now + 1.0)  # no pidfd: poll the child
+        if self.phase == "serving" and self.backoff.failures and self.child and self.child.healthy_since:
+            deadlines.append(self.child.healthy_since + self.backoff.healthy_reset_s)
+        return min(deadlines)
+
+    def _tick(self, now: float) -> None:
+        self._watchdog(now)
+        if self.child is not None:
+            ex = self.child.poll()
+            if ex is not None:
+                self._child_exited(ex, now)
+                if self.exit_code is not None:
+                    return
+        if self.phase == "loading" and self.child is not None:
+            self._check_loading(now)
+        elif self.phase == "backoff" and now >= self.restart_at:
+            self._start_child(initial=False)
+        elif self.phase == "serving" and self.child is not None and self.child.healthy_since is not None:
+            self.backoff.healthy_for(now - self.child.healthy_since)
+        if self.plan is not None and self.plan.pin and self.child is not None and now >= self.next_pin:
+            self._pin_workers()
+            self.next_pin = now + PIN_POLL_S
+        if now >= self.next_drift:
+            self._drift()
+            self.next_drift = self.clock() + self.ctx.config.agent.drift_interval_s
+        self.metrics.write()
+
+    def _watchdog(self, now: float) -> None:
+        if self.notify.watchdog_interval_s and now >= self.next_watchdog:
+            self.notify.watchdog()
+            self.next_watchdog = now + self.notify.watchdog_interval_s
+
+    # -- settings ---------------------------------------------------------------------------------------------------
+    def _open_nvml(self) -> None:
+        if self.nvml is None:
+            self.nvml, self.nvml_error = self.ctx.open_nvml()
+
+    def _apply_settings(self) -> bool:
+        """Build the tunables from the current config and apply them. False when any failed (logged)."""
+        from vllm_nodeagent.engine import CHANGED, FAILED, OK, apply
+        from vllm_nodeagent.journal import Journal, JournalError
+        from vllm_nodeagent.tunables.registry import build_tunables
+
+        if self.topo is None:
+            return False
+        self.tunables = build_tunables(self.ctx.config, self.topo, self.ctx.host, self.nvml, self.nvml_error)
+        self.journal = Journal(self.ctx.host, self.ctx.config.agent.state_dir)
+        try:
+            with self.journal.locked():
+                outcomes = apply(self.tunables, self.journal)
+        except (JournalError, OSError) as exc:
+            self.log.error("settings_failed", error=str(exc))
+            return False
+        for o in outcomes:
+            if o.status in (OK, CHANGED, FAILED):
+                self.metrics.set_compliance(o.id, o.status != FAILED)
+        failed = [o.id for o in outcomes if o.status == FAILED]
+        self.log.info("settings_applied", total=len(outcomes), failed=len(failed),
+                      changed=sum(1 for o in outcomes if o.status == CHANGED))
+        return not failed
+
+    def _drift(self) -> None:
+        if not self.tunables or self.journal is None:
+            return
+        from vllm_nodeagent.engine import DRIFTED, FAILED, OK, apply, verify
+        from vllm_nodeagent.journal import JournalError
+
+        outcomes = verify(self.tunables)
+        drifted = [o for o in outcomes if o.status == DRIFTED]
+        for o in outcomes:
+            if o.status == OK:
+                self.metrics.set_compliance(o.id, True)
+        mode = self.ctx.config.agent.mode
+        for o in drifted:
+            self.drift_count += 1
+            self.metrics.add_drift(o.id)
+            self.metrics.set_compliance(o.id, False)
+            self.log.warning("drift", id=o.id, current=o.current, desired=o.desired, mode=mode)
+        if drifted and mode == "enforce":
+            ids = {o.id for o in drifted}
+            try:
+                with self.journal.locked():
+                    fixed = apply([t for t in self.tunables if t.id in ids], self.journal)
+            except (JournalError, OSError) as exc:
+                self.log.error("drift_reapply_failed", error=str(exc))
+                return
+            for o in fixed:
+                self.metrics.set_compliance(o.id, o.status != FAILED)
+        if drifted:
+            self._status_now()
+
+    def _revert(self) -> None:
+        from vllm_nodeagent.engine import revert
+        from vllm_nodeagent.journal import Journal, JournalError
+
+        journal = self.journal or Journal(self.ctx.host, self.ctx.config.agent.state_dir)
+        try:
+            with journal.locked():
+                revert(self.ctx.host, journal, self.nvml)
+        except (JournalError, OSError) as exc:
+            self.log.error("revert_failed", error=str(exc))
+
+    # -- prewarm ----------------------------------------------------------------------------------------------------
+    def _prewarm(self) -> None:
+        pcfg = self.ctx.config.prewarm
+        if pcfg is None:
+            return
+        targets = list(pcfg.paths)
+        if pcfg.include_model and self.vcfg.model:
+            targets.append(self.vcfg.model)
+        if not targets:
+            return
+        try:
+            from vllm_nodeagent import prewarm as pw
+        except ImportError as exc:
+            self.log.warning("prewarm_unavailable", error=str(exc))
+            return
+        self.notify.status("prewarming")
+        last = [-1]
+
+        def progress(done: int, total: int, *_: Any) -> None:
+            pct = int(done * 100 / total) if total else 100
+            if pct != last[0]:
+                last[0] = pct
+                self.notify.status(f"prewarming {pct}%")
+                self._watchdog(self.clock())
+
+        try:
+            budget = pw.budget_from_config(self.ctx.host, pcfg.memory_budget_fraction)
+            result = pw.prewarm(targets, host=self.ctx.host, budget_bytes=budget, threads=pcfg.threads,
+                                lock=pcfg.lock, progress=progress)
+        except Exception as exc:  # a failed prewarm must not stop serving; it is logged
+            self.log.error("prewarm_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        self._prewarm_result = result  # keeps an mlock handle alive while the daemon runs
+        resident = int(getattr(result, "resident_after_bytes", 0) or 0)
+        self.metrics.set_prewarm_bytes(resident)
+        self.log.info("prewarm_done", files=len(getattr(result, "files", []) or []),
+                      total_bytes=getattr(result, "total_bytes", None), resident_bytes=resident,
+                      gbps=getattr(result, "gbps", None), errors=len(getattr(result, "errors", []) or []))
+
+    # -- the child --------------------------------------------------------------------------------------------------
+    def _pid_file(self) -> str:
+        state = self.ctx.host.path(self.ctx.config.agent.state_dir)
+        try:
+            state.mkdir(parents=True, exist_ok=True, mode=0o755)
+        except OSError as exc:
+            self.log.warning("state_dir_unusable", path=str(state), error=str(exc))
+            return ""
+        return str(state / PID_FILE)
+
+    def _start_child(self, initial: bool) -> bool:
+        """Start vLLM and enter "loading". False (initial start only) = a failed start, already logged."""
+        now = self.clock()
+        try:
+            if self.plan is None:
+                if self.topo is None:
+                    raise LaunchError("no topology")
+                self.notify.status("checking vLLM arguments")
+                self.plan, _ = build_plan(self.ctx, self.topo, self.gpus_override)
+            self.child = Child(self.plan, self._pid_file(), self.clock)
+        except (LaunchError, OSError) as exc:
+            self.log.error("vllm_start_failed", error=str(exc))
+            if initial:
+                self.exit_code = 1
+                return False
+            self._schedule_restart(now, f"start failed: {exc}")
+            return True
+        self.pinned = set()
+        self.phase = "loading"
+        self.load_deadline = now + self.vcfg.start_timeout_s
+        self.next_health = now
+        self.next_extend = now
+        self.next_pin = now + PIN_POLL_S
+        self.log.info("vllm_started", pid=self.child.pid, argv=self.plan.argv, user=self.plan.user,
+                      binding=self.plan.binding, numa_nodes=self.plan.numa_nodes, gpus=self.plan.gpus)
+        for note in self.plan.notes:
+            self.log.info("vllm_binding_note", pid=self.child.pid, detail=note)
+        self._status_now()
+        return True
+
+    def _check_loading(self, now: float) -> None:
+        if self.child is None:
+            return
+        if not self.ready_sent and now >= self.next_extend:
+            remaining = self.load_deadline - now
+            if remaining > 0:
+                self.notify.extend_timeout(min(EXTEND_BY_S, remaining + 5.0))
+            self.next_extend = now + EXTEND_EVERY_S
+        if now >= self.load_deadline:
+            self.log.error("vllm_start_timeout", pid=self.child.pid, start_timeout_s=self.vcfg.start_timeout_s)
+            self.child.stop(self.vcfg.stop_timeout_s)
+            self.child = None
+            if not self.ready_sent:
+                self.exit_code = 1
+            else:
+                self._schedule_restart(now, "start timeout")
+            return
+        if now < self.next_health:
+            return
+        if health_ok(self.vcfg.health_url):
+            self._child_healthy(self.clock())
+        else:
+            self.next_health = self.clock() + HEALTH_POLL_S
+
+    def _child_healthy(self, now: float) -> None:
+        if self.child is None or self.plan is None:
+            return
+        self.child.healthy_since = now
+        self.phase = "serving"
+        self.metrics.set_up(True)
+        self.log.info("vllm_healthy", pid=self.child.pid, load_s=round(now - self.child.started_at, 3),
+                      url=self.vcfg.health_url)
+        self._verify_binding()
+        if not self.ready_sent:
+            self._send_ready()
+        else:
+            self._status_now()
+
+    def _verify_binding(self) -> None:
+        if self.child is None or self.plan is None:
+            return
+        procs = live_binding(self.child.pid)
+        problems = binding_mismatches(self.plan, procs)
+        for p in procs:
+            self.log.info("vllm_binding", pid=p["pid"], cpus=p["cpus"], mems=p["mems"], mempolicy=p["mempolicy"])
+        for problem in problems:
+            self.log.warning("vllm_binding_mismatch", pid=self.child.pid, detail=problem)
+
+    def _child_exited(self, ex: Exit, now: float) -> None:
+        self.metrics.set_up(False)
+        self.child = None
+        if not self.ready_sent:
+            self.log.error("vllm_failed_start", pid=ex.pid, result=ex.describe())
+            self.exit_code = 1
+            return
+        self._schedule_restart(now, ex.describe(), pid=ex.pid)
+
+    def _schedule_restart(self, now: float, why: str, pid: int = 0) -> None:
+        delay = self.backoff.next_delay()
+        self.phase = "backoff"
+        self.restart_at = now + delay
+        self.metrics.add_restart()
+        self.log.warning("vllm_exited", pid=pid, result=why, restart_in_s=delay, failures=self.backoff.failures)
+        if self.backoff.failures >= CRASH_LOOP_AFTER:
+            self.log.error("vllm_crash_loop", pid=pid, failures=self.backoff.failures, restart_in_s=delay)
+        self._status_now()
+
+    def _pins_pending(self) -> bool:
+        return self.plan is not None and len(self.pinned) < len(self.plan.pin)
+
+    def _pin_workers(self) -> None:
+        """Binding "numactl+pin": pin each worker (NVML pid → GPU) to its GPU's local CPUs, every thread."""
+        if self.plan is None or self.child is None or self.topo is None or not self._pins_pending():
+            return
+        import psutil
+
+        from vllm_nodeagent.nvml import NvmlCallError
+
+        self._open_nvml()
+        if self.nvml is None:
+            self.log.warning("worker_pin_unavailable", pid=self.child.pid, reason=self.nvml_error)
+            self.plan.pin = {}
+            return
+        try:
+            tree = {self.child.pid} | {c.pid for c in psutil.Process(self.child.pid).children(recursive=True)}
+        except psutil.Error:
+            return
+        for gpu_index, cpus in self.plan.pin.items():
+            if gpu_index in self.pinned:
+                continue
+            gpu = self.topo.gpu(gpu_index)
+            if gpu is None:
+                continue
+            try:
+                pids = [p for p in self.nvml.compute_pids(gpu.pci_bus_id) if p in tree]
+            except NvmlCallError as exc:
+                self.log.warning("worker_pin_failed", gpu=gpu_index, error=str(exc))
+                continue
+            for pid in pids:
+                try:
+                    tids = [t.id for t in psutil.Process(pid).threads()]
+                    for tid in tids:
+                        os.sched_setaffinity(tid, cpus)
+                except (psutil.Error, OSError) as exc:
+                    self.log.warning("worker_pin_failed", pid=pid, gpu=gpu_index, error=str(exc))
+                    continue
+                self.log.info("worker_pinned", pid=pid, gpu=gpu_index, cpus=cpus, threads=len(tids))
+                self.pinned.add(gpu_index)
+
+    # -- status / ready ---------------------------------------------------------------------------------------------
+    def _status_text(self) -> str:
+        if self.phase == "loading":
+            return "vLLM loading" if not self.ready_sent else "vLLM restarting (loading)"
+        if self.phase == "backoff":
+            n = self.backoff.failures
+            loop = " (crash loop)" if n >= CRASH_LOOP_AFTER else ""
+            return f"vLLM exited {n}x in a row{loop}; restarting in {self.restart_at - self.clock():.0f}s"
+        if self.phase == "watching":
+            return f"watching; {self.drift_count} drift"
+        return f"serving; {self.drift_count} drift"
+
+    def _status_now(self) -> None:
+        self.notify.status(self._status_text())
+
+    def _send_ready(self) -> None:
+        self.ready_sent = True
+        self.notify.ready(self._status_text())
+        self.log.info("ready", phase=self.phase, pid=self.child.pid if self.child else None)
+
+    # -- reload / stop ----------------------------------------------------------------------------------------------
+    def _reload(self) -> None:
+        self.notify.reloading()
+        old: Config = self.ctx.config
+        try:
+            new = self.ctx.reload_config()
+        except ConfigError as exc:
+            self.log.error("config_reload_failed", error=str(exc), kept=old.path)
+            self.notify.ready(self._status_text())
+            return
+        self.ctx.config = new
+        self.log.info("config_reloaded", path=new.path)
+        if self.metrics.textfile != new.agent.metrics_textfile:
+            self.metrics = Metrics(new.agent.metrics_textfile)
+        if self.manage_settings:
+            self._apply_settings()
+        if new.vllm != old.vllm:
+            self.log.info("vllm_config_changed", action="restart")
+            if self.child is not None:
+                self.child.stop(old.vllm.stop_timeout_s if old.vllm else VllmConfig().stop_timeout_s)
+                self.child = None
+            self.plan = None
+            self.backoff = self._new_backoff(new.vllm)
+            self.metrics.set_up(False)
+            if something_to_launch(new.vllm):
+                self._start_child(initial=False)
+            else:
+                self.phase = "watching"
+        self.notify.ready(self._status_text())
+
+    def _stop(self) -> int:
+        self.phase = "stopping"
+        self.notify.stopping()
+        self.log.info("stopping", pid=self.child.pid if self.child else None)
+        if self.child is not None:
+            self.child.stop(self.vcfg.stop_timeout_s)
+            self.child = None
+        self.metrics.set_up(False)
+        if self.manage_settings and self.ctx.config.agent.revert_on_stop:
+            self._revert()
+        self.metrics.write()
+        self.exit_code = 0
+        return 0
+
+    def _shutdown_resources(self) -> None:
+        if self.child is not None:  # an unexpected error: never leave vLLM behind
+            self.child.stop(self.vcfg.stop_timeout_s)
+            self.child = None
+        handle = getattr(getattr(self, "_prewarm_result", None), "locked", None)
+        if handle is not None and hasattr(handle, "release"):
+            handle.release()
+        if self.nvml is not None:
+            from vllm_nodeagent.nvml import NvmlCallError
+
+            try:
+                self.nvml.close()
+            except NvmlCallError as exc:
+                self.log.warning("nvml_close_failed", error=str(exc))
+            self.nvml = None
+
+
+def _noop_handler(signum: int, frame: object) -> None:
+    """The work happens in the loop; set_wakeup_fd already wrote the signal number to the pipe."""
+    return
+
+
+def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
+    return Daemon(ctx).run()

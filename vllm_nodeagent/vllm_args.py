@@ -1,0 +1,224 @@
+"""Checks of ``[vllm] args`` against the installed vLLM, without ever importing vLLM into the agent.
+
+Two layers:
+
+* a static table of flags that current vLLM no longer accepts or that are risky in production (data, always
+  available, instant);
+* a probe that runs the interpreter which will run vLLM (``[vllm] python``, else derived from the shebang of
+  the resolved ``command[0]``) in a short-lived subprocess: it builds vLLM's own ``serve`` argument parser
+  (``vllm.entrypoints.openai.cli_args.make_arg_parser`` over ``FlexibleArgumentParser``), parses ``args`` with it
+  and reports which of a few probe flags (``--numa-bind-nodes``) the parser knows. Importing vLLM costs seconds
+  and hundreds of MB; that cost stays in the child, which exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+# Flags that vLLM removed or replaced. Value: what to write instead.
+REMOVED_FLAGS: dict[str, str] = {
+    "--speculative-model": "removed; use --speculative-config '{\"model\": ..., \"num_speculative_tokens\": N}'",
+    "--num-speculative-tokens": "removed; part of --speculative-config",
+    "--speculative-draft-tensor-parallel-size": "removed; part of --speculative-config",
+    "--speculative-max-model-len": "removed; part of --speculative-config",
+    "--ngram-prompt-lookup-max": "removed; part of --speculative-config (method ngram)",
+    "--ngram-prompt-lookup-min": "removed; part of --speculative-config (method ngram)",
+    "--scheduler-delay-factor": "removed (V0 scheduler option)",
+    "--swap-space": "removed (CPU swap space was a V0 feature)",
+    "--use-v2-block-manager": "removed (the V2 block manager is the only one)",
+    "--num-lookahead-slots": "removed (V0 scheduler option)",
+}
+
+# Flags that work but cost a lot in production. Value: why.
+RISKY_FLAGS: dict[str, str] = {
+    "--enforce-eager": "disables CUDA graphs: markedly lower decode throughput",
+    "--trust-remote-code": "runs Python code shipped with the model repository",
+    "--disable-custom-all-reduce": "falls back to NCCL all-reduce: slower tensor parallelism",
+}
+
+# Flags whose presence in the installed parser the launcher needs to know.
+NUMA_BIND_FLAG = "--numa-bind"
+NUMA_BIND_NODES_FLAG = "--numa-bind-nodes"
+PROBE_FLAGS = (NUMA_BIND_FLAG, NUMA_BIND_NODES_FLAG)
+
+PROBE_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    flag: str
+    kind: str  # "removed" | "risky" | "rejected"
+    message: str
+
+
+def normalize_flag(arg: str) -> Optional[str]:
+    """``--foo_bar=1`` → ``--foo-bar``; None for values and positionals (vLLM accepts either spelling)."""
+    if not arg.startswith("--") or arg == "--":
+        return None
+    name = arg.split("=", 1)[0]
+    return "--" + name[2:].replace("_", "-")
+
+
+def static_findings(args: list[str]) -> list[Finding]:
+    """Removed and risky flags in ``args``, from the table (no vLLM needed)."""
+    out: list[Finding] = []
+    for arg in args:
+        flag = normalize_flag(arg)
+        if flag is None:
+            continue
+        if flag in REMOVED_FLAGS:
+            out.append(Finding(flag, "removed", REMOVED_FLAGS[flag]))
+        elif flag in RISKY_FLAGS:
+            out.append(Finding(flag, "risky", RISKY_FLAGS[flag]))
+    return out
+
+
+# -- which interpreter runs vLLM ----------------------------------------------------------------------------
+def _looks_like_python(path: str) -> bool:
+    base = os.path.basename(path)
+    return base.startswith("python") and (base[6:] == "" or base[6:].replace(".", "").isdigit())
+
+
+def resolve_python(command: list[str], python: str = "", path_env: Optional[str] = None) -> tuple[str, str]:
+    """(interpreter, "") or ("", why not). ``python`` wins; else ``command[0]`` itself when it is an
+    interpreter; else the interpreter named by the shebang of the resolved ``command[0]``."""
+    if python:
+        return (python, "") if os.access(python, os.X_OK) else ("", f"[vllm] python {python} is not executable")
+    if not command:
+        return "", "no command"
+    exe = command[0] if "/" in command[0] else shutil.which(command[0], path=path_env)
+    if not exe:
+        return "", f"{command[0]!r} not found on PATH"
+    if _looks_like_python(exe):
+        return exe, ""
+    try:
+        with open(exe, "rb") as fh:
+            first = fh.readline(512)
+    except OSError as exc:
+        return "", f"cannot read {exe}: {exc.strerror}"
+    if not first.startswith(b"#!"):
+        return "", f"{exe} has no #! line (not a Python entry point)"
+    parts = first[2:].decode(errors="replace").split()
+    if not parts:
+        return "", f"{exe}: empty #! line"
+    interp = parts[0]
+    if os.path.basename(interp) == "env":
+        names = [p for p in parts[1:] if not p.startswith("-")]
+        found = shutil.which(names[0], path=path_env) if names else None
+        if not found:
+            return "", f"{exe}: #! names {' '.join(parts)}, not found on PATH"
+        interp = found
+    if not _looks_like_python(interp):
+        return "", f"{exe}: #! interpreter {interp} is not Python"
+    return interp, ""
+
+
+# -- the probe ----------------------------------------------------------------------------------------------
+# Runs in the child interpreter. Prints one JSON object on stdout. Must work on any Python vLLM supports.
+_PROBE_CODE = r"""
+import contextlib, io, json, sys
+req = json.loads(sys.argv[1])
+out = {"available": False, "reason": "", "version": "", "error": "", "accepts": {}}
+try:
+    import importlib.util
+    if importlib.util.find_spec("vllm") is None:
+        out["reason"] = "vllm is not importable by " + sys.executable
+        print(json.dumps(out)); sys.exit(0)
+    try:
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError:
+        from vllm.utils import FlexibleArgumentParser
+    from vllm.entrypoints.openai.cli_args import make_arg_parser
+    try:
+        from vllm import __version__ as v
+        out["version"] = str(v)
+    except ImportError:
+        pass
+    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
+except Exception as exc:
+    out["reason"] = "cannot build vLLM's argument parser: %s: %s" % (type(exc).__name__, exc)
+    print(json.dumps(out)); sys.exit(0)
+out["available"] = True
+known = set(getattr(parser, "_option_string_actions", {}))
+out["accepts"] = {f: f in known for f in req["probe"]}
+err = io.StringIO()
+try:
+    with contextlib.redirect_stderr(err):
+        parser.parse_args(req["args"])
+except SystemExit as exc:
+    if exc.code not in (0, None):
+        lines = [l for l in err.getvalue().strip().splitlines() if l.strip()]
+        out["error"] = lines[-1] if lines else "argument parsing failed"
+except Exception as exc:
+    out["error"] = "%s: %s" % (type(exc).__name__, exc)
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class ProbeResult:
+    available: bool  # vLLM's parser could be built
+    reason: str = ""  # why not (when not available)
+    version: str = ""
+    error: str = ""  # the parser's complaint about args ("" = accepted)
+    accepts: dict[str, bool] = field(default_factory=dict)
+    python: str = ""
+
+    def accepts_flag(self, flag: str) -> bool:
+        return self.available and self.accepts.get(flag, False)
+
+
+def probe(
+    python: str,
+    args: list[str],
+    *,
+    probe_flags: tuple[str, ...] = PROBE_FLAGS,
+    env: Optional[dict[str, str]] = None,
+    timeout: float = PROBE_TIMEOUT_S,
+) -> ProbeResult:
+    """Ask the installed vLLM (in a child ``python``) whether it accepts ``args``."""
+    request = json.dumps({"args": list(args), "probe": list(probe_flags)})
+    child_env = dict(env) if env is not None else {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    try:
+        proc = subprocess.run(
+            [python, "-c", _PROBE_CODE, request],
+            capture_output=True, text=True, timeout=timeout, env=child_env, stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return ProbeResult(False, reason=f"running {python}: {exc}", python=python)
+    line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return ProbeResult(False, reason=f"{python} probe failed (exit {proc.returncode}): {tail}", python=python)
+    return ProbeResult(
+        available=bool(data.get("available")),
+        reason=str(data.get("reason", "")),
+        version=str(data.get("version", "")),
+        error=str(data.get("error", "")),
+        accepts={str(k): bool(v) for k, v in dict(data.get("accepts", {})).items()},
+        python=python,
+    )
+
+
+def probe_for(
+    command: list[str], args: list[str], python: str = "", path_env: Optional[str] = None,
+    env: Optional[dict[str, str]] = None,
+) -> ProbeResult:
+    """Resolve the interpreter, then probe; an unresolvable one is a skip with the reason."""
+    interp, why = resolve_python(command, python, path_env)
+    if not interp:
+        return ProbeResult(False, reason=why)
+    return probe(interp, args, env=env)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual check: python -m vllm_nodeagent.vllm_args ARGS...
+    print(json.dumps(static_findings(sys.argv[1:]), default=lambda f: f.__dict__))
