@@ -58,7 +58,8 @@ class BudgetError(ValueError):
 class ReaderOptions:
     """How files are read. The defaults are the design that won bench/prewarm.py (see docs/prewarm.md).
 
-    method: "pread" (preadv into one reused buffer per thread) or "populate" (mmap + MADV_POPULATE_READ).
+    method: "pread" (preadv into one reused buffer per thread), "sendfile" (sendfile(2) to /dev/null, no copy to
+    user space; buffer_bytes is the chunk per call) or "populate" (mmap + MADV_POPULATE_READ).
     segment_bytes: files are cut into segments of this size that threads take in order (0 = whole files).
     fadvise: "none", "seq" (POSIX_FADV_SEQUENTIAL) or "seq+willneed" (also WILLNEED on the segment).
     """
@@ -394,6 +395,18 @@ def _read_pread(fd: int, seg: _Segment, buf: memoryview, prog: _Progress) -> int
     return off - seg.start
 
 
+def _read_sendfile(fd: int, seg: _Segment, sink: int, chunk: int, prog: _Progress) -> int:
+    """sendfile(2) into /dev/null: the pages go through the page cache, none is copied to user space."""
+    off, end = seg.start, seg.start + seg.length
+    while off < end:
+        n = os.sendfile(sink, fd, off, min(chunk, end - off))
+        if n <= 0:
+            break
+        off += n
+        prog.add(n)
+    return off - seg.start
+
+
 def _read_populate(fd: int, seg: _Segment, prog: _Progress) -> int:
     if seg.length <= 0:
         return 0
@@ -430,6 +443,14 @@ def read_files(
 
     def worker() -> None:
         buf = memoryview(bytearray(opts.buffer_bytes)) if opts.method == "pread" else memoryview(b"")
+        sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC) if opts.method == "sendfile" else -1
+        try:
+            _work(buf, sink)
+        finally:
+            if sink >= 0:
+                os.close(sink)
+
+    def _work(buf: memoryview, sink: int) -> None:
         while True:
             with idx_lock:
                 if next_idx[0] >= len(segs):
@@ -454,8 +475,12 @@ def read_files(
                     os.posix_fadvise(fd, seg.start, seg.length, os.POSIX_FADV_SEQUENTIAL)
                     if opts.fadvise == "seq+willneed":
                         os.posix_fadvise(fd, seg.start, seg.length, os.POSIX_FADV_WILLNEED)
-                populate = opts.method == "populate"
-                got = _read_populate(fd, seg, prog) if populate else _read_pread(fd, seg, buf, prog)
+                if opts.method == "sendfile":
+                    got = _read_sendfile(fd, seg, sink, opts.buffer_bytes, prog)
+                elif opts.method == "populate":
+                    got = _read_populate(fd, seg, prog)
+                else:
+                    got = _read_pread(fd, seg, buf, prog)
                 if got < seg.length:
                     fail(seg.file, f"file shrank during read (ends before byte {seg.start + got} "
                                    f"of {seg.file.size})")
@@ -476,9 +501,10 @@ def read_files(
 
 # -- the whole step -------------------------------------------------------------------------------------
 def _resident(res: Residency, f: WarmFile) -> Optional[int]:
+    """Resident bytes of the file we resolved; None when it is gone or was replaced. Raises OSError."""
     try:
         fd = os.open(f.real, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    except FileNotFoundError:
         return None
     try:
         st = os.fstat(fd)
@@ -487,6 +513,10 @@ def _resident(res: Residency, f: WarmFile) -> Optional[int]:
         return min(res.bytes_fd(fd, st.st_size), f.size)
     finally:
         os.close(fd)
+
+
+def _oserr(exc: OSError) -> str:
+    return str(exc.strerror or exc)
 
 
 def prewarm(
@@ -529,7 +559,7 @@ def prewarm(
         try:
             r = _resident(res, f)
         except OSError as exc:
-            file_errors[f.path] = f"{f.path}: residency: {exc.strerror or exc}"
+            file_errors[f.path] = f"{f.path}: cannot open: {_oserr(exc)}"
             continue
         if r is None:
             file_errors[f.path] = f"{f.path}: vanished before it was read"
@@ -548,7 +578,7 @@ def prewarm(
         try:
             after = _resident(res, f)
         except OSError as exc:
-            file_errors.setdefault(f.path, f"{f.path}: residency: {exc.strerror or exc}")
+            file_errors.setdefault(f.path, f"{f.path}: residency after the read: {_oserr(exc)}")
             continue
         if after is None:
             file_errors.setdefault(f.path, f"{f.path}: vanished during prewarm")
