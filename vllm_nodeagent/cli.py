@@ -115,10 +115,15 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def main(argv: Optional[list[str]] = None, nvml_opener: Optional[NvmlOpener] = None) -> int:
+def main(
+    argv: Optional[list[str]] = None,
+    nvml_opener: Optional[NvmlOpener] = None,
+    host_cls: type[Host] = Host,
+) -> int:
+    """Entry point. ``nvml_opener`` and ``host_cls`` let tests replay recorded NVML and kernel behaviour."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    host = Host(args.root)
+    host = host_cls(args.root)
     if not host.root.is_dir():
         print(f"vllm-nodeagent: --root {args.root}: not a directory", file=sys.stderr)
         return EXIT_USAGE

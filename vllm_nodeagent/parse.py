@@ -12,7 +12,7 @@ class ParseError(ValueError):
 
 
 def parse_cpulist(text: str) -> list[int]:
-    """Parse a kernel cpulist ("0-3,8-11", "0-31:2" strides, "" = none) into sorted unique ints.
+    """Parse a kernel cpulist ("0-3,8-11", "0-31:2/4" groups, "" = none) into sorted unique ints.
 
     Format: Documentation/admin-guide/cputopology.rst and bitmap_parselist() in lib/bitmap.c.
     """
@@ -22,7 +22,7 @@ def parse_cpulist(text: str) -> list[int]:
         return []
     for chunk in text.split(","):
         chunk = chunk.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+)(?:/(\d+))?)?)?", chunk)
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+)/(\d+))?)?", chunk)
         if not m:
             raise ParseError(f"bad cpulist element {chunk!r} in {text!r}")
         lo = int(m.group(1))

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakehost import FakeHost, nvml_absent_8gpu, two_socket_8gpu, vm_no_gpu, workstation  # noqa: E402
+from nvml_double import NvmlDouble, hgx_8gpu_recording  # noqa: E402
+
+from vllm_nodeagent.nvml import Nvml  # noqa: E402
+
+HOSTS: dict[str, Callable[[Path], FakeHost]] = {
+    "two_socket_8gpu": two_socket_8gpu,
+    "workstation": workstation,
+    "vm_no_gpu": vm_no_gpu,
+    "nvml_absent_8gpu": nvml_absent_8gpu,
+}
+
+
+@pytest.fixture
+def hgx(tmp_path: Path) -> FakeHost:
+    return two_socket_8gpu(tmp_path / "root")
+
+
+@pytest.fixture
+def hgx_nvml() -> NvmlDouble:
+    return NvmlDouble(hgx_8gpu_recording())
+
+
+def opener_for(double: NvmlDouble) -> Callable[[], Nvml]:
+    return lambda: Nvml.open(lambda: double)
+
+
+def unavailable_opener() -> Nvml:
+    return Nvml.open(lambda: NvmlDouble({"devices": []}, fail_init="Driver Not Loaded"))
+
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root on a real kernel")

@@ -1,0 +1,196 @@
+"""Builds fake root trees shaped like real hosts' /sys and /proc (links where the kernel has links)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Optional
+
+from vllm_nodeagent.host import Host, HostError
+from vllm_nodeagent.parse import ParseError, format_cpulist, parse_bracket_list
+
+
+def cpumask(cpus: list[int]) -> str:
+    """sysfs hex mask form: 32-bit words, most significant first."""
+    value = sum(1 << c for c in cpus)
+    words = max(1, (max(cpus, default=0) // 32) + 1)
+    return ",".join(f"{(value >> (32 * w)) & 0xFFFFFFFF:08x}" for w in reversed(range(words)))
+
+
+class FakeHost:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def write(self, host_path: str, text: str) -> Path:
+        p = self.root / host_path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text if text.endswith("\n") or text == "" else text + "\n")
+        return p
+
+    def link(self, host_path: str, target: str) -> None:
+        p = self.root / host_path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, p)
+
+    # --- building blocks -------------------------------------------------------------------------------
+    def cpus(self, count: int) -> None:
+        self.write("/sys/devices/system/cpu/online", f"0-{count - 1}")
+
+    def numa_node(self, node: int, cpus: list[int], mem_kb: int) -> None:
+        base = f"/sys/devices/system/node/node{node}"
+        self.write(f"{base}/cpulist", format_cpulist(cpus))
+        self.write(f"{base}/meminfo", f"Node {node} MemTotal:       {mem_kb} kB\nNode {node} MemFree:        {mem_kb // 2} kB\n")
+
+    def meminfo(self, total_kb: int, available_kb: int) -> None:
+        self.write("/proc/meminfo", f"MemTotal:       {total_kb} kB\nMemFree:        {available_kb} kB\n"
+                                    f"MemAvailable:   {available_kb} kB\nHugePages_Total:       0\n")
+
+    def pci_device(self, bdf: str, vendor: str, cls: str, numa: int, local_cpus: Optional[list[int]],
+                   root_port: str = "pci0000:00", irqs: tuple[int, ...] = (), device_id: str = "0x2330") -> str:
+        real = f"/sys/devices/{root_port}/{bdf}"
+        self.write(f"{real}/vendor", vendor)
+        self.write(f"{real}/device", device_id)
+        self.write(f"{real}/class", cls)
+        self.write(f"{real}/numa_node", str(numa))
+        if local_cpus is not None:
+            self.write(f"{real}/local_cpulist", format_cpulist(local_cpus))
+            self.write(f"{real}/local_cpus", cpumask(local_cpus))
+        for irq in irqs:
+            self.write(f"{real}/msi_irqs/{irq}", "msix")
+            self.write(f"/proc/irq/{irq}/smp_affinity_list", "0-255")
+        self.link(f"/sys/bus/pci/devices/{bdf}", f"../../../devices/{root_port}/{bdf}")
+        return real
+
+    def gpu(self, bdf: str, numa: int, local_cpus: Optional[list[int]], irqs: tuple[int, ...] = ()) -> None:
+        self.pci_device(bdf, "0x10de", "0x030200", numa, local_cpus, irqs=irqs)
+
+    def nic(self, name: str, bdf: str, numa: int, local_cpus: list[int], irqs: tuple[int, ...] = ()) -> None:
+        real = self.pci_device(bdf, "0x15b3", "0x020000", numa, local_cpus, irqs=irqs, device_id="0x101d")
+        self.write(f"{real}/net/{name}/address", "00:11:22:33:44:55")
+        self.link(f"{real}/net/{name}/device", "../../../" + bdf)
+        self.link(f"/sys/class/net/{name}", f"../../devices/pci0000:00/{bdf}/net/{name}")
+
+    def virtual_nic(self, name: str) -> None:
+        self.write(f"/sys/devices/virtual/net/{name}/address", "00:00:00:00:00:00")
+        self.link(f"/sys/class/net/{name}", f"../../devices/virtual/net/{name}")
+
+    def block(self, name: str, schedulers: str, rotational: bool, bdf: Optional[str] = "0000:00:10.0") -> None:
+        real = f"/sys/devices/pci0000:00/{bdf}/block/{name}" if bdf else f"/sys/devices/virtual/block/{name}"
+        self.write(f"{real}/queue/scheduler", schedulers)
+        self.write(f"{real}/queue/rotational", "1" if rotational else "0")
+        if bdf:
+            self.link(f"{real}/device", f"../../../{bdf}")
+        self.link(f"/sys/block/{name}", f"../devices/{real.split('/sys/devices/', 1)[1]}")
+
+    def cpufreq(self, policies: int, governor: str, available: str = "performance powersave") -> None:
+        for p in range(policies):
+            base = f"/sys/devices/system/cpu/cpufreq/policy{p}"
+            self.write(f"{base}/scaling_governor", governor)
+            self.write(f"{base}/scaling_available_governors", available)
+
+    def thp(self, enabled: str = "always [madvise] never",
+            defrag: str = "always defer defer+madvise [madvise] never") -> None:
+        self.write("/sys/kernel/mm/transparent_hugepage/enabled", enabled)
+        self.write("/sys/kernel/mm/transparent_hugepage/defrag", defrag)
+
+    def sysctl(self, name: str, value: str) -> None:
+        self.write("/proc/sys/" + name.replace(".", "/"), value)
+
+    def default_sysctls(self) -> None:
+        self.sysctl("vm.max_map_count", "65530")
+        self.sysctl("net.core.rmem_max", "212992")
+        self.sysctl("net.core.wmem_max", "212992")
+        self.sysctl("net.ipv4.tcp_rmem", "4096\t131072\t6291456")
+        self.sysctl("net.ipv4.tcp_wmem", "4096\t16384\t4194304")
+
+
+# --- the named hosts ---------------------------------------------------------------------------------------
+def two_socket_8gpu(root: Path) -> FakeHost:
+    """Like a dual Xeon 8480+ HGX H100 box: 2 nodes × 56 cores (SMT off for brevity), 4 GPUs per socket."""
+    h = FakeHost(root)
+    h.cpus(112)
+    node0, node1 = list(range(56)), list(range(56, 112))
+    h.numa_node(0, node0, 1056 * 1024 * 1024)
+    h.numa_node(1, node1, 1056 * 1024 * 1024)
+    h.meminfo(2112 * 1024 * 1024, 2000 * 1024 * 1024)
+    for i, bus in enumerate(["18", "2a", "3a", "5d"]):
+        h.gpu(f"0000:{bus}:00.0", 0, node0, irqs=(100 + 2 * i, 101 + 2 * i))
+    for i, bus in enumerate(["9a", "ab", "ba", "db"]):
+        h.gpu(f"0000:{bus}:00.0", 1, node1, irqs=(120 + 2 * i, 121 + 2 * i))
+    # An NVIDIA HDA audio function and a BMC's VGA (ASPEED): neither is a GPU.
+    h.pci_device("0000:18:00.1", "0x10de", "0x040300", 0, node0)
+    h.pci_device("0000:03:00.0", "0x1a03", "0x030000", 0, node0)
+    h.nic("ens1f0np0", "0000:1b:00.0", 0, node0, irqs=(200, 201))
+    h.nic("ens9f0np0", "0000:9c:00.0", 1, node1, irqs=(210, 211))
+    h.virtual_nic("lo")
+    h.block("nvme0n1", "[none] mq-deadline kyber bfq", False, "0000:5e:00.0")
+    h.block("nvme1n1", "[none] mq-deadline kyber bfq", False, "0000:dc:00.0")
+    h.block("sda", "mq-deadline [bfq] none", True, "0000:00:17.0")
+    h.block("loop0", "[none] mq-deadline", False, None)
+    h.cpufreq(112, "powersave")
+    h.thp("[always] madvise never", "always defer defer+madvise [madvise] never")
+    h.default_sysctls()
+    h.write("/proc/interrupts", "           CPU0\n  0:   10   IO-APIC   2-edge      timer\n")
+    return h
+
+
+def workstation(root: Path) -> FakeHost:
+    """One socket, 16 CPUs, one consumer GPU whose firmware reports numa_node -1, no NUMA directory."""
+    h = FakeHost(root)
+    h.cpus(16)
+    h.meminfo(64 * 1024 * 1024, 50 * 1024 * 1024)
+    h.gpu("0000:01:00.0", -1, list(range(16)))
+    h.pci_device("0000:01:00.1", "0x10de", "0x040300", -1, list(range(16)))
+    h.nic("enp5s0", "0000:05:00.0", -1, list(range(16)))
+    h.block("nvme0n1", "[none] mq-deadline kyber bfq", False, "0000:04:00.0")
+    h.cpufreq(16, "schedutil", "performance powersave schedutil")
+    h.thp()
+    h.default_sysctls()
+    return h
+
+
+def vm_no_gpu(root: Path) -> FakeHost:
+    """A cloud VM: one node, no cpufreq, virtio disk (rotational=1), virtio-net behind a PCI function."""
+    h = FakeHost(root)
+    h.cpus(2)
+    h.numa_node(0, [0, 1], 8 * 1024 * 1024)
+    h.meminfo(8 * 1024 * 1024, 7 * 1024 * 1024)
+    real = h.pci_device("0000:00:03.0", "0x1af4", "0x020000", -1, [0, 1], device_id="0x1000")
+    h.write(f"{real}/virtio0/net/eth0/address", "52:54:00:12:34:56")
+    h.link(f"{real}/virtio0/net/eth0/device", "../../../virtio0")
+    h.link("/sys/class/net/eth0", "../../devices/pci0000:00/0000:00:03.0/virtio0/net/eth0")
+    h.virtual_nic("lo")
+    h.block("vda", "[mq-deadline] kyber bfq none", True, "0000:00:04.0")
+    h.thp("always [madvise] never")
+    h.default_sysctls()
+    return h
+
+
+def nvml_absent_8gpu(root: Path) -> FakeHost:
+    """The 8-GPU server with the driver not loaded: GPUs come from sysfs only."""
+    return two_socket_8gpu(root)
+
+
+class SysfsHost(Host):
+    """A Host over a fake tree that answers bracket-list attributes the way the kernel does.
+
+    Writing "madvise" to THP's ``enabled`` makes the kernel show "always [madvise] never"; a value it does not
+    offer fails with EINVAL. Plain files keep what was written, as procfs does for sysctls.
+    """
+
+    def write(self, host_path: str, value: str) -> None:
+        try:
+            current = self.read(host_path)
+        except HostError:
+            current = ""
+        try:
+            _, offered = parse_bracket_list(current)
+        except ParseError:
+            offered = []
+        if "[" in current and offered:
+            if value not in offered:
+                raise HostError("write", host_path, OSError(errno.EINVAL, os.strerror(errno.EINVAL)), value)
+            value = " ".join(f"[{o}]" if o == value else o for o in offered)
+        super().write(host_path, value)
