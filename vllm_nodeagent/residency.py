@@ -124,9 +124,13 @@ def mincore_pages(fd: int, size: int) -> int:
 
 _probe_lock = threading.Lock()
 _cachestat_works: Optional[bool] = None
+# Per-file reasons to fall back to mincore: EPERM since Linux 6.10 when the caller may not write the file (nor
+# owns it) - cachestat would be a side channel otherwise; EOPNOTSUPP on hugetlbfs.
+_PER_FILE_FALLBACK = (errno.EPERM, errno.EOPNOTSUPP, errno.EINVAL)
 
 
 def _cachestat_available(fd: int) -> bool:
+    """Whether the kernel has cachestat(2) (probed once per process on the first file)."""
     global _cachestat_works  # noqa: PLW0603 - a per-process probe result
     with _probe_lock:
         if _cachestat_works is None:
@@ -134,10 +138,11 @@ def _cachestat_available(fd: int) -> bool:
                 cachestat_pages(fd)
                 _cachestat_works = True
             except OSError as exc:
-                if exc.errno not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp filter that denies it
+                if exc.errno == errno.ENOSYS:
+                    _cachestat_works = False
+                elif exc.errno not in _PER_FILE_FALLBACK:
                     raise
-                _cachestat_works = False
-        return _cachestat_works
+        return _cachestat_works is not False
 
 
 def resolve_method(method: Optional[str] = None) -> str:
@@ -149,19 +154,33 @@ def resolve_method(method: Optional[str] = None) -> str:
 
 
 class Residency:
-    """Counts resident bytes of files; ``method`` is what was used ("cachestat" or "mincore")."""
+    """Counts resident bytes of files. ``method``: what was used ("cachestat", "mincore" or
+    "cachestat+mincore" when some files fell back)."""
 
     def __init__(self, method: Optional[str] = None) -> None:
         self.requested = resolve_method(method)
-        self.method = "mincore" if self.requested == "mincore" else "cachestat"
+        self.used: set[str] = set()
+
+    @property
+    def method(self) -> str:
+        if not self.used:
+            return "mincore" if self.requested == "mincore" else "cachestat"
+        return "+".join(sorted(self.used))
 
     def pages_fd(self, fd: int, size: int) -> int:
-        if self.requested == "mincore":
-            return mincore_pages(fd, size)
-        if self.requested == "auto" and not _cachestat_available(fd):
-            self.method = "mincore"
-            return mincore_pages(fd, size)
-        return cachestat_pages(fd)
+        if self.requested == "auto" and _cachestat_available(fd):
+            try:
+                pages = cachestat_pages(fd)
+                self.used.add("cachestat")
+                return pages
+            except OSError as exc:
+                if exc.errno not in _PER_FILE_FALLBACK:
+                    raise
+        elif self.requested == "cachestat":
+            self.used.add("cachestat")
+            return cachestat_pages(fd)
+        self.used.add("mincore")
+        return mincore_pages(fd, size)
 
     def bytes_fd(self, fd: int, size: int) -> int:
         """Resident bytes of an open file of ``size`` bytes, capped at the size (the last page is partial)."""
