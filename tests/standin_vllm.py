@@ -57,7 +57,9 @@ def record(path: Optional[str], info: dict[str, Any]) -> None:
         fh.write(json.dumps(info) + "\n")
 
 
-def worker_main(record_path: Optional[str]) -> int:
+def worker_main(record_path: Optional[str], ignore_term: bool) -> int:
+    if ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     record(record_path, describe("worker", sys.argv))
     while True:
         time.sleep(3600)
@@ -83,10 +85,7 @@ class State:
 def make_handler(state: State) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/health":
-                code = 200 if state.healthy() else 503
-            else:
-                code = 404
+            code = (200 if state.healthy() else 503) if self.path == "/health" else 404
             body = b"{}"
             self.send_response(code)
             self.send_header("Content-Length", str(len(body)))
@@ -112,15 +111,17 @@ def main() -> int:
     p.add_argument("--crash-during-load", action="store_true",
                    default=os.environ.get("STANDIN_CRASH_DURING_LOAD") == "1")
     p.add_argument("--refuse-while-loading", action="store_true")
+    p.add_argument("--workers-ignore-term", action="store_true", help="workers survive SIGTERM (need SIGKILL)")
     p.add_argument("--standin-worker", action="store_true", help=argparse.SUPPRESS)
     args, _unknown = p.parse_known_args(argv)
     if args.standin_worker:
-        return worker_main(args.record)
+        return worker_main(args.record, args.workers_ignore_term)
 
     record(args.record, describe("server", argv))
     for _ in range(args.workers):
         subprocess.Popen([sys.executable, os.path.abspath(__file__), "--standin-worker",
-                          *(["--record", args.record] if args.record else [])])
+                          *(["--record", args.record] if args.record else []),
+                          *(["--workers-ignore-term"] if args.workers_ignore_term else [])])
     state = State(args.load_seconds, args.hold_file)
     if args.crash_during_load:
         time.sleep(min(args.load_seconds, 0.1))
@@ -139,10 +140,10 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"standin-vllm pid {os.getpid()} listening on {args.host}:{args.port}", flush=True)
     while not stop.wait(0.05):
-        if args.crash_after >= 0 and state.healthy_at is not None:
-            if time.monotonic() - state.healthy_at >= args.crash_after:
-                print("standin-vllm crashing as told", flush=True)
-                os._exit(3)
+        healthy_at = state.healthy_at
+        if args.crash_after >= 0 and healthy_at is not None and time.monotonic() - healthy_at >= args.crash_after:
+            print("standin-vllm crashing as told", flush=True)
+            os._exit(3)
     server.shutdown()
     return 0
 

@@ -86,6 +86,7 @@ class Daemon:
         self.pinned: set[int] = set()
         self.drift_count = 0
         self.exit_code: Optional[int] = None
+        self._prewarm_locked: Any = None
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._old_handlers: dict[int, Any] = {}
         self._old_wakeup = -1
@@ -315,39 +316,35 @@ class Daemon:
         pcfg = self.ctx.config.prewarm
         if pcfg is None:
             return
-        targets = list(pcfg.paths)
-        if pcfg.include_model and self.vcfg.model:
-            targets.append(self.vcfg.model)
+        from vllm_nodeagent import prewarm as pw
+
+        targets, env = pw.config_targets(self.ctx.config)
         if not targets:
-            return
-        try:
-            from vllm_nodeagent import prewarm as pw
-        except ImportError as exc:
-            self.log.warning("prewarm_unavailable", error=str(exc))
             return
         self.notify.status("prewarming")
         last = [-1]
 
-        def progress(done: int, total: int, *_: Any) -> None:
+        def progress(done: int, total: int) -> None:  # called from the reader threads
             pct = int(done * 100 / total) if total else 100
             if pct != last[0]:
                 last[0] = pct
                 self.notify.status(f"prewarming {pct}%")
-                self._watchdog(self.clock())
+                self._watchdog(self.clock())  # a stalled prewarm stops pinging
 
         try:
             budget = pw.budget_from_config(self.ctx.host, pcfg.memory_budget_fraction)
             result = pw.prewarm(targets, host=self.ctx.host, budget_bytes=budget, threads=pcfg.threads,
-                                lock=pcfg.lock, progress=progress)
+                                lock=pcfg.lock, progress=progress, hf_cache=pw.hf_cache_dir(env))
         except Exception as exc:  # a failed prewarm must not stop serving; it is logged
             self.log.error("prewarm_failed", error=f"{type(exc).__name__}: {exc}")
             return
-        self._prewarm_result = result  # keeps an mlock handle alive while the daemon runs
-        resident = int(getattr(result, "resident_after_bytes", 0) or 0)
-        self.metrics.set_prewarm_bytes(resident)
-        self.log.info("prewarm_done", files=len(getattr(result, "files", []) or []),
-                      total_bytes=getattr(result, "total_bytes", None), resident_bytes=resident,
-                      gbps=getattr(result, "gbps", None), errors=len(getattr(result, "errors", []) or []))
+        self._prewarm_locked = result.locked  # an mlock handle stays alive while the daemon runs
+        self.metrics.set_prewarm_bytes(result.resident_after_bytes)
+        for err in result.errors:
+            self.log.warning("prewarm_error", detail=err)
+        self.log.info("prewarm_done", files=result.files, total_bytes=result.total_bytes,
+                      resident_bytes=result.resident_after_bytes, gbps=round(result.gbps, 3),
+                      skipped_bytes=result.skipped_bytes, locked=result.locked is not None)
 
     # -- the child --------------------------------------------------------------------------------------------------
     def _pid_file(self) -> str:
@@ -566,9 +563,9 @@ class Daemon:
         if self.child is not None:  # an unexpected error: never leave vLLM behind
             self.child.stop(self.vcfg.stop_timeout_s)
             self.child = None
-        handle = getattr(getattr(self, "_prewarm_result", None), "locked", None)
-        if handle is not None and hasattr(handle, "release"):
-            handle.release()
+        if self._prewarm_locked is not None:
+            self._prewarm_locked.release()
+            self._prewarm_locked = None
         if self.nvml is not None:
             from vllm_nodeagent.nvml import NvmlCallError
 
