@@ -670,8 +670,8 @@ class ProgressReporter:
             self.stream.flush()
 
 
-def hold_until_signal() -> int:
-    """Block until SIGINT or SIGTERM; returns the signal number."""
+def hold_until_signal(ready: Optional[Callable[[], None]] = None) -> int:
+    """Block until SIGINT or SIGTERM; ``ready`` runs once the handlers are in place. Returns the signal."""
     got: list[int] = []
     done = threading.Event()
 
@@ -681,6 +681,8 @@ def hold_until_signal() -> int:
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if ready is not None:
+            ready()
         while not done.wait(0.5):
             pass
     finally:
@@ -738,11 +740,14 @@ def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
     sys.stdout.flush()
     code = EXIT_OK if result.ok else EXIT_FAILED
     if args.lock and result.locked is not None:
-        print(f"vllm-nodeagent: prewarm: locked {_human(result.locked.bytes)} in {result.locked.files} file(s); "
-              "holding until SIGINT/SIGTERM", file=sys.stderr)
-        sys.stderr.flush()
+        locked = result.locked
+
+        def announce() -> None:
+            print(f"vllm-nodeagent: prewarm: locked {_human(locked.bytes)} in {locked.files} file(s); "
+                  "holding until SIGINT/SIGTERM", file=sys.stderr, flush=True)
+
         try:
-            hold_until_signal()
+            hold_until_signal(announce)
         finally:
-            result.locked.release()
+            locked.release()
     return code
