@@ -65,13 +65,14 @@ class ReaderOptions:
     """
 
     threads: int = 0
-    buffer_bytes: int = 8 << 20
+    buffer_bytes: int = 64 << 20
     segment_bytes: int = 256 << 20
     fadvise: str = "seq"
-    method: str = "pread"
+    method: str = "sendfile"
 
 
 DEFAULT_THREADS = 4
+_PREAD_BUFFER_MAX = 8 << 20
 
 
 def default_threads(requested: int = 0) -> int:
@@ -442,15 +443,22 @@ def read_files(
             errors.setdefault(f.path, f"{f.path}: {msg}")
 
     def worker() -> None:
-        buf = memoryview(bytearray(opts.buffer_bytes)) if opts.method == "pread" else memoryview(b"")
         sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC) if opts.method == "sendfile" else -1
         try:
-            _work(buf, sink)
+            _work(sink)
         finally:
             if sink >= 0:
                 os.close(sink)
 
-    def _work(buf: memoryview, sink: int) -> None:
+    def _work(sink: int) -> None:
+        buf = memoryview(b"")
+
+        def buffer() -> memoryview:  # allocated once per thread, only when pread runs
+            nonlocal buf
+            if not buf:
+                buf = memoryview(bytearray(min(opts.buffer_bytes, _PREAD_BUFFER_MAX)))
+            return buf
+
         while True:
             with idx_lock:
                 if next_idx[0] >= len(segs):
@@ -475,12 +483,17 @@ def read_files(
                     os.posix_fadvise(fd, seg.start, seg.length, os.POSIX_FADV_SEQUENTIAL)
                     if opts.fadvise == "seq+willneed":
                         os.posix_fadvise(fd, seg.start, seg.length, os.POSIX_FADV_WILLNEED)
+                got = -1
                 if opts.method == "sendfile":
-                    got = _read_sendfile(fd, seg, sink, opts.buffer_bytes, prog)
+                    try:
+                        got = _read_sendfile(fd, seg, sink, opts.buffer_bytes, prog)
+                    except OSError as exc:  # a filesystem without splice support: read it instead
+                        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                            raise
                 elif opts.method == "populate":
                     got = _read_populate(fd, seg, prog)
-                else:
-                    got = _read_pread(fd, seg, buf, prog)
+                if got < 0:
+                    got = _read_pread(fd, seg, buffer(), prog)
                 if got < seg.length:
                     fail(seg.file, f"file shrank during read (ends before byte {seg.start + got} "
                                    f"of {seg.file.size})")
