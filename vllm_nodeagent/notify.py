@@ -25,11 +25,21 @@ class Notifier:
         self.socket_path = env.get("NOTIFY_SOCKET", "")
         self._sd: Any = None
         if self.socket_path:
+            import socket
+
             import sdnotify
 
-            self._sd = sdnotify.SystemdNotifier()
-            if self._sd.socket is None:
-                log.get().warning("notify_socket_unusable", socket=self.socket_path)
+            self._sd = sdnotify.SystemdNotifier()  # connects to $NOTIFY_SOCKET; we connect to ours
+            if self._sd.socket is not None:
+                self._sd.socket.close()
+            addr = "\0" + self.socket_path[1:] if self.socket_path.startswith("@") else self.socket_path
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(addr)
+                self._sd.socket = sock
+            except OSError as exc:
+                sock.close()
+                log.get().warning("notify_socket_unusable", socket=self.socket_path, error=str(exc))
                 self._sd = None
         self.watchdog_interval_s = 0.0
         usec = env.get("WATCHDOG_USEC", "")
