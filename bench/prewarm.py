@@ -147,6 +147,11 @@ DESIGNS: dict[str, ReaderOptions] = {
     "sendfile t8 seg256M 8M seq": ReaderOptions(8, 8 << 20, 256 << 20, "seq", "sendfile"),
     "sendfile t4 seg256M 64M seq": ReaderOptions(4, 64 << 20, 256 << 20, "seq", "sendfile"),
     "sendfile t2 seg256M 8M seq": ReaderOptions(2, 8 << 20, 256 << 20, "seq", "sendfile"),
+    "sendfile t1 whole 64M seq": ReaderOptions(1, 64 << 20, 0, "seq", "sendfile"),
+    "sendfile t2 seg256M 64M seq": ReaderOptions(2, 64 << 20, 256 << 20, "seq", "sendfile"),
+    "sendfile t4 whole 64M seq": ReaderOptions(4, 64 << 20, 0, "seq", "sendfile"),
+    "sendfile t4 seg1G 64M seq": ReaderOptions(4, 64 << 20, 1 << 30, "seq", "sendfile"),
+    "pread t1 whole buf8M seq (dd-like)": ReaderOptions(1, 8 << 20, 0, "seq", "pread"),
 }
 
 
@@ -179,16 +184,23 @@ def main(argv: Optional[list[str]] = None) -> int:
             st = os.stat(p)
             wf.append(WarmFile(p, p, st.st_size, st.st_dev, st.st_ino))
 
+        cpu: dict[str, list[float]] = {n: [] for n in names}
+
         def run_design(name: str) -> float:
             errors: dict[str, str] = {}
+            c0 = os.times()
             t0 = time.monotonic()
             read_files(wf, DESIGNS[name], _Progress(total, None), errors)
             secs = time.monotonic() - t0
+            c1 = os.times()
+            cpu[name].append((c1.user - c0.user) + (c1.system - c0.system))
             assert not errors, errors
             return secs
 
         speeds, resid = interleave(names, args.rounds, files, total, run_design)
         print(table(names, names[0], speeds, resid))
+        print("\nCPU seconds of the reading process per GiB read (median): " + "; ".join(
+            f"{n}: {statistics.median(cpu[n]) / (total / GIB):.3f}" for n in names))
         return 0
 
     missing = [t for t in ("vmtouch", "fio") if shutil.which(t) is None]
