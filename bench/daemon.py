@@ -66,7 +66,7 @@ def main() -> int:
         t0_wall = time.time()
         proc = subprocess.Popen(
             [sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(root), "--config", str(cfg),
-             "--log-format", "json", "run"], env=env, stdout=subprocess.DEVNULL, stderr=open(base / "log", "w"))
+             "--log-format", "json", "run"], env=env, stdout=subprocess.DEVNULL, stderr=open(base / "log", "w"))  # noqa: SIM115
         sock.settimeout(30)
         while True:
             msg = sock.recv(4096).decode()
