@@ -17,7 +17,10 @@ PACKAGES=(
     linux-image-amd64 systemd systemd-sysv udev dbus
     openssh-server numactl irqbalance python3 python3-venv iproute2
     procps kmod ca-certificates
+    python3-apt sudo
 )
+# python3-apt and sudo: what Ansible's apt module and `become` need on a managed Debian host (the
+# guests have no way out, so Ansible cannot install python3-apt on demand).
 
 WORK=$(mktemp -d "${OUT}.work.XXXXXX")
 cleanup() {

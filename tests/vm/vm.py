@@ -22,7 +22,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Optional, Union
 
@@ -38,6 +40,7 @@ KVM_PROBE_TIMEOUT = float(os.environ.get("VLLM_NODEAGENT_VM_KVM_TIMEOUT", "60"))
 KVM_BANNER_TIMEOUT = float(os.environ.get("VLLM_NODEAGENT_VM_KVM_BANNER_TIMEOUT", "15"))
 
 _accel_decided: Optional[str] = None
+_accel_lock = threading.Lock()
 timings: dict[str, float] = {}
 
 
@@ -169,7 +172,7 @@ class VM:
         self.accel = accel
         if self.serial.exists():
             self.serial.rename(self.serial.with_suffix(f".{int(time.time())}.log"))
-        self._qemu_log = open(self.dir / "qemu.log", "ab")
+        self._qemu_log = open(self.dir / "qemu.log", "ab")  # noqa: SIM115 - lives as long as qemu
         log(f"{self.name}: booting ({accel}, ssh on 127.0.0.1:{self.port})")
         self.proc = subprocess.Popen(self._argv(accel), stdout=self._qemu_log, stderr=subprocess.STDOUT)
 
@@ -224,12 +227,13 @@ class VM:
     def start(self) -> VM:
         global _accel_decided  # noqa: PLW0603 - one decision per test process
         want = os.environ.get("VLLM_NODEAGENT_VM_ACCEL", "auto")
-        if want == "auto" and _accel_decided is None:
-            if kvm_usable() and self._boot("kvm", KVM_PROBE_TIMEOUT):
-                _accel_decided = "kvm"
-                return self
-            _accel_decided = "tcg"
-            log("KVM unusable or hung; using TCG from now on")
+        with _accel_lock:  # guests started from threads: one probe only
+            if want == "auto" and _accel_decided is None:
+                if kvm_usable() and self._boot("kvm", KVM_PROBE_TIMEOUT):
+                    _accel_decided = "kvm"
+                    return self
+                _accel_decided = "tcg"
+                log("KVM unusable or hung; using TCG from now on")
         accel = _accel_decided if want == "auto" else want
         assert accel is not None
         timeout = TCG_BOOT_TIMEOUT if accel == "tcg" else KVM_PROBE_TIMEOUT * 2
@@ -329,6 +333,16 @@ class VM:
                 timings.setdefault(f"reboot_{self.accel}_s", time.monotonic() - t0)
                 return
         raise VMError(f"{self.name}: no new boot within {timeout:.0f} s\n{self.serial_tail()}")
+
+
+def booted(workdir: Path, key: Path, name: str) -> Iterator[VM]:
+    """A generator for fixtures: yields a started VM, stops it afterwards."""
+    guest = VM(name, workdir, key)
+    try:
+        guest.start()
+        yield guest
+    finally:
+        guest.stop()
 
 
 def qemu_available() -> Optional[str]:
