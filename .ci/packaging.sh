@@ -14,6 +14,7 @@ unit=systemd/vllm-nodeagent.service
 ANSIBLE_CORE_VERSION=2.18.19
 ANSIBLE_LINT_VERSION=25.12.2
 ANSIBLE_COMPAT_VERSION=26.10.0
+PYTEST_VERSION=8.4.2
 EXPOSURE_THRESHOLD=50   # systemd-analyze's 0-100 scale: 50 = "exposure 5.0"
 t0=$(date +%s)
 
@@ -140,8 +141,10 @@ venv=$out/.ansiblevenv
 if [ ! -x "$venv/bin/ansible-playbook" ]; then
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "ansible-core==$ANSIBLE_CORE_VERSION" \
-        "ansible-lint==$ANSIBLE_LINT_VERSION" "ansible-compat==$ANSIBLE_COMPAT_VERSION"
+        "ansible-lint==$ANSIBLE_LINT_VERSION" "ansible-compat==$ANSIBLE_COMPAT_VERSION" "pytest==$PYTEST_VERSION"
 fi
+# tests/test_packaging.py in a venv that has jinja2 + PyYAML, so the role-template tests never skip
+"$venv/bin/python" -m pytest -q -p no:cacheprovider --noconftest tests/test_packaging.py
 export PATH="$repo/$venv/bin:$PATH" ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
 (cd packaging/ansible && ansible-lint --offline --profile production site.yml roles/vllm_nodeagent)
 (cd packaging/ansible && ansible-playbook -i ci/inventory.ini --syntax-check site.yml)

@@ -47,7 +47,8 @@ def supported_tags(py: tuple[int, int], arch: str) -> set[Tag]:
 
 
 def closure_problems(wheels: list[Wheel], root: str, pyver: str, arch: str) -> list[str]:
-    py = (int(pyver.split(".")[0]), int(pyver.split(".")[1]))
+    major, _, minor = pyver.partition(".")
+    py = (int(major), int(minor))
     tags = supported_tags(py, arch)
     env = {"python_version": pyver, "python_full_version": f"{pyver}.0", "extra": "",
            "platform_machine": arch, "sys_platform": "linux", "platform_system": "Linux",

@@ -1,0 +1,216 @@
+"""Packaging: the systemd unit's sandbox against what the agent needs, the wheelhouse closure check,
+the Ansible role's config template against the sample config, and (marked `packaging`) a real build
+whose wheelhouse is installed offline into a venv of every local CPython 3.9+.
+
+The full install/upgrade/remove/purge cycle of the .deb and the role's real run live in
+.ci/packaging.sh (they need root and change the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "systemd" / "vllm-nodeagent.service"
+PACKAGING = REPO / "packaging"
+ROLE = PACKAGING / "ansible" / "roles" / "vllm_nodeagent"
+SAMPLE_CONFIG = REPO / "etc" / "config.toml"
+
+
+def unit_settings(path: Path = UNIT) -> dict[str, list[str]]:
+    """Every Key=value of the unit (all sections), values of repeated keys in order."""
+    settings: dict[str, list[str]] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def words(settings: dict[str, list[str]], key: str) -> set[str]:
+    return {w for value in settings.get(key, []) for w in value.split()}
+
+
+def sample_config() -> dict[str, Any]:
+    doc: dict[str, Any] = tomllib.loads(SAMPLE_CONFIG.read_text())
+    return doc
+
+
+# -- the systemd unit ---------------------------------------------------------------------------
+def test_unit_keeps_what_the_daemon_writes_writable() -> None:
+    s = unit_settings()
+    # /proc/sys and /sys stay writable, /dev/nvidia* reachable, JIT allowed.
+    for forbidden in ("ProtectKernelTunables", "PrivateDevices", "DeviceAllow", "DevicePolicy", "ProtectClock",
+                      "MemoryDenyWriteExecute", "ProtectProc", "ProcSubset", "PrivateUsers", "User", "DynamicUser"):
+        assert forbidden not in s, f"{forbidden}= would break the agent (see docs/packaging.md)"
+    assert s["ProtectSystem"] == ["strict"]
+    assert s["Type"] == ["notify"]
+    assert s["ExecStart"] == ["/usr/bin/vllm-nodeagent run"]
+    assert s["KillMode"] == ["mixed"]
+    assert s["Restart"] == ["on-failure"]
+    assert "StartLimitBurst" in s and "WatchdogSec" in s
+    # Under ProtectSystem=strict the state dir and the metrics textfile's dir must be writable.
+    agent = sample_config()["agent"]
+    assert agent["state_dir"] == "/var/lib/" + s["StateDirectory"][0]
+    textfile_dir = os.path.dirname(agent["metrics_textfile"])
+    rw = {p.lstrip("-") for p in words(s, "ReadWritePaths")}
+    assert textfile_dir in rw
+    hf_home = sample_config()["vllm"]["env"]["HF_HOME"]
+    assert hf_home.startswith(agent["state_dir"] + "/"), "the HF cache must live somewhere writable"
+
+
+def test_unit_capabilities_and_sockets_cover_the_daemon() -> None:
+    s = unit_settings()
+    caps = words(s, "CapabilityBoundingSet")
+    # drop to user vllm, signal it, bind it to NUMA nodes, mlock for prewarm --lock, NVML + numa_balancing
+    assert {"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SYS_NICE", "CAP_IPC_LOCK", "CAP_SYS_ADMIN"} <= caps
+    assert not caps & {"CAP_SYS_MODULE", "CAP_SYS_PTRACE", "CAP_NET_ADMIN", "CAP_SYS_RAWIO", "CAP_SYS_TIME"}
+    families = words(s, "RestrictAddressFamilies")
+    assert families == {"AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"}
+    assert "AF_PACKET" not in families
+    # the syscall deny-list must not take what the launcher needs (setuid, mbind, sched_setaffinity, mlock)
+    denied = words(s, "SystemCallFilter")
+    assert all(d.startswith("~") or d.startswith("@") for d in denied)
+    assert not {"@privileged", "@resources", "@setuid", "@memlock", "~@privileged", "~@resources"} & denied
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_security_exposure_at_most_5() -> None:
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNIT)],
+                          capture_output=True, text=True, check=False)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", proc.stdout)
+    assert match, proc.stdout + proc.stderr
+    assert float(match.group(1)) <= 5.0
+    gate = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=50", str(UNIT)],
+                          capture_output=True, text=True, check=False)
+    assert gate.returncode == 0
+
+
+# -- the wheelhouse closure check ---------------------------------------------------------------
+def fake_wheel(house: Path, name: str, version: str, tag: str, requires: list[str], requires_python: str = "") -> None:
+    dist = f"{name.replace('-', '_')}-{version}"
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    if requires_python:
+        meta.append(f"Requires-Python: {requires_python}")
+    meta += [f"Requires-Dist: {r}" for r in requires]
+    with zipfile.ZipFile(house / f"{dist}-{tag}.whl", "w") as zf:
+        zf.writestr(f"{dist}.dist-info/METADATA", "\n".join(meta) + "\n")
+
+
+def check_wheelhouse(house: Path, *versions: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(PACKAGING / "check_wheelhouse.py"), str(house), "x86_64", *versions],
+                          capture_output=True, text=True, check=False)
+
+
+def test_check_wheelhouse_catches_a_marker_dependency_missing_for_old_pythons(tmp_path: Path) -> None:
+    pytest.importorskip("packaging")
+    fake_wheel(tmp_path, "vllm-nodeagent", "0.1.0", "py3-none-any",
+               ["psutil>=5.9", 'tomli>=2.0; python_version < "3.11"', 'vllm; extra == "vllm"'], ">=3.9")
+    fake_wheel(tmp_path, "psutil", "7.2.2", "cp36-abi3-manylinux2014_x86_64", [])
+    ok = check_wheelhouse(tmp_path, "3.11", "3.12")
+    assert ok.returncode == 0, ok.stderr
+    missing = check_wheelhouse(tmp_path, "3.9", "3.12")
+    assert missing.returncode == 1
+    assert "python 3.9: no wheel for tomli" in missing.stderr
+    assert "3.12" not in missing.stderr
+    fake_wheel(tmp_path, "tomli", "2.3.0", "cp311-cp311-manylinux2014_x86_64", [])  # wrong interpreter
+    assert check_wheelhouse(tmp_path, "3.9").returncode == 1
+    fake_wheel(tmp_path, "tomli", "2.3.0", "py3-none-any", [], ">=3.8")
+    assert check_wheelhouse(tmp_path, "3.9", "3.10").returncode == 0
+
+
+def test_check_wheelhouse_honours_requires_python_and_platform(tmp_path: Path) -> None:
+    pytest.importorskip("packaging")
+    fake_wheel(tmp_path, "vllm-nodeagent", "0.1.0", "py3-none-any", ["structlog>=23.1"], ">=3.9")
+    fake_wheel(tmp_path, "structlog", "26.1.0", "py3-none-any", [], ">=3.10")
+    result = check_wheelhouse(tmp_path, "3.9")
+    assert result.returncode == 1 and "structlog" in result.stderr
+    fake_wheel(tmp_path, "structlog", "25.5.0", "py3-none-any", [], ">=3.8")
+    assert check_wheelhouse(tmp_path, "3.9", "3.13").returncode == 0
+    fake_wheel(tmp_path, "psutil", "7.2.2", "cp36-abi3-macosx_11_0_arm64", [])
+    (tmp_path / "vllm_nodeagent-0.1.0-py3-none-any.whl").unlink()
+    fake_wheel(tmp_path, "vllm-nodeagent", "0.1.0", "py3-none-any", ["psutil"], ">=3.9")
+    assert check_wheelhouse(tmp_path, "3.12").returncode == 1
+
+
+# -- the Ansible role's config template ---------------------------------------------------------
+def render_role_config(overrides: dict[str, Any]) -> str:
+    jinja2 = pytest.importorskip("jinja2")
+    yaml = pytest.importorskip("yaml")
+    variables: dict[str, Any] = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    variables.update(overrides)
+    variables["ansible_managed"] = "Ansible managed"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLE / "templates")), keep_trailing_newline=True)
+    env.filters["to_json"] = json.dumps
+    env.filters["comment"] = lambda text: "\n".join(f"# {line}" for line in str(text).splitlines())
+    env.tests["match"] = lambda value, pattern: re.match(pattern, str(value)) is not None
+    text: str = env.get_template("config.toml.j2").render(**variables)
+    return text
+
+
+def test_role_defaults_render_the_sample_config() -> None:
+    rendered = tomllib.loads(render_role_config({}))
+    assert rendered == sample_config()
+
+
+def test_role_renders_exact_sysctls_and_drops_empty_sections() -> None:
+    text = render_role_config({
+        "vllm_nodeagent_sysctl": {"vm.swappiness": {"value": 10, "mode": "exact"}, "kernel.numa_balancing": 0},
+        "vllm_nodeagent_irq": {},
+        "vllm_nodeagent_vllm": {"model": 'org/model "quoted"', "args": ["--max-model-len", "8192"]},
+    })
+    doc = tomllib.loads(text)
+    assert doc["sysctl"] == {"vm.swappiness": {"value": 10, "mode": "exact"}, "kernel.numa_balancing": 0}
+    assert "irq" not in doc
+    assert doc["vllm"]["model"] == 'org/model "quoted"'
+    assert doc["vllm"]["args"] == ["--max-model-len", "8192"]
+    assert doc["vllm"]["env"] == {"HF_HOME": "/var/lib/vllm-nodeagent/hf"}
+
+
+# -- a real build: the wheelhouse installs offline on every local CPython -------------------------
+def local_pythons() -> list[Path]:
+    root = Path.home() / ".pyenv" / "versions"
+    found = []
+    for minor in range(9, 14):
+        candidates = sorted(root.glob(f"3.{minor}.*/bin/python3")) if root.is_dir() else []
+        if candidates:
+            found.append(candidates[-1])
+    return found
+
+
+@pytest.mark.packaging
+def test_built_wheelhouse_installs_offline_on_each_python(tmp_path: Path) -> None:
+    if os.environ.get("VLLM_NODEAGENT_PACKAGING_BUILD") != "1":
+        pytest.skip("set VLLM_NODEAGENT_PACKAGING_BUILD=1 to build the packages (needs PyPI access)")
+    pythons = local_pythons()
+    if not pythons:
+        pytest.skip("no local CPython 3.9+ under ~/.pyenv/versions")
+    subprocess.run([str(PACKAGING / "build.sh"), "deb"], check=True, capture_output=True)
+    house = PACKAGING / "out" / "stage" / "wheels"
+    for python in pythons:
+        venv = tmp_path / python.parent.parent.name
+        subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
+                        "--find-links", str(house), "vllm-nodeagent"], check=True)
+        out = subprocess.run([str(venv / "bin" / "vllm-nodeagent"), "--version"], check=True,
+                             capture_output=True, text=True)
+        assert out.stdout.startswith("vllm-nodeagent "), (python, out.stdout)
+        # the venv belongs to the interpreter it was made with, not to the build machine's
+        assert (venv / "bin" / "python").resolve() == python.resolve()
