@@ -41,7 +41,8 @@ class FakeHost:
     def numa_node(self, node: int, cpus: list[int], mem_kb: int) -> None:
         base = f"/sys/devices/system/node/node{node}"
         self.write(f"{base}/cpulist", format_cpulist(cpus))
-        self.write(f"{base}/meminfo", f"Node {node} MemTotal:       {mem_kb} kB\nNode {node} MemFree:        {mem_kb // 2} kB\n")
+        self.write(f"{base}/meminfo",
+                   f"Node {node} MemTotal:       {mem_kb} kB\nNode {node} MemFree:        {mem_kb // 2} kB\n")
 
     def meminfo(self, total_kb: int, available_kb: int) -> None:
         self.write("/proc/meminfo", f"MemTotal:       {total_kb} kB\nMemFree:        {available_kb} kB\n"

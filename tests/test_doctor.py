@@ -80,7 +80,7 @@ def test_gpus_without_nvml_fail(hgx: FakeHost, capsys: pytest.CaptureFixture[str
 
 def test_vm_without_gpu_skips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     h = vm_no_gpu(tmp_path / "vm")
-    rc, report = doctor(h.root, capsys, "[cpu]\ngovernor = 'performance'\n[gpu]\npersistence_mode = true\n")
+    _, report = doctor(h.root, capsys, "[cpu]\ngovernor = 'performance'\n[gpu]\npersistence_mode = true\n")
     checks = by_id(report)
     assert checks["nvml"]["status"] == "skip" and checks["cpu.governor"]["status"] == "skip"
     assert "no cpufreq" in checks["cpu.governor"]["detail"]

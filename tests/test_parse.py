@@ -56,8 +56,10 @@ def test_cpulist_rejects(text: str) -> None:
         parse_cpulist(text)
 
 
-@given(st.lists(st.sampled_from(["none", "mq-deadline", "kyber", "bfq", "always", "madvise", "never",
-                                 "defer+madvise"]), min_size=1, max_size=6, unique=True), st.data())
+NAMES = ["none", "mq-deadline", "kyber", "bfq", "always", "madvise", "never", "defer+madvise"]
+
+
+@given(st.lists(st.sampled_from(NAMES), min_size=1, max_size=6, unique=True), st.data())
 def test_bracket_list_finds_current(names: list[str], data: st.DataObject) -> None:
     pick = data.draw(st.integers(min_value=0, max_value=len(names) - 1))
     text = " ".join(f"[{n}]" if i == pick else n for i, n in enumerate(names))
