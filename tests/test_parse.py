@@ -44,7 +44,8 @@ def test_cpumask_agrees_with_cpulist(cpus: set[int]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "cpus"),
-    [("0-3,8-11", [0, 1, 2, 3, 8, 9, 10, 11]), ("", []), ("5", [5]), ("0-11:2/4", [0, 1, 4, 5, 8, 9]), (" 1,1,0 \n", [0, 1])],
+    [("0-3,8-11", [0, 1, 2, 3, 8, 9, 10, 11]), ("", []), ("5", [5]), ("0-11:2/4", [0, 1, 4, 5, 8, 9]),
+     (" 1,1,0 \n", [0, 1])],
 )
 def test_cpulist_examples(text: str, cpus: list[int]) -> None:
     assert parse_cpulist(text) == cpus
