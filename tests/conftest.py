@@ -9,10 +9,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakehost import FakeHost, nvml_absent_8gpu, two_socket_8gpu, vm_no_gpu, workstation  # noqa: E402
-from nvml_double import NvmlDouble, hgx_8gpu_recording  # noqa: E402
+from fakehost import FakeHost, nvml_absent_8gpu, two_socket_8gpu, vm_no_gpu, workstation
+from nvml_double import NvmlDouble, hgx_8gpu_recording
 
-from vllm_nodeagent.nvml import Nvml  # noqa: E402
+from vllm_nodeagent.nvml import Nvml
 
 HOSTS: dict[str, Callable[[Path], FakeHost]] = {
     "two_socket_8gpu": two_socket_8gpu,
