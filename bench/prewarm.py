@@ -208,7 +208,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     cmds = tool_commands(files, args.dir)
-    names = args.only or list(cmds)
+    absent = [n for n, c in cmds.items() if any(shutil.which(step[0]) is None for step in c)]
+    if absent:
+        print(f"not installed here, left out: {', '.join(absent)}")
+    names = [n for n in (args.only or list(cmds)) if n not in absent]
     speeds, resid = interleave(names, args.rounds, files, total, lambda n: run_tool(cmds[n]))
     print(f"\n{len(files)} x {size / GIB:.0f} GiB safetensors, cold cache each run, {args.rounds} rounds interleaved")
     print(table(names, "prewarm", speeds, resid))

@@ -120,3 +120,6 @@ timeout 420 python3 bench/prewarm.py --no-install --files 4 --size-gib 2 --round
     | tee "$out/prewarm-bench.txt" | tail -25 | tee -a "$summary"
 rm -rf /var/tmp/vna-bench
 say "== done"
+# At most 8 files come back: keep summary.txt and doctor.json beside one archive of everything.
+tar -C "$out" -czf /tmp/results.tar.gz . && mkdir -p /tmp/keep && mv "$out/summary.txt" "$out/doctor.json" /tmp/keep/ \
+    && rm -rf "${out:?}"/* && mv /tmp/keep/* /tmp/results.tar.gz "$out/"
