@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _pytest.terminal import TerminalReporter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -30,7 +31,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
     if not vmbed.timings:
         return
     terminalreporter.section("VM test bed timings")

@@ -56,21 +56,66 @@ def host_state(guest: VM) -> dict[str, str]:
     return out
 
 
+def diag(guest: VM, lines: int = 60) -> str:
+    """The agent's recent journal and unit state, for assertion messages."""
+    res = guest.ssh(
+        f"systemctl status --no-pager -l {UNIT} | head -n 15; echo ---; "
+        f"journalctl -u {UNIT} -o cat --no-pager -n {lines}",
+        check=False,
+        timeout=60,
+    )
+    return "\n--- guest diagnostics ---\n" + res.stdout + res.stderr
+
+
+def _fields(value: str) -> Optional[list[int]]:
+    try:
+        return [int(f) for f in value.split()]
+    except ValueError:
+        return None
+
+
+def compliant(key: str, current: Optional[str], desired: str) -> bool:
+    """The agent's rule: numeric sysctls are floors, field by field; everything else is exact."""
+    if current is None:
+        return False
+    if key.startswith(("vm.", "net.")):
+        cur, want = _fields(current), _fields(desired)
+        if cur is not None and want is not None and len(cur) == len(want):
+            return all(c >= w for c, w in zip(cur, want))
+    return current == desired
+
+
+def off_target(state: dict[str, str], desired: dict[str, str], floors: bool = True) -> dict[str, tuple[str, str]]:
+    """Settings not at their target: {key: (current, desired)}. ``floors=False``: exact comparison."""
+    return {
+        k: (state.get(k, "?"), v)
+        for k, v in desired.items()
+        if not (compliant(k, state.get(k), v) if floors else state.get(k) == v)
+    }
+
+
 def unit_props(guest: VM, *props: str) -> dict[str, str]:
     text = guest.out(["systemctl", "show", UNIT, *(f"--property={p}" for p in props)])
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def wait_for(what: str, probe: Callable[[], Optional[T]], timeout: float, interval: float = 2.0) -> T:
-    """Poll ``probe`` until it returns something other than None/False; fail with ``what`` after ``timeout``."""
+def wait_for(
+    what: str,
+    probe: Callable[[], Optional[T]],
+    timeout: float,
+    interval: float = 2.0,
+    explain: Optional[Callable[[], str]] = None,
+) -> T:
+    """Poll ``probe`` until it returns something other than None/False; fail with ``what`` after ``timeout``
+    (and what ``explain`` returns then)."""
     deadline = time.monotonic() + timeout
-    last: Any = None
     while True:
         last = probe()
         if last is not None and last is not False:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            extra = explain() if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
         time.sleep(interval)
 
 
@@ -114,8 +159,9 @@ def journal_cursor(guest: VM) -> str:
 
 
 def journal_since(guest: VM, cursor: str) -> str:
-    return guest.ssh(["journalctl", "-u", UNIT, "-o", "cat", "--no-pager", f"--after-cursor={cursor}"],
-                     check=False).stdout
+    return guest.ssh(
+        ["journalctl", "-u", UNIT, "-o", "cat", "--no-pager", f"--after-cursor={cursor}"], check=False
+    ).stdout
 
 
 def doctor_json(guest: VM) -> tuple[int, Any]:

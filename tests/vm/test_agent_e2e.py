@@ -18,6 +18,7 @@ from guest import (
     HOLD_FILE,
     STANDIN_REMOTE,
     UNIT,
+    diag,
     doctor_json,
     find_status,
     host_state,
@@ -25,6 +26,7 @@ from guest import (
     journal_cursor,
     journal_since,
     numa_policies,
+    off_target,
     proc_status,
     selected,
     standin_pid,
@@ -118,9 +120,14 @@ start_timeout_s = 600
     return config, desired
 
 
-def applied(state: dict[str, str], desired: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """Settings whose current value is not the desired one: {key: (current, desired)}."""
-    return {k: (state.get(k, "?"), v) for k, v in desired.items() if state.get(k) != v}
+def assert_tuned(bed: Bed) -> None:
+    missing = off_target(host_state(bed.guest), bed.desired)
+    assert missing == {}, f"{missing}{diag(bed.guest)}"
+
+
+def assert_as_found(bed: Bed) -> None:
+    changed = off_target(host_state(bed.guest), bed.baseline, floors=False)
+    assert changed == {}, f"{changed}{diag(bed.guest)}"
 
 
 def unit_is(guest: VM, state: str) -> Optional[dict[str, str]]:
@@ -174,9 +181,10 @@ def test_01_install_and_start_reaches_active_only_after_ready(bed: Bed, deb_path
     g.write(HOLD_FILE, "held by the test\n")
     t0 = time.monotonic()
     g.ssh(["systemctl", "enable", "--now", "--no-block", UNIT])
-    pid = wait_for("the stand-in vLLM to be started by the agent", lambda: standin_pid(g), START_TIMEOUT)
-    code = wait_for("the stand-in to answer /health (503 while held)",
-                    lambda: http_get(g, HEALTH_URL)[0] or None, 60)
+    pid = wait_for(
+        "the stand-in vLLM to be started by the agent", lambda: standin_pid(g), START_TIMEOUT, explain=lambda: diag(g)
+    )
+    code = wait_for("the stand-in to answer /health (503 while held)", lambda: http_get(g, HEALTH_URL)[0] or None, 60)
     assert code == 503
     held = unit_props(g, "ActiveState", "StatusText")
     assert held["ActiveState"] == "activating", held
@@ -193,7 +201,9 @@ def test_01_install_and_start_reaches_active_only_after_ready(bed: Bed, deb_path
     assert status["Mems_allowed_list"] == str(VLLM_NODE) or policies == {f"bind:{VLLM_NODE}"}, (status, policies)
 
     g.ssh(["rm", "-f", HOLD_FILE])
-    props = wait_for("the unit to become active after READY", lambda: unit_is(g, "active"), START_TIMEOUT)
+    props = wait_for(
+        "the unit to become active after READY", lambda: unit_is(g, "active"), START_TIMEOUT, explain=lambda: diag(g)
+    )
     timings["agent_start_s"] = time.monotonic() - t0
     bed.status_texts.append(props["StatusText"])
     assert http_get(g, HEALTH_URL)[0] == 200
@@ -203,7 +213,7 @@ def test_01_install_and_start_reaches_active_only_after_ready(bed: Bed, deb_path
 
 def test_02_settings_applied_on_the_real_kernel(bed: Bed) -> None:
     g = bed.guest
-    assert applied(host_state(g), bed.desired) == {}
+    assert_tuned(bed)
     # The journal of originals holds what the host had before.
     journal = g.out(["cat", "/var/lib/vllm-nodeagent/originals.json"])
     assert "vm.max_map_count" in journal
@@ -227,12 +237,19 @@ def test_04_drift_is_restored_and_logged(bed: Bed) -> None:
     g.write(path, intruder + "\n")
     assert selected(g.out(["cat", path])) == intruder
     t0 = time.monotonic()
-    wait_for("the agent to restore THP", lambda: selected(g.out(["cat", path])) == bed.desired["thp.enabled"],
-             DRIFT_INTERVAL_S * 12, interval=0.5)
+    wait_for(
+        "the agent to restore THP",
+        lambda: selected(g.out(["cat", path])) == bed.desired["thp.enabled"],
+        DRIFT_INTERVAL_S * 12,
+        interval=0.5,
+        explain=lambda: diag(g),
+    )
     timings["drift_restore_s"] = time.monotonic() - t0
-    lines = wait_for("a drift event in the journal",
-                     lambda: [ln for ln in journal_since(g, cursor).splitlines() if "drift" in ln.lower()] or None,
-                     30)
+    lines = wait_for(
+        "a drift event in the journal",
+        lambda: [ln for ln in journal_since(g, cursor).splitlines() if "drift" in ln.lower()] or None,
+        30,
+    )
     assert any("thp" in ln.lower() for ln in lines), lines
 
 
@@ -245,14 +262,17 @@ def test_05_reload_with_a_broken_config_keeps_the_old_one(bed: Bed) -> None:
     g.ssh(["systemctl", "reload", UNIT], check=False)
 
     def complaint() -> Optional[list[str]]:
-        lines = [ln for ln in journal_since(g, cursor).splitlines()
-                 if "config" in ln.lower() and any(w in ln.lower() for w in ("error", "invalid", "fail", "keep"))]
+        lines = [
+            ln
+            for ln in journal_since(g, cursor).splitlines()
+            if "config" in ln.lower() and any(w in ln.lower() for w in ("error", "invalid", "fail", "keep"))
+        ]
         return lines or None
 
-    wait_for("the agent to report the broken config", complaint, 60)
+    wait_for("the agent to report the broken config", complaint, 60, explain=lambda: diag(g))
     after = unit_props(g, "MainPID", "NRestarts", "ActiveState")
     assert after == before
-    assert applied(host_state(g), bed.desired) == {}
+    assert_tuned(bed)
     assert http_get(g, HEALTH_URL)[0] == 200
 
     # Put the good config back; a reload with it keeps the service up too.
@@ -274,36 +294,50 @@ def test_06_watchdog_restarts_a_hung_agent(bed: Bed) -> None:
             return props
         return None
 
-    wait_for("systemd to kill and restart the stopped agent", restarted, WATCHDOG_SEC * 3 + START_TIMEOUT)
+    wait_for(
+        "systemd to kill and restart the stopped agent",
+        restarted,
+        WATCHDOG_SEC * 3 + START_TIMEOUT,
+        explain=lambda: diag(g),
+    )
     timings["watchdog_restart_s"] = time.monotonic() - t0
     log = g.ssh(["journalctl", "-u", UNIT, "--no-pager", f"--after-cursor={cursor}"]).stdout
     assert "watchdog" in log.lower(), log[-3000:]
-    wait_for("the new agent's vLLM to be healthy", lambda: http_get(g, HEALTH_URL)[0] == 200, START_TIMEOUT)
-    assert applied(host_state(g), bed.desired) == {}
+    wait_for(
+        "the new agent's vLLM to be healthy",
+        lambda: http_get(g, HEALTH_URL)[0] == 200,
+        START_TIMEOUT,
+        explain=lambda: diag(g),
+    )
+    assert_tuned(bed)
 
 
 def test_07_reboot_reapplies_stop_reverts_purge_leaves_host_as_found(bed: Bed) -> None:
     g = bed.guest
     g.reboot()
-    wait_for("the service to come back after reboot", lambda: unit_is(g, "active"), START_TIMEOUT)
-    assert applied(host_state(g), bed.desired) == {}
+    wait_for(
+        "the service to come back after reboot", lambda: unit_is(g, "active"), START_TIMEOUT, explain=lambda: diag(g)
+    )
+    assert_tuned(bed)
     assert g.out(["journalctl", "-b", "-u", UNIT, "-o", "cat", "--no-pager"])
     assert http_get(g, HEALTH_URL)[0] == 200
 
     # revert_on_stop = true: stop puts the originals back.
     g.ssh(["systemctl", "stop", UNIT], timeout=300)
     assert g.ssh(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "inactive"
-    assert applied(host_state(g), bed.baseline) == {}
+    assert_as_found(bed)
     assert standin_pid(g) is None
 
     # Start again (tuned), then purge: the host must end as it was found before install.
     g.ssh(["systemctl", "start", UNIT], timeout=600)
-    assert applied(host_state(g), bed.desired) == {}
+    assert_tuned(bed)
     g.out("DEBIAN_FRONTEND=noninteractive apt-get purge -y vllm-nodeagent", timeout=600)
-    assert applied(host_state(g), bed.baseline) == {}
+    assert_as_found(bed)
     assert standin_pid(g) is None
     res = g.ssh(["dpkg-query", "-W", "-f=${Status}", "vllm-nodeagent"], check=False)
     assert res.returncode != 0 or "not-installed" in res.stdout, res.stdout
-    leftovers = g.out("ls -d /etc/vllm-nodeagent /opt/vllm-nodeagent /var/lib/vllm-nodeagent "
-                      "/lib/systemd/system/vllm-nodeagent.service 2>/dev/null || true")
+    leftovers = g.out(
+        "ls -d /etc/vllm-nodeagent /opt/vllm-nodeagent /var/lib/vllm-nodeagent "
+        "/lib/systemd/system/vllm-nodeagent.service 2>/dev/null || true"
+    )
     assert leftovers == "", leftovers

@@ -76,8 +76,11 @@ def role_vars(deb: Path, report: Path) -> dict[str, object]:
         "vllm_nodeagent_package_path": str(deb),
         "vllm_nodeagent_fleet_report_path": str(report),
         "vllm_nodeagent_agent": {
-            "state_dir": "/var/lib/vllm-nodeagent", "mode": "enforce", "drift_interval_s": 10,
-            "revert_on_stop": True, "metrics_textfile": "",
+            "state_dir": "/var/lib/vllm-nodeagent",
+            "mode": "enforce",
+            "drift_interval_s": 10,
+            "revert_on_stop": True,
+            "metrics_textfile": "",
         },
         "vllm_nodeagent_thp": {"enabled": "madvise", "defrag": "defer+madvise"},
         "vllm_nodeagent_block": {"devices": ["vdb"], "scheduler": "mq-deadline"},
@@ -87,8 +90,13 @@ def role_vars(deb: Path, report: Path) -> dict[str, object]:
         "vllm_nodeagent_irq": {"irqbalance": "stop"},
         "vllm_nodeagent_vllm": {
             "command": ["/usr/bin/python3", STANDIN_REMOTE, "--load-seconds", "1", "--hold-file", HOLD_FILE],
-            "model": "", "args": [], "numa": "bind", "nodes": [1], "user": "vllm",
-            "health_url": "http://127.0.0.1:8000/health", "start_timeout_s": 600,
+            "model": "",
+            "args": [],
+            "numa": "bind",
+            "nodes": [1],
+            "user": "vllm",
+            "health_url": "http://127.0.0.1:8000/health",
+            "start_timeout_s": 600,
         },
         "vllm_nodeagent_vllm_env": {},
     }
@@ -96,16 +104,22 @@ def role_vars(deb: Path, report: Path) -> dict[str, object]:
 
 def run_playbook(workdir: Path, inventory: Path, extra: Path, log_name: str) -> tuple[str, dict[str, int]]:
     env = dict(os.environ)
-    env.update({
-        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
-        "ANSIBLE_FORKS": "2",
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-tmp"),
-    })
+    env.update(
+        {
+            "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_FORKS": "2",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-tmp"),
+        }
+    )
     res = subprocess.run(
         [ansible_playbook(), "-i", str(inventory), "-e", f"@{extra}", str(ANSIBLE_DIR / "site.yml")],
-        capture_output=True, text=True, env=env, cwd=str(ANSIBLE_DIR), timeout=1800,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(ANSIBLE_DIR),
+        timeout=1800,
     )
     out = res.stdout + res.stderr
     (workdir / log_name).write_text(out)
@@ -117,8 +131,9 @@ def run_playbook(workdir: Path, inventory: Path, extra: Path, log_name: str) -> 
     return out, changed
 
 
-def test_role_rolls_out_to_two_hosts_idempotently(fleet: dict[str, VM], workdir: Path, ssh_key: Path,
-                                                  deb_path: Path) -> None:
+def test_role_rolls_out_to_two_hosts_idempotently(
+    fleet: dict[str, VM], workdir: Path, ssh_key: Path, deb_path: Path
+) -> None:
     ansible_playbook()
     inventory = workdir / "inventory.ini"
     extra = workdir / "vars.json"

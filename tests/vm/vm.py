@@ -125,44 +125,70 @@ class VM:
             if path.exists():
                 path.unlink()
         subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-             "-b", str(self.image / "base.raw"), str(overlay)],
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.image / "base.raw"), str(overlay)],
             check=True,
         )
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(data), "256M"], check=True)
 
     def _argv(self, accel: str) -> list[str]:
         pub = (self.key.with_suffix(".pub")).read_bytes().strip()
-        cmdline = " ".join([
-            "root=/dev/vda", "rw", "console=ttyS0", "panic=-1",
-            "net.ifnames=0", "mitigations=off",
-            f"vmbed.sshkey={base64.b64encode(pub).decode()}",
-        ])
+        cmdline = " ".join(
+            [
+                "root=/dev/vda",
+                "rw",
+                "console=ttyS0",
+                "panic=-1",
+                "net.ifnames=0",
+                "mitigations=off",
+                f"vmbed.sshkey={base64.b64encode(pub).decode()}",
+            ]
+        )
         half = self.memory_mb // 2
         cpu = "max" if accel == "tcg" else os.environ.get("VLLM_NODEAGENT_VM_KVM_CPU", "host,-arch-capabilities")
         return [
             "qemu-system-x86_64",
-            "-name", self.name,
-            "-machine", "q35",
-            "-accel", accel,
-            "-cpu", cpu,
-            "-smp", "2,sockets=2,cores=1,threads=1",
-            "-m", str(self.memory_mb),
-            "-object", f"memory-backend-ram,id=m0,size={half}M",
-            "-object", f"memory-backend-ram,id=m1,size={self.memory_mb - half}M",
-            "-numa", "node,nodeid=0,cpus=0,memdev=m0",
-            "-numa", "node,nodeid=1,cpus=1,memdev=m1",
-            "-kernel", str(self.image / "vmlinuz"),
-            "-initrd", str(self.image / "initrd.img"),
-            "-append", cmdline,
-            "-drive", f"file={self.dir / 'root.qcow2'},if=virtio,format=qcow2,cache=unsafe",
-            "-drive", f"file={self.dir / 'data.qcow2'},if=virtio,format=qcow2,cache=unsafe",
-            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-            "-device", "virtio-net-pci,netdev=n0",
-            "-device", "virtio-rng-pci",
-            "-display", "none",
-            "-monitor", "none",
-            "-serial", f"file:{self.serial}",
+            "-name",
+            self.name,
+            "-machine",
+            "q35",
+            "-accel",
+            accel,
+            "-cpu",
+            cpu,
+            "-smp",
+            "2,sockets=2,cores=1,threads=1",
+            "-m",
+            str(self.memory_mb),
+            "-object",
+            f"memory-backend-ram,id=m0,size={half}M",
+            "-object",
+            f"memory-backend-ram,id=m1,size={self.memory_mb - half}M",
+            "-numa",
+            "node,nodeid=0,cpus=0,memdev=m0",
+            "-numa",
+            "node,nodeid=1,cpus=1,memdev=m1",
+            "-kernel",
+            str(self.image / "vmlinuz"),
+            "-initrd",
+            str(self.image / "initrd.img"),
+            "-append",
+            cmdline,
+            "-drive",
+            f"file={self.dir / 'root.qcow2'},if=virtio,format=qcow2,cache=unsafe",
+            "-drive",
+            f"file={self.dir / 'data.qcow2'},if=virtio,format=qcow2,cache=unsafe",
+            "-netdev",
+            f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+            "-device",
+            "virtio-rng-pci",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            f"file:{self.serial}",
         ]
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -215,8 +241,10 @@ class VM:
                 raise VMError(f"no kernel banner on the serial console within {KVM_BANNER_TIMEOUT:.0f} s")
             self.wait_ssh(timeout)
         except VMError as exc:
-            log(f"{self.name}: bring-up with {accel} failed: {exc}\n--- serial console ({self.serial}) ---\n"
-                f"{self.serial_tail()}\n--- end of serial console ---")
+            log(
+                f"{self.name}: bring-up with {accel} failed: {exc}\n--- serial console ({self.serial}) ---\n"
+                f"{self.serial_tail()}\n--- end of serial console ---"
+            )
             self._kill()
             return False
         boot_s = time.monotonic() - t0
@@ -241,10 +269,18 @@ class VM:
             if self._boot(accel, timeout):
                 return self
             log(f"{self.name}: attempt {attempt} failed")
-        raise VMError(f"{self.name} did not come up with {accel} in two bounded attempts; "
-                      f"serial console: {self.serial}\n{self.serial_tail()}")
+        raise VMError(
+            f"{self.name} did not come up with {accel} in two bounded attempts; "
+            f"serial console: {self.serial}\n{self.serial_tail()}"
+        )
 
     def stop(self) -> None:
+        if os.environ.get("VLLM_NODEAGENT_VM_KEEP") == "1" and self.proc is not None:
+            log(
+                f"{self.name}: kept running (VLLM_NODEAGENT_VM_KEEP=1): ssh -i {self.key} -p {self.port} "
+                f"root@127.0.0.1; qemu pid {self.proc.pid}"
+            )
+            return
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired, VMError):
                 self.ssh("systemctl poweroff", timeout=15, check=False)
@@ -255,25 +291,46 @@ class VM:
     # ---- ssh ----------------------------------------------------------------------------------
     def ssh_base(self) -> list[str]:
         return [
-            "ssh", "-i", str(self.key), "-p", str(self.port),
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-            "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=6",
+            "ssh",
+            "-i",
+            str(self.key),
+            "-p",
+            str(self.port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "ServerAliveInterval=10",
+            "-o",
+            "ServerAliveCountMax=6",
             "root@127.0.0.1",
         ]
 
-    def ssh(self, cmd: Cmd, timeout: float = 300, check: bool = True,
-            input_text: Optional[str] = None) -> subprocess.CompletedProcess[str]:
+    def ssh(
+        self, cmd: Cmd, timeout: float = 300, check: bool = True, input_text: Optional[str] = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` in the guest as root: a list is quoted argv, a str is a shell script."""
         remote = cmd if isinstance(cmd, str) else shlex.join(cmd)
         if self.proc is None or self.proc.poll() is not None:
             raise VMError(f"{self.name}: qemu is not running")
         res = subprocess.run(
-            [*self.ssh_base(), remote], capture_output=True, text=True, timeout=timeout, input=input_text,
+            [*self.ssh_base(), remote],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input_text,
         )
         if check and res.returncode != 0:
-            raise VMError(f"{self.name}: `{remote}` exited {res.returncode}\nstdout:\n{res.stdout}\n"
-                          f"stderr:\n{res.stderr}")
+            raise VMError(
+                f"{self.name}: `{remote}` exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
+            )
         return res
 
     def out(self, cmd: Cmd, timeout: float = 300) -> str:
@@ -282,17 +339,31 @@ class VM:
     def put(self, local: Path, remote: str, mode: str = "0644") -> None:
         """Copy a file in (scp)."""
         subprocess.run(
-            ["scp", "-q", "-i", str(self.key), "-P", str(self.port),
-             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
-             str(local), f"root@127.0.0.1:{remote}"],
-            check=True, timeout=300,
+            [
+                "scp",
+                "-q",
+                "-i",
+                str(self.key),
+                "-P",
+                str(self.port),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+                str(local),
+                f"root@127.0.0.1:{remote}",
+            ],
+            check=True,
+            timeout=300,
         )
         self.ssh(["chmod", mode, remote])
 
     def write(self, remote: str, text: str, mode: str = "0644") -> None:
-        self.ssh(f"umask 022; cat > {shlex.quote(remote)} && chmod {mode} {shlex.quote(remote)}",
-                 input_text=text)
+        self.ssh(f"umask 022; cat > {shlex.quote(remote)} && chmod {mode} {shlex.quote(remote)}", input_text=text)
 
     def wait_ssh(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -301,8 +372,12 @@ class VM:
             if self.proc is None or self.proc.poll() is not None:
                 raise VMError(f"qemu exited (rc={None if self.proc is None else self.proc.returncode})")
             try:
-                res = subprocess.run([*self.ssh_base(), "systemctl is-system-running --wait"],
-                                     capture_output=True, text=True, timeout=max(5.0, deadline - time.monotonic()))
+                res = subprocess.run(
+                    [*self.ssh_base(), "systemctl is-system-running --wait"],
+                    capture_output=True,
+                    text=True,
+                    timeout=max(5.0, deadline - time.monotonic()),
+                )
                 # "running" or "degraded": boot finished either way; ssh answered.
                 if res.returncode in (0, 1) and res.stdout.strip() in ("running", "degraded"):
                     return
