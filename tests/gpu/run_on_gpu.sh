@@ -63,11 +63,14 @@ for g in topo["gpus"]:
     dev = pathlib.Path("/sys/bus/pci/devices") / g["pci_bus_id"]
     sys_node = (dev / "numa_node").read_text().strip(); sys_cpus = (dev / "local_cpulist").read_text().strip()
     row = next((l for l in lines if l.startswith(f"GPU{g['index']}")), "")
-    print(f"GPU{g['index']} {g['pci_bus_id']} agent: node {g['numa_node']} cpus {g['local_cpus'][0]}-{g['local_cpus'][-1]} "
-          f"(source {g['source']}) | sysfs: numa_node {sys_node} local_cpulist {sys_cpus} | nvidia-smi: {row.split()[-3:]} ")
+    cols = row.split()
+    print(f"GPU{g['index']} {g['pci_bus_id']} agent: node {g['numa_node']} cpus "
+          f"{g['local_cpus'][0]}-{g['local_cpus'][-1]} (source {g['source']}) | sysfs: numa_node {sys_node} "
+          f"local_cpulist {sys_cpus} | nvidia-smi: CPU Affinity {cols[-3]} NUMA Affinity {cols[-2]}")
     if sys_node == "-1":
         print("  explained: firmware gives no proximity (numa_node -1); the agent resolves it through local_cpulist "
-              "and NVML's memory affinity; nvidia-smi prints N/A for NUMA affinity in that case")
+              "and NVML's memory affinity, as nvidia-smi's NUMA Affinity column does; its 'GPU NUMA ID' N/A is the GPU's own "
+              "node, which only coherent (Grace) platforms have")
 PY
 
 say "== doctor (read-only; values before/after compared)"
