@@ -47,7 +47,13 @@ def test_sysctl_floor_never_lowers(host: Host, hgx: FakeHost, journal: Journal) 
     o = engine.apply_one(t, journal)
     assert o.status == engine.OK and "above the floor" in o.message
     assert read(hgx, "/proc/sys/vm/max_map_count") == "8249672"
-    assert journal.entries() == {}
+    # journaled as found, so a later drift + re-apply still reverts to the host's own value
+    assert journal.entries()["sysctl.vm.max_map_count"].original == "8249672"
+    hgx.sysctl("vm.max_map_count", "1000")
+    assert engine.apply_one(t, journal).status == engine.CHANGED
+    assert read(hgx, "/proc/sys/vm/max_map_count") == "262144"
+    engine.revert(host, journal)
+    assert read(hgx, "/proc/sys/vm/max_map_count") == "8249672"
 
 
 def test_sysctl_exact_lowers(host: Host, hgx: FakeHost, journal: Journal) -> None:

@@ -48,6 +48,13 @@ def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
     except TunableError as exc:
         return Outcome(t.id, FAILED, None, t.desired(), str(exc))
     if t.compliant(current):
+        if not dry_run and not t.owner:
+            # Journal it even though nothing is written now: if it drifts later and we re-apply, the original
+            # to restore is this value, not whatever someone changed it to in between.
+            try:
+                journal.record(t.id, t.kind, t.params(), current)
+            except JournalError as exc:
+                return Outcome(t.id, OK, current, t.desired(), f"compliant, but not journaled: {exc}")
         return Outcome(t.id, OK, current, t.desired(), t.note(current))
     if t.owner:
         return Outcome(t.id, SKIPPED, current, t.desired(), f"managed by {t.owner}; not changed")
