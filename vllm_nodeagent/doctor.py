@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from vllm_nodeagent import engine
-from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
 from vllm_nodeagent.parse import format_cpulist
 from vllm_nodeagent.topology import Topology, discover
@@ -53,28 +50,9 @@ def setting_checks(tunables: list[Tunable]) -> list[Check]:
     return checks
 
 
-def find_program(host: Host, name: str) -> Optional[str]:
-    """A program on PATH on the real host; under --root, in the usual bin dirs of the tree."""
-    if host.is_real:
-        return shutil.which(name)
-    for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
-        p = host.path(f"{d}/{name}")
-        if p.is_file() and os.access(p, os.X_OK):
-            return f"{d}/{name}"
-    return None
-
-
 def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: str) -> list[Check]:
     config = ctx.config
     checks = [Check("config", PASS, config.path, None, "", "valid")]
-
-    wants_numactl = config.vllm is not None and config.vllm.numa != "none"
-    numactl = find_program(ctx.host, "numactl")
-    if numactl:
-        checks.append(Check("host.numactl", PASS, numactl, "installed"))
-    else:
-        checks.append(Check("host.numactl", FAIL if wants_numactl else WARN, "missing", "installed",
-                            "apt-get install numactl  |  dnf install numactl", "vLLM is launched under numactl"))
 
     sysfs_gpus = any(g.source == "sysfs" for g in topo.gpus)
     if nvml is not None:
@@ -113,12 +91,13 @@ def vllm_checks(ctx: Context, topo: Topology) -> list[Check]:
         from vllm_nodeagent import launcher
     except ImportError as exc:  # the launcher module ships with the daemon; keep doctor usable without it
         return [Check("vllm", SKIP, None, None, "", f"launcher unavailable: {exc}")]
-    checks_fn = getattr(launcher, "doctor_checks", None)
-    if checks_fn is None:
-        return []
-    return [Check(**{k: d.get(k) for k in ("id", "status", "current", "desired")},
-                  hint=d.get("hint", "") or "", detail=d.get("detail", "") or "")
-            for d in checks_fn(ctx, topo)]
+    checks = [Check(d["id"], d["status"], d.get("current"), d.get("desired"), d.get("hint") or "",
+                    d.get("detail") or "") for d in launcher.doctor_checks(ctx, topo)]
+    if ctx.config.vllm is None:
+        # numactl is a host fact worth showing; the rest only means something when vLLM is managed
+        checks = [c for c in checks if c.id == "vllm.numactl"]
+        checks.append(Check("vllm", SKIP, None, None, "", "[vllm] is not configured: nothing to launch"))
+    return checks
 
 
 def run_checks(ctx: Context) -> list[Check]:
