@@ -50,6 +50,7 @@ def test_doctor_json_shape_and_statuses(hgx: FakeHost, hgx_nvml: NvmlDouble,
     assert checks["thp.enabled"]["current"] == "always" and checks["thp.enabled"]["status"] == "fail"
     assert checks["thp.defrag"]["status"] == "pass"
     assert checks["gpu.3.persistence_mode"]["current"] == "disabled"
+    assert checks["gpu.3.persistence_mode"]["detail"] == "owner: NVML (no nvidia-persistenced running)"
     assert checks["nvml"]["status"] == "pass" and checks["nvml"]["current"] == "driver 580.159.04"
     assert checks["topology.gpu_numa"]["status"] == "pass"
     assert checks["block.nvme0n1.scheduler"]["status"] == "pass"
@@ -94,6 +95,7 @@ def test_strict_fails_on_warn(hgx: FakeHost, hgx_nvml: NvmlDouble, capsys: pytes
     checks = by_id(report)
     assert checks["gpu.0.persistence_mode"]["status"] == "warn"
     assert "nvidia-persistenced" in checks["gpu.0.persistence_mode"]["hint"]
+    assert checks["gpu.0.persistence_mode"]["detail"] == "owner: nvidia-persistenced (pid 77)"
     fails = [c for c in report["checks"] if c["status"] == "fail"]
     assert rc == (1 if fails else 0)
     rc_strict, _ = doctor(hgx.root, capsys, cfg, "--strict", opener=opener_for(hgx_nvml))

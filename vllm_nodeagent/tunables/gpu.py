@@ -68,4 +68,5 @@ class PersistenceMode:
         return f"vllm-nodeagent apply --only {self.id}  (or: nvidia-smi -i {self.pci_bus_id} -pm 1)"
 
     def note(self, current: str) -> str:
-        return f"managed by {self.owner}" if self.owner else ""
+        # Who keeps the driver loaded matters when it is off: persistenced, or a direct NVML setting.
+        return f"owner: {self.owner}" if self.owner else "owner: NVML (no nvidia-persistenced running)"
