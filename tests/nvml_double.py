@@ -101,6 +101,31 @@ class NvmlDouble:
         self.set_calls.append((h["bus_id"], mode))
         self.persistence[h["bus_id"]] = mode
 
+    def _index(self, h: dict[str, Any]) -> int:
+        return next(i for i, d in enumerate(self.rec["devices"]) if d["bus_id"] == h["bus_id"])
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, a: dict[str, Any], b: dict[str, Any]) -> int:
+        i, j = sorted((self._index(a), self._index(b)))
+        try:
+            return int(self.rec["common_ancestor"][f"{i}-{j}"])
+        except KeyError:
+            raise NVMLError("Not Supported") from None
+
+    def _link(self, h: dict[str, Any], link: int) -> dict[str, Any]:
+        links = h.get("nvlinks")
+        if links is None or link >= len(links):
+            raise NVMLError("Not Supported" if links is None else "Invalid Argument")
+        return dict(links[link])
+
+    def nvmlDeviceGetNvLinkState(self, h: dict[str, Any], link: int) -> int:
+        return int(self._link(h, link).get("active", 1))
+
+    def nvmlDeviceGetNvLinkRemoteDeviceType(self, h: dict[str, Any], link: int) -> int:
+        return int(self._link(h, link)["type"])
+
+    def nvmlDeviceGetNvLinkRemotePciInfo_v2(self, h: dict[str, Any], link: int) -> SimpleNamespace:
+        return SimpleNamespace(busId=self._link(h, link)["remote"])
+
     def nvmlDeviceGetComputeRunningProcesses(self, h: dict[str, Any]) -> list[SimpleNamespace]:
         return [SimpleNamespace(pid=p, usedGpuMemory=0) for p in h.get("compute_pids", [])]
 
@@ -117,5 +142,9 @@ def hgx_8gpu_recording() -> dict[str, Any]:
             "memory_affinity_nodes": [0] if i < 4 else [1],
             "cpu_affinity": node0 if i < 4 else node1,
             "persistence_mode": 0,
+            # HGX: every GPU has 18 NVLinks into the NVSwitch fabric
+            "nvlinks": [{"type": 2, "remote": "00000000:00:00.0"}] * 18,
         })
-    return {"driver_version": "580.159.04", "devices": devices}
+    # PCIe ancestry: same socket = NODE (40), across sockets = SYS (50)
+    ancestor = {f"{i}-{j}": 40 if (i < 4) == (j < 4) else 50 for i in range(8) for j in range(i + 1, 8)}
+    return {"driver_version": "580.159.04", "devices": devices, "common_ancestor": ancestor}

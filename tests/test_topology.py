@@ -126,3 +126,30 @@ def test_host_seam_never_leaves_root(tmp_path: Path) -> None:
     assert str(host.path("/sys/rel")).startswith(str(root))
     (root / "secret").write_text("inside\n")
     assert host.read("/sys/abs") == "inside"
+
+
+def test_gpu_link_matrix_nvswitch_and_pcie(hgx: FakeHost, hgx_nvml: NvmlDouble,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    topo = topology_json(hgx.root, capsys, opener_for(hgx_nvml))
+    links = topo["gpu_links"]
+    assert len(links) == 8 and all(links[i][i] == "X" for i in range(8))
+    assert links[0][7] == "NV18" and links[3][4] == "NV18"  # NVSwitch fabric: every pair
+
+
+def test_gpu_link_matrix_without_nvlink(hgx: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = hgx_8gpu_recording()
+    for d in rec["devices"]:
+        del d["nvlinks"]  # PCIe cards: NVML answers Not Supported for link 0
+    rec["devices"][0]["nvlinks"] = [{"type": 0, "remote": rec["devices"][1]["bus_id"]}] * 4  # an NVLink bridge
+    rec["devices"][1]["nvlinks"] = [{"type": 0, "remote": rec["devices"][0]["bus_id"]}] * 4
+    topo = topology_json(hgx.root, capsys, opener_for(NvmlDouble(rec)))
+    links = topo["gpu_links"]
+    assert links[0][1] == links[1][0] == "NV4"
+    assert links[0][2] == "NODE" and links[0][5] == "SYS" and links[6][7] == "NODE"
+    assert cli.main(["--root", str(hgx.root), "topology"], nvml_opener=opener_for(NvmlDouble(rec))) == 0
+    out = capsys.readouterr().out
+    assert "GPU0  X     NV4   NODE  NODE  SYS   SYS   SYS   SYS" in out
+
+
+def test_no_link_matrix_from_sysfs(hgx: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    assert topology_json(hgx.root, capsys)["gpu_links"] == []

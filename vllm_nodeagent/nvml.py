@@ -19,6 +19,12 @@ AFFINITY_SCOPE_NODE = 0
 _WORD_BITS = 64  # NVML's cpuSet/nodeSet arrays are unsigned long words; 64-bit on every Linux we support.
 
 
+# nvml.h: nvmlGpuTopologyLevel_t, labelled as `nvidia-smi topo -m` labels them.
+TOPOLOGY_LABELS = {0: "INT", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
+NVLINK_MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS (Hopper has 18 links per GPU)
+NVLINK_DEVICE_GPU, NVLINK_DEVICE_SWITCH = 0, 2  # nvmlNvLinkDeviceType_t
+
+
 class NvmlUnavailable(Exception):
     """NVML cannot be used on this host (library, driver or device missing)."""
 
@@ -142,6 +148,50 @@ class Nvml:
                 )
             )
         return out
+
+    def nvlinks(self, pci_bus_id: str) -> tuple[dict[str, int], int]:
+        """(active links per peer GPU bus id, active links to NVSwitches). Unsupported links end the scan."""
+        h = self.handle_by_bus_id(pci_bus_id)
+        lib = self._lib
+        peers: dict[str, int] = {}
+        to_switch = 0
+        for link in range(NVLINK_MAX_LINKS):
+            try:
+                if not lib.nvmlDeviceGetNvLinkState(h, link):
+                    continue
+                kind = lib.nvmlDeviceGetNvLinkRemoteDeviceType(h, link)
+                if kind == NVLINK_DEVICE_SWITCH:
+                    to_switch += 1
+                elif kind == NVLINK_DEVICE_GPU:
+                    remote = normalize_pci_bus_id(_text(lib.nvmlDeviceGetNvLinkRemotePciInfo_v2(h, link).busId))
+                    peers[remote] = peers.get(remote, 0) + 1
+            except lib.NVMLError:
+                break  # NOT_SUPPORTED / INVALID_ARGUMENT past the last link, or no NVLink at all (PCIe cards)
+            except ParseError:
+                continue
+        return peers, to_switch
+
+    def link_matrix(self, bus_ids: list[str]) -> list[list[str]]:
+        """GPU-to-GPU connection labels like `nvidia-smi topo -m`: X, NV#, PIX, PXB, PHB, NODE, SYS."""
+        links = {b: self.nvlinks(b) for b in bus_ids}
+        handles = {b: self.handle_by_bus_id(b) for b in bus_ids}
+        matrix: list[list[str]] = []
+        for a in bus_ids:
+            row = []
+            for b in bus_ids:
+                if a == b:
+                    row.append("X")
+                    continue
+                direct = links[a][0].get(b, 0)
+                switched = min(links[a][1], links[b][1])  # an NVSwitch fabric joins every GPU attached to it
+                if direct or switched:
+                    row.append(f"NV{direct + switched}")
+                    continue
+                level = self._call("nvmlDeviceGetTopologyCommonAncestor",
+                                   self._lib.nvmlDeviceGetTopologyCommonAncestor, handles[a], handles[b])
+                row.append(TOPOLOGY_LABELS.get(int(level), str(level)))
+            matrix.append(row)
+        return matrix
 
     def persistence_mode(self, pci_bus_id: str) -> bool:
         h = self.handle_by_bus_id(pci_bus_id)

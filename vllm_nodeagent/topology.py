@@ -56,6 +56,7 @@ class Topology:
     gpus: list[Gpu]
     nics: list[Nic]
     block_devices: list[BlockDevice]
+    gpu_links: list[list[str]] = field(default_factory=list)  # NVML only: X, NV#, PIX, PXB, PHB, NODE, SYS
     warnings: list[str] = field(default_factory=list)
     nvml_error: str = ""  # why NVML was not used ("" when it was, or when not asked)
 
@@ -233,6 +234,12 @@ def discover(host: Host, nvml: Optional[Nvml] = None, nvml_error: str = "") -> T
         except NvmlCallError as exc:
             nvml_error = str(exc)
             warnings.append(f"NVML failed, using sysfs: {exc}")
+    gpu_links: list[list[str]] = []
+    if nvml is not None and len(gpus) > 1 and all(g.source == "nvml" for g in gpus):
+        try:
+            gpu_links = nvml.link_matrix([g.pci_bus_id for g in gpus])
+        except NvmlCallError as exc:
+            warnings.append(f"NVML could not tell GPU-to-GPU links: {exc}")
     if not gpus:
         gpus = sysfs_gpus(host, nodes)
     return Topology(
@@ -240,6 +247,7 @@ def discover(host: Host, nvml: Optional[Nvml] = None, nvml_error: str = "") -> T
         gpus=gpus,
         nics=discover_nics(host, nodes),
         block_devices=discover_block(host),
+        gpu_links=gpu_links,
         warnings=warnings,
         nvml_error=nvml_error,
     )
@@ -265,6 +273,10 @@ def render_table(topo: Topology) -> str:
         )
     else:
         lines.append("no NVIDIA GPU found")
+    if topo.gpu_links:
+        lines.append("")
+        lines += table([""] + [f"GPU{g.index}" for g in topo.gpus],
+                       [[f"GPU{g.index}", *row] for g, row in zip(topo.gpus, topo.gpu_links)])
     if topo.nics:
         lines.append("")
         lines += table(["NIC", "PCI bus id", "NUMA"], [[n.name, n.pci_bus_id, str(n.numa_node)] for n in topo.nics])

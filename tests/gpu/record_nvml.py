@@ -28,6 +28,18 @@ def main() -> int:
                 "cpu_affinity": [w * 64 + b for w, v in enumerate(cpu) for b in range(64) if int(v) >> b & 1],
                 "persistence_mode": int(pynvml.nvmlDeviceGetPersistenceMode(h)),
             }
+            links = []
+            for link in range(18):
+                try:
+                    entry = {"active": int(pynvml.nvmlDeviceGetNvLinkState(h, link))}
+                    if entry["active"]:
+                        entry["type"] = int(pynvml.nvmlDeviceGetNvLinkRemoteDeviceType(h, link))
+                        entry["remote"] = pynvml.nvmlDeviceGetNvLinkRemotePciInfo_v2(h, link).busId
+                    links.append(entry)
+                except pynvml.NVMLError:
+                    break
+            if links:
+                dev["nvlinks"] = links
             try:  # recorded for comparison only: the agent does not use it (Grace reports the GPU's own node)
                 dev["numa_node_id_raw"] = pynvml.nvmlDeviceGetNumaNodeId(h)
             except pynvml.NVMLError as exc:
