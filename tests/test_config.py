@@ -68,6 +68,7 @@ BAD = [
     ("[sysctl]\n'vm.x' = { value = 1, mode = 'max' }", ["sysctl.vm.x.mode = 'max'", "floor or exact"]),
     ("[sysctl]\n'vm.x' = { mode = 'exact' }", ["sysctl.vm.x", "needs a value"]),
     ("thp = 3", ["thp = 3", "expected a table"]),
+    ("[vllm]\nhealth_url = 'file:///etc/shadow'", ["vllm.health_url = 'file:///etc/shadow'", "http://"]),
 ]
 
 

@@ -293,6 +293,22 @@ def test_restart_backoff_grows(bed: Bed) -> None:
     assert any(line.startswith("STATUS=vLLM exited") for line in bed.notify.lines())
 
 
+def test_hung_vllm_is_restarted_after_failed_health_checks(bed: Bed) -> None:
+    bed.write_config(vllm={"health_interval_s": 0.2, "unhealthy_after": 3}, standin_args=["--hold-file", str(bed.hold)])
+    bed.start()
+    bed.notify.wait_for("READY=1")
+    first = bed.records()[0]["pid"]
+    bed.hold.write_text("")  # the stand-in answers 503 while this file exists: alive, but not serving
+    wait_until(lambda: any(e.get("event") == "vllm_unhealthy" for e in bed.events()), "vllm_unhealthy")
+    bed.hold.unlink()
+    second = wait_until(lambda: bed.records()[1:] or None, "a second start")[0]["pid"]
+    assert second != first and not pid_alive(first)
+    failed = [e for e in bed.events() if e.get("event") == "vllm_health_failed"]
+    assert [e["failures"] for e in failed[:3]] == [1, 2, 3]
+    exits = [e for e in bed.events() if e.get("event") == "vllm_exited"]
+    assert exits and exits[0]["result"].startswith("unhealthy")
+
+
 def test_crash_during_first_load_is_a_failed_start(bed: Bed) -> None:
     bed.write_config(vllm={}, standin_args=["--crash-during-load"])
     bed.start()

@@ -141,6 +141,8 @@ class VllmConfig:
     user: str = spec("str", "vllm")
     env: dict[str, str] = spec("dict[str,str]", {})
     health_url: str = spec("str", "http://127.0.0.1:8000/health")
+    health_interval_s: float = spec("float", 10.0, minimum=0.1, maximum=3600, doc="health polls once serving")
+    unhealthy_after: int = spec("int", 3, minimum=1, maximum=1000, doc="failed polls in a row before a restart")
     start_timeout_s: int = spec("int", 1800, minimum=1, maximum=86400)
     stop_timeout_s: int = spec("int", 60, minimum=1, maximum=3600)
     restart_backoff_initial_s: float = spec("float", 2.0, minimum=0.1, maximum=3600)
@@ -347,6 +349,9 @@ def parse_config(text: str, file: str) -> Config:
     if vllm is not None:
         if not vllm.command:
             raise ctx.error("vllm", "command", vllm.command, "must name a program")
+        if not re.match(r"https?://[^/\s]+", vllm.health_url):
+            # urllib would happily open file:// URLs: only ever poll an HTTP endpoint.
+            raise ctx.error("vllm", "health_url", vllm.health_url, "expected an http:// or https:// URL")
         if vllm.restart_backoff_initial_s > vllm.restart_backoff_max_s:
             raise ctx.error(
                 "vllm", "restart_backoff_initial_s", vllm.restart_backoff_initial_s,

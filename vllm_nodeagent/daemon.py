@@ -83,6 +83,8 @@ class Daemon:
         self.next_drift = 0.0
         self.next_watchdog = 0.0
         self.next_pin = 0.0
+        self.next_liveness = 0.0
+        self.health_failures = 0
         self.pinned: set[int] = set()
         self.drift_count = 0
         self.exit_code: Optional[int] = None
@@ -210,6 +212,8 @@ class Daemon:
             deadlines.append(self.next_pin)
         if self.child is not None and self.child.wait_fd() < 0:
             deadlines.append(now + 1.0)  # no pidfd: poll the child
+        if self.phase == "serving" and self.child is not None:
+            deadlines.append(self.next_liveness)
         if self.phase == "serving" and self.backoff.failures and self.child and self.child.healthy_since:
             deadlines.append(self.child.healthy_since + self.backoff.healthy_reset_s)
         return min(deadlines)
@@ -228,6 +232,8 @@ class Daemon:
             self._start_child(initial=False)
         elif self.phase == "serving" and self.child is not None and self.child.healthy_since is not None:
             self.backoff.healthy_for(now - self.child.healthy_since)
+            if now >= self.next_liveness:
+                self._liveness(now)
         if self.plan is not None and self.plan.pin and self.child is not None and now >= self.next_pin:
             self._pin_workers()
             self.next_pin = now + PIN_POLL_S
@@ -415,6 +421,8 @@ class Daemon:
             return
         self.child.healthy_since = now
         self.phase = "serving"
+        self.health_failures = 0
+        self.next_liveness = now + self.vcfg.health_interval_s
         self.metrics.set_up(True)
         self.log.info("vllm_healthy", pid=self.child.pid, load_s=round(now - self.child.started_at, 3),
                       url=self.vcfg.health_url)
@@ -423,6 +431,27 @@ class Daemon:
             self._send_ready()
         else:
             self._status_now()
+
+    def _liveness(self, now: float) -> None:
+        """A vLLM that is alive but no longer answers (a hung engine) is restarted like one that exited."""
+        if self.child is None:
+            return
+        self.next_liveness = now + self.vcfg.health_interval_s
+        if health_ok(self.vcfg.health_url):
+            self.health_failures = 0
+            return
+        self.health_failures += 1
+        self.log.warning("vllm_health_failed", pid=self.child.pid, url=self.vcfg.health_url,
+                         failures=self.health_failures, limit=self.vcfg.unhealthy_after)
+        if self.health_failures < self.vcfg.unhealthy_after:
+            return
+        pid = self.child.pid
+        self.log.error("vllm_unhealthy", pid=pid, failures=self.health_failures)
+        self.child.stop(self.vcfg.stop_timeout_s)
+        self.child = None
+        self.health_failures = 0
+        self.metrics.set_up(False)
+        self._schedule_restart(self.clock(), f"unhealthy: {self.vcfg.unhealthy_after} failed health checks", pid)
 
     def _verify_binding(self) -> None:
         if self.child is None or self.plan is None:
