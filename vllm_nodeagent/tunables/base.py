@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional, Protocol, runtime_checkable
 
 from vllm_nodeagent.host import Host, HostError
+from vllm_nodeagent.parse import ParseError, parse_bracket_list
 
 
 class NotApplicable(Exception):
@@ -51,11 +52,34 @@ class Tunable(Protocol):
         """Anything a person should know about the comparison (an alias used, say); "" when nothing."""
 
 
-class FileTunable:
+class ValueTunable:
+    """Defaults for a setting with one desired value, compliant when equal. Subclasses read and write."""
+
+    kind = "value"
+    owner: Optional[str] = None
+    id = ""
+    _desired = ""
+
+    def desired(self) -> str:
+        return self._desired
+
+    def compliant(self, current: str) -> bool:
+        return current == self._desired
+
+    def target(self, current: str) -> str:
+        return self._desired
+
+    def hint(self) -> str:
+        return f"vllm-nodeagent apply --only {self.id}"
+
+    def note(self, current: str) -> str:
+        return ""
+
+
+class FileTunable(ValueTunable):
     """A setting that is one kernel attribute file: sysctls, THP, the block scheduler."""
 
     kind = "file"
-    owner: Optional[str] = None
 
     def __init__(self, host: Host, id: str, path: str, desired: str = "") -> None:
         self.host = host
@@ -74,14 +98,16 @@ class FileTunable:
         except HostError as exc:
             raise TunableError(str(exc)) from None
 
-    def desired(self) -> str:
-        return self._desired
-
-    def compliant(self, current: str) -> bool:
-        return current == self._desired
-
-    def target(self, current: str) -> str:
-        return self._desired
+    def read_bracketed(self) -> tuple[str, list[str]]:
+        """(current, offered) of a "none [mq-deadline] kyber" attribute (THP, the block scheduler)."""
+        raw = FileTunable.read(self)
+        try:
+            current, offered = parse_bracket_list(raw)
+        except ParseError as exc:
+            raise TunableError(f"{self.path}: {exc}") from None
+        if current is None:
+            raise TunableError(f"{self.path}: no bracketed current value in {raw!r}")
+        return current, offered
 
     def write(self, value: str) -> None:
         try:
@@ -91,9 +117,6 @@ class FileTunable:
 
     def hint(self) -> str:
         return f"vllm-nodeagent apply --only {self.id}  (writes {self.path})"
-
-    def note(self, current: str) -> str:
-        return ""
 
 
 class MultiFileTunable:
@@ -179,11 +202,10 @@ class MultiFileTunable:
         return ""
 
 
-class Unavailable:
+class Unavailable(ValueTunable):
     """A configured setting with nothing to act on here (no device matches a glob): doctor shows it as skip."""
 
     kind = "unavailable"
-    owner: Optional[str] = None
 
     def __init__(self, id: str, desired: str, reason: str) -> None:
         self.id = id
@@ -196,20 +218,11 @@ class Unavailable:
     def read(self) -> str:
         raise NotApplicable(self.reason)
 
-    def desired(self) -> str:
-        return self._desired
-
     def compliant(self, current: str) -> bool:
         return False
-
-    def target(self, current: str) -> str:
-        return self._desired
 
     def write(self, value: str) -> None:
         raise TunableError(f"{self.id}: {self.reason}")
 
     def hint(self) -> str:
-        return ""
-
-    def note(self, current: str) -> str:
         return ""

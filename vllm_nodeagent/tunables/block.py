@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.parse import ParseError, parse_bracket_list
-from vllm_nodeagent.tunables.base import FileTunable, NotApplicable, TunableError
+from vllm_nodeagent.tunables.base import FileTunable, NotApplicable
 
 # blk-mq kernels (all since 5.0) call the pass-through elevator "none"; "noop" was the legacy name.
 ALIASES = {"noop": "none"}
@@ -22,13 +21,7 @@ class BlockScheduler(FileTunable):
         return {"device": self.device}
 
     def read(self) -> str:
-        raw = super().read()
-        try:
-            current, offered = parse_bracket_list(raw)
-        except ParseError as exc:
-            raise TunableError(f"{self.path}: {exc}") from None
-        if current is None:
-            raise TunableError(f"{self.path}: no bracketed current value in {raw!r}")
+        current, offered = self.read_bracketed()
         if self.configured:
             if self.configured in offered:
                 self._desired = self.configured

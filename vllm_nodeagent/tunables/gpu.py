@@ -6,7 +6,7 @@ from typing import Optional
 
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
-from vllm_nodeagent.tunables.base import NotApplicable, TunableError
+from vllm_nodeagent.tunables.base import NotApplicable, TunableError, ValueTunable
 
 ON, OFF = "enabled", "disabled"
 
@@ -19,7 +19,7 @@ def running_process(host: Host, comm: str) -> Optional[int]:
     return None
 
 
-class PersistenceMode:
+class PersistenceMode(ValueTunable):
     kind = "gpu"
 
     def __init__(self, host: Host, nvml: Optional[Nvml], index: int, pci_bus_id: str,
@@ -44,15 +44,6 @@ class PersistenceMode:
             return ON if self.nvml.persistence_mode(self.pci_bus_id) else OFF
         except NvmlCallError as exc:
             raise TunableError(f"{self.pci_bus_id}: {exc}") from None
-
-    def desired(self) -> str:
-        return self._desired
-
-    def compliant(self, current: str) -> bool:
-        return current == self._desired
-
-    def target(self, current: str) -> str:
-        return self._desired
 
     def write(self, value: str) -> None:
         if self.nvml is None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.parse import ParseError, parse_bracket_list
-from vllm_nodeagent.tunables.base import FileTunable, NotApplicable, TunableError
+from vllm_nodeagent.tunables.base import FileTunable, NotApplicable
 
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 
@@ -19,18 +18,8 @@ class Thp(FileTunable):
     def params(self) -> dict[str, str]:
         return {"knob": self.knob}
 
-    def offered(self) -> tuple[str, list[str]]:
-        raw = super().read()
-        try:
-            current, offered = parse_bracket_list(raw)
-        except ParseError as exc:
-            raise TunableError(f"{self.path}: {exc}") from None
-        if current is None:
-            raise TunableError(f"{self.path}: no bracketed current value in {raw!r}")
-        return current, offered
-
     def read(self) -> str:
-        current, offered = self.offered()
+        current, offered = self.read_bracketed()
         if self._desired and self._desired not in offered:
             raise NotApplicable(f"this kernel offers {' '.join(offered)}, not {self._desired}")
         return current
