@@ -14,16 +14,20 @@ SYSTEMCTL_TIMEOUT_S = 30
 
 
 class Irqbalance:
-    """The irqbalance unit: "stop" wants it inactive and disabled; "keep" wants it active and enabled."""
+    """The irqbalance unit: "stop" wants it inactive and disabled; "keep" expects it active and enabled.
+
+    "keep" only reports: an agent that starts a service the operator stopped would surprise them.
+    """
 
     kind = "irqbalance"
-    owner: Optional[str] = None
     unit = "irqbalance.service"
 
     def __init__(self, host: Host, policy: str = "stop") -> None:
         self.host = host
         self.id = "irqbalance"
         self.policy = policy
+        self.owner: Optional[str] = 'the operator ([irq] irqbalance = "keep": reported, never changed)' \
+            if policy == "keep" else None
 
     def params(self) -> dict[str, str]:
         return {}
