@@ -159,9 +159,26 @@ def journal_cursor(guest: VM) -> str:
 
 
 def journal_since(guest: VM, cursor: str) -> str:
-    return guest.ssh(
-        ["journalctl", "-u", UNIT, "-o", "cat", "--no-pager", f"--after-cursor={cursor}"], check=False
-    ).stdout
+    """The unit's journal messages after ``cursor``, one per line.
+
+    Filtered here rather than with ``-u``: bookworm's journalctl skips the first matching entry when
+    ``--after-cursor`` is combined with a match whose cursor entry does not match.
+    """
+    out = guest.ssh(["journalctl", "-o", "json", "--no-pager", f"--after-cursor={cursor}"], check=False).stdout
+    lines: list[str] = []
+    unit = f"{UNIT}.service"
+    for raw in out.splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if unit not in (entry.get("_SYSTEMD_UNIT"), entry.get("UNIT"), entry.get("OBJECT_SYSTEMD_UNIT")):
+            continue
+        msg = entry.get("MESSAGE", "")
+        if isinstance(msg, list):
+            msg = bytes(msg).decode(errors="replace")
+        lines.append(str(msg))
+    return "\n".join(lines) + "\n"
 
 
 def doctor_json(guest: VM) -> tuple[int, Any]:

@@ -301,7 +301,7 @@ def test_06_watchdog_restarts_a_hung_agent(bed: Bed) -> None:
         explain=lambda: diag(g),
     )
     timings["watchdog_restart_s"] = time.monotonic() - t0
-    log = g.ssh(["journalctl", "-u", UNIT, "--no-pager", f"--after-cursor={cursor}"]).stdout
+    log = journal_since(g, cursor)
     assert "watchdog" in log.lower(), log[-3000:]
     wait_for(
         "the new agent's vLLM to be healthy",
