@@ -42,6 +42,8 @@ WATCHDOG_SEC = 20
 HEALTH_URL = "http://127.0.0.1:8000/health"
 VLLM_NODE = 1
 CONFIG_PATH = "/etc/vllm-nodeagent/config.toml"
+# [irq] irqbalance = "stop": checked on its own (test_02b) so that it does not hide the other settings.
+IRQBALANCE_STOPPED = {"irqbalance.active": "inactive", "irqbalance.enabled": "disabled"}
 
 # How long the bounded waits may take under TCG on 2 cores (a wait ends as soon as its condition holds).
 START_TIMEOUT = 240.0
@@ -77,8 +79,6 @@ def make_config(baseline: dict[str, str], sched_choices: list[str]) -> tuple[str
         "thp.enabled": thp_enabled,
         "thp.defrag": thp_defrag,
         "block.scheduler": scheduler,
-        "irqbalance.active": "inactive",
-        "irqbalance.enabled": "disabled",
     }
     config = f"""\
 # written by tests/vm/test_agent_e2e.py
@@ -218,6 +218,12 @@ def test_02_settings_applied_on_the_real_kernel(bed: Bed) -> None:
     journal = g.out(["cat", "/var/lib/vllm-nodeagent/originals.json"])
     assert "vm.max_map_count" in journal
     assert bed.baseline["vm.max_map_count"] in journal
+
+
+def test_02b_irqbalance_stopped_and_disabled(bed: Bed) -> None:
+    state = host_state(bed.guest)
+    got = {k: state[k] for k in IRQBALANCE_STOPPED}
+    assert got == IRQBALANCE_STOPPED, f"{got}{diag(bed.guest)}"
 
 
 def test_03_doctor_reports_no_failure(bed: Bed) -> None:

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,12 @@ RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s
 
 
 def ansible_playbook() -> str:
-    found = os.environ.get("ANSIBLE_PLAYBOOK") or shutil.which("ansible-playbook")
+    beside = Path(sys.executable).parent / "ansible-playbook"  # the venv pytest runs from
+    found = (
+        os.environ.get("ANSIBLE_PLAYBOOK")
+        or (str(beside) if beside.is_file() else None)
+        or shutil.which("ansible-playbook")
+    )
     if not found:
         pytest.skip("ansible-playbook not installed (.ci/vm.sh installs a pinned ansible-core in .venv-vm)")
     return found
@@ -39,6 +45,7 @@ def ansible_playbook() -> str:
 def fleet(workdir: Path, ssh_key: Path, standin_path: Path) -> Iterator[dict[str, VM]]:
     if not (ANSIBLE_DIR / "site.yml").is_file():
         pytest.skip("packaging/ansible/site.yml not there yet")
+    ansible_playbook()  # skip before booting anything
     guests = {name: VM(name, workdir, ssh_key) for name in HOSTS}
     try:
         # Both boot at once: the two qemu processes share the machine's cores.
@@ -87,7 +94,8 @@ def role_vars(deb: Path, report: Path) -> dict[str, object]:
         "vllm_nodeagent_cpu": {},
         "vllm_nodeagent_gpu": {},
         "vllm_nodeagent_prewarm": {},
-        "vllm_nodeagent_irq": {"irqbalance": "stop"},
+        # irqbalance = "stop" is proven by test_agent_e2e; here the role's own default.
+        "vllm_nodeagent_irq": {"irqbalance": "keep"},
         "vllm_nodeagent_vllm": {
             "command": ["/usr/bin/python3", STANDIN_REMOTE, "--load-seconds", "1", "--hold-file", HOLD_FILE],
             "model": "",
@@ -152,8 +160,7 @@ def test_role_rolls_out_to_two_hosts_idempotently(
         state = host_state(g)
         assert state["thp.enabled"] == "madvise" and state["block.scheduler"] == "mq-deadline", state
         assert state["vm.max_map_count"] == "262144", state
-        assert state["irqbalance.active"] == "inactive", state
-        assert before[name]["irqbalance.active"] == "active"
+        assert before[name]["vm.max_map_count"] != "262144"
         assert http_get(g, "http://127.0.0.1:8000/health")[0] == 200
         pid = standin_pid(g)
         assert pid is not None
@@ -166,4 +173,4 @@ def test_role_rolls_out_to_two_hosts_idempotently(
     t0 = time.monotonic()
     _, changed2 = run_playbook(workdir, inventory, extra, "ansible-run2.log")
     timings["ansible_run2_s"] = time.monotonic() - t0
-    assert {h: changed2[h] for h in HOSTS} == dict.fromkeys(HOSTS, 0), changed2
+    assert changed2 == dict.fromkeys([*HOSTS, "localhost"], 0), changed2
