@@ -320,12 +320,13 @@ class VM:
         remote = cmd if isinstance(cmd, str) else shlex.join(cmd)
         if self.proc is None or self.proc.poll() is not None:
             raise VMError(f"{self.name}: qemu is not running")
+        # No stdin of ours reaches the guest (CI runs without one; an interactive run must not block on it).
         res = subprocess.run(
             [*self.ssh_base(), remote],
             capture_output=True,
             text=True,
             timeout=timeout,
-            input=input_text,
+            input=input_text if input_text is not None else "",
         )
         if check and res.returncode != 0:
             raise VMError(
@@ -357,6 +358,7 @@ class VM:
                 str(local),
                 f"root@127.0.0.1:{remote}",
             ],
+            stdin=subprocess.DEVNULL,
             check=True,
             timeout=300,
         )
@@ -376,6 +378,7 @@ class VM:
                     [*self.ssh_base(), "systemctl is-system-running --wait"],
                     capture_output=True,
                     text=True,
+                    stdin=subprocess.DEVNULL,
                     timeout=max(5.0, deadline - time.monotonic()),
                 )
                 # "running" or "degraded": boot finished either way; ssh answered.
