@@ -139,7 +139,7 @@ try:
         from vllm import __version__ as v
         out["version"] = str(v)
     except ImportError:
-        pass
+        out["version"] = "unknown"
     parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
 except Exception as exc:
     out["reason"] = "cannot build vLLM's argument parser: %s: %s" % (type(exc).__name__, exc)
