@@ -37,7 +37,7 @@ fi
 if [ -f packaging/Makefile ]; then
     log "make -C packaging deb"
     make -C packaging deb
-    VLLM_NODEAGENT_DEB=$(find packaging/out -maxdepth 1 -name '*.deb' -printf '%T@ %p\n' | sort -n | tail -n1 | cut -d' ' -f2-)
+    VLLM_NODEAGENT_DEB=$(find "$repo/packaging/out" -maxdepth 1 -name '*.deb' -printf '%T@ %p\n' | sort -n | tail -n1 | cut -d' ' -f2-)
     export VLLM_NODEAGENT_DEB
     log "package: $VLLM_NODEAGENT_DEB"
 fi

@@ -68,7 +68,7 @@ def deb_path() -> Path:
     """The .deb under test: $VLLM_NODEAGENT_DEB, else the newest packaging/out/*.deb."""
     env = os.environ.get("VLLM_NODEAGENT_DEB")
     if env:
-        return Path(env)
+        return Path(env).resolve()
     debs = sorted(glob.glob(str(REPO / "packaging" / "out" / "*.deb")), key=os.path.getmtime)
     if not debs:
         pytest.skip("no .deb in packaging/out: run `make -C packaging deb` first (.ci/vm.sh does)")
