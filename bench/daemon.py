@@ -52,7 +52,7 @@ def main() -> int:
         cfg = base / "config.toml"
         cfg.write_text(
             f'[agent]\nstate_dir = "/state"\ndrift_interval_s = {a.drift_interval}\n'
-            f'metrics_textfile = "{base}/m.prom"\n'
+            'metrics_textfile = "/m.prom"\n'
             '[sysctl]\n"vm.max_map_count" = 262144\n'
             f'[vllm]\ncommand = {json.dumps([sys.executable, str(REPO / "tests/standin_vllm.py")])}\n'
             f'model = "m"\nargs = {json.dumps(["--port", str(port), "--record", str(record), "--load-seconds", "0"])}\n'

@@ -66,7 +66,7 @@ class Daemon:
         self.notify = notifier or Notifier()
         self.clock = clock
         self.log = log.get()
-        self.metrics = Metrics(ctx.config.agent.metrics_textfile)
+        self.metrics = Metrics(self._textfile(ctx.config.agent.metrics_textfile))
         self.nvml: Optional[Nvml] = None
         self.nvml_error = ""
         self.tunables: list[Any] = []
@@ -92,6 +92,10 @@ class Daemon:
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._old_handlers: dict[int, Any] = {}
         self._old_wakeup = -1
+
+    def _textfile(self, path: str) -> str:
+        """The metrics file is a /var path like any other: it goes through the host seam (--root)."""
+        return str(self.ctx.host.path(path)) if path else ""
 
     # -- requests from outside the loop (tests, or another thread) ---------------------------------------------
     def request(self, sig: int) -> None:
@@ -557,7 +561,7 @@ class Daemon:
         self.ctx.config = new
         self.log.info("config_reloaded", path=new.path)
         if self.metrics.textfile != new.agent.metrics_textfile:
-            self.metrics = Metrics(new.agent.metrics_textfile)
+            self.metrics = Metrics(self._textfile(new.agent.metrics_textfile))
         if self.manage_settings:
             self._apply_settings()
         if new.vllm != old.vllm:

@@ -15,6 +15,7 @@ from vllm_nodeagent import log
 class Metrics:
     def __init__(self, textfile: str) -> None:
         self.textfile = textfile
+        self._write_failed = False
         self._dirty = False
         if not textfile:
             return
@@ -72,8 +73,11 @@ class Metrics:
         try:
             write_to_textfile(self.textfile, self.registry)
             self._dirty = False
+            self._write_failed = False
         except OSError as exc:
-            log.get().warning("metrics_write_failed", path=self.textfile, error=str(exc))
+            if not self._write_failed:  # once per outage, not once per loop turn
+                log.get().warning("metrics_write_failed", path=self.textfile, error=str(exc))
+            self._write_failed = True
 
     def sample(self) -> dict[str, Any]:
         """The current values (for tests and the debug log)."""
