@@ -262,7 +262,8 @@ def test_04_drift_is_restored_and_logged(bed: Bed) -> None:
     assert intruder != bed.desired["thp.enabled"]
     cursor = journal_cursor(g)
     g.write(path, intruder + "\n")
-    assert selected(g.out(["cat", path])) == intruder
+    # No read-back here: the agent may already have put it back (that race is the feature under test);
+    # the drift event below names the value it found.
     t0 = time.monotonic()
     wait_for(
         "the agent to restore THP",
@@ -277,7 +278,7 @@ def test_04_drift_is_restored_and_logged(bed: Bed) -> None:
         lambda: [ln for ln in journal_since(g, cursor).splitlines() if "drift" in ln.lower()] or None,
         30,
     )
-    assert any("thp" in ln.lower() for ln in lines), lines
+    assert any("thp" in ln.lower() and intruder in ln for ln in lines), lines
 
 
 def test_05_reload_with_a_broken_config_keeps_the_old_one(bed: Bed) -> None:
