@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from typing import Optional
@@ -36,8 +37,13 @@ class Irqbalance:
         exe = shutil.which("systemctl")
         if exe is None:
             raise NotApplicable("systemctl not found")
+        # SYSTEMCTL_SKIP_SYSV: Debian's `systemctl disable` also runs update-rc.d, which writes /etc/rc?.d and
+        # fails under the unit's ProtectSystem=strict; on a systemd host those links are unused (found in the VM
+        # bed). NOTIFY_SOCKET is dropped: only the agent itself may talk to systemd's notify socket.
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        env["SYSTEMCTL_SKIP_SYSV"] = "1"
         return subprocess.run([exe, *args], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT_S,
-                              check=False)
+                              check=False, env=env)
 
     def read(self) -> str:
         # Only the real host's systemd can answer; a --root tree has no service manager.
