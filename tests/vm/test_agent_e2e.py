@@ -220,36 +220,15 @@ def test_02_settings_applied_on_the_real_kernel(bed: Bed) -> None:
     assert bed.baseline["vm.max_map_count"] in journal
 
 
-# Known bug (reported to the lead, fix in docs/vm-testbed.md): vllm_nodeagent/tunables/irq.py runs
-# `systemctl disable`, which on Debian also runs update-rc.d; under the unit's ProtectSystem=strict that
-# fails on the read-only /etc. The xfail below triggers only on that exact signature in the agent's log,
-# so the tests pass normally once the fix lands.
-SYSV_BUG = "update-rc.d: error: Read-only file system"
-SYSV_BUG_REASON = (
-    "irq.py: `systemctl disable irqbalance` runs update-rc.d, which fails on /etc read-only under "
-    "ProtectSystem=strict; fix: run systemctl with SYSTEMCTL_SKIP_SYSV=1 (see docs/vm-testbed.md)"
-)
-
-
-def xfail_on_sysv_bug(guest: VM) -> None:
-    log = guest.ssh(["journalctl", "-u", UNIT, "-o", "cat", "--no-pager"], check=False).stdout
-    if SYSV_BUG in log:
-        pytest.xfail(SYSV_BUG_REASON)
-
-
 def test_02b_irqbalance_stopped_and_disabled(bed: Bed) -> None:
     state = host_state(bed.guest)
     got = {k: state[k] for k in IRQBALANCE_STOPPED}
-    if got != IRQBALANCE_STOPPED:
-        xfail_on_sysv_bug(bed.guest)
     assert got == IRQBALANCE_STOPPED, f"{got}{diag(bed.guest)}"
 
 
 def test_03_doctor_reports_no_failure(bed: Bed) -> None:
     rc, report = doctor_json(bed.guest)
     fails = find_status(report, "fail")
-    if [f.get("id") for f in fails] == ["irqbalance"]:
-        xfail_on_sysv_bug(bed.guest)
     assert fails == [], fails
     assert rc == 0, report
     assert find_status(report, "pass"), "doctor checked something"
