@@ -148,12 +148,14 @@ def _print_outcomes(outcomes: list[Outcome], as_json: bool) -> None:
 
 
 def cmd_apply(ctx: Context, args: argparse.Namespace) -> int:
-    from vllm_nodeagent.cli_topology import discover_with_nvml
+    from vllm_nodeagent.topology import discover
     from vllm_nodeagent.tunables.registry import build_tunables
 
-    topo = discover_with_nvml(ctx)
-    nvml, why = ctx.open_nvml()
+    nvml, why = ctx.open_nvml()  # once: discovery and the GPU settings share the session
     try:
+        topo = discover(ctx.host, nvml, why)
+        for w in topo.warnings:
+            log.get().warning("topology_mismatch", detail=w)
         tunables = selected(build_tunables(ctx.config, topo, ctx.host, nvml, why), args.only)
         if args.only and not tunables:
             print(f"vllm-nodeagent: --only {' '.join(args.only)}: matches no configured setting")
