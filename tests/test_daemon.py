@@ -138,14 +138,14 @@ class Bed:
         self.config.write_text("\n".join(lines) + "\n")
         self.config.chmod(0o600)
 
-    def start(self, env: Optional[dict[str, str]] = None) -> None:
+    def start(self, env: Optional[dict[str, str]] = None, command: tuple[str, ...] = ("run",)) -> None:
         full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         full_env.update({"NOTIFY_SOCKET": self.notify.path, "PYTHONPATH": str(REPO)})
         full_env.update(env or {})
         self.stderr = open(self.stderr_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(self.root), "--config", str(self.config),
-             "--log-format", "json", "run"],
+             "--log-format", "json", *command],
             env=full_env, stdout=subprocess.DEVNULL, stderr=self.stderr, text=True, cwd=str(REPO),
         )
 

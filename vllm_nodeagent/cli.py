@@ -86,7 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--json", action="store_true")
     la.add_argument("--gpus", type=parse_gpu_list, default=None, help="GPU indices, e.g. 2,3")
 
-    sub.add_parser("run", help="the daemon: apply, prewarm, launch, supervise, watch drift")
+    ru = sub.add_parser("run", help="the daemon: apply, prewarm, launch, supervise, watch drift")
+    ru.add_argument("--layout", choices=("auto", "split", "single"), default="auto",
+                    help="split: host work only, vLLM runs in vllm-nodeagent-serve.service; single: also "
+                         "launch vLLM; auto (default): split when that unit is enabled or active")
+
+    se = sub.add_parser("serve", help="vLLM's own unit: prewarm, launch, READY when serving, exit when it fails")
+    se.add_argument("--gpus", type=parse_gpu_list, default=None, help="GPU indices, e.g. 2,3")
+    se.add_argument("--configured", action="store_true",
+                    help="start nothing; exit 0 when [vllm] has something to serve, 1 when not")
     return p
 
 
@@ -97,8 +105,9 @@ _COMMANDS: dict[str, str] = {
     "apply": "vllm_nodeagent.engine:cmd_apply",
     "revert": "vllm_nodeagent.engine:cmd_revert",
     "prewarm": "vllm_nodeagent.prewarm:cmd_prewarm",
-    "launch": "vllm_nodeagent.launcher:cmd_launch",
+    "launch": "vllm_nodeagent.serve:cmd_launch",
     "run": "vllm_nodeagent.daemon:cmd_run",
+    "serve": "vllm_nodeagent.serve:cmd_serve",
 }
 
 CommandFn = Callable[[Context, argparse.Namespace], int]

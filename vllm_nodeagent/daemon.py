@@ -53,6 +53,7 @@ class Daemon:
         *,
         manage_settings: bool = True,
         prewarm: bool = True,
+        launch_vllm: bool = True,
         gpus_override: Optional[list[int]] = None,
         topology: Optional[Topology] = None,
         notifier: Optional[Notifier] = None,
@@ -61,6 +62,7 @@ class Daemon:
         self.ctx = ctx
         self.manage_settings = manage_settings
         self.do_prewarm = prewarm
+        self.launch_vllm = launch_vllm  # False: host work only (the "split" layout's root unit)
         self.gpus_override = gpus_override
         self.topo = topology
         self.notify = notifier or Notifier()
@@ -167,7 +169,7 @@ class Daemon:
             self._prewarm()
         if self._pending_stop():
             return self._stop()
-        if something_to_launch(self.ctx.config.vllm):
+        if self.launch_vllm and something_to_launch(self.ctx.config.vllm):
             if not self._start_child(initial=True):
                 return 1
         else:
@@ -564,7 +566,7 @@ class Daemon:
             self.metrics = Metrics(self._textfile(new.agent.metrics_textfile))
         if self.manage_settings:
             self._apply_settings()
-        if new.vllm != old.vllm:
+        if self.launch_vllm and new.vllm != old.vllm:
             self.log.info("vllm_config_changed", action="restart")
             if self.child is not None:
                 self.child.stop(old.vllm.stop_timeout_s if old.vllm else VllmConfig().stop_timeout_s)
@@ -615,4 +617,11 @@ def _noop_handler(signum: int, frame: object) -> None:
 
 
 def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
+    """The root unit. In the "split" layout vLLM has its own unit (``serve``): host work only, no prewarm."""
+    from vllm_nodeagent.layout import detect
+
+    layout = detect(ctx.host, getattr(args, "layout", "auto"))
+    log.get().info("layout", layout=layout.name, reason=layout.reason)
+    if layout.split:
+        return Daemon(ctx, prewarm=False, launch_vllm=False).run()
     return Daemon(ctx).run()

@@ -100,12 +100,22 @@ def vllm_checks(ctx: Context, topo: Topology) -> list[Check]:
     return checks
 
 
+def layout_check(ctx: Context) -> Check:
+    """Which unit layout is active: whether vLLM runs in its own unit or under the root agent."""
+    from vllm_nodeagent.layout import detect
+
+    layout = detect(ctx.host)
+    where = "vllm-nodeagent-serve.service" if layout.split else "vllm-nodeagent.service (run)"
+    return Check("agent.layout", PASS, layout.name, None, "", f"vLLM runs in {where}: {layout.reason}")
+
+
 def run_checks(ctx: Context) -> list[Check]:
     nvml, why = ctx.open_nvml()
     try:
         topo = discover(ctx.host, nvml, why)
         tunables = build_tunables(ctx.config, topo, ctx.host, nvml, why)
-        checks = host_checks(ctx, topo, nvml, why) + setting_checks(tunables) + vllm_checks(ctx, topo)
+        checks = [*host_checks(ctx, topo, nvml, why), layout_check(ctx), *setting_checks(tunables),
+                  *vllm_checks(ctx, topo)]
     finally:
         if nvml is not None:
             nvml.close()

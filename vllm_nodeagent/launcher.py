@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import pwd
 import shutil
@@ -393,7 +392,11 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[dict[str, str]]:
                                  f"vLLM {pr.version} ({pr.python})"))
         else:
             checks.append(_check("vllm.args", "pass", f"vLLM {pr.version}", "accepted by vLLM's parser"))
-    pid = read_pid_file(str(ctx.host.path(ctx.config.agent.state_dir)))
+    from vllm_nodeagent.layout import SERVE_RUNTIME_DIR
+
+    # single layout: the root agent's state dir; split: the serve unit's runtime dir
+    pid = read_pid_file(str(ctx.host.path(ctx.config.agent.state_dir))) or read_pid_file(
+        str(ctx.host.path(SERVE_RUNTIME_DIR)))
     if pid is None:
         checks.append(_check("vllm.binding", "skip", "", "", "vLLM is not running (no live pid file)"))
     else:
@@ -412,40 +415,8 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[dict[str, str]]:
     return checks
 
 
-# -- `vllm-nodeagent launch` ---------------------------------------------------------------------------------
-def cmd_launch(ctx: Context, args: argparse.Namespace) -> int:
-    from vllm_nodeagent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json
-    from vllm_nodeagent.cli_topology import discover_with_nvml
-
-    logger = log.get()
-    if not something_to_launch(ctx.config.vllm):
-        logger.error("nothing_to_launch", detail="[vllm] model is empty and command is the default")
-        return EXIT_USAGE
-    topo = discover_with_nvml(ctx)
-    if args.dry_run:
-        try:
-            launch_plan, _ = build_plan(ctx, topo, args.gpus)
-        except LaunchError as exc:
-            logger.error("launch_plan_failed", error=str(exc))
-            return EXIT_FAILED
-        if args.json:
-            print_json({"argv": launch_plan.argv, "env": launch_plan.env, "numa_nodes": launch_plan.numa_nodes,
-                        "cpus": launch_plan.cpus, "gpus": launch_plan.gpus, "binding": launch_plan.binding,
-                        "user": launch_plan.user, "notes": launch_plan.notes})
-        else:
-            print(" ".join(launch_plan.argv))
-            for k, v in sorted(launch_plan.env.items()):
-                print(f"  {k}={v}")
-            for note in launch_plan.notes:
-                print(f"note: {note}")
-        return EXIT_OK
-    from vllm_nodeagent.daemon import Daemon
-
-    return Daemon(ctx, manage_settings=False, prewarm=False, gpus_override=args.gpus, topology=topo).run()
-
-
 __all__ = [
-    "LaunchError", "LaunchPlan", "RunAs", "binding_mismatches", "build_plan", "child_env", "cmd_launch",
+    "LaunchError", "LaunchPlan", "RunAs", "binding_mismatches", "build_plan", "child_env",
     "doctor_checks", "live_binding", "plan", "probe_vllm", "read_pid_file", "resolve_user",
     "something_to_launch",
 ]
