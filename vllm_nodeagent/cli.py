@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands live in their own modules; importing lazily keeps `doctor` and `topology` fast.
+# The long-running services log through structlog; one-shot commands render the same lines without its imports.
+LONG_RUNNING = frozenset({"run", "serve"})
+
 _COMMANDS: dict[str, str] = {
     "topology": "vllm_nodeagent.cli_topology:cmd_topology",
     "doctor": "vllm_nodeagent.doctor:cmd_doctor",
@@ -142,7 +145,7 @@ def main(
         print(f"vllm-nodeagent: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log_format = args.log_format or config.agent.log_format
-    log.configure(log_format)
+    log.configure(log_format, structured=args.command in LONG_RUNNING)
     ctx = Context(host=host, config=config, config_arg=args.config, log_format=log_format, nvml_opener=nvml_opener)
     try:
         return _command(args.command)(ctx, args)
