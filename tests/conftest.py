@@ -9,7 +9,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakehost import FakeHost, nvml_absent_8gpu, two_socket_8gpu, vm_no_gpu, workstation
+from fakehost import (
+    FakeHost,
+    cpumap_only,
+    gh200_like,
+    no_pci_locality,
+    nvml_absent_8gpu,
+    offline_cpus_with_cxl,
+    slurm_cgroup_v2_job,
+    trailing_nul_arm64,
+    two_socket_8gpu,
+    vm_no_gpu,
+    workstation,
+)
 from nvml_double import NvmlDouble, hgx_8gpu_recording
 
 from vllm_nodeagent.nvml import Nvml
@@ -19,6 +31,13 @@ HOSTS: dict[str, Callable[[Path], FakeHost]] = {
     "workstation": workstation,
     "vm_no_gpu": vm_no_gpu,
     "nvml_absent_8gpu": nvml_absent_8gpu,
+    # shaped like the real machines of issue #14
+    "slurm_cgroup_v2_job": slurm_cgroup_v2_job,
+    "offline_cpus_with_cxl": offline_cpus_with_cxl,
+    "cpumap_only": cpumap_only,
+    "gh200_like": gh200_like,
+    "no_pci_locality": no_pci_locality,
+    "trailing_nul_arm64": trailing_nul_arm64,
 }
 
 

@@ -38,11 +38,58 @@ class FakeHost:
     def cpus(self, count: int) -> None:
         self.write("/sys/devices/system/cpu/online", f"0-{count - 1}")
 
-    def numa_node(self, node: int, cpus: list[int], mem_kb: int) -> None:
+    def write_raw(self, host_path: str, data: bytes) -> Path:
+        p = self.root / host_path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        return p
+
+    def numa_node(self, node: int, cpus: list[int], mem_kb: int, cpulist: bool = True) -> None:
+        """A node as the kernel shows it; each CPU also gets its topology directory (package = node), which
+        is what hwloc's lstopo needs to read the tree (HWLOC_FSROOT)."""
         base = f"/sys/devices/system/node/node{node}"
-        self.write(f"{base}/cpulist", format_cpulist(cpus))
+        if cpulist:
+            self.write(f"{base}/cpulist", format_cpulist(cpus))
+        self.write(f"{base}/cpumap", cpumask(cpus))
         self.write(f"{base}/meminfo",
                    f"Node {node} MemTotal:       {mem_kb} kB\nNode {node} MemFree:        {mem_kb // 2} kB\n")
+        for c in cpus:
+            topo = f"/sys/devices/system/cpu/cpu{c}/topology"
+            self.write(f"{topo}/physical_package_id", str(node))
+            self.write(f"{topo}/core_id", str(c))
+            for name in ("package_cpus", "core_siblings"):
+                self.write(f"{topo}/{name}", cpumask(cpus))
+            for name in ("core_cpus", "thread_siblings"):
+                self.write(f"{topo}/{name}", cpumask([c]))
+
+    def allowed(self, cpus: str, mems: str) -> None:
+        """This process's /proc/self/status affinity lines, as the kernel prints them."""
+        self.write("/proc/self/status", f"Name:\tvllm-nodeagent\nState:\tR (running)\nCpus_allowed_list:\t{cpus}\n"
+                                        f"Mems_allowed_list:\t{mems}\n")
+
+    def cgroup_v2(self, path: str, cpus: str, mems: str) -> None:
+        """A pure cgroup-v2 host whose process sits in ``path`` with that effective cpuset."""
+        self.write("/proc/self/cgroup", f"0::{path}")
+        mounts = "sysfs /sys sysfs rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec 0 0\n"
+        self.write("/proc/self/mounts", mounts)
+        self.write("/proc/mounts", mounts)
+        self.write("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids")
+        self.write(f"/sys/fs/cgroup{path}/cpuset.cpus.effective", cpus)
+        self.write(f"/sys/fs/cgroup{path}/cpuset.mems.effective", mems)
+
+    def cgroup_v1(self, path: str, cpus: str, mems: str) -> None:
+        """A cgroup-v1 cpuset hierarchy (Slurm's task/cgroup on older distributions)."""
+        self.write("/proc/self/cgroup", f"4:memory:{path}\n3:cpuset:{path}\n0::/")
+        mounts = "cgroup /sys/fs/cgroup/cpuset cgroup rw,nosuid,nodev,noexec,relatime,cpuset 0 0\n"
+        self.write("/proc/self/mounts", mounts)
+        self.write("/proc/mounts", mounts)
+        self.write(f"/sys/fs/cgroup/cpuset{path}/cpuset.effective_cpus", cpus)
+        self.write(f"/sys/fs/cgroup/cpuset{path}/cpuset.effective_mems", mems)
+
+    def nvidia_numa_status(self, bdf: str, node: int, status: str = "online") -> None:
+        """The driver's /proc/driver/nvidia/gpus/<bus>/numa_status (format of nv-procfs.c)."""
+        self.write(f"/proc/driver/nvidia/gpus/{bdf}/numa_status",
+                   f"Node:      {node}\nStatus:    {status}\nAddress:   400000000000\nSize:      1780000000\n")
 
     def meminfo(self, total_kb: int, available_kb: int) -> None:
         self.write("/proc/meminfo", f"MemTotal:       {total_kb} kB\nMemFree:        {available_kb} kB\n"
@@ -166,6 +213,89 @@ def vm_no_gpu(root: Path) -> FakeHost:
     h.block("vda", "[mq-deadline] kyber bfq none", True, "0000:00:04.0")
     h.thp("always [madvise] never")
     h.default_sysctls()
+    return h
+
+
+def slurm_cgroup_v2_job(root: Path) -> FakeHost:
+    """An 8-node box (4 CPUs a node, one GPU on node 0 and one on node 6) seen from inside a Slurm job step
+    whose cgroup-v2 cpuset is CPUs 0-5 / mems 0-5."""
+    h = FakeHost(root)
+    h.cpus(32)
+    for node in range(8):
+        h.numa_node(node, list(range(4 * node, 4 * node + 4)), 64 * 1024 * 1024)
+    h.meminfo(512 * 1024 * 1024, 400 * 1024 * 1024)
+    h.write("/sys/devices/system/node/online", "0-7")
+    h.allowed("0-5", "0-5")
+    h.cgroup_v2("/system.slice/slurmstepd.scope/job_4242/step_0/user/task_0", "0-5", "0-5")
+    h.gpu("0000:18:00.0", 0, list(range(4)))
+    h.gpu("0000:c8:00.0", 6, list(range(24, 28)))
+    return h
+
+
+def offline_cpus_with_cxl(root: Path) -> FakeHost:
+    """Two sockets of 8 CPUs with 2 CPUs each taken offline (nodeN/cpulist still lists them, as some kernels
+    do) and a CXL memory expander as CPU-less node 2."""
+    h = FakeHost(root)
+    h.write("/sys/devices/system/cpu/online", "0-5,8-13")
+    h.write("/sys/devices/system/cpu/possible", "0-15")
+    h.numa_node(0, list(range(8)), 256 * 1024 * 1024)
+    h.numa_node(1, list(range(8, 16)), 256 * 1024 * 1024)
+    h.numa_node(2, [], 128 * 1024 * 1024)
+    h.write("/sys/devices/system/node/online", "0-2")
+    h.meminfo(640 * 1024 * 1024, 600 * 1024 * 1024)
+    h.gpu("0000:3b:00.0", 0, list(range(8)))
+    h.gpu("0000:af:00.0", 1, list(range(8, 16)))
+    return h
+
+
+def cpumap_only(root: Path) -> FakeHost:
+    """An old kernel: node directories have cpumap and no cpulist."""
+    h = FakeHost(root)
+    h.cpus(16)
+    h.numa_node(0, list(range(8)), 64 * 1024 * 1024, cpulist=False)
+    h.numa_node(1, list(range(8, 16)), 64 * 1024 * 1024, cpulist=False)
+    h.meminfo(128 * 1024 * 1024, 100 * 1024 * 1024)
+    h.gpu("0000:81:00.0", 1, list(range(8, 16)))
+    return h
+
+
+def gh200_like(root: Path) -> FakeHost:
+    """Grace Hopper: 72 Grace cores on node 0, the H100's HBM onlined by the driver as CPU-less node 1, the GPU
+    in PCI domain 0009 with node 0 as its locality (driver numa_status names node 1 as its memory)."""
+    h = FakeHost(root)
+    h.cpus(72)
+    h.numa_node(0, list(range(72)), 480 * 1024 * 1024)
+    h.numa_node(1, [], 96 * 1024 * 1024)
+    h.write("/sys/devices/system/node/online", "0-1")
+    h.meminfo(576 * 1024 * 1024, 500 * 1024 * 1024)
+    h.gpu("0009:01:00.0", 0, list(range(72)))
+    h.nvidia_numa_status("0009:01:00.0", 1)
+    return h
+
+
+def no_pci_locality(root: Path) -> FakeHost:
+    """Two nodes whose firmware gives PCI devices no proximity: numa_node -1, local_cpulist = every CPU."""
+    h = FakeHost(root)
+    h.cpus(16)
+    h.numa_node(0, list(range(8)), 64 * 1024 * 1024)
+    h.numa_node(1, list(range(8, 16)), 64 * 1024 * 1024)
+    h.meminfo(128 * 1024 * 1024, 100 * 1024 * 1024)
+    h.gpu("0000:41:00.0", -1, list(range(16)))
+    h.nic("enp65s0f0", "0000:41:00.1", -1, list(range(16)))
+    return h
+
+
+def trailing_nul_arm64(root: Path) -> FakeHost:
+    """An arm64 5.15-rc kernel printing binary attributes with their NUL: node cpulists end in "\n\0"."""
+    h = FakeHost(root)
+    h.cpus(128)
+    h.numa_node(0, list(range(64)), 256 * 1024 * 1024)
+    h.numa_node(1, list(range(64, 128)), 256 * 1024 * 1024)
+    h.write_raw("/sys/devices/system/node/node0/cpulist", b"0-63\n\x00")
+    h.write_raw("/sys/devices/system/node/node1/cpulist", b"64-127\n\x00")
+    h.meminfo(512 * 1024 * 1024, 400 * 1024 * 1024)
+    h.gpu("000a:01:00.0", 1, list(range(64, 128)))
+    h.write_raw("/sys/devices/pci0000:00/000a:01:00.0/local_cpulist", b"64-127\n\x00")
     return h
 
 

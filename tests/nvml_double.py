@@ -88,7 +88,11 @@ class NvmlDouble:
         return words(h["cpu_affinity"], size)
 
     def nvmlDeviceGetNumaNodeId(self, h: dict[str, Any]) -> int:
-        raise AssertionError("nvmlDeviceGetNumaNodeId is the GPU's own node on Grace: the agent must not use it")
+        # On Grace this is the GPU memory's own node (the agent may link it, never bind to it); PCIe hosts answer
+        # Not Supported (tests/gpu/h100-2026-11-25 recorded exactly that).
+        if "gpu_memory_node" not in h:
+            raise NVMLError("Not Supported")
+        return int(h["gpu_memory_node"])
 
     def nvmlDeviceGetPersistenceMode(self, h: dict[str, Any]) -> int:
         if h.get("persistence_error"):

@@ -64,7 +64,8 @@ def test_workstation_numa_minus_one(tmp_path: Path, capsys: pytest.CaptureFixtur
     root = tmp_path / "ws"
     HOSTS["workstation"](root)
     topo = topology_json(root, capsys)
-    assert topo["numa_nodes"] == [{"id": 0, "cpus": list(range(16)), "memory_total_bytes": 64 * 2**30}]
+    assert topo["numa_nodes"] == [{"id": 0, "cpus": list(range(16)), "memory_total_bytes": 64 * 2**30,
+                                   "kind": "cpu", "gpu": ""}]
     assert len(topo["gpus"]) == 1
     assert topo["gpus"][0]["numa_node"] == 0 and topo["gpus"][0]["local_cpus"] == list(range(16))
     assert topo["nics"][0]["numa_node"] == 0

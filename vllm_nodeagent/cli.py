@@ -29,6 +29,9 @@ class Context:
     nvml_opener: Optional[NvmlOpener] = None
 
     def open_nvml(self) -> tuple[Optional[Nvml], str]:
+        if self.nvml_opener is None and not self.host.is_real:
+            # NVML answers for the running machine's GPUs, never for a --root tree's.
+            return None, "NVML describes the running machine, not the --root tree"
         return try_open(self.nvml_opener)
 
     def reload_config(self) -> Config:

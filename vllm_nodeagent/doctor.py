@@ -68,13 +68,17 @@ def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: 
     else:
         checks.append(Check("nvml", SKIP, nvml_error or "unavailable", "usable", "", "no NVIDIA GPU on this host"))
 
+    checks.append(numa_check(topo))
     if topo.gpus:
-        bad = [g for g in topo.gpus if g.numa_node < 0 or not g.local_cpus]
+        unplaced = [g for g in topo.gpus if g.numa_node < 0]
         current = ", ".join(f"GPU{g.index}:node{g.numa_node}/{format_cpulist(g.local_cpus) or '-'}"
                             for g in topo.gpus)
-        if bad:
-            checks.append(Check("topology.gpu_numa", FAIL, current, "every GPU on a NUMA node",
-                                "check firmware NUMA (SRAT) settings", "GPU without a NUMA node or local CPUs"))
+        if unplaced:
+            # No locality is a fact of the board, not a fault: the launcher runs such GPUs unbound.
+            checks.append(Check("topology.gpu_numa", WARN, current, "every GPU on a NUMA node",
+                                "check firmware NUMA (SRAT/ACPI proximity) settings",
+                                "; ".join(f"GPU{g.index} is launched without a NUMA binding: {g.no_locality}"
+                                          for g in unplaced)))
         elif topo.warnings:
             checks.append(Check("topology.gpu_numa", WARN, current, "NVML and sysfs agree",
                                 "compare nvidia-smi topo -m with /sys/bus/pci/devices/*/numa_node",
@@ -84,6 +88,26 @@ def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: 
     else:
         checks.append(Check("topology.gpu_numa", SKIP, "no GPU", None, "", "nothing to map"))
     return checks
+
+
+def numa_check(topo: Topology) -> Check:
+    """The usable nodes by kind (GPU-memory and memory-only nodes are shown, never bound to) and what was left out."""
+    parts = []
+    for n in topo.numa_nodes:
+        if n.kind == "gpu-memory":
+            parts.append(f"node{n.id}:gpu-memory({n.gpu})")
+        else:
+            parts.append(f"node{n.id}:{n.kind}" + (f"/{format_cpulist(n.cpus)}" if n.cpus else ""))
+    excluded = "; ".join(f"excluded {'CPUs' if e.what == 'cpu' else 'nodes'} {format_cpulist(e.ids)}: {e.reason}"
+                         for e in topo.excluded)
+    if topo.problems:
+        return Check("topology.numa", WARN, ", ".join(parts), "readable sysfs",
+                     "the files named were skipped; check the kernel and its sysfs",
+                     "; ".join(topo.problems + ([excluded] if excluded else [])))
+    if not topo.cpu_nodes():
+        return Check("topology.numa", FAIL, ", ".join(parts) or "none", "a usable CPU node",
+                     "check the cgroup cpuset and CPU hotplug (cpu/online)", excluded)
+    return Check("topology.numa", PASS, ", ".join(parts), "usable CPU nodes", "", excluded)
 
 
 def vllm_checks(ctx: Context, topo: Topology) -> list[Check]:

@@ -159,6 +159,16 @@ def _nodes_arg(nodes: list[int]) -> str:
     return ",".join(str(n) for n in nodes)
 
 
+def _why_not_target(topo: Topology, node_id: int) -> str:
+    node = topo.node(node_id)
+    if node is not None and node.gpu:
+        return f"NUMA node {node_id} is the memory of GPU {node.gpu}, not a CPU node"
+    if node is not None:
+        return f"NUMA node {node_id} is a {node.kind} node without usable CPUs"
+    why = next((e.reason for e in topo.excluded if e.what == "node" and node_id in e.ids), None)
+    return f"NUMA node {node_id} is not usable: {why}" if why else f"NUMA node {node_id} not found"
+
+
 # -- the plan ------------------------------------------------------------------------------------------------
 def plan(
     cfg: VllmConfig,
@@ -176,19 +186,21 @@ def plan(
     gpus = select_gpus(cfg, topo, gpus_override)
     gpu_objs = [topo.gpu(i) for i in gpus]
     gpu_nodes = [g.numa_node if g is not None else -1 for g in gpu_objs]
-    known_nodes = {n.id for n in topo.numa_nodes}
+    # Only CPU nodes the process may use are binding targets: never a GPU-memory or memory-only node.
+    known_nodes = {n.id for n in topo.cpu_nodes()}
     notes: list[str] = []
     if cfg.nodes:
         bad = [n for n in cfg.nodes if n not in known_nodes]
         if bad:
-            raise LaunchError(
-                f"[vllm] nodes: NUMA node {bad[0]} not found (this host has {_nodes_arg(sorted(known_nodes))})"
-            )
+            raise LaunchError(f"[vllm] nodes: {_why_not_target(topo, bad[0])} (binding targets here: "
+                              f"{_nodes_arg(sorted(known_nodes)) or 'none'})")
         nodes = sorted(cfg.nodes)
     else:
-        nodes = sorted({n for n in gpu_nodes if n >= 0})
-        if gpus and not nodes:
-            notes.append("no GPU reports a NUMA node; not binding")
+        unplaced = [g for g in gpu_objs if g is not None and g.numa_node < 0]
+        # One GPU without locality makes any node a guess for it: launch unbound and say why.
+        nodes = [] if unplaced else sorted({n for n in gpu_nodes if n >= 0})
+        for g in unplaced:
+            notes.append(f"GPU{g.index} has no NUMA locality ({g.no_locality or 'unknown'}); not binding")
     env = child_env(cfg, who, gpus, source_env)
     command = vllm_command(cfg)
     prefix: list[str] = []

@@ -193,6 +193,17 @@ class Nvml:
             matrix.append(row)
         return matrix
 
+    def gpu_memory_numa_node(self, pci_bus_id: str) -> Optional[int]:
+        """nvmlDeviceGetNumaNodeId: on coherent platforms (Grace Hopper/Blackwell) the node that IS the GPU's
+        memory. Only a hint for linking CPU-less nodes to their GPU, never a locality; None when NVML has no answer
+        (Not Supported on PCIe hosts)."""
+        try:
+            h = self.handle_by_bus_id(pci_bus_id)
+            node = int(self._lib.nvmlDeviceGetNumaNodeId(h))
+        except (self._lib.NVMLError, NvmlCallError):
+            return None
+        return node if node >= 0 else None
+
     def persistence_mode(self, pci_bus_id: str) -> bool:
         h = self.handle_by_bus_id(pci_bus_id)
         return bool(self._call("nvmlDeviceGetPersistenceMode", self._lib.nvmlDeviceGetPersistenceMode, h))

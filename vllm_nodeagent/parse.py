@@ -11,13 +11,23 @@ class ParseError(ValueError):
     """Text that does not have the format the kernel documents."""
 
 
+# Some kernels print binary sysfs attributes with their buffer's NUL terminator ("0-3\n\0" on arm64 5.15-rc):
+# trailing NULs are padding, not content.
+_PADDING = " \t\r\n\x00"
+
+
+def clean_attr(text: str) -> str:
+    """A sysfs/procfs value without surrounding whitespace and NUL padding."""
+    return text.strip(_PADDING)
+
+
 def parse_cpulist(text: str) -> list[int]:
     """Parse a kernel cpulist ("0-3,8-11", "0-31:2/4" groups, "" = none) into sorted unique ints.
 
     Format: Documentation/admin-guide/cputopology.rst and bitmap_parselist() in lib/bitmap.c.
     """
     cpus: set[int] = set()
-    text = text.strip()
+    text = clean_attr(text)
     if not text:
         return []
     for chunk in text.split(","):
@@ -54,7 +64,7 @@ def format_cpulist(cpus: Iterable[int]) -> str:
 
 def parse_cpumask(text: str) -> list[int]:
     """Parse a hex cpumask as sysfs prints it ("ffff,00000000" = 32-bit words, most significant first)."""
-    words = text.strip().split(",")
+    words = clean_attr(text).split(",")
     if not words or any(not re.fullmatch(r"[0-9a-fA-F]+", w) for w in words):
         raise ParseError(f"bad cpumask {text!r}")
     value = int("".join(w.rjust(8, "0") for w in words), 16)
@@ -86,7 +96,7 @@ def parse_meminfo(text: str) -> dict[str, int]:
     """
     out: dict[str, int] = {}
     for line in text.splitlines():
-        line = re.sub(r"^Node \d+ ", "", line.strip())
+        line = re.sub(r"^Node \d+ ", "", clean_attr(line))
         if not line:
             continue
         m = re.fullmatch(r"([A-Za-z0-9_()]+):\s+(\d+)(?:\s+kB)?", line)
@@ -134,3 +144,36 @@ def parse_interrupts_for(text: str, names: Iterable[str]) -> list[int]:
         if any(re.search(rf"(?<![0-9A-Za-z_]){re.escape(n)}(?![0-9A-Za-z_])", rest) for n in wanted):
             irqs.append(int(head))
     return sorted(irqs)
+
+
+def status_field(text: str, key: str) -> Optional[str]:
+    """The value of ``key`` in /proc/<pid>/status ("Cpus_allowed_list:\t0-5"), or None when absent."""
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() == key:
+            return clean_attr(value)
+    return None
+
+
+def parse_nvidia_numa_status(text: str) -> tuple[int, str]:
+    """(node, status) from /proc/driver/nvidia/gpus/<bus>/numa_status ("Node:      2\nStatus:    online\n...").
+
+    The driver (nv-procfs.c) prints "Node: %d" (-1 = NUMA_NO_NODE) and "Status: %s" (disabled, offline,
+    online_in_progress, online, ...); Address/Size follow only once the GPU is initialised.
+    """
+    node: Optional[int] = None
+    status = ""
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if not sep:
+            continue
+        if name.strip() == "Node":
+            try:
+                node = int(clean_attr(value))
+            except ValueError:
+                raise ParseError(f"bad Node line {line!r}") from None
+        elif name.strip() == "Status":
+            status = clean_attr(value)
+    if node is None:
+        raise ParseError(f"no Node line in {clean_attr(text)!r}")
+    return node, status

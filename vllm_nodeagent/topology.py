@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from vllm_nodeagent.host import Host
+from vllm_nodeagent.numa import CPU, GPU_MEMORY, MEMORY, Excluded, NumaNode, UsableNuma, discover_usable, read_list
 from vllm_nodeagent.nvml import Nvml, NvmlCallError, NvmlGpu
-from vllm_nodeagent.parse import ParseError, format_cpulist, parse_bracket_list, parse_cpulist, parse_meminfo
+from vllm_nodeagent.parse import ParseError, clean_attr, format_cpulist, parse_bracket_list
+
+__all__ = ["BlockDevice", "Excluded", "Gpu", "Nic", "NumaNode", "Topology", "discover", "render_table"]
 
 NVIDIA_VENDOR = "0x10de"
 # PCI class 0x0300xx = VGA controller, 0x0302xx = 3D controller (datacenter GPUs). 0x0403 (HDA audio) is not a GPU.
 GPU_CLASS_PREFIXES = ("0x0300", "0x0302")
-_BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
-
-
-@dataclass(frozen=True)
-class NumaNode:
-    id: int
-    cpus: list[int]
-    memory_total_bytes: int
+# Domains are 4 hex digits, or 5+ behind an Intel VMD controller ("10000:01:00.0").
+_BDF = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
 
 
 @dataclass(frozen=True)
@@ -33,6 +29,8 @@ class Gpu:
     name: str
     source: str  # "nvml" | "sysfs"
     uuid: str = ""
+    memory_node: int = -1  # the CPU-less node that is this GPU's own memory (Grace Hopper, POWER9+V100)
+    no_locality: str = ""  # why numa_node is -1: the launcher does not bind such a GPU, doctor warns
 
 
 @dataclass(frozen=True)
@@ -52,13 +50,15 @@ class BlockDevice:
 
 @dataclass(frozen=True)
 class Topology:
-    numa_nodes: list[NumaNode]
+    numa_nodes: list[NumaNode]  # usable nodes of every kind; only kind "cpu" is a binding target
     gpus: list[Gpu]
     nics: list[Nic]
     block_devices: list[BlockDevice]
     gpu_links: list[list[str]] = field(default_factory=list)  # NVML only: X, NV#, PIX, PXB, PHB, NODE, SYS
     warnings: list[str] = field(default_factory=list)
     nvml_error: str = ""  # why NVML was not used ("" when it was, or when not asked)
+    excluded: list[Excluded] = field(default_factory=list)  # CPUs and nodes left out, each with its reason
+    problems: list[str] = field(default_factory=list)  # unreadable/malformed host files, each item skipped
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -70,103 +70,112 @@ class Topology:
     def gpu(self, index: int) -> Optional[Gpu]:
         return next((g for g in self.gpus if g.index == index), None)
 
-
-# -- NUMA --------------------------------------------------------------------------------------------------
-def discover_numa(host: Host) -> list[NumaNode]:
-    nodes: list[NumaNode] = []
-    for path in host.glob("/sys/devices/system/node", "node*"):
-        suffix = path.rsplit("node", 1)[1]
-        if not suffix.isdigit():
-            continue
-        cpus = parse_cpulist(host.read_or(f"{path}/cpulist", "") or "")
-        meminfo = parse_meminfo(host.read_or(f"{path}/meminfo", "") or "")
-        nodes.append(NumaNode(id=int(suffix), cpus=cpus, memory_total_bytes=meminfo.get("MemTotal", 0)))
-    if nodes:
-        return sorted(nodes, key=lambda n: n.id)
-    # Kernels built without CONFIG_NUMA have no node directory: the whole machine is node 0.
-    online = host.read_or("/sys/devices/system/cpu/online", "") or ""
-    cpus = parse_cpulist(online) if online else list(range(os.cpu_count() or 1))
-    total = parse_meminfo(host.read_or("/proc/meminfo", "") or "").get("MemTotal", 0)
-    return [NumaNode(id=0, cpus=cpus, memory_total_bytes=total)]
+    def cpu_nodes(self) -> list[NumaNode]:
+        """The binding targets: usable nodes with usable CPUs (never a GPU-memory or memory-only node)."""
+        return [n for n in self.numa_nodes if n.kind == CPU and n.cpus]
 
 
-def node_for_cpus(nodes: list[NumaNode], cpus: list[int]) -> Optional[int]:
-    """The node holding most of ``cpus`` (ties: lowest id); None when no CPU matches any node."""
-    wanted = set(cpus)
-    best: Optional[int] = None
-    best_overlap = 0
-    for n in nodes:
-        overlap = len(wanted & set(n.cpus))
-        if overlap > best_overlap:
-            best, best_overlap = n.id, overlap
-    return best
+# -- device locality -----------------------------------------------------------------------------------------
+def _usable_node(numa: UsableNuma, node: int, how: str) -> tuple[int, str]:
+    """(node, "") when ``node`` is a usable CPU node, else (-1, why not)."""
+    found = numa.node(node)
+    if found is not None and found.kind == CPU and found.cpus:
+        return node, ""
+    if found is not None and found.kind == CPU:
+        return -1, f"{how} {node} has no CPU this process may use (see excluded)"
+    if found is not None:
+        return -1, f"{how} {node} is a {found.kind} node, not a CPU node"
+    excluded = numa.why_excluded(node)
+    if excluded:
+        return -1, f"{how} {node} is not usable: {excluded}"
+    return -1, f"{how} {node} is not a NUMA node of this host"
 
 
-def pci_numa(host: Host, dev_path: str, nodes: list[NumaNode]) -> tuple[int, list[int]]:
-    """(NUMA node, local CPUs) of a PCI device directory.
+def pci_numa(host: Host, dev_path: str, numa: UsableNuma, warnings: list[str]) -> tuple[int, list[int], str]:
+    """(NUMA node, usable local CPUs, why there is no node) of a PCI device directory.
 
-    ``numa_node`` is -1 when firmware gives no proximity (VMs, some single-socket boards); then the node that
-    holds ``local_cpulist`` is the answer, and on a one-node host it is node 0.
+    ``numa_node`` -1 means firmware gave no proximity (VMs, some boards). Then the device's ``local_cpulist``
+    decides only when it lies on exactly one node (or the machine has one CPU node); a list that spans nodes
+    is no locality at all (-1), never a guess.
     """
     raw_node = host.read_or(f"{dev_path}/numa_node", "-1") or "-1"
     try:
-        node = int(raw_node)
+        node = int(clean_attr(raw_node) or "-1")
     except ValueError:
+        warnings.append(f"{dev_path}/numa_node: not a number {raw_node!r}; ignored")
         node = -1
-    local_raw = host.read_or(f"{dev_path}/local_cpulist")
-    local = parse_cpulist(local_raw) if local_raw is not None else []
-    if node < 0:
-        guessed = node_for_cpus(nodes, local) if local else None
-        if guessed is not None and len(nodes) > 1:
-            node = guessed
-        elif len(nodes) == 1:
-            node = nodes[0].id
+    local = read_list(host, f"{dev_path}/local_cpulist", warnings, f"{dev_path}/local_cpus") or []
+    usable_cpus = {c for n in numa.nodes for c in n.cpus}
+    why = ""
+    if node >= 0:
+        node, why = _usable_node(numa, node, "its numa_node")
+    else:
+        cpu_nodes = sorted(numa.machine_cpus)
+        touched = [n for n in cpu_nodes if set(local) & set(numa.machine_cpus[n])]
+        if len(cpu_nodes) == 1:
+            node, why = _usable_node(numa, cpu_nodes[0], "the only node")
+        elif len(touched) == 1:
+            node, why = _usable_node(numa, touched[0], "its local CPUs' node")
+        elif touched:
+            why = (f"numa_node is -1 and its local CPUs {format_cpulist(local)} span nodes "
+                   f"{format_cpulist(touched)}: no locality")
         else:
-            node = guessed if guessed is not None else -1
-    if not local and node >= 0:
-        match = next((n for n in nodes if n.id == node), None)
-        local = list(match.cpus) if match else []
-    return node, local
+            why = "numa_node is -1 and it lists no local CPUs: no locality"
+    cpus = sorted(set(local) & usable_cpus)
+    if not cpus and node >= 0:
+        match = numa.node(node)
+        cpus = list(match.cpus) if match else []
+    return node, cpus, why
 
 
 # -- GPUs --------------------------------------------------------------------------------------------------
-def sysfs_gpus(host: Host, nodes: list[NumaNode]) -> list[Gpu]:
-    found: list[tuple[str, int, list[int], str]] = []
+def sysfs_gpus(host: Host, numa: UsableNuma, warnings: list[str]) -> list[Gpu]:
+    found: list[tuple[str, int, list[int], str, str]] = []
     for dev in host.glob("/sys/bus/pci/devices", "*"):
         bdf = dev.rsplit("/", 1)[1]
-        if host.read_or(f"{dev}/vendor") != NVIDIA_VENDOR:
+        if clean_attr(host.read_or(f"{dev}/vendor", "") or "") != NVIDIA_VENDOR:
             continue
-        cls = host.read_or(f"{dev}/class", "") or ""
+        cls = clean_attr(host.read_or(f"{dev}/class", "") or "")
         if not cls.startswith(GPU_CLASS_PREFIXES):
             continue
-        node, local = pci_numa(host, dev, nodes)
-        label = host.read_or(f"{dev}/label") or f"NVIDIA {host.read_or(f'{dev}/device', '?')}"
-        found.append((bdf, node, local, label))
+        node, local, why = pci_numa(host, dev, numa, warnings)
+        label = clean_attr(host.read_or(f"{dev}/label", "") or "") or f"NVIDIA {host.read_or(f'{dev}/device', '?')}"
+        found.append((bdf, node, local, label, why))
     found.sort()
     return [
-        Gpu(index=i, pci_bus_id=bdf, numa_node=node, local_cpus=local, name=label, source="sysfs")
-        for i, (bdf, node, local, label) in enumerate(found)
+        Gpu(index=i, pci_bus_id=bdf, numa_node=node, local_cpus=local, name=label, source="sysfs", no_locality=why)
+        for i, (bdf, node, local, label, why) in enumerate(found)
     ]
 
 
-def merge_nvml_gpus(host: Host, nodes: list[NumaNode], nvml_gpus: list[NvmlGpu], warnings: list[str]) -> list[Gpu]:
+def _nvml_node(g: NvmlGpu, numa: UsableNuma, sys_node: int, warnings: list[str]) -> tuple[int, str]:
+    # NVML's memory affinity names the nearest CPU node(s); a GPU-memory node is never the GPU's locality.
+    near = [n for n in g.memory_nodes if n in numa.machine_cpus]
+    if len(near) == 1:
+        return _usable_node(numa, near[0], "NVML's memory affinity node")
+    if not near:
+        warnings.append(f"GPU {g.pci_bus_id}: NVML gave no memory affinity; using sysfs node {sys_node}")
+        return sys_node, "" if sys_node >= 0 else "NVML gave no memory affinity and sysfs none either"
+    if sys_node in near:
+        warnings.append(f"GPU {g.pci_bus_id}: NVML memory affinity spans nodes {near}; sysfs says {sys_node}")
+        return sys_node, ""
+    return -1, f"NVML memory affinity spans nodes {format_cpulist(near)}: no locality"
+
+
+def merge_nvml_gpus(host: Host, numa: UsableNuma, nvml_gpus: list[NvmlGpu], warnings: list[str]) -> list[Gpu]:
     """NVML's view, cross-checked against the same PCI device in sysfs. Index = order by bus id."""
     out: list[Gpu] = []
+    usable_cpus = {c for n in numa.nodes for c in n.cpus}
     for i, g in enumerate(sorted(nvml_gpus, key=lambda g: g.pci_bus_id)):
         dev = f"/sys/bus/pci/devices/{g.pci_bus_id}"
-        sys_node, sys_cpus = pci_numa(host, dev, nodes) if host.exists(dev) else (-1, [])
-        if g.memory_nodes:
-            node = g.memory_nodes[0]
-            if len(g.memory_nodes) > 1:
-                warnings.append(
-                    f"GPU {g.pci_bus_id}: NVML memory affinity spans nodes {list(g.memory_nodes)}; using {node}"
-                )
-        else:
-            node = sys_node
-            warnings.append(f"GPU {g.pci_bus_id}: NVML gave no memory affinity; using sysfs node {sys_node}")
-        cpus = list(g.local_cpus) or sys_cpus
-        if host.exists(dev):
-            if sys_node != node:
+        on_bus = host.exists(dev)
+        sys_node, sys_cpus, sys_why = pci_numa(host, dev, numa, warnings) if on_bus else (-1, [], "")
+        node, why = _nvml_node(g, numa, sys_node, warnings)
+        if not why and node < 0:
+            why = sys_why
+        cpus = sorted(set(g.local_cpus) & usable_cpus) or sys_cpus
+        if on_bus:
+            if sys_node != node and sys_node >= 0:
                 warnings.append(f"GPU {g.pci_bus_id}: NVML says NUMA node {node}, sysfs says {sys_node}")
             if sys_cpus and set(sys_cpus) != set(cpus):
                 warnings.append(
@@ -176,14 +185,26 @@ def merge_nvml_gpus(host: Host, nodes: list[NumaNode], nvml_gpus: list[NvmlGpu],
         else:
             warnings.append(f"GPU {g.pci_bus_id}: NVML lists it but sysfs has no {dev}")
         out.append(
-            Gpu(index=i, pci_bus_id=g.pci_bus_id, numa_node=node, local_cpus=cpus, name=g.name,
-                source="nvml", uuid=g.uuid)
+            Gpu(index=i, pci_bus_id=g.pci_bus_id, numa_node=node, local_cpus=cpus,
+                name=g.name, source="nvml", uuid=g.uuid, no_locality=why)
         )
     return out
 
 
+def link_gpu_memory(numa: UsableNuma, gpus: list[Gpu], nvml: Optional[Nvml]) -> list[Gpu]:
+    """Mark CPU-less nodes that are a GPU's own memory (driver numa_status, or NVML where it says so)."""
+    if nvml is not None:
+        for g in gpus:
+            node_id = nvml.gpu_memory_numa_node(g.pci_bus_id) if g.source == "nvml" else None
+            found = numa.node(node_id) if node_id is not None else None
+            if found is not None and found.kind == MEMORY:
+                numa.nodes[numa.nodes.index(found)] = replace(found, kind=GPU_MEMORY, gpu=g.pci_bus_id)
+    owned = {n.gpu: n.id for n in numa.nodes if n.kind == GPU_MEMORY}
+    return [replace(g, memory_node=owned.get(g.pci_bus_id, -1)) for g in gpus]
+
+
 # -- NICs and disks ----------------------------------------------------------------------------------------
-def discover_nics(host: Host, nodes: list[NumaNode]) -> list[Nic]:
+def discover_nics(host: Host, numa: UsableNuma, warnings: list[str]) -> list[Nic]:
     nics: list[Nic] = []
     for path in host.glob("/sys/class/net", "*"):
         if not host.exists(f"{path}/device"):
@@ -194,7 +215,7 @@ def discover_nics(host: Host, nodes: list[NumaNode]) -> list[Nic]:
         if not bdfs:
             continue
         pci = bdfs[-1]
-        node, _ = pci_numa(host, f"/sys/bus/pci/devices/{pci}", nodes)
+        node, _, _ = pci_numa(host, f"/sys/bus/pci/devices/{pci}", numa, warnings)
         nics.append(Nic(name=path.rsplit("/", 1)[1], pci_bus_id=pci, numa_node=node))
     return nics
 
@@ -223,14 +244,17 @@ def discover_block(host: Host) -> list[BlockDevice]:
 
 
 def discover(host: Host, nvml: Optional[Nvml] = None, nvml_error: str = "") -> Topology:
-    """The host's topology. ``nvml`` None means sysfs only (``nvml_error`` says why, for the report)."""
+    """The host's usable topology. ``nvml`` None means sysfs only (``nvml_error`` says why, for the report)."""
     warnings: list[str] = []
-    nodes = discover_numa(host)
+    numa = discover_usable(host)
+    problems = numa.warnings
     gpus: list[Gpu] = []
     if nvml is not None:
-        cpu_count = max((c for n in nodes for c in n.cpus), default=0) + 1
+        cpu_count = max((c for cpus in numa.machine_cpus.values() for c in cpus), default=0) + 1
+        node_count = max((n for n in numa.machine_cpus), default=0) + 1
+        node_count = max([node_count] + [n.id + 1 for n in numa.nodes])
         try:
-            gpus = merge_nvml_gpus(host, nodes, nvml.gpus(cpu_count, max(n.id for n in nodes) + 1), warnings)
+            gpus = merge_nvml_gpus(host, numa, nvml.gpus(cpu_count, node_count), warnings)
         except NvmlCallError as exc:
             nvml_error = str(exc)
             warnings.append(f"NVML failed, using sysfs: {exc}")
@@ -241,16 +265,27 @@ def discover(host: Host, nvml: Optional[Nvml] = None, nvml_error: str = "") -> T
         except NvmlCallError as exc:
             warnings.append(f"NVML could not tell GPU-to-GPU links: {exc}")
     if not gpus:
-        gpus = sysfs_gpus(host, nodes)
+        gpus = sysfs_gpus(host, numa, problems)
+    gpus = link_gpu_memory(numa, gpus, nvml)
     return Topology(
-        numa_nodes=nodes,
+        numa_nodes=numa.nodes,
         gpus=gpus,
-        nics=discover_nics(host, nodes),
+        nics=discover_nics(host, numa, problems),
         block_devices=discover_block(host),
         gpu_links=gpu_links,
         warnings=warnings,
         nvml_error=nvml_error,
+        excluded=numa.excluded,
+        problems=problems,
     )
+
+
+def _node_label(n: NumaNode) -> str:
+    if n.kind == GPU_MEMORY:
+        return f"GPU memory ({n.gpu})"
+    if n.kind == MEMORY:
+        return "memory only"
+    return "CPU" if n.cpus else "CPU (none usable)"
 
 
 def render_table(topo: Topology) -> str:
@@ -261,9 +296,13 @@ def render_table(topo: Topology) -> str:
         return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
 
     lines = table(
-        ["NUMA", "CPUs", "Memory"],
-        [[str(n.id), format_cpulist(n.cpus), f"{n.memory_total_bytes / 2**30:.1f} GiB"] for n in topo.numa_nodes],
+        ["NUMA", "Kind", "CPUs", "Memory"],
+        [[str(n.id), _node_label(n), format_cpulist(n.cpus) or "-", f"{n.memory_total_bytes / 2**30:.1f} GiB"]
+         for n in topo.numa_nodes],
     )
+    for e in topo.excluded:
+        what = "CPUs" if e.what == "cpu" else ("nodes" if len(e.ids) > 1 else "node")
+        lines.append(f"excluded {what} {format_cpulist(e.ids)}: {e.reason}")
     lines.append("")
     if topo.gpus:
         lines += table(
@@ -287,8 +326,11 @@ def render_table(topo: Topology) -> str:
             [[b.name, b.scheduler or "?", " ".join(b.available_schedulers), "yes" if b.rotational else "no"]
              for b in topo.block_devices],
         )
-    for w in topo.warnings:
+    for w in topo.problems + topo.warnings:
         lines.append(f"warning: {w}")
+    for g in topo.gpus:
+        if g.no_locality:
+            lines.append(f"note: GPU{g.index} is launched without a NUMA binding: {g.no_locality}")
     if topo.nvml_error:
         lines.append(f"note: NVML not used ({topo.nvml_error}); GPUs from sysfs")
     return "\n".join(lines)

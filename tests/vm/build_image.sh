@@ -18,7 +18,9 @@ PACKAGES=(
     openssh-server numactl irqbalance python3 python3-venv iproute2
     procps kmod ca-certificates
     python3-apt sudo
+    hwloc-nox
 )
+# hwloc-nox: lstopo-no-graphics, the peer that test_03b cross-checks the agent's topology against.
 # python3-apt and sudo: what Ansible's apt module and `become` need on a managed Debian host (the
 # guests have no way out, so Ansible cannot install python3-apt on demand).
 

@@ -7,6 +7,7 @@ early on makes the later ones fail too: read the first failure.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from guest import (
     unit_props,
     wait_for,
 )
+from hwloc_peer import compare, parse_view
 from vm import VM, booted, timings
 
 pytestmark = pytest.mark.vm
@@ -232,6 +234,16 @@ def test_03_doctor_reports_no_failure(bed: Bed) -> None:
     assert fails == [], fails
     assert rc == 0, report
     assert find_status(report, "pass"), "doctor checked something"
+
+
+def test_03b_topology_agrees_with_lstopo(bed: Bed) -> None:
+    """The installed agent and hwloc (hwloc-nox in the image) read the guest's two nodes the same way."""
+    g = bed.guest
+    before = json.loads(g.out(["vllm-nodeagent", "topology", "--json"]))
+    view = parse_view(g.out("HWLOC_KEEP_NVIDIA_GPU_NUMA_NODES=1 lstopo-no-graphics --of xml"))
+    after = json.loads(g.out(["vllm-nodeagent", "topology", "--json"]))
+    assert sorted(view.nodes) == [0, 1]
+    assert compare(before, view, agent_after=after) == []
 
 
 def test_04_drift_is_restored_and_logged(bed: Bed) -> None:
