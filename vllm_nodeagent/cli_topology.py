@@ -25,6 +25,8 @@ def discover_with_nvml(ctx: Context) -> Topology:
         logger.warning("nvml_unavailable", reason=why)
     for w in topo.warnings:
         logger.warning("topology_mismatch", detail=w)
+    for p in topo.problems:
+        logger.warning("topology_unreadable", detail=p)  # that item was skipped; discovery went on
     return topo
 
 
