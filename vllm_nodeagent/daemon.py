@@ -260,7 +260,7 @@ class Daemon:
 
     def _apply_settings(self) -> bool:
         """Build the tunables from the current config and apply them. False when any failed (logged)."""
-        from vllm_nodeagent.engine import CHANGED, FAILED, OK, apply
+        from vllm_nodeagent.engine import CHANGED, FAILED, FAILURES, OK, apply
         from vllm_nodeagent.journal import Journal, JournalError
         from vllm_nodeagent.tunables.registry import build_tunables
 
@@ -277,7 +277,7 @@ class Daemon:
         for o in outcomes:
             if o.status in (OK, CHANGED, FAILED):
                 self.metrics.set_compliance(o.id, o.status != FAILED)
-        failed = [o.id for o in outcomes if o.status == FAILED]
+        failed = [o.id for o in outcomes if o.status in FAILURES]
         self.log.info("settings_applied", total=len(outcomes), failed=len(failed),
                       changed=sum(1 for o in outcomes if o.status == CHANGED))
         return not failed
