@@ -245,6 +245,7 @@ class Daemon:
             self.next_pin = now + PIN_POLL_S
         if now >= self.next_drift:
             self._drift()
+            self._readiness()
             self.next_drift = self.clock() + self.ctx.config.agent.drift_interval_s
         self.metrics.write()
 
@@ -311,6 +312,17 @@ class Daemon:
                 self.metrics.set_compliance(o.id, o.status != FAILED)
         if drifted:
             self._status_now()
+
+    def _readiness(self) -> None:
+        """Doctor's readiness checks as textfile metrics, and the heartbeat (issue 16)."""
+        if not self.metrics.enabled:
+            return
+        if self.topo is not None:
+            from vllm_nodeagent.checks import STATUS_VALUE, Probe, run_all
+
+            results = run_all(Probe(self.ctx.host, self.ctx.config, self.topo, self.nvml))
+            self.metrics.set_checks({r.id: STATUS_VALUE[r.status] for r in results})
+        self.metrics.heartbeat(time.time())
 
     def _revert(self) -> None:
         from vllm_nodeagent.engine import revert

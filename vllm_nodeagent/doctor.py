@@ -133,6 +133,13 @@ def layout_check(ctx: Context) -> Check:
     return Check("agent.layout", PASS, layout.name, None, "", f"vLLM runs in {where}: {layout.reason}")
 
 
+def readiness_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml]) -> list[Check]:
+    """Is the node ready to serve (issue 16): vllm_nodeagent/checks/, one module per area."""
+    from vllm_nodeagent.checks import Probe, run_all
+
+    return [Check(**asdict(r)) for r in run_all(Probe(ctx.host, ctx.config, topo, nvml))]
+
+
 def run_checks(ctx: Context) -> list[Check]:
     nvml, why = ctx.open_nvml()
     try:
@@ -140,6 +147,7 @@ def run_checks(ctx: Context) -> list[Check]:
         tunables = build_tunables(ctx.config, topo, ctx.host, nvml, why)
         checks = [*host_checks(ctx, topo, nvml, why), layout_check(ctx), *setting_checks(tunables),
                   *vllm_checks(ctx, topo)]
+        checks += readiness_checks(ctx, topo, nvml)
     finally:
         if nvml is not None:
             nvml.close()
