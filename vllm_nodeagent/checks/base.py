@@ -16,7 +16,7 @@ from vllm_nodeagent.host import Host
 if TYPE_CHECKING:
     from vllm_nodeagent.config import Config
     from vllm_nodeagent.nvml import Nvml
-    from vllm_nodeagent.topology import Topology
+    from vllm_nodeagent.topology import Gpu, Topology
 
 # The same statuses doctor reports (kept as plain strings so this module does not import doctor).
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
@@ -120,3 +120,43 @@ class Probe:
     def vllm_env(self, key: str) -> Optional[str]:
         cfg = self.config.vllm
         return cfg.env.get(key) if cfg is not None else None
+
+
+def planned_gpus(probe: Probe) -> list[Gpu]:
+    """The GPUs vLLM will use: ``[vllm] gpus`` (indices) or all of them."""
+    want = probe.config.vllm.gpus if probe.config.vllm is not None else []
+    return [g for g in probe.topo.gpus if not want or g.index in want]
+
+
+def parent_pids(probe: Probe) -> dict[int, int]:
+    """pid -> parent pid from /proc/<pid>/stat (the comm field may hold spaces and parentheses)."""
+    out: dict[int, int] = {}
+    for pid in probe.processes():
+        stat = probe.host.read_or(f"/proc/{pid}/stat")
+        if stat and ")" in stat:
+            fields = stat.rsplit(")", 1)[1].split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                out[pid] = int(fields[1])
+    return out
+
+
+def descendants(probe: Probe, root: int) -> set[int]:
+    """``root`` and every process below it."""
+    parents = parent_pids(probe)
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return tree
+
+
+def worst(statuses: list[str]) -> str:
+    """The status a group of per-GPU results rolls up to: fail > warn > pass > skip."""
+    for s in (FAIL, WARN, PASS):
+        if s in statuses:
+            return s
+    return SKIP
