@@ -8,6 +8,7 @@ service user is never impersonated: write access is judged from uid/gid and mode
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -72,6 +73,7 @@ class Probe:
     topo: Topology
     nvml: Optional[Nvml] = None
     space_fn: Optional[SpaceFn] = None  # tests replace statvfs: a fake tree cannot fake a filesystem's size
+    sleep: Callable[[float], None] = time.sleep  # between samples of a short window (tests: no real wait)
     _comms: Optional[dict[int, str]] = field(default=None, repr=False)
 
     def processes(self) -> dict[int, str]:
@@ -100,12 +102,15 @@ class Probe:
         return Account(name, uid, gid, home, frozenset(groups))
 
     def vllm_pid(self) -> Optional[int]:
-        """The live vLLM pid from the agent's pid file (None when vLLM is not running)."""
-        text = self.host.read_or(os.path.join(self.config.agent.state_dir, PID_FILE))
-        if text is None or not text.strip().isdigit():
-            return None
-        pid = int(text.strip())
-        return pid if self.host.exists(f"/proc/{pid}") else None
+        """The live vLLM pid from its pid file (None when vLLM is not running): the root agent's state dir
+        (single layout) or the serve unit's runtime dir (split layout)."""
+        from vllm_nodeagent.layout import SERVE_RUNTIME_DIR
+
+        for d in (self.config.agent.state_dir, SERVE_RUNTIME_DIR):
+            text = (self.host.read_or(os.path.join(d, PID_FILE)) or "").strip()
+            if text.isdigit() and self.host.exists(f"/proc/{text}"):
+                return int(text)
+        return None
 
     def space(self, host_path: str) -> Optional[tuple[int, int]]:
         """(size, free for unprivileged users) in bytes of the filesystem holding ``host_path``; None = absent."""

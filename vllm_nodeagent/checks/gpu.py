@@ -137,9 +137,10 @@ def mode_checks(probe: Probe, nvml: Nvml) -> list[Result]:
 
 
 def checks(probe: Probe) -> list[Result]:
-    if probe.nvml is None or not probe.topo.gpus:
-        why = "no GPU" if not probe.topo.gpus else "NVML unavailable"
-        return [Result(cid, SKIP, None, None, "", why)
+    if not probe.topo.gpus:
+        return []  # a host without GPUs has no GPU checks (as for the gpu.* settings)
+    if probe.nvml is None:
+        return [Result(cid, SKIP, None, None, "", "NVML unavailable")
                 for cid in ("gpu.memory_health", "gpu.foreign_processes", "gpu.compute_mode", "gpu.mig")]
     return [memory_health_check(probe, probe.nvml), foreign_check(probe, probe.nvml),
             *mode_checks(probe, probe.nvml)]
