@@ -6,11 +6,10 @@ wrapper's real code runs against it. Recordings come from tests/gpu/record_nvml.
 
 from __future__ import annotations
 
-import ctypes
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any
 
 
 class NVMLError(Exception):
@@ -24,15 +23,20 @@ def words(ids: list[int], count: int) -> list[int]:
     return out
 
 
-class FabricInfo(ctypes.Structure):
-    """The fields of pynvml's c_nvmlGpuFabricInfo_t that the agent reads."""
+class FabricInfo:
+    """The fields of pynvml's c_nvmlGpuFabricInfo_t that the agent reads (no ctypes: see test_imports)."""
 
-    _fields_: ClassVar[list[tuple[str, Any]]] = [("status", ctypes.c_uint), ("state", ctypes.c_uint)]
+    state = 0
+    status = 0
 
 
 class NvmlDouble:
     NVMLError = NVMLError
     c_nvmlGpuFabricInfo_t = FabricInfo
+
+    @staticmethod
+    def byref(obj: Any) -> Any:  # pynvml re-exports ctypes.byref; the double passes the object itself
+        return obj
 
     def __init__(self, recording: dict[str, Any], fail_init: str = "") -> None:
         self.rec = recording
@@ -207,7 +211,7 @@ class NvmlDouble:
 
     def nvmlDeviceGetGpuFabricInfo(self, h: dict[str, Any], ref: Any) -> int:
         state, status = _answer(h, "fabric")
-        info = ref._obj  # ctypes.byref(x)._obj is x
+        info = ref
         info.state, info.status = int(state), int(status)
         return 0
 

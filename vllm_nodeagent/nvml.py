@@ -250,13 +250,12 @@ class Nvml:
 
     def fabric_info(self, pci_bus_id: str) -> tuple[int, int]:
         """(state, status) of the GPU's NVSwitch fabric registration: nvmlGpuFabricState_t, nvmlReturn_t."""
-        import ctypes
-
         make = getattr(self._lib, "c_nvmlGpuFabricInfo_t", None)
-        if make is None:
+        byref = getattr(self._lib, "byref", None)  # pynvml does `from ctypes import *`: no ctypes import here
+        if make is None or byref is None:
             raise NvmlCallError("nvmlDeviceGetGpuFabricInfo: not in this nvidia-ml-py")
         info = make()
-        self.device_get(pci_bus_id, "nvmlDeviceGetGpuFabricInfo", ctypes.byref(info))
+        self.device_get(pci_bus_id, "nvmlDeviceGetGpuFabricInfo", byref(info))
         return int(info.state), int(info.status)
 
     def field_value(self, pci_bus_id: str, field_id: int) -> Optional[int]:
