@@ -263,3 +263,82 @@ def test_journal_that_is_not_ours_refuses_to_guess(host: FakeHost) -> None:
     journal_file(host.root).write_text("{not json")
     with pytest.raises(JournalError, match="not a journal of this agent"):
         Journal(SysfsHost(host.root), STATE).entries()
+
+
+# --- class 4: values the setting cannot take -----------------------------------------------------------------
+def test_minus_five_as_int_and_as_string_are_the_same_value() -> None:
+    from vllm_nodeagent.config import parse_config
+
+    as_int = parse_config("[sysctl]\n'kernel.perf_event_paranoid' = { value = -1, mode = 'exact' }", "c")
+    as_str = parse_config("[sysctl]\n'kernel.perf_event_paranoid' = { value = '-1', mode = 'exact' }", "c")
+    assert as_int.sysctl == as_str.sysctl
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"lots"', "vm.max_map_count takes integers (the kernel has 65530), not 'lots'"),
+    ('"1 2"', "vm.max_map_count takes 1 integer field(s)"),
+])
+def test_value_the_sysctl_cannot_take_is_refused_before_the_journal(
+        host: FakeHost, capsys: pytest.CaptureFixture[str], value: str, message: str) -> None:
+    before = snapshot(host.root)
+    rc, out, err = run(host.root, capsys, "apply", config=f"[agent]\nstate_dir = '{STATE}'\n"
+                                                          f"[sysctl]\n'vm.max_map_count' = {value}\n")
+    assert rc == 1 and "Traceback" not in err
+    assert out.startswith("not-changed  sysctl.vm.max_map_count  65530  (") and message in out
+    assert snapshot(host.root) == before and not journal_file(host.root).exists()
+
+
+def test_tcp_triple_with_two_fields_is_refused(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(host.root)
+    rc, out, _ = run(host.root, capsys, "apply", config=f"[agent]\nstate_dir = '{STATE}'\n"
+                                                        "[sysctl]\n'net.ipv4.tcp_rmem' = '4096 87380'\n")
+    assert rc == 1 and "takes 3 integer field(s) (the kernel has 4096 131072 6291456), got 2" in out
+    assert snapshot(host.root) == before and not journal_file(host.root).exists()
+
+
+def test_unknown_sysctl_fails_apply_and_doctor_strict(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = f"[agent]\nstate_dir = '{STATE}'\n[sysctl]\n'vm.max_map_cuont' = 262144\n"
+    rc, out, _ = run(host.root, capsys, "apply", config=cfg)
+    assert rc == 1 and "not-changed  sysctl.vm.max_map_cuont" in out and "no such sysctl" in out
+    rc, out, _ = run(host.root, capsys, "doctor", "--json", "--strict", config=cfg)
+    check = next(c for c in json.loads(out)["checks"] if c["id"] == "sysctl.vm.max_map_cuont")
+    assert rc == 1 and check["status"] == "warn" and "check the name" in check["hint"]
+
+
+def test_doctor_hint_shows_what_apply_would_write_and_the_config(
+        host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    host.sysctl("net.ipv4.tcp_rmem", "4096\t262144\t6291456")  # the default field is above the floor's
+    cfg = f"[agent]\nstate_dir = '{STATE}'\n[sysctl]\n'net.ipv4.tcp_rmem' = '4096 87380 134217728'\n"
+    _, out, _ = run(host.root, capsys, "doctor", "--json", config=cfg)
+    check = next(c for c in json.loads(out)["checks"] if c["id"] == "sysctl.net.ipv4.tcp_rmem")
+    assert 'sysctl -w net.ipv4.tcp_rmem="4096 262144 134217728"' in check["hint"]
+    assert f"vllm-nodeagent --config {host.root / 'cfg.toml'} apply --only sysctl.net.ipv4.tcp_rmem" in check["hint"]
+
+
+@pytest.fixture
+def real_tcp_rmem() -> Iterator[str]:
+    path = "/proc/sys/net/ipv4/tcp_rmem"
+    before = Path(path).read_text()
+    yield before
+    Path(path).write_text(before)
+
+
+@pytest.mark.realhost
+@requires_root
+def test_half_applied_vector_is_rolled_back_on_the_real_kernel(real_tcp_rmem: str, tmp_path: Path) -> None:
+    """The kernel takes "a b" for a 3-field sysctl silently, changing 2 fields: apply must put it back."""
+    from vllm_nodeagent.host import Host
+
+    class Unchecked(Sysctl):  # as if the field-count check were missing: the rollback is the second line
+        def invalid(self, current: str) -> str:
+            return ""
+
+    first, second, _ = (int(x) for x in real_tcp_rmem.split())
+    t = Unchecked(Host("/"), "net.ipv4.tcp_rmem", f"{first + 1} {second + 1}", "exact")
+    o = engine.apply_one(t, Journal(Host("/"), str(tmp_path / "state")))
+    assert o.status == engine.FAILED and "half-applied" in o.message
+    assert Path("/proc/sys/net/ipv4/tcp_rmem").read_text() == real_tcp_rmem
+    checked = Sysctl(Host("/"), "net.ipv4.tcp_rmem", f"{first + 1} {second + 1}", "exact")
+    o = engine.apply_one(checked, Journal(Host("/"), str(tmp_path / "state2")))
+    assert o.status == engine.NOT_CHANGED and "takes 3 integer field(s)" in o.message
+    assert Path("/proc/sys/net/ipv4/tcp_rmem").read_text() == real_tcp_rmem

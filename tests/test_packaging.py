@@ -172,7 +172,8 @@ def test_role_defaults_render_the_sample_config() -> None:
 
 def test_role_renders_exact_sysctls_and_drops_empty_sections() -> None:
     text = render_role_config({
-        "vllm_nodeagent_sysctl": {"vm.swappiness": {"value": 10, "mode": "exact"}, "kernel.numa_balancing": {"value": 0, "mode": "exact"}},
+        "vllm_nodeagent_sysctl": {"vm.swappiness": {"value": 10, "mode": "exact"},
+                                  "kernel.numa_balancing": {"value": 0, "mode": "exact"}},
         "vllm_nodeagent_irq": {},
         "vllm_nodeagent_vllm": {"model": 'org/model "quoted"', "args": ["--max-model-len", "8192"]},
     })

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -33,7 +34,8 @@ class Check:
         return asdict(self)
 
 
-def setting_checks(tunables: list[Tunable]) -> list[Check]:
+def setting_checks(tunables: list[Tunable], config_arg: Optional[str] = None) -> list[Check]:
+    """``config_arg``: the --config in use, so a hint's command acts on the same config."""
     by_id = {t.id: t for t in tunables}
     checks: list[Check] = []
     for o in engine.verify(tunables):
@@ -42,10 +44,14 @@ def setting_checks(tunables: list[Tunable]) -> list[Check]:
             status, hint = PASS, ""
         elif o.status == engine.SKIPPED:
             status, hint = SKIP, ""
+        elif o.status == engine.MISSING:
+            status, hint = WARN, "check the name in the config (a typo, or a kernel module not loaded)"
         elif o.status == engine.DRIFTED and t.owner:
             status, hint = WARN, t.hint()  # someone else owns it: tell, don't fail the host for it
         else:
             status, hint = FAIL, t.hint()
+        if config_arg is not None:
+            hint = hint.replace("vllm-nodeagent apply", f"vllm-nodeagent --config {shlex.quote(config_arg)} apply")
         checks.append(Check(o.id, status, o.current, o.desired, hint, o.message))
     return checks
 
@@ -145,7 +151,7 @@ def run_checks(ctx: Context) -> list[Check]:
     try:
         topo = discover(ctx.host, nvml, why)
         tunables = build_tunables(ctx.config, topo, ctx.host, nvml, why)
-        checks = [*host_checks(ctx, topo, nvml, why), layout_check(ctx), *setting_checks(tunables),
+        checks = [*host_checks(ctx, topo, nvml, why), layout_check(ctx), *setting_checks(tunables, ctx.config_arg),
                   *vllm_checks(ctx, topo)]
         checks += readiness_checks(ctx, topo, nvml)
     finally:
