@@ -127,7 +127,7 @@ class PrewarmConfig:
     include_model: bool = spec("bool", True, doc="also warm [vllm] model")
     memory_budget_fraction: float = spec("float", 0.5, minimum=0.01, maximum=0.95)
     lock: bool = spec("bool", False, doc="mlock the warmed pages while the daemon runs")
-    threads: int = spec("int", 0, minimum=0, maximum=256, doc="0 = pick from the CPU count")
+    threads: int = spec("int", 0, minimum=0, maximum=256, doc="0 = what the reader picks for the storage")
 
 
 @dataclass(frozen=True)
