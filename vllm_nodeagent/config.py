@@ -77,6 +77,7 @@ def spec(
 @dataclass(frozen=True)
 class AgentConfig:
     state_dir: str = spec("path", "/var/lib/vllm-nodeagent", doc="journal of originals and runtime state")
+    cache_dir: str = spec("path", "/var/cache/vllm-nodeagent", doc="per-user compile caches for vLLM (<dir>/<user>)")
     mode: str = spec("str", "enforce", choices=("enforce", "audit"), doc="drift: re-apply or only report")
     drift_interval_s: int = spec("int", 60, minimum=1, maximum=86400)
     revert_on_stop: bool = spec("bool", False, doc="restore journaled originals when the daemon stops")
@@ -149,6 +150,9 @@ class VllmConfig:
     restart_backoff_max_s: float = spec("float", 300.0, minimum=1, maximum=86400)
     healthy_reset_s: float = spec("float", 600.0, minimum=1, maximum=86400)
     python: str = spec("path", "", doc="interpreter that runs vLLM, for argument checks; empty = derive")
+    readiness: str = spec("str", "completion", choices=("completion", "health"),
+                          doc="READY=1 after /health 200 and a one-token completion, or after /health alone")
+    smoke_timeout_s: float = spec("float", 120.0, minimum=1, maximum=3600, doc="the readiness completion's timeout")
 
 
 SECTIONS: dict[str, type] = {

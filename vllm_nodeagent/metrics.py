@@ -32,7 +32,9 @@ class Metrics:
                                    "Bytes of the prewarm targets resident in the page cache after prewarm",
                                    registry=r)
         self.restarts = Counter("vllm_nodeagent_vllm_restarts", "vLLM restarts after unexpected exits", registry=r)
-        self.up = Gauge("vllm_nodeagent_vllm_up", "1 while vLLM runs and answered its health check", registry=r)
+        self.up = Gauge("vllm_nodeagent_vllm_up", "1 while vLLM runs and passed the readiness gate", registry=r)
+        self.ready_seconds = Gauge("vllm_nodeagent_vllm_ready_seconds",
+                                   "Seconds from the last vLLM start to passing the readiness gate", registry=r)
         self.check_status = Gauge("vllm_nodeagent_check_status", "Readiness check result (doctor's checks): "
                                   "0 pass, 1 warn, 2 fail, -1 skip", ["id"], registry=r)
         # A heartbeat: the file's mtime freezes while nothing changes, so a dead agent would look alive.
@@ -67,6 +69,11 @@ class Metrics:
     def set_up(self, up: bool) -> None:
         if self.textfile:
             self.up.set(1 if up else 0)
+            self._dirty = True
+
+    def set_ready_seconds(self, seconds: float) -> None:
+        if self.textfile:
+            self.ready_seconds.set(round(seconds, 3))
             self._dirty = True
 
     def set_checks(self, statuses: dict[str, int]) -> None:
