@@ -495,7 +495,7 @@ def test_readiness_health_alone_when_configured(bed: Bed) -> None:
     bed.start()
     bed.notify.wait_for("READY=1")
     assert completions(bed) == []
-    assert [e for e in bed.events() if e.get("event") == "vllm_healthy"][0]["gate"] == "health"
+    assert next(e for e in bed.events() if e.get("event") == "vllm_healthy")["gate"] == "health"
 
 
 def test_sighup_ready_only_after_the_new_vllm_passed_the_gate(bed: Bed) -> None:
