@@ -127,6 +127,8 @@ def vllm_checks(ctx: Context, topo: Topology) -> list[Check]:
         # numactl is a host fact worth showing; the rest only means something when vLLM is managed
         checks = [c for c in checks if c.id == "vllm.numactl"]
         checks.append(Check("vllm", SKIP, None, None, "", "[vllm] is not configured: nothing to launch"))
+    elif topo.gpus and launcher.something_to_launch(ctx.config.vllm):
+        checks.append(driver_libs_check(ctx))
     return checks
 
 
@@ -144,6 +146,18 @@ def readiness_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml]) -> list
     from vllm_nodeagent.checks import Probe, run_all
 
     return [Check(**asdict(r)) for r in run_all(Probe(ctx.host, ctx.config, topo, nvml))]
+
+
+def driver_libs_check(ctx: Context) -> Check:
+    """vLLM gets a clean environment: can its loader find libcuda/libnvidia-ml there (issue 17)?"""
+    import os
+
+    from vllm_nodeagent import driver_libs
+
+    vllm_env = dict(ctx.config.vllm.env if ctx.config.vllm else {})
+    v = driver_libs.check(ctx.host, vllm_env, os.environ)
+    return Check("vllm.driver_libs", v.status, v.current, "libcuda.so.1, libnvidia-ml.so.1 loadable by vLLM",
+                 v.hint)
 
 
 def run_checks(ctx: Context) -> list[Check]:
