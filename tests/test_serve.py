@@ -82,9 +82,11 @@ def test_serve_configured_answers_without_starting_anything(bed: Bed) -> None:
              "serve", "--configured"], cwd=str(REPO), capture_output=True, check=False, timeout=60,
         ).returncode
 
-    bed.write_config(vllm={})
+    bed.write_config(vllm={"user": "vllm"})
     assert configured() == 0
     assert bed.records() == []
+    bed.write_config(vllm={"user": "root"})  # the serve unit runs as vllm: leave such an install single
+    assert configured() == 1
     bed.write_config()
     assert configured() == 1
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from vllm_nodeagent.cli import Context
 
 EXIT_VLLM_FAILED = 1  # systemd's Restart=on-failure restarts the unit
+SERVE_UNIT_USER = "vllm"  # systemd/vllm-nodeagent-serve.service's User=
 
 
 class ServeDaemon(Daemon):
@@ -63,8 +64,10 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     from vllm_nodeagent.notify import Notifier
 
     configured = something_to_launch(ctx.config.vllm)
-    if args.configured:  # for the package's upgrade migration: "was this install serving?"
-        return EXIT_OK if configured else EXIT_FAILED
+    if args.configured:
+        # For the package's upgrade migration: would the serve unit (User=vllm) serve what `run` served?
+        user = ctx.config.vllm.user if ctx.config.vllm else ""
+        return EXIT_OK if configured and user == SERVE_UNIT_USER else EXIT_FAILED
     if not configured:
         # READY then a clean exit: the unit ends "inactive", not failed, and is not restarted.
         log.get().warning("nothing_to_serve", detail="[vllm] model is empty and command is the default")
@@ -86,7 +89,7 @@ def cmd_launch(ctx: Context, args: argparse.Namespace) -> int:
     topo = discover_with_nvml(ctx)
     if args.dry_run:
         try:
-            launch_plan, _ = build_plan(ctx, topo, args.gpus, prepare=False)  # a dry run creates nothing
+            launch_plan, _ = build_plan(ctx, topo, args.gpus)
         except LaunchError as exc:
             logger.error("launch_plan_failed", error=str(exc))
             return EXIT_FAILED

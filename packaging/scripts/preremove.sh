@@ -1,7 +1,7 @@
 #!/bin/sh
 # vllm-nodeagent pre-remove (deb prerm and rpm %preun share this file).
 # deb: $1 = remove | upgrade | deconfigure | failed-upgrade;  rpm: $1 = 0 (erase) | >= 1 (upgrade).
-# On removal, while the agent is still installed: stop + disable the service, then put back the host
+# On removal, while the agent is still installed: stop + disable both units, then put back the host
 # settings it changed (`vllm-nodeagent revert`, only if originals are journaled), then drop the venv.
 # On upgrade: nothing (the new package's post-install restarts a running service).
 set -e
@@ -12,11 +12,11 @@ case "${1:-}" in
 esac
 
 if [ -d /run/systemd/system ]; then
-    systemctl stop vllm-nodeagent.service || true
+    systemctl stop vllm-nodeagent-serve.service vllm-nodeagent.service || true
 fi
 # Disabling only removes symlinks, which works without a running systemd too.
 if command -v systemctl >/dev/null 2>&1; then
-    systemctl --no-reload disable vllm-nodeagent.service >/dev/null 2>&1 || true
+    systemctl --no-reload disable vllm-nodeagent-serve.service vllm-nodeagent.service >/dev/null 2>&1 || true
 fi
 
 if [ -f /var/lib/vllm-nodeagent/originals.json ] && [ -x /opt/vllm-nodeagent/venv/bin/vllm-nodeagent ]; then
