@@ -23,8 +23,20 @@ def words(ids: list[int], count: int) -> list[int]:
     return out
 
 
+class FabricInfo:
+    """The fields of pynvml's c_nvmlGpuFabricInfo_t that the agent reads (no ctypes: see test_imports)."""
+
+    state = 0
+    status = 0
+
+
 class NvmlDouble:
     NVMLError = NVMLError
+    c_nvmlGpuFabricInfo_t = FabricInfo
+
+    @staticmethod
+    def byref(obj: Any) -> Any:  # pynvml re-exports ctypes.byref; the double passes the object itself
+        return obj
 
     def __init__(self, recording: dict[str, Any], fail_init: str = "") -> None:
         self.rec = recording
@@ -32,6 +44,7 @@ class NvmlDouble:
         self.initialised = False
         self.persistence = {d["bus_id"]: int(d.get("persistence_mode", 0)) for d in recording["devices"]}
         self.set_calls: list[tuple[str, int]] = []
+        self.reason_calls: dict[str, int] = {}
 
     @classmethod
     def from_file(cls, path: Path) -> NvmlDouble:
@@ -131,7 +144,90 @@ class NvmlDouble:
         return SimpleNamespace(busId=self._link(h, link)["remote"])
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: dict[str, Any]) -> list[SimpleNamespace]:
+        if "compute_processes" in h:  # recorded as [[pid, used bytes], ...]
+            return [SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in _answer(h, "compute_processes")]
         return [SimpleNamespace(pid=p, usedGpuMemory=0) for p in h.get("compute_pids", [])]
+
+    # -- readiness checks (issue 16): each answer recorded per device; absent = "Not Supported" ---------------
+    def nvmlDeviceGetRemappedRows(self, h: dict[str, Any]) -> tuple[int, int, int, int]:
+        c, u, p, f = _answer(h, "remapped_rows")
+        return int(c), int(u), int(p), int(f)
+
+    def nvmlDeviceGetTotalEccErrors(self, h: dict[str, Any], error_type: int, counter_type: int) -> int:
+        assert counter_type == 0, "volatile counters (since the driver loaded)"
+        return int(_answer(h, "ecc_uncorrected_volatile" if error_type == 1 else "ecc_corrected_volatile"))
+
+    def nvmlDeviceGetFieldValues(self, h: dict[str, Any], field_ids: list[int]) -> list[SimpleNamespace]:
+        out = []
+        for fid in field_ids:
+            value = h.get("field_values", {}).get(str(fid))
+            if value is None or isinstance(value, dict):
+                out.append(SimpleNamespace(fieldId=fid, nvmlReturn=3, valueType=1, value=SimpleNamespace(uiVal=0)))
+            else:
+                out.append(SimpleNamespace(fieldId=fid, nvmlReturn=0, valueType=1,
+                                           value=SimpleNamespace(uiVal=int(value))))
+        return out
+
+    def nvmlDeviceGetComputeMode(self, h: dict[str, Any]) -> int:
+        return int(_answer(h, "compute_mode"))
+
+    def nvmlDeviceGetMigMode(self, h: dict[str, Any]) -> list[int]:
+        return [int(x) for x in _answer(h, "mig_mode")]
+
+    def nvmlDeviceGetMemoryInfo(self, h: dict[str, Any]) -> SimpleNamespace:
+        total, used = _answer(h, "memory")
+        return SimpleNamespace(total=int(total), used=int(used), free=int(total) - int(used))
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, h: dict[str, Any]) -> int:
+        return int(_answer(h, "pcie")["curr_width"])
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, h: dict[str, Any]) -> int:
+        return int(_answer(h, "pcie")["max_width"])
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, h: dict[str, Any]) -> int:
+        return int(_answer(h, "pcie")["curr_gen"])
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, h: dict[str, Any]) -> int:
+        return int(_answer(h, "pcie")["max_gen"])
+
+    def nvmlDeviceGetUtilizationRates(self, h: dict[str, Any]) -> SimpleNamespace:
+        return SimpleNamespace(gpu=int(_answer(h, "utilization_gpu")), memory=0)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: dict[str, Any]) -> int:
+        """Recorded as a list of samples; successive calls replay them in turn (the last one repeats)."""
+        samples = _answer(h, "clocks_event_reasons")
+        key = h["bus_id"]
+        n = self.reason_calls.get(key, 0)
+        self.reason_calls[key] = n + 1
+        return int(samples[min(n, len(samples) - 1)])
+
+    def nvmlDeviceGetP2PStatus(self, a: dict[str, Any], b: dict[str, Any], index: int) -> int:
+        assert index == 0, "NVML_P2P_CAPS_INDEX_READ"
+        i, j = sorted((self._index(a), self._index(b)))
+        try:
+            return int(self.rec["p2p_read"][f"{i}-{j}"])
+        except KeyError:
+            raise NVMLError("Not Supported") from None
+
+    def nvmlDeviceGetGpuFabricInfo(self, h: dict[str, Any], ref: Any) -> int:
+        state, status = _answer(h, "fabric")
+        info = ref
+        info.state, info.status = int(state), int(status)
+        return 0
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        self._need_init()
+        return int(_answer(self.rec, "cuda_driver_version"))
+
+
+def _answer(rec: dict[str, Any], key: str) -> Any:
+    """A recorded answer; a missing key or {"error": "..."} raises NVMLError the way the real call failed."""
+    if key not in rec:
+        raise NVMLError("Not Supported")
+    value = rec[key]
+    if isinstance(value, dict) and "error" in value:
+        raise NVMLError(str(value["error"]))
+    return value
 
 
 def hgx_8gpu_recording() -> dict[str, Any]:
@@ -148,7 +244,15 @@ def hgx_8gpu_recording() -> dict[str, Any]:
             "persistence_mode": 0,
             # HGX: every GPU has 18 NVLinks into the NVSwitch fabric
             "nvlinks": [{"type": 2, "remote": "00000000:00:00.0"}] * 18,
+            # an idle, healthy HGX GPU (the readiness checks' answers)
+            "remapped_rows": [0, 0, 0, 0], "ecc_uncorrected_volatile": 0, "ecc_corrected_volatile": 0,
+            "field_values": {"230": 0}, "compute_mode": 0, "mig_mode": [0, 0],
+            "memory": [85520809984, 1048576], "compute_processes": [],
+            "pcie": {"curr_width": 16, "max_width": 16, "curr_gen": 1, "max_gen": 5},  # Gen1 while idle
+            "utilization_gpu": 0, "clocks_event_reasons": [1], "fabric": [3, 0],
         })
     # PCIe ancestry: same socket = NODE (40), across sockets = SYS (50)
     ancestor = {f"{i}-{j}": 40 if (i < 4) == (j < 4) else 50 for i in range(8) for j in range(i + 1, 8)}
-    return {"driver_version": "580.159.04", "devices": devices, "common_ancestor": ancestor}
+    p2p = {k: 0 for k in ancestor}  # NVML_P2P_STATUS_OK
+    return {"driver_version": "580.159.04", "devices": devices, "common_ancestor": ancestor, "p2p_read": p2p,
+            "cuda_driver_version": 13000}

@@ -2,6 +2,10 @@
 """A stand-in for ``vllm serve`` for the daemon tests (standard library only).
 
 * ``GET /health``: 503 while "loading" (``--load-seconds``, and for as long as ``--hold-file`` exists), then 200.
+* ``GET /v1/models`` lists the served name (``--served-model-name``, else the model argument); ``POST
+  /v1/completions`` answers one choice once healthy, for that name only (404 for another). ``--smoke-fail``:
+  /health says 200 but every completion answers 500 (the engine that cannot produce a token);
+  ``--smoke-hold-file``: completions answer 503 while that file exists. Completions are counted in ``--record``.
   ``--refuse-while-loading`` opens the port only after loading, like the real vLLM.
 * ``--record FILE``: appends one JSON line per start and per worker: pid, ppid, uid, role, the
   ``Cpus_allowed_list``/``Mems_allowed_list`` of /proc/self/status, the memory policy from /proc/self/numa_maps,
@@ -28,7 +32,8 @@ import time
 from typing import Any, Optional
 
 ENV_KEYS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HOME", "PATH", "LANG", "HF_HOME", "USER",
-            "NOTIFY_SOCKET", "VLLM_WORKER_MULTIPROC_METHOD", "STANDIN_MARK")
+            "NOTIFY_SOCKET", "VLLM_WORKER_MULTIPROC_METHOD", "STANDIN_MARK", "XDG_CACHE_HOME",
+            "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "VLLM_CACHE_ROOT")
 
 
 def describe(role: str, argv: list[str]) -> dict[str, Any]:
@@ -71,6 +76,10 @@ class State:
         self.load_seconds = load_seconds
         self.hold_file = hold_file
         self.healthy_at: Optional[float] = None
+        self.served = ""
+        self.smoke_fail = False
+        self.smoke_hold: Optional[str] = None
+        self.record: Optional[str] = None
 
     def healthy(self) -> bool:
         if time.monotonic() - self.started < self.load_seconds:
@@ -84,13 +93,46 @@ class State:
 
 def make_handler(state: State) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            code = (200 if state.healthy() else 503) if self.path == "/health" else 404
-            body = b"{}"
+        def reply(self, code: int, data: Any) -> None:
+            body = json.dumps(data).encode()
             self.send_response(code)
+            self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self.reply(200 if state.healthy() else 503, {})
+            elif self.path == "/v1/models" and state.healthy():
+                self.reply(200, {"object": "list", "data": [{"id": state.served, "object": "model"}]})
+            else:
+                self.reply(404 if state.healthy() else 503, {})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                req = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError:
+                req = {}
+            if self.path != "/v1/completions":
+                self.reply(404, {})
+                return
+            if not state.healthy() or (state.smoke_hold and os.path.exists(state.smoke_hold)):
+                code = 503
+            elif state.smoke_fail:
+                code = 500
+            elif req.get("model") != state.served:
+                code = 404
+            else:
+                code = 200
+            record(state.record, {"role": "completion", "pid": os.getpid(), "time": time.time(), "code": code,
+                                  "model": req.get("model"), "max_tokens": req.get("max_tokens")})
+            if code != 200:
+                self.reply(code, {"error": {"message": "standin says no", "code": code}})
+                return
+            self.reply(200, {"object": "text_completion", "model": state.served,
+                             "choices": [{"index": 0, "text": " world", "finish_reason": "length"}]})
 
         def log_message(self, format: str, *args: Any) -> None:
             return
@@ -113,7 +155,11 @@ def main() -> int:
     p.add_argument("--refuse-while-loading", action="store_true")
     p.add_argument("--workers-ignore-term", action="store_true", help="workers survive SIGTERM (need SIGKILL)")
     p.add_argument("--standin-worker", action="store_true", help=argparse.SUPPRESS)
-    args, _unknown = p.parse_known_args(argv)
+    p.add_argument("--model", default="")
+    p.add_argument("--served-model-name", default="")
+    p.add_argument("--smoke-fail", action="store_true")
+    p.add_argument("--smoke-hold-file", default=None)
+    args, unknown = p.parse_known_args(argv)
     if args.standin_worker:
         return worker_main(args.record, args.workers_ignore_term)
 
@@ -123,6 +169,9 @@ def main() -> int:
                           *(["--record", args.record] if args.record else []),
                           *(["--workers-ignore-term"] if args.workers_ignore_term else [])])
     state = State(args.load_seconds, args.hold_file)
+    positional = [a for a in unknown if not a.startswith("-") and a != "serve"]
+    state.served = args.served_model_name or args.model or (positional[0] if positional else "standin")
+    state.smoke_fail, state.smoke_hold, state.record = args.smoke_fail, args.smoke_hold_file, args.record
     if args.crash_during_load:
         time.sleep(min(args.load_seconds, 0.1))
         return 4

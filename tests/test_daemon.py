@@ -280,7 +280,7 @@ def _cpus(text: str) -> list[int]:
 
 
 def test_restart_backoff_grows(bed: Bed) -> None:
-    bed.write_config(vllm={"restart_backoff_initial_s": 0.4}, standin_args=["--crash-after", "0.1"])
+    bed.write_config(vllm={"restart_backoff_initial_s": 0.4}, standin_args=["--crash-after", "1.0"])
     bed.start()
     bed.notify.wait_for("READY=1")
     starts = wait_until(lambda: bed.records() if len(bed.records()) >= 4 else None, "four starts")
@@ -420,17 +420,29 @@ def test_runs_vllm_as_unprivileged_user(bed: Bed) -> None:
     python = shutil.which("python3", path="/usr/bin:/bin")
     if python is None:
         pytest.skip("no system python3 that nobody can execute")
-    bed.write_config(vllm={"user": "nobody"}, python=python)
+    import pwd
+
+    from test_launcher import PERMISSIVE_CLI_ARGS, fake_vllm_site
+
+    site = fake_vllm_site(bed.base / "share", cli_args=PERMISSIVE_CLI_ARGS)  # world-readable: the probe runs as nobody
+    bed.write_config(vllm={"user": "nobody", "env": {"PYTHONPATH": site}}, python=python)
     bed.start()
     bed.notify.wait_for("READY=1")
     r = bed.records()[0]
-    import pwd
-
     nobody = pwd.getpwnam("nobody")
     assert r["uid"] == nobody.pw_uid and r["gid"] == nobody.pw_gid
-    assert r["env"]["HOME"] == nobody.pw_dir
+    # nobody's home (/nonexistent) is unusable: HOME and every compile cache live in the agent's cache dir
+    cache = bed.root / "var/cache/vllm-nodeagent/nobody"
+    assert r["env"]["HOME"] == str(cache) and r["env"]["XDG_CACHE_HOME"] == f"{cache}/.cache"
+    assert r["env"]["TORCHINDUCTOR_CACHE_DIR"] == f"{cache}/torchinductor"
+    assert r["env"]["TRITON_CACHE_DIR"] == f"{cache}/triton" and r["env"]["VLLM_CACHE_ROOT"] == f"{cache}/vllm"
+    st = cache.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (nobody.pw_uid, nobody.pw_gid, 0o700)
     assert r["env"]["USER"] == "nobody"
     assert r["mempolicy"] == "bind:0"  # numactl first, then the user: the binding survives the switch
+    # the argument probe ran vLLM's (fake) code as nobody, never as root
+    ok = [e for e in bed.events() if e.get("event") == "vllm_args_ok"]
+    assert ok and ok[0]["uid"] == nobody.pw_uid, bed.events()
     bed.signal(signal.SIGTERM)
     assert bed.wait_exit() == 0
     assert not pid_alive(r["pid"])
@@ -442,3 +454,67 @@ def test_missing_user_is_a_clear_failed_start(bed: Bed) -> None:
     assert bed.wait_exit() == 1
     errors = [e for e in bed.events() if e.get("event") == "vllm_start_failed"]
     assert "no-such-user-vna" in errors[0]["error"] and "does not exist" in errors[0]["error"]
+
+
+# -- the readiness gate: /health 200 and then a one-token completion ------------------------------------------
+def completions(bed: Bed) -> list[dict[str, Any]]:
+    return bed.records("completion")
+
+
+def test_ready_waits_for_the_smoke_completion(bed: Bed) -> None:
+    smoke_hold = bed.base / "share" / "smoke-hold"
+    smoke_hold.write_text("")
+    bed.write_config(vllm={}, standin_args=["--smoke-hold-file", str(smoke_hold)])
+    bed.start()
+    loading = bed.notify.wait_for("STATUS=vLLM loading: waiting for http://127.0.0.1")
+    gating = bed.notify.wait_for("STATUS=vLLM loading: health ok, smoke completion", after=loading)
+    wait_until(lambda: len(completions(bed)) >= 2, "two refused smoke completions")  # /health is 200 meanwhile
+    assert health(bed.port) == 200
+    assert "READY=1" not in bed.notify.lines()
+    assert any(e.get("event") == "vllm_smoke_failed" and "HTTP 503" in e["detail"] for e in bed.events())
+    smoke_hold.unlink()
+    ready = bed.notify.wait_for("READY=1", after=gating)
+    assert bed.notify.lines()[ready + 1].startswith("STATUS=serving")
+    ok = [c for c in completions(bed) if c["code"] == 200]
+    assert ok and ok[0]["model"] == "standin-model" and ok[0]["max_tokens"] == 1
+    healthy = [e for e in bed.events() if e.get("event") == "vllm_healthy"]
+    assert healthy[0]["gate"] == "health+completion"
+
+
+def test_health_200_without_tokens_never_reports_ready(bed: Bed) -> None:
+    bed.write_config(vllm={"start_timeout_s": 4}, standin_args=["--smoke-fail"])
+    bed.start()
+    assert bed.wait_exit() == 1  # a failed start: systemd sees no READY and the unit fails
+    assert "READY=1" not in bed.notify.lines()
+    assert any(e.get("event") == "vllm_smoke_failed" and "HTTP 500" in e["detail"] for e in bed.events())
+    assert any(e.get("event") == "vllm_start_timeout" for e in bed.events())
+
+
+def test_readiness_health_alone_when_configured(bed: Bed) -> None:
+    bed.write_config(vllm={"readiness": "health"}, standin_args=["--smoke-fail"])
+    bed.start()
+    bed.notify.wait_for("READY=1")
+    assert completions(bed) == []
+    assert next(e for e in bed.events() if e.get("event") == "vllm_healthy")["gate"] == "health"
+
+
+def test_sighup_ready_only_after_the_new_vllm_passed_the_gate(bed: Bed) -> None:
+    bed.write_config(vllm={})
+    bed.start()
+    first_ready = bed.notify.wait_for("READY=1")
+    smoke_hold = bed.base / "share" / "smoke-hold"
+    smoke_hold.write_text("")
+    good = bed.config.read_text()
+    bed.config.write_text(good.replace('"--record"', f'"--smoke-hold-file", "{smoke_hold}", "--record"'))
+    bed.signal(signal.SIGHUP)
+    reloading = bed.notify.wait_for("RELOADING=1", after=first_ready)
+    wait_until(lambda: len(bed.records()) == 2, "the new vLLM")
+    bed.notify.wait_for("STATUS=vLLM restarting (loading): health ok, smoke completion", after=reloading)
+    bed.notify.wait_for("EXTEND_TIMEOUT_USEC=", after=reloading)  # systemd's reload timeout is pushed out
+    wait_until(lambda: [c for c in completions(bed) if c["code"] == 503], "a held smoke completion")
+    assert "READY=1" not in bed.notify.lines()[reloading:]
+    smoke_hold.unlink()
+    ready = bed.notify.wait_for("READY=1", after=reloading)
+    assert bed.notify.lines()[ready + 1].startswith("STATUS=serving")
+    new_pid = bed.records()[1]["pid"]
+    assert [c["pid"] for c in completions(bed) if c["code"] == 200][-1] == new_pid

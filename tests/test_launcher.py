@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 from vllm_nodeagent import vllm_args
 from vllm_nodeagent.config import VllmConfig
-from vllm_nodeagent.launcher import LaunchError, RunAs, child_env, plan
+from vllm_nodeagent.launcher import LaunchError, RunAs, child_env, plan, resolve_user
 from vllm_nodeagent.topology import Gpu, NumaNode, Topology
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,6 +113,39 @@ def test_child_env_is_clean() -> None:
     assert "NOTIFY_SOCKET" not in env and "SECRET" not in env
     assert env["CUDA_CACHE_PATH"] == "/c" and env["HF_HOME"] == "/hf" and env["LANG"] == "en_US.UTF-8"
     assert env["PATH"].startswith("/opt/venv/bin:")
+    assert "TORCHINDUCTOR_CACHE_DIR" not in env  # no cache dir given: nothing invented
+
+
+def test_child_env_cache_dirs(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    me = RunAs("me", os.getuid(), os.getgid(), [], str(home), switch=False)
+    env = child_env(cfg(), me, [], {"TRITON_CACHE_DIR": "/x"}, cache_dir="/var/cache/v/me")
+    assert env["HOME"] == str(home) and "XDG_CACHE_HOME" not in env  # a usable home is kept (HF cache there)
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == "/var/cache/v/me/torchinductor"
+    assert env["VLLM_CACHE_ROOT"] == "/var/cache/v/me/vllm"
+    assert env["TRITON_CACHE_DIR"] == "/var/cache/v/me/triton"  # not passed through from the agent's env
+    env = child_env(cfg(env={"VLLM_CACHE_ROOT": "/op"}), WHO, [], {}, cache_dir="/c")  # /var/lib/vllm: absent
+    assert env["HOME"] == "/c" and env["XDG_CACHE_HOME"] == "/c/.cache"
+    assert env["VLLM_CACHE_ROOT"] == "/op"  # the operator's [vllm] env wins
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_prepare_cache_dir_owned_by_the_user_and_refuses_links(tmp_path: Path) -> None:
+    from vllm_nodeagent.host import Host
+    from vllm_nodeagent.vllm_env import prepare_cache_dir
+
+    who = resolve_user("nobody")
+    path = prepare_cache_dir(Host(tmp_path), "/var/cache/vna", who)
+    st = os.stat(path)
+    assert path == str(tmp_path / "var/cache/vna/nobody")
+    assert (st.st_uid, st.st_mode & 0o777) == (who.uid, 0o700)
+    assert prepare_cache_dir(Host(tmp_path), "/var/cache/vna", who) == path  # idempotent
+    os.rmdir(path)
+    os.symlink("/etc", path)
+    with pytest.raises(LaunchError, match="not a directory"):
+        prepare_cache_dir(Host(tmp_path), "/var/cache/vna", who)
+    assert os.stat("/etc").st_uid == 0
 
 
 # -- vLLM argument checks ---------------------------------------------------------------------------------------
@@ -149,24 +183,45 @@ def make_arg_parser(parser):
 '''
 
 
-def fake_vllm(tmp_path: Path) -> dict[str, str]:
-    pkg = tmp_path / "site" / "vllm"
-    (pkg / "entrypoints" / "openai").mkdir(parents=True)
+PERMISSIVE_CLI_ARGS = '''
+def make_arg_parser(parser):
+    parser.parse_args = lambda args=None, ns=None: parser.parse_known_args(args, ns)[0]
+    return parser
+'''
+
+
+def fake_vllm_site(base: Path, home: str = "entrypoints/openai", cli_args: str = FAKE_CLI_ARGS) -> str:
+    """A fake ``vllm`` package whose serve parser lives at ``vllm/<home>/cli_args.py``; world-readable (the probe
+    may run as nobody). Returns the directory for PYTHONPATH."""
+    site = base / "site"
+    pkg = site / "vllm"
+    (pkg / home).mkdir(parents=True)
     (pkg / "utils").mkdir()
     (pkg / "__init__.py").write_text('__version__ = "0.99.0"\n')
-    (pkg / "entrypoints" / "__init__.py").write_text("")
-    (pkg / "entrypoints" / "openai" / "__init__.py").write_text("")
-    (pkg / "entrypoints" / "openai" / "cli_args.py").write_text(textwrap.dedent(FAKE_CLI_ARGS))
+    for d in [pkg / "entrypoints", *(pkg / home).parents]:
+        if d.is_relative_to(pkg / "entrypoints"):
+            (d / "__init__.py").write_text("")
+    (pkg / home / "__init__.py").write_text("")
+    (pkg / home / "cli_args.py").write_text(textwrap.dedent(cli_args))
     (pkg / "utils" / "__init__.py").write_text("")
     (pkg / "utils" / "argparse_utils.py").write_text(
         "import argparse\nclass FlexibleArgumentParser(argparse.ArgumentParser):\n    pass\n")
-    return {"PYTHONPATH": str(tmp_path / "site"), "PATH": os.environ.get("PATH", "")}
+    for d in site.rglob("*"):
+        d.chmod(0o755 if d.is_dir() else 0o644)
+    site.chmod(0o755)
+    return str(site)
 
 
-def test_probe_with_vllms_own_parser(tmp_path: Path) -> None:
-    env = fake_vllm(tmp_path)
+def fake_vllm(tmp_path: Path, home: str = "entrypoints/openai") -> dict[str, str]:
+    return {"PYTHONPATH": fake_vllm_site(tmp_path, home), "PATH": os.environ.get("PATH", "")}
+
+
+@pytest.mark.parametrize("home", ["entrypoints/openai", "entrypoints/launchers", "entrypoints/serve/v2"])
+def test_probe_with_vllms_own_parser(tmp_path: Path, home: str) -> None:
+    env = fake_vllm(tmp_path, home)  # the known homes, and one the probe has to search for
     ok = vllm_args.probe(sys.executable, ["--port", "9000"], env=env)
-    assert ok.available and ok.error == "" and ok.version == "0.99.0"
+    assert ok.available and ok.error == "" and ok.version == "0.99.0", ok
+    assert ok.parser == "vllm." + home.replace("/", ".") + ".cli_args"
     assert ok.accepts_flag("--numa-bind-nodes")
     bad = vllm_args.probe(sys.executable, ["--port", "9000", "--speculative-model", "x"], env=env)
     assert bad.available and "--speculative-model" in bad.error
@@ -176,6 +231,31 @@ def test_probe_without_vllm_is_a_skip_with_reason(tmp_path: Path) -> None:
     r = vllm_args.probe(sys.executable, ["--port", "1"], env={"PATH": "/usr/bin", "PYTHONPATH": str(tmp_path)})
     assert not r.available and "not importable" in r.reason
     assert not r.accepts_flag("--numa-bind-nodes")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_probe_runs_as_the_vllm_user_never_root(tmp_path: Path) -> None:
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 that nobody can execute")
+    base = Path(tempfile.mkdtemp(prefix="vna-probe-"))
+    try:
+        base.chmod(0o755)
+        site = fake_vllm_site(base)
+        # vLLM's own code (its package __init__) records who imported it
+        (base / "w").mkdir(mode=0o777)
+        (base / "w").chmod(0o777)
+        marker = base / "w" / "uid"
+        init = Path(site) / "vllm" / "__init__.py"
+        init.write_text(init.read_text() + f"import os\nopen({str(marker)!r}, 'w').write(str(os.getuid()))\n")
+        who = resolve_user("nobody")
+        r = vllm_args.probe(python, ["--port", "1"], env={"PATH": "/usr/bin", "PYTHONPATH": site}, run_as=who)
+        assert r.available and r.error == "", r
+        assert r.uid == who.uid != 0
+        assert marker.read_text() == str(who.uid)
+        assert marker.stat().st_uid == who.uid  # what vLLM creates belongs to its user, not root
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # -- the CLI ------------------------------------------------------------------------------------------------------
@@ -274,3 +354,34 @@ def test_doctor_checks(tmp_path: Path) -> None:
             finally:
                 proc.kill()
                 proc.wait()
+
+
+def test_doctor_reads_the_daemons_plan_instead_of_replanning(tmp_path: Path) -> None:
+    """binding = "vllm" (vLLM binds its own workers): a re-plan with defaults would expect numactl and FAIL."""
+    from vllm_nodeagent import launcher
+    from vllm_nodeagent.cli import Context
+    from vllm_nodeagent.config import AgentConfig, Config
+    from vllm_nodeagent.host import Host
+
+    state = tmp_path / "state"
+    state.mkdir()
+    vcfg = VllmConfig(model="m", user="root", command=[sys.executable, "-c", ""], nodes=[0])
+    ctx = Context(Host("/"), Config(path="t", agent=AgentConfig(state_dir=str(state)), vllm=vcfg), None, "json")
+    topo = Topology([NumaNode(0, sorted(os.sched_getaffinity(0)), 1)], [], [], [])
+    proc = subprocess.Popen(["sleep", "30"])  # unbound, like vLLM's API server under --numa-bind
+    try:
+        (state / "vllm.pid").write_text(f"{proc.pid}\n")
+        replanned = {c["id"]: c for c in launcher.doctor_checks(ctx, topo)}["vllm.binding"]
+        if shutil.which("numactl"):
+            assert replanned["status"] == "fail" and "re-plan" in replanned["desired"]
+        chosen = plan(cfg(nodes=[0]), topo, run_as=WHO, numactl=NUMACTL)
+        chosen.binding, chosen.mempolicy = "vllm", "default"
+        launcher.write_plan_file(str(state), chosen, proc.pid)
+        got = {c["id"]: c for c in launcher.doctor_checks(ctx, topo)}["vllm.binding"]
+        assert got["status"] == "pass" and "binding vllm, from the daemon's plan" in got["desired"], got
+        assert "env" not in json.loads((state / launcher.PLAN_FILE).read_text())  # no secrets on disk
+        launcher.write_plan_file(str(state), chosen, proc.pid + 1)  # another pid's plan is not ours
+        assert launcher.read_plan_file(str(state), proc.pid) is None
+    finally:
+        proc.kill()
+        proc.wait()

@@ -204,12 +204,17 @@ def test_role_defaults_render_the_sample_config() -> None:
 
 def test_role_renders_exact_sysctls_and_drops_empty_sections() -> None:
     text = render_role_config({
-        "vllm_nodeagent_sysctl": {"vm.swappiness": {"value": 10, "mode": "exact"}, "kernel.numa_balancing": 0},
+        "vllm_nodeagent_sysctl": {"vm.swappiness": {"value": 10, "mode": "exact"},
+                                  "kernel.numa_balancing": {"value": 0, "mode": "exact"}},
         "vllm_nodeagent_irq": {},
         "vllm_nodeagent_vllm": {"model": 'org/model "quoted"', "args": ["--max-model-len", "8192"]},
     })
     doc = tomllib.loads(text)
-    assert doc["sysctl"] == {"vm.swappiness": {"value": 10, "mode": "exact"}, "kernel.numa_balancing": 0}
+    assert doc["sysctl"] == {"vm.swappiness": {"value": 10, "mode": "exact"},
+                             "kernel.numa_balancing": {"value": 0, "mode": "exact"}}
+    from vllm_nodeagent.config import parse_config
+
+    parse_config(text, "rendered")  # and the agent takes it (a bare 0 would be a floor that never binds)
     assert "irq" not in doc
     assert doc["vllm"]["model"] == 'org/model "quoted"'
     assert doc["vllm"]["args"] == ["--max-model-len", "8192"]

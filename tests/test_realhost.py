@@ -126,12 +126,15 @@ def test_kernel_refusals_change_nothing(tmp_path: Path, restore: Callable[..., N
     restore("/proc/sys/vm/max_map_count")
     before = raw("/proc/sys/vm/max_map_count")
     journal = Journal(REAL, str(tmp_path / "state"))
-    einval = Sysctl(REAL, "vm.max_map_count", "not-a-number", "exact")  # the kernel answers EINVAL
+    words = Sysctl(REAL, "vm.max_map_count", "not-a-number", "exact")  # refused before any write
+    einval = Sysctl(REAL, "vm.max_map_count", "-5", "exact")  # an integer below the kernel's minimum: EINVAL
     eacces = Sysctl(REAL, "kernel.osrelease", "9.9.9", "exact")  # a read-only sysctl: EACCES even for root
     ok = Sysctl(REAL, "vm.max_map_count", str(int(before) + 1), "floor")
-    outcomes = engine.apply([einval, eacces, ok], journal)
-    assert [o.status for o in outcomes] == [engine.FAILED, engine.FAILED, engine.CHANGED]
-    assert "EINVAL" in outcomes[0].message and "EACCES" in outcomes[1].message
+    outcomes = engine.apply([words, einval, eacces, ok], journal)
+    assert [o.status for o in outcomes] == [engine.NOT_CHANGED, engine.FAILED, engine.FAILED, engine.CHANGED]
+    assert "takes integers" in outcomes[0].message
+    assert "EINVAL" in outcomes[1].message and "EACCES" in outcomes[2].message
+    assert "left as it was" in outcomes[1].message
     assert raw("/proc/sys/kernel/osrelease") != "9.9.9"
     engine.revert(REAL, journal)
     assert raw("/proc/sys/vm/max_map_count") == before

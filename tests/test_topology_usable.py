@@ -4,7 +4,10 @@ GPU memory as a node, boards without PCI locality, kernels that pad with NULs, m
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +267,44 @@ def test_vmd_domain_nic(tmp_path: Path) -> None:
     h.link("/sys/class/net/eno1", f"../../devices/pci0000:00/0000:00:0e.0/pci10000:00/{bdf}/net/eno1")
     (nic,) = topo_of(h).nics
     assert (nic.name, nic.pci_bus_id, nic.numa_node) == ("eno1", bdf, 0)
+
+
+def test_no_command_dies_on_malformed_sysfs(tmp_path: Path) -> None:
+    """topology, doctor, apply and launch --dry-run on a tree where every topology file is garbage: each ends
+    with a documented exit code and no traceback."""
+    h = FakeHost(tmp_path / "garbage")
+    h.numa_node(0, [0, 1], 1024)
+    h.numa_node(1, [2, 3], 1024)
+    h.write_raw("/sys/devices/system/node/node0/cpulist", b"0-1\n\x00")
+    h.write("/sys/devices/system/node/node1/cpulist", "2-zz")
+    h.write("/sys/devices/system/node/node1/cpumap", "not-hex")
+    h.write("/sys/devices/system/node/node1/meminfo", "Node 1 MemTotal: many\n")
+    h.write("/sys/devices/system/cpu/online", "0-3,\x00x")
+    h.write("/sys/devices/system/node/online", "0-")
+    h.write("/proc/self/status", "Cpus_allowed_list:\tall\nMems_allowed_list:\t-1\n")
+    h.write("/proc/self/cgroup", "0::/job\nnot a cgroup line")
+    h.write("/sys/fs/cgroup/cgroup.controllers", "cpuset")
+    h.write("/sys/fs/cgroup/job/cpuset.cpus.effective", "x-y")
+    h.gpu("0000:01:00.0", 0, [0, 1])
+    h.write("/sys/devices/pci0000:00/0000:01:00.0/numa_node", "abc")
+    h.write("/sys/devices/pci0000:00/0000:01:00.0/local_cpulist", "??")
+    h.write("/sys/devices/pci0000:00/0000:01:00.0/local_cpus", "xyz")
+    h.write("/proc/driver/nvidia/gpus/0000:01:00.0/numa_status", "Node: none\n")
+    conf = h.root / "c.toml"
+    conf.write_text('[vllm]\nmodel = "org/m"\nnodes = [1]\nuser = "root"\n')
+    conf.chmod(0o600)
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    codes = {}
+    for argv in (["topology"], ["topology", "--json"], ["doctor"], ["apply"], ["launch", "--dry-run", "--json"]):
+        r = subprocess.run([sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(h.root), "--config",
+                            str(conf), *argv], capture_output=True, text=True, env=env, timeout=120)
+        assert "Traceback" not in r.stderr + r.stdout, (argv, r.stderr)
+        codes[argv[0] + ("-json" if "--json" in argv else "")] = r.returncode
+        if argv[0] == "launch":
+            assert "NUMA node 1 is not usable: its CPU list could not be read" in r.stderr
+    assert codes["topology"] == codes["topology-json"] == 0
+    (gpu,) = discover(Host(h.root)).gpus  # nothing readable places it, and node 1 is unknown: no guess of node 0
+    assert gpu.numa_node == -1 and "could not be read" in gpu.no_locality
+    assert codes["doctor"] in (0, 1) and codes["apply"] in (0, 1)
+    assert codes["launch-json"] == 1  # node 1's CPU list is unreadable: the plan is refused, not guessed

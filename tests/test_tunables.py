@@ -73,10 +73,12 @@ def test_sysctl_triple_fieldwise_floor(host: Host, hgx: FakeHost, journal: Journ
     assert journal.entries()["sysctl.net.ipv4.tcp_rmem"].original == "4096\t262144\t6291456"
 
 
-def test_sysctl_missing_is_skip(host: Host, journal: Journal) -> None:
+def test_sysctl_missing_is_an_error(host: Host, journal: Journal) -> None:
+    """A misspelt sysctl is not "not applicable here": apply refuses it and says to check the name."""
     t = Sysctl.from_setting(host, SysctlSetting("net.core.no_such_knob", "1", "exact"))
     o = engine.apply_one(t, journal)
-    assert o.status == engine.SKIPPED and "does not exist" in o.message
+    assert o.status == engine.NOT_CHANGED and "no such sysctl" in o.message and "check the name" in o.message
+    assert engine.verify([t])[0].status == engine.MISSING
 
 
 def test_kernel_refusal_fails_that_setting_only(host: Host, hgx: FakeHost, journal: Journal) -> None:
@@ -101,7 +103,7 @@ def test_written_but_kernel_reports_other(host: Host, hgx: FakeHost, journal: Jo
 
     t = Clamping(host, "vm.max_map_count", "262144", "floor")
     o = engine.apply_one(t, journal)
-    assert o.status == engine.FAILED and "kernel reports '100000'" in o.message
+    assert o.status == engine.FAILED and "the kernel reports 100000" in o.message
 
 
 # --- THP --------------------------------------------------------------------------------------------------
@@ -247,11 +249,11 @@ def test_first_original_wins(host: Host, hgx: FakeHost, journal: Journal) -> Non
 
 def test_corrupt_journal_refuses_to_guess(host: Host, hgx: FakeHost, journal: Journal) -> None:
     hgx.write("/var/lib/vllm-nodeagent/originals.json", "{not json")
-    with pytest.raises(JournalError, match="corrupt journal"):
+    with pytest.raises(JournalError, match="not a journal of this agent"):
         journal.entries()
     t = Sysctl.from_setting(host, SysctlSetting("vm.max_map_count", "262144", "floor"))
     o = engine.apply_one(t, journal)
-    assert o.status == engine.FAILED and "not changed" in o.message
+    assert o.status == engine.NOT_CHANGED and "refusing to guess" in o.message
     assert read(hgx, "/proc/sys/vm/max_map_count") == "65530"
 
 
@@ -262,7 +264,7 @@ def test_revert_after_config_changed(host: Host, hgx: FakeHost, journal: Journal
     engine.apply(build_tunables(cfg, discover(host), host), journal)
     assert read(hgx, "/sys/kernel/mm/transparent_hugepage/enabled") == "always [madvise] never"
     outcomes = engine.revert(host, journal)
-    assert outcomes and all(o.status == engine.RESTORED for o in outcomes)
+    assert outcomes and all(o.status in (engine.RESTORED, engine.UNTOUCHED) for o in outcomes)
     assert {p: read(hgx, p) for p in before} == before
 
 

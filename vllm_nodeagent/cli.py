@@ -1,4 +1,9 @@
-"""Command line: parse arguments, load config, dispatch. Exit codes: 0 ok, 1 failed, 2 usage/config error."""
+"""Command line: parse arguments, load config, dispatch.
+
+Exit codes: 0 ok; 1 a setting or check failed; 2 usage or config error; 3 a host or state fault (not root, the
+state dir or journal unusable or refused, the journal lock not obtained, a host file unreadable); 130 interrupted.
+No traceback reaches a user: the boundary in ``main`` turns every known error type into one line on stderr.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml, NvmlOpener, try_open
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HOST, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 @dataclass
@@ -156,7 +161,29 @@ def main(
         print(f"vllm-nodeagent: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the one boundary: known faults become one line (see host_fault)
+        line = host_fault(exc)
+        if line is None:
+            raise
+        print(f"vllm-nodeagent: {args.command}: {line}", file=sys.stderr)
+        return EXIT_HOST
+
+
+def host_fault(exc: BaseException) -> Optional[str]:
+    """One line for a fault of the host or the state dir; None for a bug (which keeps its traceback)."""
+    from vllm_nodeagent.host import HostError
+    from vllm_nodeagent.journal import JournalError
+    from vllm_nodeagent.parse import ParseError
+
+    if isinstance(exc, (JournalError, HostError)):
+        return " ".join(str(exc).split())
+    if isinstance(exc, ParseError):
+        return f"unexpected text from the kernel: {' '.join(str(exc).split())}"
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -77,6 +77,7 @@ def spec(
 @dataclass(frozen=True)
 class AgentConfig:
     state_dir: str = spec("path", "/var/lib/vllm-nodeagent", doc="journal of originals and runtime state")
+    cache_dir: str = spec("path", "/var/cache/vllm-nodeagent", doc="per-user compile caches for vLLM (<dir>/<user>)")
     mode: str = spec("str", "enforce", choices=("enforce", "audit"), doc="drift: re-apply or only report")
     drift_interval_s: int = spec("int", 60, minimum=1, maximum=86400)
     revert_on_stop: bool = spec("bool", False, doc="restore journaled originals when the daemon stops")
@@ -127,7 +128,7 @@ class PrewarmConfig:
     include_model: bool = spec("bool", True, doc="also warm [vllm] model")
     memory_budget_fraction: float = spec("float", 0.5, minimum=0.01, maximum=0.95)
     lock: bool = spec("bool", False, doc="mlock the warmed pages while the daemon runs")
-    threads: int = spec("int", 0, minimum=0, maximum=256, doc="0 = pick from the CPU count")
+    threads: int = spec("int", 0, minimum=0, maximum=256, doc="0 = what the reader picks for the storage")
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,9 @@ class VllmConfig:
     restart_backoff_max_s: float = spec("float", 300.0, minimum=1, maximum=86400)
     healthy_reset_s: float = spec("float", 600.0, minimum=1, maximum=86400)
     python: str = spec("path", "", doc="interpreter that runs vLLM, for argument checks; empty = derive")
+    readiness: str = spec("str", "completion", choices=("completion", "health"),
+                          doc="READY=1 after /health 200 and a one-token completion, or after /health alone")
+    smoke_timeout_s: float = spec("float", 120.0, minimum=1, maximum=3600, doc="the readiness completion's timeout")
 
 
 SECTIONS: dict[str, type] = {
@@ -181,7 +185,16 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------------------
 _SYSCTL_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+")
-_INT_VECTOR = re.compile(r"\d+( \d+)*")
+_INT_VECTOR = re.compile(r"-?[0-9]+( -?[0-9]+)*")  # ASCII digits: \\d would take "٣"
+_SYSCTL_MIN, _SYSCTL_MAX = -(2**63), 2**64 - 1  # the widest kernel sysctl types (long, unsigned long)
+# Sysctls whose numbers select a mode (or a bitmask), not an amount: "at least N" means nothing for them.
+MODE_SYSCTLS = frozenset({
+    "kernel.numa_balancing", "vm.overcommit_memory", "vm.zone_reclaim_mode", "kernel.randomize_va_space",
+    "vm.oom_kill_allocating_task", "vm.panic_on_oom", "kernel.panic_on_oops", "kernel.nmi_watchdog",
+    "kernel.watchdog", "kernel.sched_autogroup_enabled", "net.ipv4.ip_forward", "net.ipv4.tcp_timestamps",
+    "net.ipv4.tcp_sack", "net.ipv4.tcp_window_scaling", "net.ipv4.tcp_slow_start_after_idle",
+    "net.ipv4.tcp_mtu_probing", "net.ipv4.tcp_no_metrics_save",
+})
 
 
 class _Ctx:
@@ -312,18 +325,31 @@ def _load_sysctl(ctx: _Ctx, raw: Any) -> tuple[SysctlSetting, ...]:
         if isinstance(value, bool):
             raise bad("expected an integer or a string")
         if isinstance(value, int):
-            if value < 0:
-                raise bad("must be at least 0")
             text = str(value)
         elif isinstance(value, str):
+            if any(not (" " <= c <= "~") and c != "\t" for c in value):
+                raise bad("control or non-ASCII characters: the kernel takes printable ASCII (digits 0-9)")
             text = " ".join(value.split())
-            if not text or "\0" in text or "\n" in value:
-                raise bad("empty or multi-line value")
+            if not text:
+                raise bad("empty value")
         else:
             raise bad("expected an integer or a string")
-        if mode == "floor" and not _INT_VECTOR.fullmatch(text):
+        numbers = [int(f) for f in text.split()] if _INT_VECTOR.fullmatch(text) else None
+        if numbers is not None and any(not _SYSCTL_MIN <= n <= _SYSCTL_MAX for n in numbers):
+            raise bad(f"out of range: a sysctl integer is {_SYSCTL_MIN} to {_SYSCTL_MAX}")
+        if numbers is not None:
+            text = " ".join(str(n) for n in numbers)  # "007" and 7 are the same value
+        if mode == "floor" and numbers is None:
+            if isinstance(entry, dict) and "mode" in entry:
+                raise bad('a floor needs integers; for a word write mode = "exact"')
             # A floor only means something for numbers; words (e.g. a congestion control) must match exactly.
             mode = "exact"
+        if mode == "floor" and numbers is not None:
+            exact_form = f'write {{ value = {value if isinstance(value, int) else repr(text)}, mode = "exact" }}'
+            if name in MODE_SYSCTLS:
+                raise bad(f"{name} is a switch, not a quantity: a floor would never turn it down; {exact_form}")
+            if all(n == 0 for n in numbers):
+                raise bad(f"a floor of 0 never changes anything; {exact_form}")
         settings.append(SysctlSetting(name=name, value=text, mode=mode))
     return tuple(settings)
 

@@ -1,7 +1,8 @@
 """`vllm-nodeagent run`: the daemon systemd starts (Type=notify).
 
 Order: config (already loaded by the CLI) → topology → apply + verify settings → prewarm → launch vLLM →
-READY=1 once vLLM answers its health URL → loop (watchdog pings, drift checks, child supervision) until SIGTERM.
+READY=1 once vLLM passed the readiness gate (/health 200, then a one-token completion through its OpenAI API,
+``[vllm] readiness``) → loop (watchdog pings, drift checks, child supervision) until SIGTERM.
 
 One thread, one loop. Signals only write their number into a self-pipe (``signal.set_wakeup_fd``; the Python
 handlers do nothing); the loop sleeps in ``select`` on that pipe and on the child's pidfd, with a timeout set by
@@ -28,9 +29,11 @@ from vllm_nodeagent.launcher import (
     build_plan,
     live_binding,
     something_to_launch,
+    write_plan_file,
 )
 from vllm_nodeagent.metrics import Metrics
 from vllm_nodeagent.notify import Notifier
+from vllm_nodeagent.readiness import SmokeCheck
 from vllm_nodeagent.supervisor import Backoff, Child, Exit, health_ok
 
 if TYPE_CHECKING:
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     from vllm_nodeagent.topology import Topology
 
 HEALTH_POLL_S = 0.5  # while vLLM loads
+GATE_POLL_S = 0.2  # while the smoke completion runs (in its thread)
+GATE_RETRY_S = 2.0  # after a failed smoke completion, while vLLM still runs
 EXTEND_EVERY_S = 10.0  # EXTEND_TIMEOUT_USEC cadence while loading
 EXTEND_BY_S = 30.0
 PIN_POLL_S = 2.0  # looking for workers to pin (binding "numactl+pin")
@@ -77,7 +82,10 @@ class Daemon:
         self.child: Optional[Child] = None
         self.backoff = self._new_backoff(ctx.config.vllm)
         self.ready_sent = False
-        self.phase = "init"  # init | loading | serving | backoff | watching | stopping
+        self.phase = "init"  # init | loading | gating | serving | backoff | watching | stopping
+        self.reload_pending = False  # RELOADING=1 sent; READY=1 once the new vLLM passed the gate
+        self.smoke: Optional[SmokeCheck] = None
+        self.next_gate = 0.0
         self.restart_at = 0.0
         self.load_deadline = 0.0
         self.next_health = 0.0
@@ -211,7 +219,11 @@ class Daemon:
         if self.notify.watchdog_interval_s:
             deadlines.append(self.next_watchdog)
         if self.phase == "loading":
-            deadlines += [self.next_health, self.next_extend if not self.ready_sent else self.next_health]
+            deadlines.append(self.next_health)
+        if self.phase == "gating":
+            deadlines.append(self.next_gate)
+        if self.phase in ("loading", "gating") and self._awaiting_ready():
+            deadlines.append(self.next_extend)
         if self.phase == "backoff":
             deadlines.append(self.restart_at)
         if self.plan is not None and self.plan.pin and self.child is not None and self._pins_pending():
@@ -232,7 +244,7 @@ class Daemon:
                 self._child_exited(ex, now)
                 if self.exit_code is not None:
                     return
-        if self.phase == "loading" and self.child is not None:
+        if self.phase in ("loading", "gating") and self.child is not None:
             self._check_loading(now)
         elif self.phase == "backoff" and now >= self.restart_at:
             self._start_child(initial=False)
@@ -245,6 +257,7 @@ class Daemon:
             self.next_pin = now + PIN_POLL_S
         if now >= self.next_drift:
             self._drift()
+            self._readiness()
             self.next_drift = self.clock() + self.ctx.config.agent.drift_interval_s
         self.metrics.write()
 
@@ -260,7 +273,7 @@ class Daemon:
 
     def _apply_settings(self) -> bool:
         """Build the tunables from the current config and apply them. False when any failed (logged)."""
-        from vllm_nodeagent.engine import CHANGED, FAILED, OK, apply
+        from vllm_nodeagent.engine import CHANGED, FAILED, FAILURES, OK, apply
         from vllm_nodeagent.journal import Journal, JournalError
         from vllm_nodeagent.tunables.registry import build_tunables
 
@@ -277,7 +290,7 @@ class Daemon:
         for o in outcomes:
             if o.status in (OK, CHANGED, FAILED):
                 self.metrics.set_compliance(o.id, o.status != FAILED)
-        failed = [o.id for o in outcomes if o.status == FAILED]
+        failed = [o.id for o in outcomes if o.status in FAILURES]
         self.log.info("settings_applied", total=len(outcomes), failed=len(failed),
                       changed=sum(1 for o in outcomes if o.status == CHANGED))
         return not failed
@@ -311,6 +324,17 @@ class Daemon:
                 self.metrics.set_compliance(o.id, o.status != FAILED)
         if drifted:
             self._status_now()
+
+    def _readiness(self) -> None:
+        """Doctor's readiness checks as textfile metrics, and the heartbeat (issue 16)."""
+        if not self.metrics.enabled:
+            return
+        if self.topo is not None:
+            from vllm_nodeagent.checks import STATUS_VALUE, Probe, run_all
+
+            results = run_all(Probe(self.ctx.host, self.ctx.config, self.topo, self.nvml))
+            self.metrics.set_checks({r.id: STATUS_VALUE[r.status] for r in results})
+        self.metrics.heartbeat(time.time())
 
     def _revert(self) -> None:
         from vllm_nodeagent.engine import revert
@@ -377,7 +401,10 @@ class Daemon:
                     raise LaunchError("no topology")
                 self.notify.status("checking vLLM arguments")
                 self.plan, _ = build_plan(self.ctx, self.topo, self.gpus_override)
-            self.child = Child(self.plan, self._pid_file(), self.clock)
+            pid_file = self._pid_file()
+            self.child = Child(self.plan, pid_file, self.clock)
+            if pid_file:
+                write_plan_file(os.path.dirname(pid_file), self.plan, self.child.pid)
         except (LaunchError, OSError) as exc:
             self.log.error("vllm_start_failed", error=str(exc))
             if initial:
@@ -398,10 +425,14 @@ class Daemon:
         self._status_now()
         return True
 
+    def _awaiting_ready(self) -> bool:
+        """systemd waits for READY=1: the first start, or a reload that restarts vLLM."""
+        return not self.ready_sent or self.reload_pending
+
     def _check_loading(self, now: float) -> None:
         if self.child is None:
             return
-        if not self.ready_sent and now >= self.next_extend:
+        if self._awaiting_ready() and now >= self.next_extend:
             remaining = self.load_deadline - now
             if remaining > 0:
                 self.notify.extend_timeout(min(EXTEND_BY_S, remaining + 5.0))
@@ -410,19 +441,55 @@ class Daemon:
             self.log.error("vllm_start_timeout", pid=self.child.pid, start_timeout_s=self.vcfg.start_timeout_s)
             self.child.stop(self.vcfg.stop_timeout_s)
             self.child = None
+            self.smoke = None
             if not self.ready_sent:
                 self.exit_code = 1
             else:
                 self._schedule_restart(now, "start timeout")
             return
+        if self.phase == "gating":
+            self._check_gate(now)
+            return
         if now < self.next_health:
             return
-        if health_ok(self.vcfg.health_url):
-            self._child_healthy(self.clock())
-        else:
+        if not health_ok(self.vcfg.health_url):
             self.next_health = self.clock() + HEALTH_POLL_S
+            return
+        if self.vcfg.readiness == "health":
+            self._child_healthy(self.clock(), "health")
+            return
+        self.log.info("vllm_health_ok", pid=self.child.pid, load_s=round(self.clock() - self.child.started_at, 3))
+        self._start_gate(self.clock())
 
-    def _child_healthy(self, now: float) -> None:
+    def _start_gate(self, now: float) -> None:
+        """Second half of the gate: a one-token completion, in a thread; the loop polls it."""
+        self.phase = "gating"
+        self.smoke = SmokeCheck(self.vcfg)
+        self.next_gate = now + GATE_POLL_S
+        self._status_now()
+
+    def _check_gate(self, now: float) -> None:
+        if now < self.next_gate or self.child is None:
+            return
+        if self.smoke is None:
+            self.smoke = SmokeCheck(self.vcfg)
+        result = self.smoke.result()
+        if result is None:
+            self.next_gate = now + GATE_POLL_S
+            return
+        self.smoke = None
+        ok, detail = result
+        if ok:
+            self.log.info("vllm_smoke_ok", pid=self.child.pid, detail=detail)
+            self._child_healthy(self.clock(), "health+completion")
+            return
+        # /health said 200 but no token came: not ready. Retry while it runs (a crash is noticed by its exit).
+        self.log.warning("vllm_smoke_failed", pid=self.child.pid, detail=detail, retry_in_s=GATE_RETRY_S)
+        self.next_gate = now + GATE_RETRY_S
+
+    def _child_healthy(self, now: float, gate: str) -> None:
+        """vLLM passed the readiness gate: READY=1 (again after a restart: systemd ignores repeats, a reader of
+        the notify stream sees when serving resumed)."""
         if self.child is None or self.plan is None:
             return
         self.child.healthy_since = now
@@ -430,13 +497,12 @@ class Daemon:
         self.health_failures = 0
         self.next_liveness = now + self.vcfg.health_interval_s
         self.metrics.set_up(True)
+        self.metrics.set_ready_seconds(now - self.child.started_at)
         self.log.info("vllm_healthy", pid=self.child.pid, load_s=round(now - self.child.started_at, 3),
-                      url=self.vcfg.health_url)
+                      url=self.vcfg.health_url, gate=gate)
         self._verify_binding()
-        if not self.ready_sent:
-            self._send_ready()
-        else:
-            self._status_now()
+        self.reload_pending = False
+        self._send_ready()
 
     def _liveness(self, now: float) -> None:
         """A vLLM that is alive but no longer answers (a hung engine) is restarted like one that exited."""
@@ -472,6 +538,7 @@ class Daemon:
     def _child_exited(self, ex: Exit, now: float) -> None:
         self.metrics.set_up(False)
         self.child = None
+        self.smoke = None
         if not self.ready_sent:
             self.log.error("vllm_failed_start", pid=ex.pid, result=ex.describe())
             self.exit_code = 1
@@ -533,7 +600,11 @@ class Daemon:
     # -- status / ready ---------------------------------------------------------------------------------------------
     def _status_text(self) -> str:
         if self.phase == "loading":
-            return "vLLM loading" if not self.ready_sent else "vLLM restarting (loading)"
+            what = "vLLM loading" if not self.ready_sent else "vLLM restarting (loading)"
+            return f"{what}: waiting for {self.vcfg.health_url}"
+        if self.phase == "gating":
+            what = "vLLM loading" if not self.ready_sent else "vLLM restarting (loading)"
+            return f"{what}: health ok, smoke completion"
         if self.phase == "backoff":
             n = self.backoff.failures
             loop = " (crash loop)" if n >= CRASH_LOOP_AFTER else ""
@@ -571,13 +642,17 @@ class Daemon:
             if self.child is not None:
                 self.child.stop(old.vllm.stop_timeout_s if old.vllm else VllmConfig().stop_timeout_s)
                 self.child = None
+            self.smoke = None
             self.plan = None
             self.backoff = self._new_backoff(new.vllm)
             self.metrics.set_up(False)
             if something_to_launch(new.vllm):
+                # READY=1 only once the new vLLM passed the gate (systemd keeps the unit "reloading").
+                self.reload_pending = True
+                self.next_extend = self.clock()
                 self._start_child(initial=False)
-            else:
-                self.phase = "watching"
+                return
+            self.phase = "watching"
         self.notify.ready(self._status_text())
 
     def _stop(self) -> int:

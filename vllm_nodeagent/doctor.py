@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -33,7 +34,8 @@ class Check:
         return asdict(self)
 
 
-def setting_checks(tunables: list[Tunable]) -> list[Check]:
+def setting_checks(tunables: list[Tunable], config_arg: Optional[str] = None) -> list[Check]:
+    """``config_arg``: the --config in use, so a hint's command acts on the same config."""
     by_id = {t.id: t for t in tunables}
     checks: list[Check] = []
     for o in engine.verify(tunables):
@@ -42,10 +44,14 @@ def setting_checks(tunables: list[Tunable]) -> list[Check]:
             status, hint = PASS, ""
         elif o.status == engine.SKIPPED:
             status, hint = SKIP, ""
+        elif o.status == engine.MISSING:
+            status, hint = WARN, "check the name in the config (a typo, or a kernel module not loaded)"
         elif o.status == engine.DRIFTED and t.owner:
             status, hint = WARN, t.hint()  # someone else owns it: tell, don't fail the host for it
         else:
             status, hint = FAIL, t.hint()
+        if config_arg is not None:
+            hint = hint.replace("vllm-nodeagent apply", f"vllm-nodeagent --config {shlex.quote(config_arg)} apply")
         checks.append(Check(o.id, status, o.current, o.desired, hint, o.message))
     return checks
 
@@ -121,6 +127,8 @@ def vllm_checks(ctx: Context, topo: Topology) -> list[Check]:
         # numactl is a host fact worth showing; the rest only means something when vLLM is managed
         checks = [c for c in checks if c.id == "vllm.numactl"]
         checks.append(Check("vllm", SKIP, None, None, "", "[vllm] is not configured: nothing to launch"))
+    elif topo.gpus and launcher.something_to_launch(ctx.config.vllm):
+        checks.append(driver_libs_check(ctx))
     return checks
 
 
@@ -133,13 +141,33 @@ def layout_check(ctx: Context) -> Check:
     return Check("agent.layout", PASS, layout.name, None, "", f"vLLM runs in {where}: {layout.reason}")
 
 
+def readiness_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml]) -> list[Check]:
+    """Is the node ready to serve (issue 16): vllm_nodeagent/checks/, one module per area."""
+    from vllm_nodeagent.checks import Probe, run_all
+
+    return [Check(**asdict(r)) for r in run_all(Probe(ctx.host, ctx.config, topo, nvml))]
+
+
+def driver_libs_check(ctx: Context) -> Check:
+    """vLLM gets a clean environment: can its loader find libcuda/libnvidia-ml there (issue 17)?"""
+    import os
+
+    from vllm_nodeagent import driver_libs
+
+    vllm_env = dict(ctx.config.vllm.env if ctx.config.vllm else {})
+    v = driver_libs.check(ctx.host, vllm_env, os.environ)
+    return Check("vllm.driver_libs", v.status, v.current, "libcuda.so.1, libnvidia-ml.so.1 loadable by vLLM",
+                 v.hint)
+
+
 def run_checks(ctx: Context) -> list[Check]:
     nvml, why = ctx.open_nvml()
     try:
         topo = discover(ctx.host, nvml, why)
         tunables = build_tunables(ctx.config, topo, ctx.host, nvml, why)
-        checks = [*host_checks(ctx, topo, nvml, why), layout_check(ctx), *setting_checks(tunables),
+        checks = [*host_checks(ctx, topo, nvml, why), layout_check(ctx), *setting_checks(tunables, ctx.config_arg),
                   *vllm_checks(ctx, topo)]
+        checks += readiness_checks(ctx, topo, nvml)
     finally:
         if nvml is not None:
             nvml.close()

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from vllm_nodeagent import log
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.journal import Journal, JournalError
+from vllm_nodeagent.journal import Entry, Journal, JournalError
 from vllm_nodeagent.nvml import Nvml
-from vllm_nodeagent.tunables.base import NotApplicable, Tunable, TunableError
+from vllm_nodeagent.tunables.base import MultiFileTunable, NotApplicable, Tunable, TunableError, UnknownSetting
 from vllm_nodeagent.tunables.registry import rebuild
 
 if TYPE_CHECKING:
@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 # Outcome statuses
 OK, CHANGED, WOULD_CHANGE, FAILED, SKIPPED, DRIFTED, RESTORED = (
     "ok", "changed", "would-change", "failed", "skipped", "drifted", "restored")
+NOT_CHANGED = "not-changed"  # refused before any write (no journal, a value the setting cannot take): a failure
+LEFT = "left"  # revert: someone changed it after the agent did; theirs is kept
+UNTOUCHED = "untouched"  # revert: found compliant at apply, never written, so nothing to restore
+MISSING = "missing"  # configured, but the kernel has no such setting (a typo, or a module not loaded)
+FAILURES = (FAILED, NOT_CHANGED)
 
 
 @dataclass(frozen=True)
@@ -28,9 +33,15 @@ class Outcome:
     current: Optional[str] = None
     desired: Optional[str] = None
     message: str = ""
+    previous: Optional[str] = None  # what it was before this run changed it (changed, restored)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def same(a: str, b: Optional[str]) -> bool:
+    """Equal as the kernel means it: sysctl vectors read back with tabs where they were written with spaces."""
+    return b is not None and a.split() == b.split()
 
 
 def selected(tunables: list[Tunable], only: Optional[list[str]]) -> list[Tunable]:
@@ -40,17 +51,37 @@ def selected(tunables: list[Tunable], only: Optional[list[str]]) -> list[Tunable
     return [t for t in tunables if any(t.id == o or t.id.startswith(o.rstrip(".") + ".") for o in only)]
 
 
+def _put_back(t: Tunable, before: str) -> str:
+    """After a refused or half-taken write: restore ``before`` if the setting moved. Says what happened."""
+    try:
+        now = t.read()
+        if same(now, before):
+            return "the host was left as it was"
+        t.write(before)
+        again = t.read()
+        if not same(again, before):
+            return f"putting back {show(before)} did not take: the kernel reports {show(again)}"
+        return f"the kernel had half-applied it ({show(now)}); put back {show(before)}"
+    except (NotApplicable, TunableError) as exc:
+        return f"and putting back {show(before)} failed: {exc}"
+
+
 def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
     try:
         current = t.read()
+    except UnknownSetting as exc:
+        return Outcome(t.id, NOT_CHANGED, None, t.desired(), str(exc))
     except NotApplicable as exc:
         return Outcome(t.id, SKIPPED, None, t.desired(), str(exc))
     except TunableError as exc:
         return Outcome(t.id, FAILED, None, t.desired(), str(exc))
+    refusal = t.invalid(current)
+    if refusal:
+        return Outcome(t.id, NOT_CHANGED, current, t.desired(), refusal)
     if t.compliant(current):
         if not dry_run and not t.owner:
-            # Journal it even though nothing is written now: if it drifts later and we re-apply, the original
-            # to restore is this value, not whatever someone changed it to in between.
+            # Journaled as found (never written): if it drifts later and we re-apply, the original to restore is
+            # this value, not whatever someone changed it to in between. Revert writes nothing for it.
             try:
                 journal.record(t.id, t.kind, t.params(), current)
             except JournalError as exc:
@@ -60,32 +91,43 @@ def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
         return Outcome(t.id, SKIPPED, current, t.desired(), f"managed by {t.owner}; not changed")
     value = t.target(current)
     if dry_run:
-        return Outcome(t.id, WOULD_CHANGE, current, value, t.note(current))
+        return Outcome(t.id, WOULD_CHANGE, value, t.desired(), t.note(current), previous=current)
     try:
-        journal.record(t.id, t.kind, t.params(), current)
+        journal.record(t.id, t.kind, t.params(), current, written=value)
     except JournalError as exc:
-        # Without a recorded original there is no safe revert: do not touch the setting.
-        return Outcome(t.id, FAILED, current, t.desired(), f"not changed: {exc}")
+        # Without a durable original there is no safe revert: do not touch the setting.
+        return Outcome(t.id, NOT_CHANGED, current, t.desired(), str(exc))
     try:
         t.write(value)
     except TunableError as exc:
-        return Outcome(t.id, FAILED, current, t.desired(), f"kernel refused: {exc}")
+        return Outcome(t.id, FAILED, current, t.desired(), f"kernel refused: {exc}; {_put_back(t, current)}")
     try:
         after = t.read()
     except (NotApplicable, TunableError) as exc:
         return Outcome(t.id, FAILED, None, t.desired(), f"written but unreadable: {exc}")
     if not t.compliant(after):
-        return Outcome(t.id, FAILED, after, t.desired(), f"wrote {value!r} but the kernel reports {after!r}")
-    return Outcome(t.id, CHANGED, after, t.desired(), f"was {current!r}")
+        return Outcome(t.id, FAILED, after, t.desired(),
+                       f"wrote {show(value)} but the kernel reports {show(after)}; {_put_back(t, current)}")
+    if not same(after, value):
+        # The kernel normalised what we wrote: revert compares the live value with what it reports.
+        try:
+            journal.record(t.id, t.kind, t.params(), current, written=after)
+        except JournalError as exc:
+            log.get().warning("journal_written_value", id=t.id, error=str(exc))
+    return Outcome(t.id, CHANGED, after, t.desired(), t.note(after), previous=current)
 
 
-def apply(tunables: list[Tunable], journal: Journal, dry_run: bool = False) -> list[Outcome]:
+def apply(tunables: list[Tunable], journal: Journal, dry_run: bool = False,
+          log_results: bool = True) -> list[Outcome]:
+    """``log_results``: the daemon logs each result; one-shot commands print them instead (once)."""
     logger = log.get()
     outcomes: list[Outcome] = []
     for t in tunables:
         o = apply_one(t, journal, dry_run)
         outcomes.append(o)
-        level = logger.warning if o.status == FAILED else logger.info
+        if not log_results:
+            continue
+        level = logger.warning if o.status in FAILURES else logger.info
         level("setting", id=o.id, status=o.status, current=o.current, desired=o.desired, detail=o.message)
     return outcomes
 
@@ -96,11 +138,18 @@ def verify(tunables: list[Tunable]) -> list[Outcome]:
     for t in tunables:
         try:
             current = t.read()
+        except UnknownSetting as exc:
+            out.append(Outcome(t.id, MISSING, None, t.desired(), str(exc)))
+            continue
         except NotApplicable as exc:
             out.append(Outcome(t.id, SKIPPED, None, t.desired(), str(exc)))
             continue
         except TunableError as exc:
             out.append(Outcome(t.id, FAILED, None, t.desired(), str(exc)))
+            continue
+        refusal = t.invalid(current)
+        if refusal:
+            out.append(Outcome(t.id, FAILED, current, t.desired(), refusal))
             continue
         ok = t.compliant(current)
         out.append(Outcome(t.id, OK if ok else DRIFTED, current, t.desired(), t.note(current)))
@@ -113,26 +162,89 @@ def drift(tunables: list[Tunable], journal: Journal) -> list[Outcome]:
     return [o for o in verify([t for t in tunables if t.id in applied]) if o.status == DRIFTED]
 
 
-def revert(host: Host, journal: Journal, nvml: Optional[Nvml] = None) -> list[Outcome]:
-    """Write every journaled original back, exactly; forget each entry once it reads back the same."""
-    outcomes: list[Outcome] = []
-    for entry in journal.entries().values():
+def revert_one(entry: Entry, host: Host, nvml: Optional[Nvml]) -> Outcome:
+    """Restore one entry if, and only if, the live value is still what the agent wrote."""
+    try:
+        t = rebuild(entry.kind, entry.id, entry.params, host, nvml)
+    except ValueError as exc:
+        return Outcome(entry.id, FAILED, None, entry.original, f"journal entry not restorable: {exc}")
+    if entry.written is None and not entry.legacy:
+        return Outcome(entry.id, UNTOUCHED, None, entry.original, "found compliant at apply; never written")
+    if isinstance(t, MultiFileTunable) and not entry.legacy:
+        return _revert_members(t, entry)
+    try:
+        live = t.read()
+        if same(live, entry.original):
+            return Outcome(entry.id, RESTORED, live, entry.original, "already the original")
+        if not entry.legacy and not same(live, entry.written):
+            return Outcome(entry.id, LEFT, live, entry.original,
+                           f"changed by someone else since apply (agent wrote {show(entry.written)}): left as is")
+        t.write(entry.original)
+        after = t.read()
+    except (TunableError, NotApplicable) as exc:
+        return Outcome(entry.id, FAILED, None, entry.original, str(exc))
+    if not same(after, entry.original):
+        return Outcome(entry.id, FAILED, after, entry.original, "did not read back the original")
+    return Outcome(entry.id, RESTORED, after, entry.original, "", previous=live)
+
+
+def _revert_members(t: MultiFileTunable, entry: Entry) -> Outcome:
+    """Per file (a governor per policy, an affinity per IRQ): a crash can leave some members written, some not."""
+    try:
+        original, written = t.split(entry.original), t.split(entry.written or "")
+        live = t.read_each()
+        todo = {m: original[m] for m, v in live.items()
+                if m in original and not same(v, original[m]) and same(v, written.get(m))}
+        others = sorted(m for m, v in live.items()
+                        if m in original and not same(v, original[m]) and not same(v, written.get(m)))
+        if todo:
+            t.write(" ".join(f"{m}={v}" for m, v in todo.items()))
+        after = t.read()
+    except (TunableError, NotApplicable) as exc:
+        return Outcome(entry.id, FAILED, None, entry.original, str(exc))
+    if others:
+        return Outcome(entry.id, LEFT, after, entry.original,
+                       f"{', '.join(others)} changed by someone else since apply: left as is")
+    if not same(after, entry.original):
+        return Outcome(entry.id, FAILED, after, entry.original, "did not read back the original")
+    return Outcome(entry.id, RESTORED, after, entry.original, "" if todo else "already the original",
+                   previous=entry.written if todo else None)
+
+
+def revert(host: Host, journal: Journal, nvml: Optional[Nvml] = None, log_results: bool = True) -> list[Outcome]:
+    """Restore what the agent wrote; keep in the journal only what could not be settled (failures)."""
+    entries = journal.entries()
+    outcomes = [Outcome("journal", FAILED, None, None, p) for p in journal.problems]
+    can_rewrite = True
+    if journal.problems:
         try:
-            t = rebuild(entry.kind, entry.id, entry.params, host, nvml)
-            t.write(entry.original)
-            after = t.read()
-        except (TunableError, NotApplicable, ValueError) as exc:
-            outcomes.append(Outcome(entry.id, FAILED, None, entry.original, str(exc)))
-            continue
-        if after != entry.original:
-            outcomes.append(Outcome(entry.id, FAILED, after, entry.original, "did not read back the original"))
-            continue
-        journal.forget(entry.id)
-        outcomes.append(Outcome(entry.id, RESTORED, after, entry.original, ""))
-    for o in outcomes:
+            journal.set_aside()  # the damaged lines stay readable for a person; the good ones are handled below
+        except JournalError as exc:
+            # Without a copy, rewriting would lose the damaged lines: leave the file as it is. Entries restored
+            # now read "already the original" next time.
+            outcomes.append(Outcome("journal", FAILED, None, None, f"{exc}; journal left as it is"))
+            can_rewrite = False
+    keep: dict[str, Entry] = {}
+    for entry in entries.values():
+        o = revert_one(entry, host, nvml)
+        outcomes.append(o)
+        if o.status == FAILED:
+            keep[entry.id] = entry
+    if can_rewrite:
+        journal.keep_only(keep)
+    for o in outcomes if log_results else ():
         (log.get().warning if o.status == FAILED else log.get().info)(
             "revert", id=o.id, status=o.status, current=o.current, original=o.desired, detail=o.message)
     return outcomes
+
+
+def show(value: Optional[str], width: int = 48) -> str:
+    """A value as a person reads it: tabs and newlines as single spaces, long values elided, no reprs."""
+    if value is None:
+        return "-"
+    text = " ".join(value.split())
+    text = "".join(c if c.isprintable() else "?" for c in text) or '""'
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -143,14 +255,43 @@ def _print_outcomes(outcomes: list[Outcome], as_json: bool) -> None:
         print_json({"results": [o.to_json() for o in outcomes]})
         return
     for o in outcomes:
-        detail = f"  ({o.message})" if o.message else ""
-        print(f"{o.status:<12} {o.id}: {o.current!s} -> {o.desired!s}{detail}")
+        print(render_outcome(o))
+
+
+def render_outcome(o: Outcome) -> str:
+    """``changed  sysctl.vm.max_map_count  65530 → 262144`` — before → after where something moved."""
+    if o.status in (CHANGED, WOULD_CHANGE) or (o.status == RESTORED and o.previous is not None):
+        value = f"{show(o.previous)} → {show(o.current)}"
+    elif o.status == RESTORED:
+        value = show(o.current)
+    elif o.current is None:
+        value = f"(wants {show(o.desired)})" if o.desired is not None and o.status != UNTOUCHED else ""
+    else:
+        value = show(o.current)
+    detail = f"({' '.join(o.message.split())})" if o.message else ""
+    return "  ".join(part for part in (f"{o.status:<11}", o.id, value, detail) if part)
+
+
+def _need_root(ctx: Context, command: str) -> None:
+    import os
+
+    if ctx.host.is_real and os.geteuid() != 0:
+        raise JournalError(f"{command} changes kernel settings and the journal in {ctx.config.agent.state_dir}: "
+                           f"run it as root (sudo vllm-nodeagent {command})")
+
+
+def _tell_wait(message: str) -> None:
+    import sys
+
+    print(f"vllm-nodeagent: {message}", file=sys.stderr, flush=True)
 
 
 def cmd_apply(ctx: Context, args: argparse.Namespace) -> int:
     from vllm_nodeagent.topology import discover
     from vllm_nodeagent.tunables.registry import build_tunables
 
+    if not args.dry_run:
+        _need_root(ctx, "apply")
     nvml, why = ctx.open_nvml()  # once: discovery and the GPU settings share the session
     try:
         topo = discover(ctx.host, nvml, why)
@@ -162,30 +303,28 @@ def cmd_apply(ctx: Context, args: argparse.Namespace) -> int:
             return 2
         journal = Journal(ctx.host, ctx.config.agent.state_dir)
         if args.dry_run:
-            outcomes = apply(tunables, journal, dry_run=True)
+            outcomes = apply(tunables, journal, dry_run=True, log_results=False)
         else:
-            with journal.locked():
-                outcomes = apply(tunables, journal)
+            with journal.locked(on_wait=_tell_wait):
+                outcomes = apply(tunables, journal, log_results=False)
     finally:
         if nvml is not None:
             nvml.close()
     _print_outcomes(outcomes, args.json)
-    return 1 if any(o.status == FAILED for o in outcomes) else 0
+    return 1 if any(o.status in FAILURES for o in outcomes) else 0
 
 
 def cmd_revert(ctx: Context, args: argparse.Namespace) -> int:
+    _need_root(ctx, "revert")
     nvml, _ = ctx.open_nvml()
     journal = Journal(ctx.host, ctx.config.agent.state_dir)
     try:
-        with journal.locked():
-            outcomes = revert(ctx.host, journal, nvml)
-    except JournalError as exc:
-        print(f"vllm-nodeagent: {exc}")
-        return 1
+        with journal.locked(on_wait=_tell_wait):
+            outcomes = revert(ctx.host, journal, nvml, log_results=False)
     finally:
         if nvml is not None:
             nvml.close()
     if not outcomes and not args.json:
         print("nothing to revert: the journal is empty")
     _print_outcomes(outcomes, args.json)
-    return 1 if any(o.status == FAILED for o in outcomes) else 0
+    return 1 if any(o.status in FAILURES for o in outcomes) else 0

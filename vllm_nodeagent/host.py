@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
+import stat
 from pathlib import Path
 from typing import Optional
 
@@ -121,13 +122,16 @@ class Host:
         """Write a kernel attribute: no create, no truncate semantics beyond what the kernel does."""
         target = self.path(host_path)
         try:
-            # O_TRUNC matters only for fake trees (regular files); sysfs/procfs ignore it.
-            fd = os.open(target, os.O_WRONLY | os.O_TRUNC)
+            fd = os.open(target, os.O_WRONLY)
             try:
                 data = value.encode()
                 written = os.write(fd, data)
                 if written != len(data):
                     raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
+                # Only fake trees hold regular files: cut the old tail after the write (not O_TRUNC before it),
+                # so a crash between open and write leaves the old value, as a kernel attribute would.
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.ftruncate(fd, written)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -141,7 +145,7 @@ class Host:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             try:
-                os.write(fd, data)
+                _write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -162,3 +166,13 @@ class Host:
             return
         except OSError as exc:
             raise HostError("remove", host_path, exc) from exc
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte or raise: a nearly full filesystem takes part of a write and returns the count."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]

@@ -1,31 +1,42 @@
-"""The journal of original values: what the host had before the agent first changed it.
+"""The journal: for each setting, the value the host had before the agent first changed it, and what it wrote.
 
 The first original ever seen wins: a second apply (or a drift re-apply) must never record our own value as the
-"original". Every change is written to a temporary file, fsynced, and renamed over the journal, so a crash at
-any point leaves the previous or the next complete journal, never a torn one. The journal is recorded *before*
-the setting is written, so no change can exist that the journal does not know how to undo.
+"original". Every change is written in full to a temporary file, fsynced, and renamed over the journal, so a
+crash at any point leaves the previous or the next complete journal, never a torn one; a write that comes up short
+(a full state filesystem) is an error, and the setting it was for is then not touched.
+
+Format (version 2): a header line ``{"version": 2}``, then one JSON object per line per setting. One line per
+entry means a damaged entry is skipped on its own (reported), and the rest can still be restored. Entries are
+checked field by field on load: the journal is input too (anyone who can write the state dir writes it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
 from vllm_nodeagent.host import Host, HostError
 
 JOURNAL_NAME = "originals.json"
 LOCK_NAME = "lock"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MAX_JOURNAL_BYTES = 4 << 20  # a few hundred settings take a few KiB: anything this large is not ours
+LOCK_TIMEOUT_S = 120.0
+_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,200}")
+_PARAM_KEY = re.compile(r"[A-Za-z0-9_.:\-]{1,100}")
 
 
 class JournalError(Exception):
-    pass
+    """The journal cannot be read, written or locked; the message is one line naming the file."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,53 @@ class Entry:
     kind: str
     params: dict[str, str]
     original: str
+    written: Optional[str]  # what the agent last wrote; None = found compliant, never written
     recorded_at: float
+    legacy: bool = False  # a version-1 entry: what was written is unknown (revert restores unconditionally)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "params": self.params, "original": self.original,
+                "written": self.written, "recorded_at": self.recorded_at}
+
+
+def _str_ok(value: Any, limit: int = 65536) -> bool:
+    return isinstance(value, str) and len(value) <= limit and "\0" not in value
+
+
+def parse_entry(doc: Any, legacy: bool = False) -> Entry:
+    """One entry from its JSON form; raises ValueError naming what is wrong."""
+    if not isinstance(doc, dict):
+        raise ValueError("not an object")
+    for key in ("id", "kind", "params", "original", "recorded_at"):
+        if key not in doc:
+            raise ValueError(f"missing key {key!r}")
+    if not isinstance(doc["id"], str) or not _ID.fullmatch(doc["id"]):
+        raise ValueError("id is not a setting id")
+    if not isinstance(doc["kind"], str) or not _PARAM_KEY.fullmatch(doc["kind"]):
+        raise ValueError("kind is not a name")
+    params = doc["params"]
+    if not isinstance(params, dict) or len(params) > 4096 or not all(
+            isinstance(k, str) and _PARAM_KEY.fullmatch(k) and _str_ok(v, 4096) for k, v in params.items()):
+        raise ValueError("params is not a table of strings")
+    if not _str_ok(doc["original"]):
+        raise ValueError("original is not a string")
+    written = doc.get("written")
+    if written is not None and not _str_ok(written):
+        raise ValueError("written is not a string or null")
+    at = doc["recorded_at"]
+    if isinstance(at, bool) or not isinstance(at, (int, float)):
+        raise ValueError("recorded_at is not a number")
+    return Entry(id=doc["id"], kind=doc["kind"], params=dict(params), original=doc["original"],
+                 written=written, recorded_at=float(at), legacy=legacy)
+
+
+def check_private(path: str, st: os.stat_result, what: str) -> None:
+    """Refuse a state dir or journal others could have written: revert runs as root and acts on it."""
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise JournalError(f"{path}: refusing a group- or world-writable {what} (mode {stat.S_IMODE(st.st_mode):04o});"
+                           f" make it root-only: chmod go-w {path}")
+    if os.geteuid() == 0 and st.st_uid != 0:
+        raise JournalError(f"{path}: refusing a {what} not owned by root (uid {st.st_uid}); chown root {path}")
 
 
 class Journal:
@@ -42,70 +99,207 @@ class Journal:
         self.host = host
         self.state_dir = state_dir.rstrip("/") or "/"
         self.path = f"{self.state_dir}/{JOURNAL_NAME}"
+        self.problems: list[str] = []  # entries skipped on the last load, one line each
+
+    # -- load -----------------------------------------------------------------------------------------------
+    def _check_dir(self) -> None:
+        try:
+            st = os.stat(self.host.path(self.state_dir))
+        except FileNotFoundError:
+            return
+        except (OSError, HostError) as exc:
+            raise JournalError(f"{self.state_dir}: cannot use the state dir: {_why(exc)}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise JournalError(f"{self.state_dir}: the state dir is not a directory; set [agent] state_dir")
+        check_private(self.state_dir, st, "state dir")
 
     def entries(self) -> dict[str, Entry]:
+        """Every valid entry; invalid ones are listed in ``self.problems`` and left out."""
+        self._check_dir()
         try:
-            raw = self.host.read(self.path)
-        except HostError as exc:
-            if exc.errno == 2:  # ENOENT: nothing applied yet
-                return {}
-            raise JournalError(f"cannot read journal: {exc}") from None
+            target = self.host.path(self.path)
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            self.problems = []
+            return {}  # nothing applied yet
+        except (OSError, HostError) as exc:
+            raise JournalError(f"{self.path}: cannot read the journal: {_why(exc)}") from None
         try:
-            data = json.loads(raw)
-            if data.get("version") != FORMAT_VERSION:
-                raise JournalError(f"{self.path}: unknown journal version {data.get('version')!r}")
-            return {
-                k: Entry(id=k, kind=v["kind"], params=dict(v["params"]), original=v["original"],
-                         recorded_at=float(v["recorded_at"]))
-                for k, v in data["entries"].items()
-            }
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise JournalError(f"{self.path}: corrupt journal ({exc}); refusing to guess originals") from None
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise JournalError(f"{self.path}: the journal is not a regular file")
+            check_private(self.path, st, "journal")
+            if st.st_size > MAX_JOURNAL_BYTES:
+                raise JournalError(f"{self.path}: {st.st_size} bytes is not a journal this agent wrote")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                raw = f.read(MAX_JOURNAL_BYTES + 1)
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot read the journal: {_why(exc)}") from None
+        finally:
+            os.close(fd)
+        text = raw.decode("utf-8", errors="replace")
+        return self._parse(text)
 
+    def _parse(self, text: str) -> dict[str, Entry]:
+        self.problems = []
+        lines = text.splitlines()
+        header = _load_json(lines[0]) if lines else None
+        if header is None and text.lstrip().startswith("{"):
+            whole = _load_json(text)  # version 1 was one indented JSON document
+            if isinstance(whole, dict) and whole.get("version") == 1 and "entries" in whole:
+                return self._parse_v1(whole)
+        if not isinstance(header, dict) or header.get("version") != FORMAT_VERSION:
+            raise JournalError(f"{self.path}: not a journal of this agent (bad header line); refusing to guess "
+                               "originals: move it aside and restore by hand")
+        out: dict[str, Entry] = {}
+        for number, line in enumerate(lines[1:], 2):
+            if not line.strip():
+                continue
+            try:
+                entry = parse_entry(_load_json(line, strict=True))
+            except ValueError as exc:
+                self.problems.append(f"{self.path}:{number}: bad entry skipped: {exc}")
+                continue
+            out[entry.id] = entry
+        return out
+
+    def _parse_v1(self, doc: dict[str, Any]) -> dict[str, Entry]:
+        out: dict[str, Entry] = {}
+        items = doc["entries"]
+        if not isinstance(items, dict):
+            raise JournalError(f"{self.path}: corrupt version-1 journal; refusing to guess originals")
+        for key, value in items.items():
+            try:
+                entry = parse_entry({**value, "id": key} if isinstance(value, dict) else value, legacy=True)
+            except ValueError as exc:
+                self.problems.append(f"{self.path}: entry {str(key)[:80]!r}: bad entry skipped: {exc}")
+                continue
+            out[entry.id] = entry
+        return out
+
+    # -- save -----------------------------------------------------------------------------------------------
     def _save(self, entries: dict[str, Entry]) -> None:
-        doc: dict[str, Any] = {
-            "version": FORMAT_VERSION,
-            "entries": {
-                e.id: {"kind": e.kind, "params": e.params, "original": e.original, "recorded_at": e.recorded_at}
-                for e in entries.values()
-            },
-        }
+        lines = [json.dumps({"version": FORMAT_VERSION})]
+        lines += [json.dumps(e.to_json(), sort_keys=True) for e in entries.values()]
         try:
-            self.host.write_file_atomic(self.path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+            self.host.write_file_atomic(self.path, ("\n".join(lines) + "\n").encode())
         except HostError as exc:
-            raise JournalError(f"cannot write journal: {exc}") from None
+            raise JournalError(f"cannot write the journal {self.path}: {exc.strerror}") from None
 
-    def record(self, id: str, kind: str, params: dict[str, str], original: str) -> bool:
-        """Remember ``original`` unless an original for ``id`` is already kept. True when recorded now."""
+    def record(self, id: str, kind: str, params: dict[str, str], original: str,
+               written: Optional[str] = None) -> bool:
+        """Remember ``original`` unless one is already kept for ``id``, and ``written`` when given.
+
+        Durable on return (fsynced), or JournalError: the caller must then not touch the setting. True when a
+        new original was recorded now.
+        """
         entries = self.entries()
-        if id in entries:
-            return False
-        entries[id] = Entry(id=id, kind=kind, params=dict(params), original=original, recorded_at=time.time())
+        if self.problems:
+            self.set_aside()  # rewriting drops the damaged lines: keep them readable beside the journal first
+        old = entries.get(id)
+        if old is not None:
+            if written is None or written == old.written:
+                return False
+            entries[id] = Entry(old.id, old.kind, old.params, old.original, written, old.recorded_at, old.legacy)
+        else:
+            entries[id] = Entry(id, kind, dict(params), original, written, time.time())
         self._save(entries)
-        return True
+        return old is None
+
+    def set_aside(self) -> None:
+        """Keep a copy of a journal with damaged entries beside it, for a person to read (revert rewrites it)."""
+        try:
+            raw = self.host.path(self.path).read_bytes()
+            self.host.write_file_atomic(f"{self.path}.damaged", raw)
+        except (OSError, HostError) as exc:
+            raise JournalError(f"cannot keep a copy of the damaged journal {self.path}: {_why(exc)}") from None
+
+    def keep_only(self, entries: dict[str, Entry]) -> None:
+        """Replace the journal with ``entries`` (revert keeps those it could not settle)."""
+        if entries:
+            self._save(entries)
+        else:
+            self.clear()
 
     def forget(self, id: str) -> None:
         entries = self.entries()
         if entries.pop(id, None) is not None:
-            if entries:
-                self._save(entries)
-            else:
-                self.clear()
+            self.keep_only(entries)
 
     def clear(self) -> None:
         try:
             self.host.remove(self.path)
         except HostError as exc:
-            raise JournalError(f"cannot remove journal: {exc}") from None
+            raise JournalError(f"cannot remove the journal {self.path}: {exc.strerror}") from None
 
+    # -- lock -----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """One writer at a time (the daemon and an operator's `apply` must not interleave)."""
-        lock_path = self.host.path(f"{self.state_dir}/{LOCK_NAME}")
-        lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    def locked(self, timeout_s: float = LOCK_TIMEOUT_S,
+               on_wait: Optional[Callable[[str], None]] = None) -> Iterator[None]:
+        """One writer at a time (the daemon and an operator's `apply` must not interleave).
+
+        When another process holds the lock, ``on_wait`` is told who (once); after ``timeout_s`` JournalError.
+        """
+        lock_host_path = f"{self.state_dir}/{LOCK_NAME}"
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._check_dir()
+            lock_path = self.host.path(lock_host_path)
+            lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except (OSError, HostError) as exc:
+            raise JournalError(f"{self.state_dir}: cannot use the state dir: {_why(exc)}") from None
+        try:
+            self._acquire(fd, lock_host_path, timeout_s, on_wait)
             yield
         finally:
             os.close(fd)
+
+    def _acquire(self, fd: int, shown: str, timeout_s: float, on_wait: Optional[Callable[[str], None]]) -> None:
+        deadline = time.monotonic() + timeout_s
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _holder(fd)
+                if not told and on_wait is not None:
+                    on_wait(f"waiting for {shown}, held by {holder} (giving up after {timeout_s:g} s)")
+                    told = True
+                if time.monotonic() >= deadline:
+                    raise JournalError(f"{shown} is held by {holder}; gave up after {timeout_s:g} s "
+                                       "(another apply, revert or the daemon is working: try again)") from None
+                time.sleep(0.1)
+        # Who holds it, for the next waiter's message. Best effort: a full state fs must not stop the work.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return f"pid {text}" if text.isdigit() else "another process"
+
+
+def _load_json(line: str, strict: bool = False) -> Any:
+    try:
+        return json.loads(line)
+    except RecursionError:  # a nested-list bomb: the C decoder gives up on depth
+        if strict:
+            raise ValueError("nested too deeply") from None
+        return None
+    except ValueError as exc:
+        if strict:
+            raise ValueError(f"not JSON ({exc})") from None
+        return None
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, HostError):
+        return exc.strerror
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, '?')})"
+    return str(exc)

@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import pwd
 import shutil
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -30,28 +30,21 @@ from vllm_nodeagent.vllm_args import (
     probe_for,
     static_findings,
 )
+from vllm_nodeagent.vllm_env import (
+    SAFE_PATH,
+    LaunchError,
+    RunAs,
+    cache_dir_for,
+    child_env,
+    prepare_cache_dir,
+    resolve_user,
+)
 
 if TYPE_CHECKING:
     from vllm_nodeagent.cli import Context
 
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PID_FILE = "vllm.pid"
-_PASS_ENV_PREFIXES = ("CUDA_", "NCCL_")
-_PASS_ENV = ("HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "LANG", "LC_ALL", "TZ")
-
-
-class LaunchError(Exception):
-    """The vLLM command cannot be built or started; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class RunAs:
-    name: str
-    uid: int
-    gid: int
-    groups: list[int]
-    home: str
-    switch: bool  # False when the agent already runs as this user
+PLAN_FILE = "vllm-plan.json"  # what the daemon chose; doctor reads it instead of re-planning
 
 
 @dataclass
@@ -87,25 +80,6 @@ def something_to_launch(cfg: Optional[VllmConfig]) -> bool:
 
 
 # -- pieces --------------------------------------------------------------------------------------------------
-def resolve_user(name: str) -> RunAs:
-    """The account vLLM runs as. Root only when written explicitly; switching needs the agent to be root."""
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        raise LaunchError(
-            f"[vllm] user {name!r} does not exist (the package creates 'vllm'; or: useradd --system {name})"
-        ) from None
-    euid = os.geteuid()
-    if pw.pw_uid == 0 and name != "root":
-        raise LaunchError(f"[vllm] user {name!r} has uid 0; write user = \"root\" if you really mean root")
-    if euid == pw.pw_uid:
-        return RunAs(name, pw.pw_uid, pw.pw_gid, os.getgroups(), pw.pw_dir, switch=False)
-    if euid != 0:
-        raise LaunchError(f"cannot run vLLM as {name!r}: the agent runs as uid {euid}, not root")
-    groups = sorted(set(os.getgrouplist(name, pw.pw_gid)))
-    return RunAs(name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir, switch=True)
-
-
 def find_numactl(path_env: str = SAFE_PATH) -> str:
     found = shutil.which("numactl", path=path_env) or shutil.which("numactl")
     if not found:
@@ -123,28 +97,6 @@ def select_gpus(cfg: VllmConfig, topo: Topology, override: Optional[list[int]]) 
         have = ",".join(str(i) for i in sorted(known)) or "none"
         raise LaunchError(f"GPU index {missing[0]} not found (this host has GPUs: {have})")
     return wanted
-
-
-def child_env(
-    cfg: VllmConfig, run_as: RunAs, gpus: list[int], source: Optional[dict[str, str]] = None
-) -> dict[str, str]:
-    """A clean environment: what vLLM needs, nothing of the agent's (no NOTIFY_SOCKET, no root's HOME)."""
-    src = os.environ if source is None else source
-    env: dict[str, str] = {"PATH": SAFE_PATH, "HOME": run_as.home, "USER": run_as.name, "LOGNAME": run_as.name}
-    for key, value in src.items():
-        if key.startswith(_PASS_ENV_PREFIXES) or key in _PASS_ENV:
-            env[key] = value
-    env.setdefault("LANG", "C.UTF-8")
-    command0 = cfg.command[0] if cfg.command else ""
-    if command0.startswith("/"):
-        # A venv's bin directory first, so `vllm` finds its own helpers (e.g. ninja, triton's compilers).
-        env["PATH"] = f"{os.path.dirname(command0)}:{SAFE_PATH}"
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
-    # Without it CUDA numbers GPUs fastest-first and the indices (PCI bus order) would name other GPUs.
-    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    env.update(cfg.env)
-    return env
 
 
 def vllm_command(cfg: VllmConfig) -> list[str]:
@@ -179,6 +131,7 @@ def plan(
     run_as: Optional[RunAs] = None,
     numactl: Optional[str] = None,
     source_env: Optional[dict[str, str]] = None,
+    cache_dir: str = "",
 ) -> LaunchPlan:
     """The launch plan. ``vllm_numa_bind`` answers whether the installed vLLM knows ``--numa-bind-nodes``
     (asked only when the GPUs span nodes, because it costs a vLLM import in a subprocess)."""
@@ -201,7 +154,7 @@ def plan(
         nodes = [] if unplaced else sorted({n for n in gpu_nodes if n >= 0})
         for g in unplaced:
             notes.append(f"GPU{g.index} has no NUMA locality ({g.no_locality or 'unknown'}); not binding")
-    env = child_env(cfg, who, gpus, source_env)
+    env = child_env(cfg, who, gpus, source_env, cache_dir)
     command = vllm_command(cfg)
     prefix: list[str] = []
     pin: dict[int, list[int]] = {}
@@ -254,41 +207,61 @@ def plan(
     )
 
 
-def probe_vllm(cfg: VllmConfig, env: Optional[dict[str, str]] = None) -> ProbeResult:
-    """Run vLLM's own parser over ``[vllm] args`` in a short-lived subprocess (skips when vLLM is absent)."""
-    path_env = (env or {}).get("PATH", SAFE_PATH)
-    probe_env = dict(env) if env is not None else None
-    return probe_for(list(cfg.command), list(cfg.args), cfg.python, path_env=path_env, env=probe_env)
+def probe_vllm(cfg: VllmConfig, run_as: RunAs, env: dict[str, str]) -> ProbeResult:
+    """Run vLLM's own parser over ``[vllm] args`` in a short-lived subprocess, as ``run_as`` with ``env``
+    (the launch environment): never vLLM's code as root unless root is the configured user."""
+    return probe_for(list(cfg.command), list(cfg.args), cfg.python, path_env=env.get("PATH", SAFE_PATH), env=env,
+                     run_as=run_as)
+
+
+def probe_as_user(ctx: Context, cfg: VllmConfig, prepare: bool) -> tuple[RunAs, str, ProbeResult]:
+    """The one probe doctor and launch share: the configured user, the launch environment (cache directories
+    included; ``prepare`` creates them, doctor only names them). Raises LaunchError for an unusable user."""
+    who = resolve_user(cfg.user)
+    base = ctx.config.agent.cache_dir
+    cache = prepare_cache_dir(ctx.host, base, who) if prepare else cache_dir_for(ctx.host, base, who)
+    return who, cache, probe_vllm(cfg, who, child_env(cfg, who, [], None, cache))
 
 
 def build_plan(
-    ctx: Context, topo: Topology, gpus_override: Optional[list[int]] = None
+    ctx: Context, topo: Topology, gpus_override: Optional[list[int]] = None, prepare: bool = True,
 ) -> tuple[LaunchPlan, ProbeResult]:
     """Plan + the vLLM probe (validating args). Raises LaunchError when vLLM rejects the args."""
     cfg = ctx.config.vllm or VllmConfig()
     logger = log.get()
     for f in static_findings(list(cfg.args)):
         logger.warning("vllm_arg_" + f.kind, flag=f.flag, detail=f.message)
-    who = resolve_user(cfg.user)
-    env = child_env(cfg, who, [], None)
-    result: list[ProbeResult] = []
-
-    def vllm_accepts() -> bool:
-        if not result:
-            result.append(probe_vllm(cfg, env))
-        return result[0].accepts_flag(NUMA_BIND_NODES_FLAG)
-
-    launch_plan = plan(cfg, topo, gpus_override=gpus_override, vllm_numa_bind=vllm_accepts, run_as=who)
-    if not result:
-        result.append(probe_vllm(cfg, env))
-    pr = result[0]
+    who, cache, pr = probe_as_user(ctx, cfg, prepare=prepare)
+    launch_plan = plan(cfg, topo, gpus_override=gpus_override, run_as=who, cache_dir=cache,
+                       vllm_numa_bind=lambda: pr.accepts_flag(NUMA_BIND_NODES_FLAG))
     if pr.available and pr.error:
         raise LaunchError(f"vLLM {pr.version} rejects [vllm] args: {pr.error}")
     if not pr.available:
         logger.info("vllm_args_unchecked", reason=pr.reason)
     else:
-        logger.info("vllm_args_ok", version=pr.version, python=pr.python)
+        logger.info("vllm_args_ok", version=pr.version, python=pr.python, uid=pr.uid)
     return launch_plan, pr
+
+
+def write_plan_file(state_dir: str, launch_plan: LaunchPlan, pid: int) -> None:
+    """What the daemon chose for the running vLLM (doctor compares the live binding with this, not a re-plan)."""
+    path = os.path.join(state_dir, PLAN_FILE)
+    data = dict(launch_plan.to_json(), pid=pid)
+    data.pop("env", None)  # may carry secrets from [vllm] env
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+def read_plan_file(state_dir: str, pid: int) -> Optional[dict[str, Any]]:
+    """The daemon's plan for ``pid`` (None when absent, unreadable or written for another pid)."""
+    try:
+        with open(os.path.join(state_dir, PLAN_FILE), encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("pid") == pid else None
 
 
 # -- live binding (for the daemon's check after start, and for doctor) ---------------------------------------
@@ -396,7 +369,10 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[dict[str, str]]:
     if not launching:
         checks.append(_check("vllm.args", "skip", "", "", "nothing to launch ([vllm] model is empty)"))
     else:
-        pr = probe_vllm(cfg)
+        try:
+            _, _, pr = probe_as_user(ctx, cfg, prepare=False)  # launch's probe: same user, same environment
+        except LaunchError as exc:
+            pr = ProbeResult(False, reason=f"not probed: {exc}")
         if not pr.available:
             checks.append(_check("vllm.args", "skip", "", "accepted by vLLM's parser", pr.reason))
         elif pr.error:
@@ -404,31 +380,66 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[dict[str, str]]:
                                  f"vLLM {pr.version} ({pr.python})"))
         else:
             checks.append(_check("vllm.args", "pass", f"vLLM {pr.version}", "accepted by vLLM's parser"))
-    from vllm_nodeagent.layout import SERVE_RUNTIME_DIR
-
-    # single layout: the root agent's state dir; split: the serve unit's runtime dir
-    pid = read_pid_file(str(ctx.host.path(ctx.config.agent.state_dir))) or read_pid_file(
-        str(ctx.host.path(SERVE_RUNTIME_DIR)))
-    if pid is None:
-        checks.append(_check("vllm.binding", "skip", "", "", "vLLM is not running (no live pid file)"))
-    else:
-        try:
-            expected = plan(cfg, topo, numactl=numactl or "numactl",
-                            run_as=RunAs(cfg.user, 0, 0, [], "/", switch=False))
-        except LaunchError as exc:
-            checks.append(_check("vllm.binding", "warn", f"pid {pid}", "", f"cannot plan: {exc}"))
-        else:
-            procs = live_binding(pid)
-            problems = binding_mismatches(expected, procs)
-            current = "; ".join(f"{p['pid']}: cpus {p['cpus']} {p['mempolicy']}" for p in procs[:4])
-            desired = f"cpus {format_cpulist(expected.cpus)} {expected.mempolicy}" if expected.cpus else "unbound"
-            checks.append(_check("vllm.binding", "fail" if problems else "pass", current, desired,
-                                 "; ".join(problems)))
+    checks.append(_binding_check(ctx, cfg, topo, numactl))
     return checks
 
 
+def plan_from_json(data: dict[str, Any]) -> LaunchPlan:
+    """A LaunchPlan back from the plan file (its environment is not stored)."""
+    names = set(LaunchPlan.__dataclass_fields__)
+    kw = {k: v for k, v in data.items() if k in names}
+    kw["env"] = {}
+    kw["pin"] = {int(k): list(v) for k, v in dict(data.get("pin", {})).items()}
+    return LaunchPlan(**kw)
+
+
+def _binding_check(ctx: Context, cfg: VllmConfig, topo: Topology, numactl: Optional[str]) -> dict[str, str]:
+    """The live binding of every vLLM process against what the daemon chose (its plan file); a re-plan with
+    this host's defaults only when the daemon wrote none (an older agent)."""
+    from vllm_nodeagent.layout import SERVE_RUNTIME_DIR
+
+    # single layout: the root agent's state dir; split: the serve unit's runtime dir (pid and plan side by side)
+    state = str(ctx.host.path(ctx.config.agent.state_dir))
+    pid = read_pid_file(state)
+    if pid is None:
+        state = str(ctx.host.path(SERVE_RUNTIME_DIR))
+        pid = read_pid_file(state)
+    if pid is None:
+        return _check("vllm.binding", "skip", "", "", "vLLM is not running (no live pid file)")
+    saved = read_plan_file(state, pid)
+    source = "the daemon's plan"
+    if saved is not None:
+        expected = plan_from_json(saved)
+    else:
+        source = "a re-plan (no plan file for this pid)"
+        try:
+            expected = plan(cfg, topo, numactl=numactl or "numactl", run_as=RunAs(cfg.user, 0, 0, [], "/", False))
+        except LaunchError as exc:
+            return _check("vllm.binding", "warn", f"pid {pid}", "", f"cannot plan: {exc}")
+    procs = live_binding(pid)
+    problems = binding_mismatches(expected, procs)
+    current = "; ".join(f"{p['pid']}: cpus {p['cpus']} mems {p['mems']} {p['mempolicy']}" for p in procs)
+    desired = f"cpus {format_cpulist(expected.cpus)} {expected.mempolicy}" if expected.cpus else "unbound"
+    desired += f" (binding {expected.binding}, from {source})"
+    return _check("vllm.binding", "fail" if problems else "pass", current, desired, "; ".join(problems))
+
+
 __all__ = [
-    "LaunchError", "LaunchPlan", "RunAs", "binding_mismatches", "build_plan", "child_env",
-    "doctor_checks", "live_binding", "plan", "probe_vllm", "read_pid_file", "resolve_user",
+    "LaunchError",
+    "LaunchPlan",
+    "RunAs",
+    "binding_mismatches",
+    "build_plan",
+    "child_env",
+    "doctor_checks",
+    "live_binding",
+    "plan",
+    "plan_from_json",
+    "probe_as_user",
+    "probe_vllm",
+    "read_pid_file",
+    "read_plan_file",
+    "resolve_user",
     "something_to_launch",
+    "write_plan_file",
 ]

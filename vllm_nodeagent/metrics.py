@@ -32,7 +32,14 @@ class Metrics:
                                    "Bytes of the prewarm targets resident in the page cache after prewarm",
                                    registry=r)
         self.restarts = Counter("vllm_nodeagent_vllm_restarts", "vLLM restarts after unexpected exits", registry=r)
-        self.up = Gauge("vllm_nodeagent_vllm_up", "1 while vLLM runs and answered its health check", registry=r)
+        self.up = Gauge("vllm_nodeagent_vllm_up", "1 while vLLM runs and passed the readiness gate", registry=r)
+        self.ready_seconds = Gauge("vllm_nodeagent_vllm_ready_seconds",
+                                   "Seconds from the last vLLM start to passing the readiness gate", registry=r)
+        self.check_status = Gauge("vllm_nodeagent_check_status", "Readiness check result (doctor's checks): "
+                                  "0 pass, 1 warn, 2 fail, -1 skip", ["id"], registry=r)
+        # A heartbeat: the file's mtime freezes while nothing changes, so a dead agent would look alive.
+        self.last_check = Gauge("vllm_nodeagent_last_check_timestamp_seconds", "Unix time of the agent's last "
+                                "drift and readiness check", registry=r)
 
     @property
     def enabled(self) -> bool:
@@ -62,6 +69,23 @@ class Metrics:
     def set_up(self, up: bool) -> None:
         if self.textfile:
             self.up.set(1 if up else 0)
+            self._dirty = True
+
+    def set_ready_seconds(self, seconds: float) -> None:
+        if self.textfile:
+            self.ready_seconds.set(round(seconds, 3))
+            self._dirty = True
+
+    def set_checks(self, statuses: dict[str, int]) -> None:
+        """Readiness check results by id (values from checks.STATUS_VALUE)."""
+        if self.textfile:
+            for cid, value in statuses.items():
+                self.check_status.labels(id=cid).set(value)
+            self._dirty = True
+
+    def heartbeat(self, unix_time: float) -> None:
+        if self.textfile:
+            self.last_check.set(unix_time)
             self._dirty = True
 
     def write(self, force: bool = False) -> None:

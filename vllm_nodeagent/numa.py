@@ -51,6 +51,7 @@ class UsableNuma:
     machine_cpus: dict[int, list[int]]  # node -> CPUs as sysfs lists them (hardware locality, before narrowing)
     excluded: list[Excluded] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    unreadable: list[int] = field(default_factory=list)  # nodes whose CPUs are unknown: locality may not guess
 
     def node(self, node_id: int) -> Optional[NumaNode]:
         return next((n for n in self.nodes if n.id == node_id), None)
@@ -279,4 +280,5 @@ def discover_usable(host: Host) -> UsableNuma:
     excluded = [Excluded("cpu", sorted(ids), r) for r, ids in by_reason.items()]
     excluded += [Excluded("node", ids, r) for r, ids in node_excl.items()]
     machine = {n: list(c) for n, c in raw_cpus.items() if c}
-    return UsableNuma(nodes=nodes, machine_cpus=machine, excluded=excluded, warnings=warnings)
+    unreadable = [n for n, c in raw_cpus.items() if c is None]
+    return UsableNuma(nodes=nodes, machine_cpus=machine, excluded=excluded, warnings=warnings, unreadable=unreadable)

@@ -25,6 +25,10 @@ NVLINK_MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS (Hopper has 18 links per GPU)
 NVLINK_DEVICE_GPU, NVLINK_DEVICE_SWITCH = 0, 2  # nvmlNvLinkDeviceType_t
 
 
+# nvml.h nvmlValueType_t -> the member of nvmlValue_t that holds it (a field value is a union)
+_VALUE_MEMBERS = {1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+
+
 class NvmlUnavailable(Exception):
     """NVML cannot be used on this host (library, driver or device missing)."""
 
@@ -221,6 +225,46 @@ class Nvml:
             "nvmlDeviceGetComputeRunningProcesses", self._lib.nvmlDeviceGetComputeRunningProcesses, h
         )
         return sorted({int(p.pid) for p in procs})
+
+    # -- read-only queries for doctor's readiness checks (vllm_nodeagent/checks/) -----------------------------
+    def device_get(self, pci_bus_id: str, fn: str, *args: Any) -> Any:
+        """One read-only ``nvmlDeviceGet*`` call by name. A function this pynvml lacks (older nvidia-ml-py)
+        is an NvmlCallError like any refusal, so a check can skip instead of crash."""
+        return self._get(fn, self.handle_by_bus_id(pci_bus_id), *args)
+
+    def pair_get(self, bus_a: str, bus_b: str, fn: str, *args: Any) -> Any:
+        """A read-only call about two GPUs (nvmlDeviceGetP2PStatus, nvmlDeviceGetTopologyCommonAncestor)."""
+        return self._get(fn, self.handle_by_bus_id(bus_a), self.handle_by_bus_id(bus_b), *args)
+
+    def system_get(self, fn: str) -> Any:
+        """A read-only ``nvmlSystemGet*`` call by name."""
+        return self._get(fn)
+
+    def _get(self, fn: str, *args: Any) -> Any:
+        if not fn.startswith(("nvmlDeviceGet", "nvmlSystemGet")):
+            raise ValueError(f"{fn}: not a read-only NVML query")
+        f = getattr(self._lib, fn, None)
+        if f is None:
+            raise NvmlCallError(f"{fn}: not in this nvidia-ml-py")
+        return self._call(fn, f, *args)
+
+    def fabric_info(self, pci_bus_id: str) -> tuple[int, int]:
+        """(state, status) of the GPU's NVSwitch fabric registration: nvmlGpuFabricState_t, nvmlReturn_t."""
+        make = getattr(self._lib, "c_nvmlGpuFabricInfo_t", None)
+        byref = getattr(self._lib, "byref", None)  # pynvml does `from ctypes import *`: no ctypes import here
+        if make is None or byref is None:
+            raise NvmlCallError("nvmlDeviceGetGpuFabricInfo: not in this nvidia-ml-py")
+        info = make()
+        self.device_get(pci_bus_id, "nvmlDeviceGetGpuFabricInfo", byref(info))
+        return int(info.state), int(info.status)
+
+    def field_value(self, pci_bus_id: str, field_id: int) -> Optional[int]:
+        """One nvmlDeviceGetFieldValues entry as an integer; None when the driver does not report it."""
+        (value,) = self.device_get(pci_bus_id, "nvmlDeviceGetFieldValues", [field_id])
+        if int(value.nvmlReturn) != 0:
+            return None
+        member = _VALUE_MEMBERS.get(int(value.valueType), "ullVal")
+        return int(getattr(value.value, member))
 
 
 NvmlOpener = Callable[[], Nvml]

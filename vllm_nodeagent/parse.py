@@ -112,10 +112,13 @@ def parse_sysctl_vector(text: str) -> list[int]:
     fields = text.split()
     if not fields:
         raise ParseError(f"empty sysctl value {text!r}")
-    try:
-        return [int(f) for f in fields]
-    except ValueError:
-        raise ParseError(f"non-integer sysctl value {text!r}") from None
+    # ASCII digits only: int() would also take "١٢", "1_000" and "+5", which the kernel refuses.
+    if not all(_SYSCTL_INT.fullmatch(f) for f in fields):
+        raise ParseError(f"non-integer sysctl value {text!r}")
+    return [int(f) for f in fields]
+
+
+_SYSCTL_INT = re.compile(r"-?[0-9]{1,20}")
 
 
 _PCI_RE = re.compile(r"([0-9a-fA-F]{1,8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")

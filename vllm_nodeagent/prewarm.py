@@ -15,6 +15,7 @@ Only /proc/meminfo (the budget) is read through the Host seam.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import mmap
 import os
@@ -32,6 +33,7 @@ from vllm_nodeagent import log
 from vllm_nodeagent.host import Host, HostError
 from vllm_nodeagent.parse import ParseError, parse_meminfo
 from vllm_nodeagent.residency import LockedPages, Residency
+from vllm_nodeagent.storage import Storage, storage_of
 
 if TYPE_CHECKING:
     from vllm_nodeagent.cli import Context
@@ -56,12 +58,13 @@ class BudgetError(ValueError):
 # -- reader design -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReaderOptions:
-    """How files are read. The defaults are the design that won bench/prewarm.py (see docs/prewarm.md).
+    """How files are read. ``reader_for`` picks one per storage kind from bench/prewarm.py (docs/prewarm.md).
 
     method: "pread" (preadv into one reused buffer per thread), "sendfile" (sendfile(2) to /dev/null, no copy to
     user space; buffer_bytes is the chunk per call) or "populate" (mmap + MADV_POPULATE_READ).
     segment_bytes: files are cut into segments of this size that threads take in order (0 = whole files).
     fadvise: "none", "seq" (POSIX_FADV_SEQUENTIAL) or "seq+willneed" (also WILLNEED on the segment).
+    ahead_bytes: keep POSIX_FADV_WILLNEED this far ahead of the read position (0 = the kernel's readahead only).
     """
 
     threads: int = 0
@@ -69,6 +72,17 @@ class ReaderOptions:
     segment_bytes: int = 256 << 20
     fadvise: str = "seq"
     method: str = "sendfile"
+    ahead_bytes: int = 0
+
+
+# Parallel streams over segments: NVMe, virtio, SSDs, network filesystems, unknown (storage.Storage.parallel).
+PARALLEL_READER = ReaderOptions(threads=4, buffer_bytes=64 << 20, segment_bytes=256 << 20)
+# One sequential stream, files in turn: spinning disks (a switch between streams is a seek) and memory.
+SEQUENTIAL_READER = ReaderOptions(threads=1, buffer_bytes=64 << 20, segment_bytes=0)
+
+
+def reader_for(storage: Storage) -> ReaderOptions:
+    return PARALLEL_READER if storage.parallel else SEQUENTIAL_READER
 
 
 DEFAULT_THREADS = 4
@@ -104,6 +118,7 @@ class PrewarmResult:
     budget_bytes: Optional[int] = None
     threads: int = 0
     residency_method: str = ""
+    reader: str = ""  # the reader design and the storage it was picked for
     paths: list[str] = field(default_factory=list)
     locked: Optional[LockedPages] = None
 
@@ -134,6 +149,7 @@ class PrewarmResult:
             "skipped_bytes": self.skipped_bytes,
             "errors": list(self.errors),
             "threads": self.threads,
+            "reader": self.reader,
             "residency_method": self.residency_method,
             "locked_bytes": self.locked.bytes if self.locked is not None else 0,
             "paths": list(self.paths),
@@ -383,10 +399,31 @@ def _segments(files: Sequence[WarmFile], segment_bytes: int) -> list[_Segment]:
     return out
 
 
-def _read_pread(fd: int, seg: _Segment, buf: memoryview, prog: _Progress) -> int:
+class _Ahead:
+    """Keeps POSIX_FADV_WILLNEED ``window`` bytes ahead of the read position: a readahead window of our choosing,
+    per file, without changing the device's read_ahead_kb."""
+
+    def __init__(self, fd: int, end: int, window: int, step: int) -> None:
+        self.fd, self.end, self.window, self.step = fd, end, window, max(step, 1 << 20)
+        self.issued = 0
+
+    def advance(self, off: int) -> None:
+        if self.window <= 0:
+            return
+        self.issued = max(self.issued, off)
+        target = min(off + self.window, self.end)
+        while self.issued < target:
+            n = min(self.step, target - self.issued)
+            os.posix_fadvise(self.fd, self.issued, n, os.POSIX_FADV_WILLNEED)
+            self.issued += n
+
+
+def _read_pread(fd: int, seg: _Segment, buf: memoryview, prog: _Progress, ahead_bytes: int = 0) -> int:
     off, end = seg.start, seg.start + seg.length
     size = len(buf)
+    ahead = _Ahead(fd, end, ahead_bytes, size)
     while off < end:
+        ahead.advance(off)
         want = min(size, end - off)
         n = os.preadv(fd, [buf[:want]] if want < size else [buf], off)
         if n <= 0:
@@ -396,10 +433,12 @@ def _read_pread(fd: int, seg: _Segment, buf: memoryview, prog: _Progress) -> int
     return off - seg.start
 
 
-def _read_sendfile(fd: int, seg: _Segment, sink: int, chunk: int, prog: _Progress) -> int:
+def _read_sendfile(fd: int, seg: _Segment, sink: int, chunk: int, prog: _Progress, ahead_bytes: int = 0) -> int:
     """sendfile(2) into /dev/null: the pages go through the page cache, none is copied to user space."""
     off, end = seg.start, seg.start + seg.length
+    ahead = _Ahead(fd, end, ahead_bytes, chunk)
     while off < end:
+        ahead.advance(off)
         n = os.sendfile(sink, fd, off, min(chunk, end - off))
         if n <= 0:
             break
@@ -486,14 +525,14 @@ def read_files(
                 got = -1
                 if opts.method == "sendfile":
                     try:
-                        got = _read_sendfile(fd, seg, sink, opts.buffer_bytes, prog)
+                        got = _read_sendfile(fd, seg, sink, opts.buffer_bytes, prog, opts.ahead_bytes)
                     except OSError as exc:  # a filesystem without splice support: read it instead
                         if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                             raise
                 elif opts.method == "populate":
                     got = _read_populate(fd, seg, prog)
                 if got < 0:
-                    got = _read_pread(fd, seg, buffer(), prog)
+                    got = _read_pread(fd, seg, buffer(), prog, opts.ahead_bytes)
                 if got < seg.length:
                     fail(seg.file, f"file shrank during read (ends before byte {seg.start + got} "
                                    f"of {seg.file.size})")
@@ -532,6 +571,23 @@ def _oserr(exc: OSError) -> str:
     return str(exc.strerror or exc)
 
 
+def main_storage(host: Host, files: Sequence[WarmFile]) -> Storage:
+    """The storage holding most of the bytes to read: its reader is used for all (a model on two devices is rare)."""
+    by_dev: dict[int, int] = {}
+    for f in files:
+        by_dev[f.dev] = by_dev.get(f.dev, 0) + f.size
+    if not by_dev:
+        return Storage("unknown", "-")
+    return storage_of(host, max(by_dev, key=lambda d: by_dev[d]))
+
+
+def describe_reader(opts: ReaderOptions) -> str:
+    layout = f"{opts.segment_bytes >> 20} MiB segments" if opts.segment_bytes else "whole files"
+    ahead = f", WILLNEED {opts.ahead_bytes >> 20} MiB ahead" if opts.ahead_bytes else ""
+    return (f"{opts.method}, {default_threads(opts.threads)} thread(s), {layout}, "
+            f"{opts.buffer_bytes >> 20} MiB calls, fadvise {opts.fadvise}{ahead}")
+
+
 def prewarm(
     targets: Sequence[str],
     *,
@@ -547,18 +603,15 @@ def prewarm(
 ) -> PrewarmResult:
     """Warm ``targets`` into the page cache, largest file first, within ``budget_bytes`` (None = no limit).
 
-    ``host`` is the seam the caller already holds (kept for symmetry with budget_from_config; targets are data
-    paths, not re-rooted). ``residency``: "auto" (cachestat, else mincore), "cachestat" or "mincore"; None reads
-    ``$VLLM_NODEAGENT_RESIDENCY``. ``_file_hook(path)`` runs before each file is first read (tests only).
+    ``host`` is the seam through which the storage under the files is read (sysfs, mountinfo) to pick the reader
+    (``reader_for``) unless ``reader`` is given; targets are data paths, not re-rooted. ``residency``: "auto"
+    (cachestat, else mincore), "cachestat" or "mincore"; None reads ``$VLLM_NODEAGENT_RESIDENCY``.
+    ``_file_hook(path)`` runs before each file is first read (tests only).
     Never raises for bad targets or files: each problem is one line in ``errors`` and the rest is warmed.
     """
-    del host  # the budget was computed by the caller through it
     logger = log.get()
-    opts = reader or ReaderOptions()
-    if threads:
-        opts = ReaderOptions(threads, opts.buffer_bytes, opts.segment_bytes, opts.fadvise, opts.method)
     res = Residency(residency)
-    result = PrewarmResult(budget_bytes=budget_bytes, threads=default_threads(opts.threads))
+    result = PrewarmResult(budget_bytes=budget_bytes)
     files, errs = resolve_targets(targets, hf_cache)
     result.errors.extend(errs)
     taken, skipped = apply_budget(files, budget_bytes)
@@ -579,6 +632,12 @@ def prewarm(
             continue
         before[f.path] = r
     to_read = [f for f in taken if f.path in before and before[f.path] < f.size]
+    storage = main_storage(host, [f for f in taken if f.path in before])
+    opts = reader or reader_for(storage)
+    if threads:
+        opts = dataclasses.replace(opts, threads=threads)
+    result.threads = default_threads(opts.threads)
+    result.reader = f"{describe_reader(opts)} on {storage.describe()}"
     prog = _Progress(sum(f.size for f in to_read), progress)
     t0 = time.monotonic()
     result.read_bytes = read_files(to_read, opts, prog, file_errors, _file_hook)
@@ -627,7 +686,8 @@ def prewarm(
     logger.info("prewarm.done", files=result.files, total_bytes=result.total_bytes,
                 resident_before_bytes=result.resident_before_bytes,
                 resident_after_bytes=result.resident_after_bytes, seconds=round(result.seconds, 3),
-                gbps=round(result.gbps, 3), errors=len(result.errors), method=result.residency_method)
+                gbps=round(result.gbps, 3), errors=len(result.errors), method=result.residency_method,
+                reader=result.reader)
     return result
 
 

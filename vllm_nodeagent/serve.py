@@ -89,7 +89,7 @@ def cmd_launch(ctx: Context, args: argparse.Namespace) -> int:
     topo = discover_with_nvml(ctx)
     if args.dry_run:
         try:
-            launch_plan, _ = build_plan(ctx, topo, args.gpus)
+            launch_plan, _ = build_plan(ctx, topo, args.gpus, prepare=False)  # a dry run creates nothing
         except LaunchError as exc:
             logger.error("launch_plan_failed", error=str(exc))
             return EXIT_FAILED

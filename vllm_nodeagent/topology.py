@@ -112,10 +112,15 @@ def pci_numa(host: Host, dev_path: str, numa: UsableNuma, warnings: list[str]) -
     else:
         cpu_nodes = sorted(numa.machine_cpus)
         touched = [n for n in cpu_nodes if set(local) & set(numa.machine_cpus[n])]
-        if len(cpu_nodes) == 1:
+        # A node with an unreadable CPU list could hold the device: then only a list inside one node decides.
+        inside = len(touched) == 1 and set(local) <= set(numa.machine_cpus[touched[0]])
+        if len(cpu_nodes) == 1 and not numa.unreadable:
             node, why = _usable_node(numa, cpu_nodes[0], "the only node")
-        elif len(touched) == 1:
+        elif len(touched) == 1 and (inside or not numa.unreadable):
             node, why = _usable_node(numa, touched[0], "its local CPUs' node")
+        elif numa.unreadable and not touched:
+            why = (f"numa_node is -1, no local CPUs, and node(s) {format_cpulist(numa.unreadable)} could not be "
+                   "read: no locality")
         elif touched:
             why = (f"numa_node is -1 and its local CPUs {format_cpulist(local)} span nodes "
                    f"{format_cpulist(touched)}: no locality")

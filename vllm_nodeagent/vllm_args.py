@@ -6,9 +6,11 @@ Two layers:
   available, instant);
 * a probe that runs the interpreter which will run vLLM (``[vllm] python``, else derived from the shebang of
   the resolved ``command[0]``) in a short-lived subprocess: it builds vLLM's own ``serve`` argument parser
-  (``vllm.entrypoints.openai.cli_args.make_arg_parser`` over ``FlexibleArgumentParser``), parses ``args`` with it
-  and reports which of a few probe flags (``--numa-bind-nodes``) the parser knows. Importing vLLM costs seconds
-  and hundreds of MB; that cost stays in the child, which exits.
+  (``make_arg_parser`` from wherever this release keeps it, over ``FlexibleArgumentParser``), parses ``args``
+  with it and reports which of a few probe flags (``--numa-bind-nodes``) the parser knows. Importing vLLM costs
+  seconds and hundreds of MB; that cost stays in the child, which exits. The child runs as the vLLM user with the
+  launch environment (never vLLM's code as root): a planted ``usercustomize.py`` gains nothing, and the caches
+  it creates belong to the user who will run vLLM.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
+
+from vllm_nodeagent.vllm_env import RunAs, popen_user_kwargs
 
 # Flags that vLLM removed or replaced. Value: what to write instead.
 REMOVED_FLAGS: dict[str, str] = {
@@ -120,11 +124,31 @@ def resolve_python(command: list[str], python: str = "", path_env: Optional[str]
 
 
 # -- the probe ----------------------------------------------------------------------------------------------
-# Runs in the child interpreter. Prints one JSON object on stdout. Must work on any Python vLLM supports.
+# Runs in the child interpreter, as the vLLM user. Prints one JSON object on stdout. Must work on any Python vLLM
+# supports. The serve parser has moved between releases (vllm.entrypoints.openai.cli_args until ~0.2x,
+# vllm.entrypoints.launchers.cli_args in 0.32): the known homes first, then any ``cli_args.py`` under vllm's
+# entrypoints that defines ``make_arg_parser`` (a file search, no import walk).
 _PROBE_CODE = r"""
-import contextlib, io, json, sys
+import contextlib, importlib, io, json, os, sys
 req = json.loads(sys.argv[1])
-out = {"available": False, "reason": "", "version": "", "error": "", "accepts": {}}
+out = {"available": False, "reason": "", "version": "", "error": "", "accepts": {}, "uid": os.getuid(),
+       "parser": ""}
+HOMES = ("vllm.entrypoints.openai.cli_args", "vllm.entrypoints.launchers.cli_args", "vllm.entrypoints.cli_args")
+def candidates():
+    for name in HOMES:
+        yield name
+    spec = importlib.util.find_spec("vllm.entrypoints")
+    for base in (spec.submodule_search_locations or []) if spec else []:
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            if "cli_args.py" in filenames:
+                with open(os.path.join(dirpath, "cli_args.py"), encoding="utf-8", errors="replace") as fh:
+                    if "def make_arg_parser" not in fh.read():
+                        continue
+                rel = os.path.relpath(dirpath, base).replace(os.sep, ".")
+                name = "vllm.entrypoints." + ("" if rel == "." else rel + ".") + "cli_args"
+                if name not in HOMES:
+                    yield name
 try:
     import importlib.util
     if importlib.util.find_spec("vllm") is None:
@@ -134,7 +158,16 @@ try:
         from vllm.utils.argparse_utils import FlexibleArgumentParser
     except ImportError:
         from vllm.utils import FlexibleArgumentParser
-    from vllm.entrypoints.openai.cli_args import make_arg_parser
+    make_arg_parser, tried = None, []
+    for name in candidates():
+        try:
+            make_arg_parser = getattr(importlib.import_module(name), "make_arg_parser")
+            out["parser"] = name
+            break
+        except (ImportError, AttributeError) as exc:
+            tried.append("%s (%s)" % (name, type(exc).__name__))
+    if make_arg_parser is None:
+        raise ImportError("no make_arg_parser in " + ", ".join(tried))
     try:
         from vllm import __version__ as v
         out["version"] = str(v)
@@ -169,6 +202,8 @@ class ProbeResult:
     error: str = ""  # the parser's complaint about args ("" = accepted)
     accepts: dict[str, bool] = field(default_factory=dict)
     python: str = ""
+    uid: int = -1  # the uid the probe ran as (-1: it did not run)
+    parser: str = ""  # the module vLLM's serve parser came from
 
     def accepts_flag(self, flag: str) -> bool:
         return self.available and self.accepts.get(flag, False)
@@ -181,15 +216,16 @@ def probe(
     probe_flags: tuple[str, ...] = PROBE_FLAGS,
     env: Optional[dict[str, str]] = None,
     timeout: float = PROBE_TIMEOUT_S,
+    run_as: Optional[RunAs] = None,
 ) -> ProbeResult:
-    """Ask the installed vLLM (in a child ``python``) whether it accepts ``args``."""
+    """Ask the installed vLLM (in a child ``python``, as ``run_as`` when given) whether it accepts ``args``."""
     request = json.dumps({"args": list(args), "probe": list(probe_flags)})
     child_env = dict(env) if env is not None else {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     try:
-        proc = subprocess.run(
+        proc = subprocess.run(  # type: ignore[call-overload]  # user/group kwargs come as a dict
             [python, "-c", _PROBE_CODE, request],
             capture_output=True, text=True, timeout=timeout, env=child_env, stdin=subprocess.DEVNULL,
-            check=False,
+            check=False, cwd="/", close_fds=True, **popen_user_kwargs(run_as),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return ProbeResult(False, reason=f"running {python}: {exc}", python=python)
@@ -206,18 +242,20 @@ def probe(
         error=str(data.get("error", "")),
         accepts={str(k): bool(v) for k, v in dict(data.get("accepts", {})).items()},
         python=python,
+        uid=int(data.get("uid", -1)),
+        parser=str(data.get("parser", "")),
     )
 
 
 def probe_for(
     command: list[str], args: list[str], python: str = "", path_env: Optional[str] = None,
-    env: Optional[dict[str, str]] = None,
+    env: Optional[dict[str, str]] = None, run_as: Optional[RunAs] = None,
 ) -> ProbeResult:
     """Resolve the interpreter, then probe; an unresolvable one is a skip with the reason."""
     interp, why = resolve_python(command, python, path_env)
     if not interp:
         return ProbeResult(False, reason=why)
-    return probe(interp, args, env=env)
+    return probe(interp, args, env=env, run_as=run_as)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual check: python -m vllm_nodeagent.vllm_args ARGS...

@@ -3,9 +3,57 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
+import time
 from typing import Any
+
+
+def answer(call: Any) -> Any:
+    """The call's value, or {"error": text} the way the double replays a refusal (Not Supported, ...)."""
+    import pynvml
+
+    try:
+        return call()
+    except pynvml.NVMLError as exc:
+        return {"error": str(exc)}
+
+
+def record_readiness(pynvml: Any, h: Any, dev: dict[str, Any]) -> None:
+    """Every answer doctor's readiness checks (vllm_nodeagent/checks/) ask NVML for. Get calls only."""
+    dev["remapped_rows"] = answer(lambda: [int(x) for x in pynvml.nvmlDeviceGetRemappedRows(h)])
+    dev["ecc_uncorrected_volatile"] = answer(lambda: int(pynvml.nvmlDeviceGetTotalEccErrors(h, 1, 0)))
+    dev["ecc_corrected_volatile"] = answer(lambda: int(pynvml.nvmlDeviceGetTotalEccErrors(h, 0, 0)))
+    fields = {}
+    for fid in (230,):  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
+        def field(fid: int = fid) -> Any:
+            (v,) = pynvml.nvmlDeviceGetFieldValues(h, [fid])
+            return {"error": f"nvmlReturn {v.nvmlReturn}"} if v.nvmlReturn else int(v.value.uiVal)
+        fields[str(fid)] = answer(field)
+    dev["field_values"] = fields
+    dev["compute_mode"] = answer(lambda: int(pynvml.nvmlDeviceGetComputeMode(h)))
+    dev["mig_mode"] = answer(lambda: [int(x) for x in pynvml.nvmlDeviceGetMigMode(h)])
+    dev["memory"] = answer(lambda: [int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+                                    int(pynvml.nvmlDeviceGetMemoryInfo(h).used)])
+    dev["compute_processes"] = answer(lambda: [[int(p.pid), int(p.usedGpuMemory or 0)]
+                                               for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)])
+    dev["pcie"] = answer(lambda: {"curr_width": int(pynvml.nvmlDeviceGetCurrPcieLinkWidth(h)),
+                                  "max_width": int(pynvml.nvmlDeviceGetMaxPcieLinkWidth(h)),
+                                  "curr_gen": int(pynvml.nvmlDeviceGetCurrPcieLinkGeneration(h)),
+                                  "max_gen": int(pynvml.nvmlDeviceGetMaxPcieLinkGeneration(h))})
+    dev["utilization_gpu"] = answer(lambda: int(pynvml.nvmlDeviceGetUtilizationRates(h).gpu))
+    samples = []
+    for _ in range(3):  # the short window the throttle check samples
+        samples.append(answer(lambda: int(pynvml.nvmlDeviceGetCurrentClocksEventReasons(h))))
+        time.sleep(0.05)
+    dev["clocks_event_reasons"] = samples if all(isinstance(s, int) for s in samples) else samples[0]
+
+    def fabric() -> list[int]:
+        info = pynvml.c_nvmlGpuFabricInfo_t()
+        pynvml.nvmlDeviceGetGpuFabricInfo(h, ctypes.byref(info))
+        return [int(info.state), int(info.status)]
+    dev["fabric"] = answer(fabric)
 
 
 def main() -> int:
@@ -40,6 +88,7 @@ def main() -> int:
                     break
             if links:
                 dev["nvlinks"] = links
+            record_readiness(pynvml, h, dev)
             try:  # recorded for comparison only: the agent does not use it (Grace reports the GPU's own node)
                 dev["numa_node_id_raw"] = pynvml.nvmlDeviceGetNumaNodeId(h)
             except pynvml.NVMLError as exc:
@@ -51,6 +100,13 @@ def main() -> int:
                 a, b = pynvml.nvmlDeviceGetHandleByIndex(i), pynvml.nvmlDeviceGetHandleByIndex(j)
                 links[f"{i}-{j}"] = int(pynvml.nvmlDeviceGetTopologyCommonAncestor(a, b))
         out["common_ancestor"] = links
+        p2p = {}
+        for i in range(len(out["devices"])):
+            for j in range(i + 1, len(out["devices"])):
+                a, b = pynvml.nvmlDeviceGetHandleByIndex(i), pynvml.nvmlDeviceGetHandleByIndex(j)
+                p2p[f"{i}-{j}"] = answer(lambda a=a, b=b: int(pynvml.nvmlDeviceGetP2PStatus(a, b, 0)))  # READ caps
+        out["p2p_read"] = p2p
+        out["cuda_driver_version"] = answer(lambda: int(pynvml.nvmlSystemGetCudaDriverVersion()))
     finally:
         pynvml.nvmlShutdown()
     json.dump(out, sys.stdout, indent=1)

@@ -119,7 +119,7 @@ tail -5 "$out/launch.log" >> "$summary"
 
 say "== prewarm benchmark (vs dd and vmtouch; fio is not on that machine)"
 df -h /var/tmp | tee -a "$summary"
-timeout 420 python3 bench/prewarm.py --no-install --files 4 --size-gib 2 --rounds 2 --dir /var/tmp/vna-bench 2>&1 \
+timeout 420 python3 bench/prewarm.py --no-install --files 4 --size-gib 2 --rounds 3 --dir /var/tmp/vna-bench 2>&1 \
     | tee "$out/prewarm-bench.txt" | tail -25 | tee -a "$summary"
 rm -rf /var/tmp/vna-bench
 say "== done"

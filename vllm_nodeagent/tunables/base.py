@@ -17,6 +17,10 @@ class NotApplicable(Exception):
     """The setting does not exist here (no cpufreq in a VM, no NVML, a device without that scheduler)."""
 
 
+class UnknownSetting(NotApplicable):
+    """Configured, but this kernel has no such setting: a misspelt name (an error for apply, a doctor warning)."""
+
+
 class TunableError(Exception):
     """Reading or writing failed (EINVAL, EPERM, EROFS, a tool's non-zero exit). The message is one line."""
 
@@ -51,6 +55,9 @@ class Tunable(Protocol):
     def note(self, current: str) -> str:
         """Anything a person should know about the comparison (an alias used, say); "" when nothing."""
 
+    def invalid(self, current: str) -> str:
+        """Why the configured value cannot be written to this setting as the kernel has it; "" when it can."""
+
 
 class ValueTunable:
     """Defaults for a setting with one desired value, compliant when equal. Subclasses read and write."""
@@ -73,6 +80,9 @@ class ValueTunable:
         return f"vllm-nodeagent apply --only {self.id}"
 
     def note(self, current: str) -> str:
+        return ""
+
+    def invalid(self, current: str) -> str:
         return ""
 
 
@@ -199,6 +209,9 @@ class MultiFileTunable:
         return f"vllm-nodeagent apply --only {self.id}"
 
     def note(self, current: str) -> str:
+        return ""
+
+    def invalid(self, current: str) -> str:
         return ""
 
 

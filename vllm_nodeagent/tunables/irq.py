@@ -89,6 +89,9 @@ class Irqbalance:
     def note(self, current: str) -> str:
         return ""
 
+    def invalid(self, current: str) -> str:
+        return ""
+
 
 def device_irqs(host: Host, pci_bus_id: str, names: tuple[str, ...] = ()) -> list[int]:
     """MSI/MSI-X vectors from sysfs; legacy INTx devices are found by name in /proc/interrupts."""

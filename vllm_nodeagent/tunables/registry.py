@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from vllm_nodeagent.config import Config
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml
 from vllm_nodeagent.topology import Topology
-from vllm_nodeagent.tunables.base import FileTunable, MultiFileTunable, Tunable, Unavailable
+from vllm_nodeagent.tunables.base import Tunable, Unavailable
 from vllm_nodeagent.tunables.block import BlockScheduler, matching_devices
-from vllm_nodeagent.tunables.cpu import CpuGovernor
+from vllm_nodeagent.tunables.cpu import CPUFREQ_DIR, CpuGovernor
 from vllm_nodeagent.tunables.gpu import PersistenceMode
 from vllm_nodeagent.tunables.irq import IrqAffinity, Irqbalance, device_irqs
 from vllm_nodeagent.tunables.sysctl import Sysctl
@@ -55,24 +56,64 @@ def build_tunables(
     return out
 
 
+_SYSCTL_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+")
+_DEVICE = re.compile(r"[A-Za-z0-9_\-:]{1,64}")
+_PCI = re.compile(r"[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
+_POLICY = re.compile(r"policy[0-9]{1,5}")
+_IRQ = re.compile(r"[0-9]{1,6}")
+
+
 def rebuild(kind: str, id: str, params: dict[str, str], host: Host, nvml: Optional[Nvml]) -> Tunable:
-    """A reader/writer for a journaled setting, independent of today's config (it may have changed)."""
+    """A reader/writer for a journaled setting, independent of today's config (it may have changed).
+
+    The journal is input: each family rebuilds only its own kernel paths (a sysctl under /proc/sys, a scheduler
+    under /sys/block, ...), and the id must be the one that family gives that setting. Raises ValueError.
+    """
+    t = _rebuild(kind, id, params, host, nvml)
+    if t.id != id:
+        raise ValueError(f"id {id!r} does not match its {kind} parameters")
+    return t
+
+
+def _rebuild(kind: str, id: str, params: dict[str, str], host: Host, nvml: Optional[Nvml]) -> Tunable:
+    def need(key: str, pattern: re.Pattern[str]) -> str:
+        value = params.get(key)
+        if value is None or not pattern.fullmatch(value) or ".." in value:
+            raise ValueError(f"{kind} entry has a bad {key} {str(value)[:80]!r}")
+        return value
+
+    def only(*keys: str) -> None:
+        extra = set(params) - set(keys)
+        if extra:
+            raise ValueError(f"{kind} entry has unexpected parameter {sorted(extra)[0][:80]!r}")
+
     if kind == "sysctl":
-        return Sysctl(host, params["name"])
+        only("name")
+        return Sysctl(host, need("name", _SYSCTL_NAME))
     if kind == "thp":
-        return Thp(host, params["knob"])
+        only("knob")
+        return Thp(host, need("knob", re.compile("enabled|defrag")))
     if kind == "block":
-        return BlockScheduler(host, params["device"])
+        only("device")
+        return BlockScheduler(host, need("device", _DEVICE))
     if kind == "cpu":
+        for name, path in params.items():
+            if not _POLICY.fullmatch(name) or path != f"{CPUFREQ_DIR}/{name}/scaling_governor":
+                raise ValueError(f"cpu entry names a path outside cpufreq: {path[:80]!r}")
         return CpuGovernor(host, paths=params)
     if kind == "gpu":
-        return PersistenceMode(host, nvml, int(params["index"]), params["pci_bus_id"])
+        only("index", "pci_bus_id")
+        return PersistenceMode(host, nvml, int(need("index", _IRQ)), need("pci_bus_id", _PCI))
     if kind == "irqbalance":
+        only()
         return Irqbalance(host)
     if kind == "irq":
-        return IrqAffinity(host, id.split(".")[1], paths=params)
-    if kind == "file":
-        return FileTunable(host, id, params["path"])
-    if kind == "multifile":
-        return MultiFileTunable(host, id, params)
-    raise ValueError(f"journal entry {id!r} has unknown kind {kind!r}")
+        for name, path in params.items():
+            if not _IRQ.fullmatch(name) or path != f"/proc/irq/{name}/smp_affinity_list":
+                raise ValueError(f"irq entry names a path outside /proc/irq: {path[:80]!r}")
+        parts = id.split(".")
+        if len(parts) != 3 or not _DEVICE.fullmatch(parts[1]):
+            raise ValueError(f"irq entry has a bad id {id[:80]!r}")
+        return IrqAffinity(host, parts[1], paths=params)
+    # No generic "file" kind: a journal that could name any path would be a root file-write primitive.
+    raise ValueError(f"unknown kind {kind[:40]!r}")

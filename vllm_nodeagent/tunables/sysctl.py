@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from vllm_nodeagent.config import SysctlSetting
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.parse import ParseError, parse_sysctl_vector
-from vllm_nodeagent.tunables.base import FileTunable
+from vllm_nodeagent.tunables.base import FileTunable, UnknownSetting
 
 
 def sysctl_path(name: str) -> str:
@@ -19,6 +21,7 @@ class Sysctl(FileTunable):
         super().__init__(host, f"sysctl.{name}", sysctl_path(name), value)
         self.name = name
         self.mode = mode
+        self._current: Optional[str] = None  # last value read: the doctor hint shows what apply would write
 
     @classmethod
     def from_setting(cls, host: Host, setting: SysctlSetting) -> Sysctl:
@@ -26,6 +29,27 @@ class Sysctl(FileTunable):
 
     def params(self) -> dict[str, str]:
         return {"name": self.name}
+
+    def read(self) -> str:
+        if not self.host.exists(self.path):
+            raise UnknownSetting(f"no such sysctl on this kernel ({self.path} does not exist): check the name")
+        self._current = super().read()
+        return self._current
+
+    def invalid(self, current: str) -> str:
+        """A numeric sysctl takes integers, as many as the kernel prints (tcp_rmem: 3); checked before any write."""
+        try:
+            have = parse_sysctl_vector(current)
+        except ParseError:
+            return ""  # a word-valued sysctl (tcp_congestion_control): the kernel is the judge
+        try:
+            want = parse_sysctl_vector(self._desired)
+        except ParseError:
+            return f"{self.name} takes integers (the kernel has {' '.join(current.split())}), not {self._desired!r}"
+        if len(want) != len(have):
+            return (f"{self.name} takes {len(have)} integer field(s) (the kernel has {' '.join(current.split())}), "
+                    f"got {len(want)}: {self._desired}")
+        return ""
 
     def compliant(self, current: str) -> bool:
         if self.mode == "exact":
@@ -49,7 +73,10 @@ class Sysctl(FileTunable):
         return " ".join(str(max(h, w)) for h, w in zip(have, want))
 
     def hint(self) -> str:
-        return f"vllm-nodeagent apply --only {self.id}  (or: sysctl -w {self.name}=\"{self._desired}\")"
+        # What apply would write from the value last read: a floor keeps fields already above it.
+        current = self._current
+        value = self.target(current) if current is not None and not self.invalid(current) else self._desired
+        return f"vllm-nodeagent apply --only {self.id}  (or: sysctl -w {self.name}=\"{value}\")"
 
     def note(self, current: str) -> str:
         if self.mode == "floor" and self.compliant(current) and current.split() != self._desired.split():

@@ -1,0 +1,344 @@
+"""The trust core under faults (issue #13): each class of fault asserts the message, the exit code, and that the
+host and the journal are intact.
+
+The tmpfs sweep mounts a real tmpfs (root only) as the state dir of a fake host tree, so "full" is the kernel's
+ENOSPC and short writes, not a simulation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from conftest import requires_root
+from fakehost import FakeHost, SysfsHost
+
+from vllm_nodeagent import cli, engine
+from vllm_nodeagent.config import SysctlSetting
+from vllm_nodeagent.journal import JOURNAL_NAME, Journal, JournalError
+from vllm_nodeagent.tunables.sysctl import Sysctl
+
+STATE = "/var/lib/vllm-nodeagent"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+CONFIG = f"""
+[agent]
+state_dir = "{STATE}"
+[sysctl]
+"vm.max_map_count" = 262144
+"net.core.rmem_max" = 134217728
+"net.core.wmem_max" = 134217728
+"net.ipv4.tcp_rmem" = "4096 87380 134217728"
+"net.ipv4.tcp_wmem" = "4096 65536 134217728"
+"vm.swappiness" = {{ value = 10, mode = "exact" }}
+[cpu]
+governor = "performance"
+[irq]
+irqbalance = "ignore"
+affinity = true
+"""
+
+
+def small_host(root: Path) -> FakeHost:
+    h = FakeHost(root)
+    h.cpus(4)
+    h.numa_node(0, [0, 1], 1024)
+    h.numa_node(1, [2, 3], 1024)
+    h.gpu("0000:17:00.0", 0, [0, 1], irqs=(40, 41))
+    h.gpu("0000:65:00.0", 1, [2, 3], irqs=(50,))
+    h.cpufreq(4, "powersave")
+    h.default_sysctls()
+    h.sysctl("vm.swappiness", "60")
+    return h
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every host file except the state dir and the config, byte for byte (a kernel attribute reads back with a
+    trailing newline whatever was written: compared without it)."""
+    state = root / STATE.lstrip("/")
+    return {str(p.relative_to(root)): p.read_bytes().rstrip(b"\n") for p in root.rglob("*")
+            if p.is_file() and not p.is_symlink() and state not in p.parents and p.name != "cfg.toml"}
+
+
+def run(root: Path, capsys: pytest.CaptureFixture[str], *args: str, config: str = CONFIG) -> tuple[int, str, str]:
+    cfg = root / "cfg.toml"
+    cfg.write_text(config)
+    cfg.chmod(0o600)
+    rc = cli.main(["--root", str(root), "--config", str(cfg), *args], host_cls=SysfsHost)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def results(out: str) -> dict[str, dict[str, str]]:
+    return {r["id"]: r for r in json.loads(out)["results"]}
+
+
+def journal_file(root: Path) -> Path:
+    return root / STATE.lstrip("/") / JOURNAL_NAME
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> FakeHost:
+    return small_host(tmp_path / "root")
+
+
+# --- class 1: torn journal ---------------------------------------------------------------------------------
+@pytest.fixture
+def tmpfs_state(host: FakeHost) -> Iterator[Callable[[int], Path]]:
+    """mount(pages): a real tmpfs of that size as the host's state dir; unmounted whatever happens."""
+    mounted: list[Path] = []
+    target = host.root / STATE.lstrip("/")
+    target.mkdir(parents=True, exist_ok=True)
+
+    def mount(pages: int) -> Path:
+        while mounted:
+            subprocess.run(["umount", str(mounted.pop())], check=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={pages * PAGE},mode=0700", "tmpfs",
+                               str(target)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    while mounted:
+        subprocess.run(["umount", str(mounted.pop())], check=True)
+
+
+@requires_root
+def test_tmpfs_sweep_full_to_ample_apply_then_revert(host: FakeHost, tmpfs_state: Callable[[int], Path],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A state fs of every size from full to ample: a setting is changed only once its original is on disk;
+    revert then leaves the host byte-for-byte as it began."""
+    original = snapshot(host.root)
+    seen_not_changed = False
+    pages = 1
+    while True:
+        state = tmpfs_state(pages)
+        if pages == 1:
+            # Full: a filler takes the one page, so not even the first journal write fits.
+            (state / "filler").write_bytes(b"x" * PAGE)
+        rc, out, err = run(host.root, capsys, "apply", "--json")
+        res = results(out)
+        assert "Traceback" not in err
+        statuses = {r["status"] for r in res.values()}
+        assert statuses <= {"changed", "not-changed", "ok"}, (pages, res)
+        refused = [r for r in res.values() if r["status"] == "not-changed"]
+        for r in refused:
+            assert "cannot write the journal" in r["message"] and "No space left" in r["message"], r
+        assert rc == (1 if refused else 0)
+        # Every setting not changed is exactly as it was; every setting changed has its original in the journal.
+        entries = Journal(SysfsHost(host.root), STATE).entries() if journal_file(host.root).exists() else {}
+        for r in res.values():
+            if r["status"] == "changed":
+                assert entries[r["id"]].original.split() == (r["previous"] or "").split()
+        seen_not_changed |= bool(refused)
+        rc, out, err = run(host.root, capsys, "revert")
+        assert rc == 0 and "Traceback" not in err, (pages, out, err)
+        assert snapshot(host.root) == original, f"host not restored with a {pages}-page state fs"
+        assert not journal_file(host.root).exists()
+        if not refused and pages > 1:
+            break  # ample: everything was journaled and changed
+        pages += 1
+        assert pages < 64, "apply never had room"
+    assert seen_not_changed and pages >= 3
+
+
+# --- class 2: revert restores only what the agent wrote -----------------------------------------------------
+def test_revert_leaves_a_value_the_operator_changed_since(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    host.sysctl("vm.max_map_count", "300000")  # already above the floor: found compliant, never written
+    host.sysctl("net.core.rmem_max", "212992")
+    rc, out, _ = run(host.root, capsys, "apply")
+    assert rc == 0
+    assert "changed      sysctl.net.core.rmem_max  212992 → 134217728" in out
+    # The operator raises both by hand afterwards.
+    host.sysctl("vm.max_map_count", "8249672")
+    host.sysctl("net.core.rmem_max", "268435456")
+    rc, out, _ = run(host.root, capsys, "revert")
+    assert rc == 0
+    assert (host.root / "proc/sys/vm/max_map_count").read_text().strip() == "8249672"
+    assert (host.root / "proc/sys/net/core/rmem_max").read_text().strip() == "268435456"
+    assert "untouched    sysctl.vm.max_map_count" in out
+    assert "left         sysctl.net.core.rmem_max  268435456  (changed by someone else since apply" in out
+    assert "left as is" in out
+    # Settings the agent wrote and nobody touched are restored, with what was overwritten shown.
+    assert "restored     sysctl.vm.swappiness  10 → 60" in out
+    assert not journal_file(host.root).exists()
+
+
+def test_drift_reapply_keeps_the_first_original_and_revert_restores_it(host: FakeHost) -> None:
+    h = SysfsHost(host.root)
+    journal = Journal(h, STATE)
+    t = Sysctl.from_setting(h, SysctlSetting("vm.max_map_count", "262144", "floor"))
+    host.sysctl("vm.max_map_count", "300000")
+    assert engine.apply_one(t, journal).status == engine.OK  # found compliant
+    host.sysctl("vm.max_map_count", "1000")  # drift
+    o = engine.apply_one(t, journal)
+    assert (o.status, o.previous, o.current) == (engine.CHANGED, "1000", "262144")
+    entry = journal.entries()["sysctl.vm.max_map_count"]
+    assert (entry.original, entry.written) == ("300000", "262144")  # the drift is not an original
+    [r] = engine.revert(h, journal)
+    assert r.status == engine.RESTORED and r.previous == "262144"
+    assert (host.root / "proc/sys/vm/max_map_count").read_text().strip() == "300000"
+
+
+# --- class 3: a damaged journal ----------------------------------------------------------------------------
+def applied(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    rc, _, _ = run(host.root, capsys, "apply")
+    assert rc == 0
+    return journal_file(host.root).read_text().splitlines()
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda e: {k: v for k, v in e.items() if k != "original"}, id="missing-key"),
+    pytest.param(lambda e: {**e, "original": 65530}, id="int-for-string"),
+    pytest.param(lambda e: {**e, "params": {"name": [[[[1]]]]}}, id="nested-params"),
+    pytest.param(lambda e: "[" * 100000 + "]" * 100000, id="recursion-bomb"),
+    pytest.param(lambda e: {**e, "kind": "file", "params": {"path": "/etc/shadow"}}, id="file-write-primitive"),
+    pytest.param(lambda e: {**e, "params": {"name": "vm.../../../etc/passwd"}}, id="path-escape"),
+    pytest.param(lambda e: {**e, "id": "sysctl.kernel.modprobe"}, id="id-not-its-params"),
+])
+def test_bad_journal_entry_is_skipped_and_the_rest_restored(
+        host: FakeHost, capsys: pytest.CaptureFixture[str], damage: Callable[[dict[str, object]], object]) -> None:
+    before = snapshot(host.root)
+    lines = applied(host, capsys)
+    bad_index = next(i for i, line in enumerate(lines) if '"sysctl.vm.max_map_count"' in line)
+    bad = damage(json.loads(lines[bad_index]))
+    lines[bad_index] = bad if isinstance(bad, str) else json.dumps(bad)
+    journal_file(host.root).write_text("\n".join(lines) + "\n")
+    rc, out, err = run(host.root, capsys, "revert")
+    assert rc == 1 and "Traceback" not in err
+    first = out.splitlines()[0]
+    assert first.startswith("failed       ") and ("bad entry skipped" in first or "not restorable" in first)
+    after = snapshot(host.root)
+    # Everything but the damaged entry's setting is back; that one is left as the agent set it.
+    assert after["proc/sys/vm/max_map_count"] == b"262144"
+    before.pop("proc/sys/vm/max_map_count")
+    after.pop("proc/sys/vm/max_map_count")
+    assert after == before
+    assert not (host.root / "etc/shadow").exists()
+
+
+def test_the_daemon_drift_tick_survives_a_recursion_bomb(host: FakeHost) -> None:
+    h = SysfsHost(host.root)
+    journal = Journal(h, STATE)
+    t = Sysctl.from_setting(h, SysctlSetting("vm.max_map_count", "262144", "floor"))
+    engine.apply_one(t, journal)
+    with journal_file(host.root).open("a") as f:
+        f.write("[" * 200000 + "\n")
+    assert engine.drift([t], journal) == []
+    assert journal.problems and "nested too deeply" in journal.problems[0]
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o722])
+def test_group_or_world_writable_state_is_refused(host: FakeHost, capsys: pytest.CaptureFixture[str],
+                                                  mode: int) -> None:
+    applied(host, capsys)
+    state = host.root / STATE.lstrip("/")
+    target = state if mode != 0o722 else journal_file(host.root)
+    target.chmod(mode if target == state else 0o622)
+    before = snapshot(host.root)
+    journal_before = journal_file(host.root).read_bytes()
+    rc, out, err = run(host.root, capsys, "revert")
+    assert rc == 3 and "Traceback" not in err and out == ""
+    assert err.count("\n") == 1 and "refusing a group- or world-writable" in err and "chmod go-w" in err
+    assert snapshot(host.root) == before and journal_file(host.root).read_bytes() == journal_before
+
+
+def test_journal_owned_by_another_user_is_refused(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("ownership is only checked when running as root")
+    applied(host, capsys)
+    os.chown(journal_file(host.root), 65534, 65534)
+    rc, _, err = run(host.root, capsys, "revert")
+    assert rc == 3 and "not owned by root (uid 65534)" in err
+
+
+def test_journal_that_is_not_ours_refuses_to_guess(host: FakeHost) -> None:
+    journal_file(host.root).parent.mkdir(parents=True, mode=0o700)
+    journal_file(host.root).write_text("{not json")
+    with pytest.raises(JournalError, match="not a journal of this agent"):
+        Journal(SysfsHost(host.root), STATE).entries()
+
+
+# --- class 4: values the setting cannot take -----------------------------------------------------------------
+def test_minus_five_as_int_and_as_string_are_the_same_value() -> None:
+    from vllm_nodeagent.config import parse_config
+
+    as_int = parse_config("[sysctl]\n'kernel.perf_event_paranoid' = { value = -1, mode = 'exact' }", "c")
+    as_str = parse_config("[sysctl]\n'kernel.perf_event_paranoid' = { value = '-1', mode = 'exact' }", "c")
+    assert as_int.sysctl == as_str.sysctl
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"lots"', "vm.max_map_count takes integers (the kernel has 65530), not 'lots'"),
+    ('"1 2"', "vm.max_map_count takes 1 integer field(s)"),
+])
+def test_value_the_sysctl_cannot_take_is_refused_before_the_journal(
+        host: FakeHost, capsys: pytest.CaptureFixture[str], value: str, message: str) -> None:
+    before = snapshot(host.root)
+    rc, out, err = run(host.root, capsys, "apply", config=f"[agent]\nstate_dir = '{STATE}'\n"
+                                                          f"[sysctl]\n'vm.max_map_count' = {value}\n")
+    assert rc == 1 and "Traceback" not in err
+    assert out.startswith("not-changed  sysctl.vm.max_map_count  65530  (") and message in out
+    assert snapshot(host.root) == before and not journal_file(host.root).exists()
+
+
+def test_tcp_triple_with_two_fields_is_refused(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(host.root)
+    rc, out, _ = run(host.root, capsys, "apply", config=f"[agent]\nstate_dir = '{STATE}'\n"
+                                                        "[sysctl]\n'net.ipv4.tcp_rmem' = '4096 87380'\n")
+    assert rc == 1 and "takes 3 integer field(s) (the kernel has 4096 131072 6291456), got 2" in out
+    assert snapshot(host.root) == before and not journal_file(host.root).exists()
+
+
+def test_unknown_sysctl_fails_apply_and_doctor_strict(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = f"[agent]\nstate_dir = '{STATE}'\n[sysctl]\n'vm.max_map_cuont' = 262144\n"
+    rc, out, _ = run(host.root, capsys, "apply", config=cfg)
+    assert rc == 1 and "not-changed  sysctl.vm.max_map_cuont" in out and "no such sysctl" in out
+    rc, out, _ = run(host.root, capsys, "doctor", "--json", "--strict", config=cfg)
+    check = next(c for c in json.loads(out)["checks"] if c["id"] == "sysctl.vm.max_map_cuont")
+    assert rc == 1 and check["status"] == "warn" and "check the name" in check["hint"]
+
+
+def test_doctor_hint_shows_what_apply_would_write_and_the_config(
+        host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    host.sysctl("net.ipv4.tcp_rmem", "4096\t262144\t6291456")  # the default field is above the floor's
+    cfg = f"[agent]\nstate_dir = '{STATE}'\n[sysctl]\n'net.ipv4.tcp_rmem' = '4096 87380 134217728'\n"
+    _, out, _ = run(host.root, capsys, "doctor", "--json", config=cfg)
+    check = next(c for c in json.loads(out)["checks"] if c["id"] == "sysctl.net.ipv4.tcp_rmem")
+    assert 'sysctl -w net.ipv4.tcp_rmem="4096 262144 134217728"' in check["hint"]
+    assert f"vllm-nodeagent --config {host.root / 'cfg.toml'} apply --only sysctl.net.ipv4.tcp_rmem" in check["hint"]
+
+
+@pytest.fixture
+def real_tcp_rmem() -> Iterator[str]:
+    path = "/proc/sys/net/ipv4/tcp_rmem"
+    before = Path(path).read_text()
+    yield before
+    Path(path).write_text(before)
+
+
+@pytest.mark.realhost
+@requires_root
+def test_half_applied_vector_is_rolled_back_on_the_real_kernel(real_tcp_rmem: str, tmp_path: Path) -> None:
+    """The kernel takes "a b" for a 3-field sysctl silently, changing 2 fields: apply must put it back."""
+    from vllm_nodeagent.host import Host
+
+    class Unchecked(Sysctl):  # as if the field-count check were missing: the rollback is the second line
+        def invalid(self, current: str) -> str:
+            return ""
+
+    first, second, _ = (int(x) for x in real_tcp_rmem.split())
+    t = Unchecked(Host("/"), "net.ipv4.tcp_rmem", f"{first + 1} {second + 1}", "exact")
+    o = engine.apply_one(t, Journal(Host("/"), str(tmp_path / "state")))
+    assert o.status == engine.FAILED and "half-applied" in o.message
+    assert Path("/proc/sys/net/ipv4/tcp_rmem").read_text() == real_tcp_rmem
+    checked = Sysctl(Host("/"), "net.ipv4.tcp_rmem", f"{first + 1} {second + 1}", "exact")
+    o = engine.apply_one(checked, Journal(Host("/"), str(tmp_path / "state2")))
+    assert o.status == engine.NOT_CHANGED and "takes 3 integer field(s)" in o.message
+    assert Path("/proc/sys/net/ipv4/tcp_rmem").read_text() == real_tcp_rmem

@@ -1,0 +1,167 @@
+"""What every readiness check receives (``Probe``) and the shared, cached host reads they use.
+
+Checks are read-only. Every /sys, /proc, /dev and /etc path goes through the host seam, so a fake tree under
+``--root`` answers exactly like a real host. Accounts come from /etc/passwd and /etc/group under the root (the
+service user is never impersonated: write access is judged from uid/gid and mode bits).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Optional
+
+from vllm_nodeagent.host import Host
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.config import Config
+    from vllm_nodeagent.nvml import Nvml
+    from vllm_nodeagent.topology import Gpu, Topology
+
+# The same statuses doctor reports (kept as plain strings so this module does not import doctor).
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+PID_FILE = "vllm.pid"
+SpaceFn = Callable[[str], Optional[tuple[int, int]]]
+
+
+@dataclass(frozen=True)
+class Result:
+    id: str
+    status: str
+    current: Optional[str] = None
+    desired: Optional[str] = None
+    hint: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    groups: frozenset[int]  # primary and supplementary gids
+
+
+def parse_passwd(text: str) -> dict[str, tuple[int, int, str]]:
+    """name -> (uid, gid, home) from /etc/passwd text; malformed lines are skipped."""
+    out: dict[str, tuple[int, int, str]] = {}
+    for line in text.splitlines():
+        f = line.split(":")
+        if len(f) >= 7 and f[2].isdigit() and f[3].isdigit():
+            out[f[0]] = (int(f[2]), int(f[3]), f[5])
+    return out
+
+
+def parse_group_members(text: str, user: str) -> set[int]:
+    """gids of /etc/group entries that list ``user`` as a member."""
+    gids: set[int] = set()
+    for line in text.splitlines():
+        f = line.split(":")
+        if len(f) >= 4 and f[2].isdigit() and user in f[3].split(","):
+            gids.add(int(f[2]))
+    return gids
+
+
+@dataclass
+class Probe:
+    """The host, the config and what discovery found; caches reads several checks share."""
+
+    host: Host
+    config: Config
+    topo: Topology
+    nvml: Optional[Nvml] = None
+    space_fn: Optional[SpaceFn] = None  # tests replace statvfs: a fake tree cannot fake a filesystem's size
+    sleep: Callable[[float], None] = time.sleep  # between samples of a short window (tests: no real wait)
+    _comms: Optional[dict[int, str]] = field(default=None, repr=False)
+
+    def processes(self) -> dict[int, str]:
+        """pid -> comm of every process (one /proc scan per doctor run)."""
+        if self._comms is None:
+            comms: dict[int, str] = {}
+            for name in self.host.listdir("/proc"):
+                if name.isdigit():
+                    comm = self.host.read_or(f"/proc/{name}/comm")
+                    if comm is not None:
+                        comms[int(name)] = comm.strip()
+            self._comms = comms
+        return self._comms
+
+    def running(self, comm: str) -> Optional[int]:
+        """The pid of a process named ``comm`` (the kernel truncates comm to 15 characters)."""
+        want = comm[:15]
+        return next((pid for pid, c in sorted(self.processes().items()) if c == want), None)
+
+    def account(self, name: str) -> Optional[Account]:
+        entry = parse_passwd(self.host.read_or("/etc/passwd", "") or "").get(name)
+        if entry is None:
+            return None
+        uid, gid, home = entry
+        groups = {gid} | parse_group_members(self.host.read_or("/etc/group", "") or "", name)
+        return Account(name, uid, gid, home, frozenset(groups))
+
+    def vllm_pid(self) -> Optional[int]:
+        """The live vLLM pid from its pid file (None when vLLM is not running): the root agent's state dir
+        (single layout) or the serve unit's runtime dir (split layout)."""
+        from vllm_nodeagent.layout import SERVE_RUNTIME_DIR
+
+        for d in (self.config.agent.state_dir, SERVE_RUNTIME_DIR):
+            text = (self.host.read_or(os.path.join(d, PID_FILE)) or "").strip()
+            if text.isdigit() and self.host.exists(f"/proc/{text}"):
+                return int(text)
+        return None
+
+    def space(self, host_path: str) -> Optional[tuple[int, int]]:
+        """(size, free for unprivileged users) in bytes of the filesystem holding ``host_path``; None = absent."""
+        if self.space_fn is not None:
+            return self.space_fn(host_path)
+        try:
+            st = os.statvfs(self.host.path(host_path))
+        except OSError:
+            return None
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+    def vllm_env(self, key: str) -> Optional[str]:
+        cfg = self.config.vllm
+        return cfg.env.get(key) if cfg is not None else None
+
+
+def planned_gpus(probe: Probe) -> list[Gpu]:
+    """The GPUs vLLM will use: ``[vllm] gpus`` (indices) or all of them."""
+    want = probe.config.vllm.gpus if probe.config.vllm is not None else []
+    return [g for g in probe.topo.gpus if not want or g.index in want]
+
+
+def parent_pids(probe: Probe) -> dict[int, int]:
+    """pid -> parent pid from /proc/<pid>/stat (the comm field may hold spaces and parentheses)."""
+    out: dict[int, int] = {}
+    for pid in probe.processes():
+        stat = probe.host.read_or(f"/proc/{pid}/stat")
+        if stat and ")" in stat:
+            fields = stat.rsplit(")", 1)[1].split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                out[pid] = int(fields[1])
+    return out
+
+
+def descendants(probe: Probe, root: int) -> set[int]:
+    """``root`` and every process below it."""
+    parents = parent_pids(probe)
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return tree
+
+
+def worst(statuses: list[str]) -> str:
+    """The status a group of per-GPU results rolls up to: fail > warn > pass > skip."""
+    for s in (FAIL, WARN, PASS):
+        if s in statuses:
+            return s
+    return SKIP

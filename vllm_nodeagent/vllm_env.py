@@ -1,0 +1,134 @@
+"""Who vLLM runs as and the environment it gets: the one place both the argument probe and the launch use,
+so ``doctor`` and ``launch`` ask vLLM the same question in the same environment.
+
+vLLM, torch and triton write compile caches at start (torch.compile's inductor cache defaults to
+``/tmp/torchinductor_<user>``, triton's to ``~/.triton``, vLLM's to ``~/.cache/vllm``). A root-owned leftover
+there, or a home the user cannot write (``nobody``: ``/nonexistent``), stops a real vLLM at start. So the agent
+keeps one cache directory per user under ``[agent] cache_dir`` (created through the host seam, owned by the
+user, mode 0700) and points those variables at it unless the operator set them.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from vllm_nodeagent.config import VllmConfig
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.host import Host
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_PASS_ENV_PREFIXES = ("CUDA_", "NCCL_")
+_PASS_ENV = ("HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "LANG", "LC_ALL", "TZ")
+# Compile caches vLLM's stack writes at start (subdirectories of the agent's per-user cache directory).
+CACHE_VARS = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR": "triton", "VLLM_CACHE_ROOT": "vllm"}
+
+
+class LaunchError(Exception):
+    """The vLLM command cannot be built or started; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class RunAs:
+    name: str
+    uid: int
+    gid: int
+    groups: list[int]
+    home: str
+    switch: bool  # False when the agent already runs as this user
+
+
+def resolve_user(name: str) -> RunAs:
+    """The account vLLM runs as. Root only when written explicitly; switching needs the agent to be root."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise LaunchError(
+            f"[vllm] user {name!r} does not exist (the package creates 'vllm'; or: useradd --system {name})"
+        ) from None
+    euid = os.geteuid()
+    if pw.pw_uid == 0 and name != "root":
+        raise LaunchError(f"[vllm] user {name!r} has uid 0; write user = \"root\" if you really mean root")
+    if euid == pw.pw_uid:
+        return RunAs(name, pw.pw_uid, pw.pw_gid, os.getgroups(), pw.pw_dir, switch=False)
+    if euid != 0:
+        raise LaunchError(f"cannot run vLLM as {name!r}: the agent runs as uid {euid}, not root")
+    groups = sorted(set(os.getgrouplist(name, pw.pw_gid)))
+    return RunAs(name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir, switch=True)
+
+
+def popen_user_kwargs(run_as: Optional[RunAs]) -> dict[str, object]:
+    """subprocess arguments that drop to ``run_as`` in the child (setgroups, setgid, setuid before exec)."""
+    if run_as is None or not run_as.switch:
+        return {}
+    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
+
+
+def home_usable(run_as: RunAs) -> bool:
+    """The user's home is a directory the user owns (``nobody``'s /nonexistent, or a root-owned one, is not)."""
+    try:
+        st = os.stat(run_as.home)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == run_as.uid and bool(st.st_mode & stat.S_IWUSR)
+
+
+def cache_dir_for(host: Host, base: str, run_as: RunAs) -> str:
+    """Where ``run_as``'s caches live (the real path, as the child sees it); nothing is created."""
+    return str(host.path(base) / run_as.name)
+
+
+def prepare_cache_dir(host: Host, base: str, run_as: RunAs) -> str:
+    """Create ``base/<user>`` owned by the user (mode 0700) and return its real path. A symlink or non-directory
+    in its place is refused (the base is root's; only the leaf belongs to the user)."""
+    top = host.path(base)
+    leaf = top / run_as.name  # the leaf itself is never followed: a link there is refused below
+    try:
+        top.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if not os.path.lexists(leaf):
+            leaf.mkdir(mode=0o700)
+        st = os.lstat(leaf)
+        if not stat.S_ISDIR(st.st_mode):
+            raise LaunchError(f"{leaf} is not a directory: remove it so the agent can create vLLM's cache there")
+        if run_as.switch and (st.st_uid, st.st_gid) != (run_as.uid, run_as.gid):
+            os.chown(leaf, run_as.uid, run_as.gid, follow_symlinks=False)
+        os.chmod(leaf, 0o700)  # checked above: a directory, and its root-owned parent cannot be swapped
+    except OSError as exc:
+        raise LaunchError(
+            f"cannot prepare vLLM's cache directory {leaf}: {exc.strerror} ([agent] cache_dir = {base!r})"
+        ) from exc
+    return str(leaf)
+
+
+def child_env(
+    cfg: VllmConfig, run_as: RunAs, gpus: list[int], source: Optional[dict[str, str]] = None, cache_dir: str = "",
+) -> dict[str, str]:
+    """A clean environment: what vLLM needs, nothing of the agent's (no NOTIFY_SOCKET, no root's HOME).
+    With ``cache_dir``: the compile caches go there, and so does HOME when the user's own is unusable.
+    ``[vllm] env`` (and CUDA_*/NCCL_*/HF_* passed through from the agent's environment) win."""
+    src = os.environ if source is None else source
+    env: dict[str, str] = {"PATH": SAFE_PATH, "HOME": run_as.home, "USER": run_as.name, "LOGNAME": run_as.name}
+    for key, value in src.items():
+        if key.startswith(_PASS_ENV_PREFIXES) or key in _PASS_ENV:
+            env[key] = value
+    env.setdefault("LANG", "C.UTF-8")
+    command0 = cfg.command[0] if cfg.command else ""
+    if command0.startswith("/"):
+        # A venv's bin directory first, so `vllm` finds its own helpers (e.g. ninja, triton's compilers).
+        env["PATH"] = f"{os.path.dirname(command0)}:{SAFE_PATH}"
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
+    # Without it CUDA numbers GPUs fastest-first and the indices (PCI bus order) would name other GPUs.
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    if cache_dir:
+        if not home_usable(run_as):
+            env["HOME"] = cache_dir
+            env["XDG_CACHE_HOME"] = os.path.join(cache_dir, ".cache")
+        for var, sub in CACHE_VARS.items():
+            env.setdefault(var, os.path.join(cache_dir, sub))
+    env.update(cfg.env)
+    return env
