@@ -2,11 +2,11 @@
 reader that suits it.
 
 Measured (bench/prewarm.py --designs, bench/README.md): on this project's virtio VM disk (one hardware queue,
-nr_requests 256, reported rotational) 4 threads over 256 MiB segments read 1.3-2.8x faster than one sequential
-stream, whatever its call size, readahead or WILLNEED window: the host behind a virtio disk serves many requests
-at once. The same holds, more so, for NVMe (many hardware queues) and for network filesystems (each stream waits
-for round trips). Only a real spinning disk loses from several streams (every switch is a seek), and memory
-(tmpfs, zram) has nothing to gain: those get one sequential stream per file.
+nr_requests 256, reported rotational) 4 threads over 256 MiB segments read a median 1.34x faster per round than
+one sequential stream, whatever its call size, readahead or WILLNEED window: the host behind a virtio disk serves
+many requests at once. The same holds, more so, for NVMe (many hardware queues) and for network filesystems
+(each stream waits for round trips). Only a real spinning disk loses from several streams (every switch is a
+seek), and memory (tmpfs, zram) has nothing to gain: those get one sequential stream per file.
 """
 
 from __future__ import annotations
