@@ -342,3 +342,141 @@ def test_half_applied_vector_is_rolled_back_on_the_real_kernel(real_tcp_rmem: st
     o = engine.apply_one(checked, Journal(Host("/"), str(tmp_path / "state2")))
     assert o.status == engine.NOT_CHANGED and "takes 3 integer field(s)" in o.message
     assert Path("/proc/sys/net/ipv4/tcp_rmem").read_text() == real_tcp_rmem
+
+
+# --- class 5: no tracebacks ----------------------------------------------------------------------------------
+def one_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("vllm-nodeagent:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def as_nobody(argv: list[str]) -> tuple[int, str, str]:
+    """cli.main in a forked child that dropped to uid/gid 65534 (the interpreter itself is not readable there)."""
+    import importlib
+    import io
+    import sys
+
+    for name in ("vllm_nodeagent.engine", "vllm_nodeagent.topology"):
+        importlib.import_module(name)  # before the fork: the child may not read the venv
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 99
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            sys.stdout, sys.stderr = out, err
+            code = cli.main(argv)
+        finally:
+            os.write(w, json.dumps([code, out.getvalue(), err.getvalue()]).encode())
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    code, out, err = json.loads(data)
+    return code, out, err
+
+
+@requires_root
+def test_apply_and_revert_as_non_root(tmp_path: Path) -> None:
+    import shutil
+    import tempfile
+
+    where = Path(tempfile.mkdtemp(prefix="faults-nonroot-"))
+    try:
+        where.chmod(0o755)
+        cfg = where / "c.toml"
+        cfg.write_text(f"[agent]\nstate_dir = '{where}/state'\n[sysctl]\n'vm.max_map_count' = 262144\n")
+        cfg.chmod(0o644)
+        before = Path("/proc/sys/vm/max_map_count").read_text()
+        for command in ("apply", "revert"):
+            rc, out, err = as_nobody(["--config", str(cfg), command])
+            line = one_line(err)
+            assert rc == 3 and "run it as root" in line and f"sudo vllm-nodeagent {command}" in line
+            assert out == ""
+        assert Path("/proc/sys/vm/max_map_count").read_text() == before and not (where / "state").exists()
+    finally:
+        shutil.rmtree(where)
+
+
+def test_state_dir_that_is_a_file(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    state = host.root / STATE.lstrip("/")
+    state.parent.mkdir(parents=True)
+    state.write_text("not a dir")
+    before = snapshot(host.root)
+    for command in ("apply", "revert"):
+        rc, out, err = run(host.root, capsys, command)
+        assert rc == 3 and out == ""
+        assert one_line(err) == (f"vllm-nodeagent: {command}: {STATE}: the state dir is not a directory; "
+                                 "set [agent] state_dir")
+    assert snapshot(host.root) == before and state.read_text() == "not a dir"
+
+
+@requires_root
+@pytest.mark.parametrize("how", ["ro-tmpfs", "ro-bind"])
+def test_read_only_state_dir(host: FakeHost, capsys: pytest.CaptureFixture[str], how: str) -> None:
+    state = host.root / STATE.lstrip("/")
+    if how == "ro-tmpfs":
+        state.mkdir(parents=True, mode=0o700)
+        mounts = [["mount", "-t", "tmpfs", "-o", "ro,size=64k,mode=0700", "tmpfs", str(state)]]
+    else:
+        applied(host, capsys)  # a journal exists: revert must leave it and the host as they are
+        mounts = [["mount", "--bind", str(state), str(state)], ["mount", "-o", "remount,bind,ro", str(state)]]
+    done = 0
+    try:
+        for m in mounts:
+            proc = subprocess.run(m, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                pytest.skip(f"cannot mount here: {proc.stderr.strip()}")
+            done += 1
+        before = snapshot(host.root)
+        journal_before = journal_file(host.root).read_bytes() if how == "ro-bind" else None
+        for command in ("apply", "revert"):
+            rc, out, err = run(host.root, capsys, command)
+            assert rc == 3 and out == ""
+            assert f"{STATE}: cannot use the state dir: Read-only file system" in one_line(err)
+        assert snapshot(host.root) == before
+        if journal_before is not None:
+            assert journal_file(host.root).read_bytes() == journal_before
+    finally:
+        if done:
+            subprocess.run(["umount", str(state)], check=True)
+
+
+def test_config_symlink_loop(host: FakeHost, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(loop)
+    for command in ("doctor", "apply", "revert", "topology"):
+        rc = cli.main(["--root", str(host.root), "--config", str(loop), command], host_cls=SysfsHost)
+        out, err = capsys.readouterr()
+        assert rc == 2 and out == ""
+        assert one_line(err) == f"vllm-nodeagent: config error: {loop}: cannot read: Too many levels of symbolic links"
+
+
+@pytest.mark.parametrize(("path", "text"), [
+    ("/sys/devices/system/node/node0/cpulist", "garbage!"),
+    ("/sys/devices/system/node/node0/meminfo", "Node 0 MemTotal: lots kB"),
+    ("/sys/devices/pci0000:00/0000:17:00.0/local_cpulist", "x-y"),
+])
+def test_malformed_sysfs_text_is_not_the_end_of_any_command(
+        host: FakeHost, capsys: pytest.CaptureFixture[str], path: str, text: str) -> None:
+    host.write(path, text)
+    for command in ("topology", "doctor", "apply", "revert"):
+        rc, _, err = run(host.root, capsys, command)
+        assert "Traceback" not in err and rc in (0, 1), (command, rc, err)
+
+
+def test_link_loop_in_sys_block(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    host.block("sda", "mq-deadline [bfq] none", True)
+    (host.root / "sys/block/sda").unlink()
+    (host.root / "sys/block/sda").symlink_to("/sys/block/sda")
+    cfg = f"[agent]\nstate_dir = '{STATE}'\n[block]\ndevices = ['sd*']\nscheduler = 'none'\n"
+    for command in ("topology", "doctor", "apply"):
+        rc, _, err = run(host.root, capsys, command, config=cfg)
+        assert "Traceback" not in err and rc in (0, 1), (command, rc, err)

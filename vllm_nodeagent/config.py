@@ -399,14 +399,15 @@ def check_file_safety(path: Path, shown: str) -> None:
 
 def load_config(explicit: Optional[str], default_path: Path, default_shown: str = DEFAULT_CONFIG_PATH) -> Config:
     """Load ``explicit`` (must exist) or the default file (missing = built-in defaults)."""
-    if explicit is not None:
-        path, shown = Path(explicit), explicit
-        if not path.exists():
-            raise ConfigError(shown, "no such file")
-    else:
-        path, shown = default_path, default_shown
-        if not path.exists():
+    path, shown = (Path(explicit), explicit) if explicit is not None else (default_path, default_shown)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        if explicit is None:
             return Config(path="(built-in defaults)")
+        raise ConfigError(shown, "no such file") from None
+    except OSError as exc:  # a link loop, a path through a non-directory, no permission
+        raise ConfigError(shown, f"cannot read: {exc.strerror}") from None
     check_file_safety(path, shown)
     try:
         text = path.read_text(encoding="utf-8")

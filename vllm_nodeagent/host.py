@@ -99,17 +99,25 @@ class Host:
         except HostError:
             return default
 
+    # A link loop (ELOOP) answers like a missing path, as os.path.exists does: one odd sysfs entry must not end
+    # discovery.
     def exists(self, host_path: str) -> bool:
-        return self.path(host_path).exists()
+        try:
+            return self.path(host_path).exists()
+        except HostError:
+            return False
 
     def is_dir(self, host_path: str) -> bool:
-        return self.path(host_path).is_dir()
+        try:
+            return self.path(host_path).is_dir()
+        except HostError:
+            return False
 
     def listdir(self, host_path: str) -> list[str]:
-        """Sorted entry names; empty when the directory is missing."""
+        """Sorted entry names; empty when the directory is missing or unreadable."""
         try:
             return sorted(os.listdir(self.path(host_path)))
-        except OSError:
+        except (OSError, HostError):
             return []
 
     def glob(self, host_dir: str, pattern: str) -> list[str]:
