@@ -170,11 +170,11 @@ class Daemon:
         if self.manage_settings:
             self.notify.status("applying settings")
             self._open_nvml()
-            self._apply_settings()
+            self._guarded("settings", self._apply_settings)
         if self._pending_stop():
             return self._stop()
         if self.do_prewarm:
-            self._prewarm()
+            self._guarded("prewarm", self._prewarm)
         if self._pending_stop():
             return self._stop()
         if self.launch_vllm and something_to_launch(self.ctx.config.vllm):
@@ -244,6 +244,14 @@ class Daemon:
                 self._child_exited(ex, now)
                 if self.exit_code is not None:
                     return
+        self._guarded("vllm", lambda: self._tick_child(now))
+        if now >= self.next_drift:
+            self._guarded("settings", self._drift)
+            self._guarded("readiness", self._readiness)
+            self.next_drift = self.clock() + self.ctx.config.agent.drift_interval_s
+        self._guarded("metrics", self.metrics.write)
+
+    def _tick_child(self, now: float) -> None:
         if self.phase in ("loading", "gating") and self.child is not None:
             self._check_loading(now)
         elif self.phase == "backoff" and now >= self.restart_at:
@@ -255,11 +263,14 @@ class Daemon:
         if self.plan is not None and self.plan.pin and self.child is not None and now >= self.next_pin:
             self._pin_workers()
             self.next_pin = now + PIN_POLL_S
-        if now >= self.next_drift:
-            self._drift()
-            self._readiness()
-            self.next_drift = self.clock() + self.ctx.config.agent.drift_interval_s
-        self.metrics.write()
+
+    def _guarded(self, component: str, step: Callable[[], object]) -> None:
+        """One failure boundary per component (settings/drift, prewarm, vLLM child, readiness, metrics): a bug or
+        an OS error in one is logged with its traceback and the others go on; only a stop request ends serving."""
+        try:
+            step()
+        except Exception:
+            self.log.exception("component_failed", component=component)
 
     def _watchdog(self, now: float) -> None:
         if self.notify.watchdog_interval_s and now >= self.next_watchdog:
@@ -636,7 +647,7 @@ class Daemon:
         if self.metrics.textfile != new.agent.metrics_textfile:
             self.metrics = Metrics(self._textfile(new.agent.metrics_textfile))
         if self.manage_settings:
-            self._apply_settings()
+            self._guarded("settings", self._apply_settings)
         if self.launch_vllm and new.vllm != old.vllm:
             self.log.info("vllm_config_changed", action="restart")
             if self.child is not None:

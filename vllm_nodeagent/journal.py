@@ -234,7 +234,7 @@ class Journal:
 
     # -- lock -----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self, timeout_s: float = LOCK_TIMEOUT_S,
+    def locked(self, timeout_s: Optional[float] = None,
                on_wait: Optional[Callable[[str], None]] = None) -> Iterator[None]:
         """One writer at a time (the daemon and an operator's `apply` must not interleave).
 
@@ -249,7 +249,7 @@ class Journal:
         except (OSError, HostError) as exc:
             raise JournalError(f"{self.state_dir}: cannot use the state dir: {_why(exc)}") from None
         try:
-            self._acquire(fd, lock_host_path, timeout_s, on_wait)
+            self._acquire(fd, lock_host_path, LOCK_TIMEOUT_S if timeout_s is None else timeout_s, on_wait)
             yield
         finally:
             os.close(fd)

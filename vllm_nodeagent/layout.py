@@ -14,12 +14,11 @@ back to single.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from vllm_nodeagent import subp
 from vllm_nodeagent.host import Host
 
 HOST_UNIT = "vllm-nodeagent.service"
@@ -48,12 +47,10 @@ def systemctl_query(verb: str, unit: str) -> str:
     exe = shutil.which("systemctl")
     if exe is None:
         return ""
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     try:
-        res = subprocess.run([exe, verb, unit], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT_S,
-                             check=False, env=env)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
+        res = subp.run([exe, verb, unit], SYSTEMCTL_TIMEOUT_S, subp.without_notify())
+    except subp.CommandError:
+        return ""  # no answer is an answer here: the caller falls back to the single-unit layout
     words = res.stdout.split()
     return words[0] if words else ""
 

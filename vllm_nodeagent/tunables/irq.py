@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from typing import Optional
 
+from vllm_nodeagent import subp
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.parse import ParseError, format_cpulist, parse_cpulist, parse_interrupts_for
+from vllm_nodeagent.subp import CommandError, Result, without_notify
 from vllm_nodeagent.tunables.base import MultiFileTunable, NotApplicable, TunableError
 
 SYSTEMCTL_TIMEOUT_S = 30
@@ -33,17 +33,19 @@ class Irqbalance:
     def params(self) -> dict[str, str]:
         return {}
 
-    def _systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def _systemctl(self, *args: str) -> Result:
         exe = shutil.which("systemctl")
         if exe is None:
             raise NotApplicable("systemctl not found")
         # SYSTEMCTL_SKIP_SYSV: Debian's `systemctl disable` also runs update-rc.d, which writes /etc/rc?.d and
         # fails under the unit's ProtectSystem=strict; on a systemd host those links are unused (found in the VM
         # bed). NOTIFY_SOCKET is dropped: only the agent itself may talk to systemd's notify socket.
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        env = without_notify()
         env["SYSTEMCTL_SKIP_SYSV"] = "1"
-        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT_S,
-                              check=False, env=env)
+        try:
+            return subp.run([exe, *args], SYSTEMCTL_TIMEOUT_S, env)
+        except CommandError as exc:  # a hung systemd fails this setting, not the daemon
+            raise TunableError(str(exc)) from None
 
     def read(self) -> str:
         # Only the real host's systemd can answer; a --root tree has no service manager.
