@@ -480,3 +480,74 @@ def test_link_loop_in_sys_block(host: FakeHost, capsys: pytest.CaptureFixture[st
     for command in ("topology", "doctor", "apply"):
         rc, _, err = run(host.root, capsys, command, config=cfg)
         assert "Traceback" not in err and rc in (0, 1), (command, rc, err)
+
+
+# --- class 6: waits and hangs ---------------------------------------------------------------------------------
+def test_lock_wait_names_the_holder_and_gives_up(host: FakeHost, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    from vllm_nodeagent import journal as journal_mod
+
+    monkeypatch.setattr(journal_mod, "LOCK_TIMEOUT_S", 0.3)
+    state = host.root / STATE.lstrip("/")
+    state.mkdir(parents=True, mode=0o700)
+    before = snapshot(host.root)
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another holder: a separate open file description, as another process has
+        os.write(fd, b"4242\n")
+        for command in ("apply", "revert"):
+            rc, out, err = run(host.root, capsys, command)
+            assert rc == 3 and out == "" and "Traceback" not in err
+            waiting, gave_up = err.splitlines()
+            assert waiting == (f"vllm-nodeagent: waiting for {STATE}/lock, held by pid 4242 "
+                               "(giving up after 0.3 s)")
+            assert gave_up.startswith(f"vllm-nodeagent: {command}: {STATE}/lock is held by pid 4242; "
+                                      "gave up after 0.3 s")
+    finally:
+        os.close(fd)
+    assert snapshot(host.root) == before and not journal_file(host.root).exists()
+
+
+def test_systemctl_that_hangs_fails_the_setting_not_the_caller(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm_nodeagent.host import Host
+    from vllm_nodeagent.tunables import irq
+    from vllm_nodeagent.tunables.base import TunableError
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text("#!/bin/sh\nexec /bin/sleep 30\n")
+    (fake / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake))
+    monkeypatch.setattr(irq, "SYSTEMCTL_TIMEOUT_S", 0.3)
+    with pytest.raises(TunableError, match=r"systemctl disable irqbalance.service: no answer in 0.3 s"):
+        irq.Irqbalance(Host("/")).write("inactive/disabled")
+
+
+def test_daemon_component_failure_is_logged_and_the_others_go_on(
+        host: FakeHost, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from vllm_nodeagent import log
+    from vllm_nodeagent.config import Config
+    from vllm_nodeagent.daemon import Daemon
+
+    log.configure("json", stream=sys.stderr)
+    ctx = cli.Context(host=SysfsHost(host.root), config=Config(path="t"), config_arg=None, log_format="json")
+    d = Daemon(ctx, prewarm=False, launch_vllm=False)
+    ran: list[str] = []
+
+    def broken_drift() -> None:
+        raise RuntimeError("a bug in drift")
+
+    monkeypatch.setattr(d, "_drift", broken_drift)
+    monkeypatch.setattr(d, "_readiness", lambda: ran.append("readiness"))
+    monkeypatch.setattr(d.metrics, "write", lambda: ran.append("metrics"))
+    d._tick(d.clock())
+    assert ran == ["readiness", "metrics"]
+    [event] = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+               if '"component_failed"' in line]
+    assert event["component"] == "settings" and event["error"] == "RuntimeError: a bug in drift"
+    assert "Traceback (most recent call last)" in event["traceback"] and "broken_drift" in event["traceback"]

@@ -269,8 +269,11 @@ class Daemon:
         an OS error in one is logged with its traceback and the others go on; only a stop request ends serving."""
         try:
             step()
-        except Exception:
-            self.log.exception("component_failed", component=component)
+        except Exception as exc:
+            import traceback
+
+            self.log.error("component_failed", component=component, error=f"{type(exc).__name__}: {exc}",
+                           traceback=traceback.format_exc())
 
     def _watchdog(self, now: float) -> None:
         if self.notify.watchdog_interval_s and now >= self.next_watchdog:
