@@ -24,7 +24,7 @@ def good_host(h: FakeHost) -> None:
     uvm = h.root / "dev/nvidia-uvm"
     uvm.parent.mkdir(parents=True, exist_ok=True)
     os.mknod(uvm, 0o666 | 0o020000, os.makedev(511, 0))  # a character device, as udev makes it
-    os.chmod(uvm, 0o666)  # past the umask
+    os.chmod(uvm, 0o666)  # noqa: S103 - past the umask: the mode udev gives /dev/nvidia-uvm
     h.write("/opt/vllm/lib/python3.11/site-packages/torch/version.py",
             "__version__ = '2.11.0+cu130'\ndebug = False\ncuda: Optional[str] = '13.0'\n")
     (h.root / "etc").mkdir(exist_ok=True)
