@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fakehost import FakeHost
+from nvml_double import NvmlDouble
+
 from vllm_nodeagent.metrics import Metrics
 
 
@@ -40,3 +43,37 @@ def test_unwritable_path_is_logged_not_fatal(tmp_path: Path) -> None:
     m = Metrics(str(tmp_path / "missing-dir" / "x.prom"))
     m.set_up(False)
     m.write()  # must not raise
+
+
+def test_readiness_checks_and_heartbeat_in_the_textfile(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
+    """The daemon exports doctor's readiness checks by id and a heartbeat that moves even when nothing changed."""
+    from checkhelp import probe
+
+    from vllm_nodeagent.cli import Context
+    from vllm_nodeagent.daemon import Daemon
+    from vllm_nodeagent.host import Host
+
+    hgx.sysctl("kernel.numa_balancing", "1")
+    prom = hgx.root / "var/lib/node_exporter/vna.prom"
+    prom.parent.mkdir(parents=True)
+    cfg = "[agent]\nmetrics_textfile = '/var/lib/node_exporter/vna.prom'\n"
+    p = probe(hgx, cfg, hgx_nvml)
+    ctx = Context(host=Host(hgx.root), config=p.config, config_arg=None, log_format="json")
+    d = Daemon(ctx, manage_settings=False, prewarm=False, launch_vllm=False, topology=p.topo)
+    d.nvml = p.nvml
+    d._readiness()
+    d.metrics.write()
+    text = prom.read_text()
+    assert 'vllm_nodeagent_check_status{id="kernel.numa_balancing"} 1.0' in text  # warn
+    assert 'vllm_nodeagent_check_status{id="gpu.memory_health"} 0.0' in text  # pass
+    assert 'vllm_nodeagent_check_status{id="limits.vllm"} -1.0' in text  # skip
+    first = float(next(line.split()[1] for line in text.splitlines()
+                       if line.startswith("vllm_nodeagent_last_check_timestamp_seconds ")))
+    assert first > 1.7e9
+    d.metrics.last_check.set(0)
+    prom.write_text("")
+    d._readiness()
+    d.metrics.write()  # nothing else changed: the heartbeat alone makes it write
+    second = float(next(line.split()[1] for line in prom.read_text().splitlines()
+                        if line.startswith("vllm_nodeagent_last_check_timestamp_seconds ")))
+    assert second >= first
