@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import sys
 import time
@@ -18,6 +17,8 @@ def answer(call: Any) -> Any:
         return call()
     except pynvml.NVMLError as exc:
         return {"error": str(exc)}
+    except AttributeError as exc:  # an older nvidia-ml-py without that function: the wrapper sees a refusal too
+        return {"error": f"not in this nvidia-ml-py: {exc}"}
 
 
 def record_readiness(pynvml: Any, h: Any, dev: dict[str, Any]) -> None:
@@ -45,13 +46,15 @@ def record_readiness(pynvml: Any, h: Any, dev: dict[str, Any]) -> None:
     dev["utilization_gpu"] = answer(lambda: int(pynvml.nvmlDeviceGetUtilizationRates(h).gpu))
     samples = []
     for _ in range(3):  # the short window the throttle check samples
-        samples.append(answer(lambda: int(pynvml.nvmlDeviceGetCurrentClocksEventReasons(h))))
+        reasons = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+            pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        samples.append(answer(lambda fn=reasons: int(fn(h))))
         time.sleep(0.05)
     dev["clocks_event_reasons"] = samples if all(isinstance(s, int) for s in samples) else samples[0]
 
     def fabric() -> list[int]:
         info = pynvml.c_nvmlGpuFabricInfo_t()
-        pynvml.nvmlDeviceGetGpuFabricInfo(h, ctypes.byref(info))
+        pynvml.nvmlDeviceGetGpuFabricInfo(h, pynvml.byref(info))  # pynvml re-exports ctypes.byref
         return [int(info.state), int(info.status)]
     dev["fabric"] = answer(fabric)
 

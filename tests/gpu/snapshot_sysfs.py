@@ -19,8 +19,15 @@ GLOBS = [
     "/sys/kernel/mm/transparent_hugepage/enabled", "/sys/kernel/mm/transparent_hugepage/defrag",
     "/proc/meminfo", "/proc/sys/vm/max_map_count", "/proc/sys/net/core/rmem_max", "/proc/sys/net/core/wmem_max",
     "/proc/sys/net/ipv4/tcp_rmem", "/proc/sys/net/ipv4/tcp_wmem", "/proc/interrupts",
+    # doctor's readiness checks (vllm_nodeagent/checks/)
+    "/proc/modules", "/proc/cmdline", "/proc/self/mountinfo", "/proc/sys/kernel/numa_balancing",
+    "/etc/systemd/logind.conf", "/etc/systemd/logind.conf.d/*.conf", "/etc/login.defs", "/etc/passwd",
+    "/etc/group", "/etc/sysctl.conf", "/etc/sysctl.d/*.conf", "/usr/lib/sysctl.d/*.conf", "/run/sysctl.d/*.conf",
+    "/etc/tuned/active_profile", "/etc/ld.so.cache", "/sys/kernel/iommu_groups/*/type",
+    "/etc/systemd/system/vllm-nodeagent*.service", "/usr/lib/systemd/system/vllm-nodeagent*.service",
 ]
-PCI_ATTRS = ["vendor", "device", "class", "numa_node", "local_cpulist", "local_cpus", "label", "irq"]
+PCI_ATTRS = ["vendor", "device", "class", "numa_node", "local_cpulist", "local_cpus", "label", "irq",
+             "current_link_width", "max_link_width", "current_link_speed", "max_link_speed"]
 
 
 def copy_file(src: Path, root: Path) -> None:
@@ -62,6 +69,12 @@ def main(dest: str) -> int:
             real = Path(os.path.realpath(dev))
             for attr in PCI_ATTRS:
                 copy_file(real / attr, root)
+            if vendor == "0x10de":  # the bridges above a GPU: their config space holds the ACS control bits
+                for parent in real.parents:
+                    if (parent / "config").exists() and parent.name[:4].isalnum() and ":" in parent.name:
+                        copy_file(parent / "config", root)
+                if (real / "iommu_group").exists():
+                    copy_link_chain(real / "iommu_group", root)
             msi = real / "msi_irqs"
             if msi.is_dir():
                 for irq in msi.iterdir():
