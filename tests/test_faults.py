@@ -551,3 +551,30 @@ def test_daemon_component_failure_is_logged_and_the_others_go_on(
                if '"component_failed"' in line]
     assert event["component"] == "settings" and event["error"] == "RuntimeError: a bug in drift"
     assert "Traceback (most recent call last)" in event["traceback"] and "broken_drift" in event["traceback"]
+
+
+# --- class 7: output that misleads ----------------------------------------------------------------------------
+def test_result_lines_are_plain_and_elided() -> None:
+    long = "x" * 500
+    line = engine.render_outcome(engine.Outcome("sysctl.a.b", engine.CHANGED, "4096\t87380\t" + long, "1",
+                                                previous=None))
+    assert line.startswith("changed      sysctl.a.b  - → 4096 87380 xxx") and line.endswith("…")
+    assert "\t" not in line and "None" not in line and "'" not in line and len(line) < 120
+    line = engine.render_outcome(engine.Outcome("thp.enabled", engine.FAILED, None, "madvise", "EINVAL\n(x)"))
+    assert line == "failed       thp.enabled  (wants madvise)  (EINVAL (x))"
+
+
+def test_apply_prints_each_result_once_and_logs_nothing(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run(host.root, capsys, "apply")
+    assert rc == 0 and err == ""
+    assert out.count("sysctl.vm.max_map_count") == 1
+    assert "changed      sysctl.vm.max_map_count  65530 → 262144\n" in out
+    assert "changed      sysctl.net.ipv4.tcp_rmem  4096 131072 6291456 → 4096 131072 134217728  (" in out
+
+
+def test_launch_plan_error_is_one_plain_line(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run(host.root, capsys, "launch", "--dry-run", "--gpus", "7",
+                       config=f"[agent]\nstate_dir = '{STATE}'\n[vllm]\nmodel = 'm'\n")
+    assert rc == 1 and out == ""
+    line = one_line(err)
+    assert line.startswith("vllm-nodeagent: launch: ") and "{" not in line

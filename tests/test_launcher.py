@@ -297,7 +297,8 @@ def test_launch_dry_run_json(tmp_path: Path) -> None:
 
 def test_launch_with_nothing_to_launch_is_a_usage_error(tmp_path: Path) -> None:
     r = run_cli(["launch", "--dry-run"], tmp_path, "[vllm]\nmodel = \"\"\n")
-    assert r.returncode == 2 and "nothing_to_launch" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("vllm-nodeagent: launch: nothing to launch: set [vllm] model")
+    assert r.stderr.count("\n") == 1  # one plain line, not a JSON log event
 
 
 def test_launch_rejects_args_vllm_refuses(tmp_path: Path) -> None:

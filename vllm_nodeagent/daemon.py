@@ -264,6 +264,9 @@ class Daemon:
             self._pin_workers()
             self.next_pin = now + PIN_POLL_S
 
+    def _lock_wait(self, message: str) -> None:
+        self.log.warning("journal_lock_wait", detail=message)
+
     def _guarded(self, component: str, step: Callable[[], object]) -> None:
         """One failure boundary per component (settings/drift, prewarm, vLLM child, readiness, metrics): a bug or
         an OS error in one is logged with its traceback and the others go on; only a stop request ends serving."""
@@ -296,7 +299,7 @@ class Daemon:
         self.tunables = build_tunables(self.ctx.config, self.topo, self.ctx.host, self.nvml, self.nvml_error)
         self.journal = Journal(self.ctx.host, self.ctx.config.agent.state_dir)
         try:
-            with self.journal.locked():
+            with self.journal.locked(on_wait=self._lock_wait):
                 outcomes = apply(self.tunables, self.journal)
         except (JournalError, OSError) as exc:
             self.log.error("settings_failed", error=str(exc))
@@ -329,7 +332,7 @@ class Daemon:
         if drifted and mode == "enforce":
             ids = {o.id for o in drifted}
             try:
-                with self.journal.locked():
+                with self.journal.locked(on_wait=self._lock_wait):
                     fixed = apply([t for t in self.tunables if t.id in ids], self.journal)
             except (JournalError, OSError) as exc:
                 self.log.error("drift_reapply_failed", error=str(exc))
@@ -356,7 +359,7 @@ class Daemon:
 
         journal = self.journal or Journal(self.ctx.host, self.ctx.config.agent.state_dir)
         try:
-            with journal.locked():
+            with journal.locked(on_wait=self._lock_wait):
                 revert(self.ctx.host, journal, self.nvml)
         except (JournalError, OSError) as exc:
             self.log.error("revert_failed", error=str(exc))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from vllm_nodeagent import log
@@ -82,16 +83,16 @@ def cmd_launch(ctx: Context, args: argparse.Namespace) -> int:
     from vllm_nodeagent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json
     from vllm_nodeagent.cli_topology import discover_with_nvml
 
-    logger = log.get()
+    # A one-shot command's errors are one plain line on stderr (the daemon logs its own as events).
     if not something_to_launch(ctx.config.vllm):
-        logger.error("nothing_to_launch", detail="[vllm] model is empty and command is the default")
+        print(f"vllm-nodeagent: launch: nothing to launch: set [vllm] model in {ctx.config.path}", file=sys.stderr)
         return EXIT_USAGE
     topo = discover_with_nvml(ctx)
     if args.dry_run:
         try:
             launch_plan, _ = build_plan(ctx, topo, args.gpus, prepare=False)  # a dry run creates nothing
         except LaunchError as exc:
-            logger.error("launch_plan_failed", error=str(exc))
+            print(f"vllm-nodeagent: launch: {' '.join(str(exc).split())}", file=sys.stderr)
             return EXIT_FAILED
         if args.json:
             print_json({"argv": launch_plan.argv, "env": launch_plan.env, "numa_nodes": launch_plan.numa_nodes,
