@@ -46,7 +46,7 @@ def test_clean_log_passes_and_skips(hgx: FakeHost, tmp_path: Path) -> None:
     assert results(probe(hgx), "xid")["gpu.xid"].status == "pass"
     os.remove(hgx.root / "dev/kmsg")
     r = results(probe(hgx), "xid")["gpu.xid"]
-    assert r.status == "skip" and "unreadable" in r.detail
+    assert r.status == "skip" and "unreadable" in r.detail  # a fake tree never asks the real host's journal
     vm = vm_no_gpu(tmp_path / "vm")
     vm.write("/dev/kmsg", KMSG)
     assert results(probe(vm), "xid") == {}  # no GPU, no GPU checks
@@ -63,3 +63,23 @@ def test_real_dev_kmsg_is_read_to_its_end_without_blocking() -> None:
     p = Probe(Host("/"), Config(path="-"), Topology([], [], [], []))
     text = xid.read_kmsg(p)
     assert text is not None and "Linux version" in text  # the first record since boot, unless it wrapped
+
+
+def test_journal_fallback_when_kmsg_is_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm_nodeagent.checks.base import Probe
+    from vllm_nodeagent.config import Config
+    from vllm_nodeagent.host import Host
+    from vllm_nodeagent.topology import Topology
+
+    tool = tmp_path / "journalctl"
+    tool.write_text("#!/bin/sh\necho 'NVRM: Xid (PCI:0000:18:00): 79, pid=0, GPU has fallen off the bus.'\n")
+    tool.chmod(0o755)
+    monkeypatch.setattr(xid, "read_kmsg", lambda probe: None)  # as under ProtectKernelLogs=yes
+    monkeypatch.setattr(xid.shutil, "which", lambda name: str(tool))
+    p = Probe(Host("/"), Config(path="-"), Topology([], [], [], []))
+    text, source = xid.kernel_log(p)
+    assert source == "journalctl -k -b" and xid.parse_events(text or "")[0][2] == 79
+    hang = tmp_path / "hang"
+    hang.write_text("#!/bin/sh\nexec sleep 30\n")
+    hang.chmod(0o755)
+    assert xid.read_journal([str(hang)], timeout_s=0.2) is None  # a wedged journal costs the timeout, no more

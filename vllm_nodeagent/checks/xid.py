@@ -1,7 +1,8 @@
 """Check 5: Xid (GPU) and SXid (NVSwitch) events in the kernel log since boot.
 
-Read from /dev/kmsg (non-blocking, through the host seam; no subprocess): its ring buffer holds the log since
-boot unless it wrapped. Severity follows the "Resolution Bucket (Immediate Action)" column of NVIDIA's Xid
+Read from /dev/kmsg (non-blocking, through the host seam): its ring buffer holds the log since boot unless it
+wrapped; where /dev/kmsg is hidden (the daemon's sandbox) ``journalctl -k -b`` through the one subprocess helper,
+with a timeout. Severity follows the "Resolution Bucket (Immediate Action)" column of NVIDIA's Xid
 catalog (https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html): codes whose action is to
 restart the application are the application's own faults (a bad kernel, an out-of-bounds access) and only
 warn; codes that call for a GPU reset, a reboot or support fail; codes not in the table warn with a pointer.
@@ -13,11 +14,13 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 from typing import Optional
 
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Probe, Result
 
 KMSG = "/dev/kmsg"
+JOURNAL_TIMEOUT_S = 5.0
 MAX_BYTES = 16 << 20  # the largest kernel ring buffer is far smaller; a runaway fake file stops here
 # Xid code -> (severity, what it means, the catalog's immediate action)
 XIDS: dict[int, tuple[str, str]] = {
@@ -72,6 +75,29 @@ def read_kmsg(probe: Probe) -> Optional[str]:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+def read_journal(argv: list[str], timeout_s: float = JOURNAL_TIMEOUT_S) -> Optional[str]:
+    """The kernel messages of this boot from the journal (``journalctl -k -b``); None when it cannot answer."""
+    from vllm_nodeagent import subp
+
+    try:
+        result = subp.run(argv, timeout_s)
+    except subp.CommandError:
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def kernel_log(probe: Probe) -> tuple[Optional[str], str]:
+    """(the kernel log since boot, where it came from): /dev/kmsg, else the journal on the real host (the
+    daemon's sandbox hides /dev/kmsg: ProtectKernelLogs=yes)."""
+    text = read_kmsg(probe)
+    if text is not None:
+        return text, KMSG
+    exe = shutil.which("journalctl") if probe.host.is_real else None
+    if exe is None:
+        return None, ""
+    return read_journal([exe, "-k", "-b", "-o", "cat", "--no-pager", "-q"]), "journalctl -k -b"
+
+
 def parse_events(text: str) -> list[tuple[str, str, int, str]]:
     """(kind "Xid"|"SXid", PCI address, code, text) per event; /dev/kmsg's "prio,seq,usec,flags;" prefix dropped."""
     out: list[tuple[str, str, int, str]] = []
@@ -99,12 +125,12 @@ def checks(probe: Probe) -> list[Result]:
     want = "no Xid/SXid since boot"
     if not probe.topo.gpus:
         return []  # a host without GPUs has no GPU checks
-    text = read_kmsg(probe)
+    text, source = kernel_log(probe)
     if text is None:
-        return [Result(cid, SKIP, None, want, "", f"{KMSG} unreadable (run doctor as root, outside the sandbox)")]
+        return [Result(cid, SKIP, None, want, "", f"{KMSG} and the journal unreadable (run doctor as root)")]
     events = parse_events(text)
     if not events:
-        return [Result(cid, PASS, "none", want)]
+        return [Result(cid, PASS, "none", want, "", f"from {source}")]
     counts: dict[tuple[str, str, int], int] = {}
     for kind, pci, code, _ in events:
         counts[(kind, pci, code)] = counts.get((kind, pci, code), 0) + 1
@@ -120,4 +146,4 @@ def checks(probe: Probe) -> list[Result]:
     return [Result(cid, status, "; ".join(shown[:6]) + (f"; +{len(shown) - 6} more" if len(shown) > 6 else ""),
                    want, "dmesg | grep -E 'S?Xid'; act on the catalog's resolution, then reboot to clear the log"
                    if status == FAIL else "application faults: check the vLLM logs at those times",
-                   f"{len(events)} event(s) in the kernel ring buffer")]
+                   f"{len(events)} event(s) in the kernel log ({source})")]
