@@ -21,7 +21,12 @@ def test_idle_gen1_is_no_alarm_and_idle_is_not_throttling(hgx: FakeHost, hgx_nvm
     assert got["gpu.pcie_link"].status == "pass"
     assert got["gpu.pcie_link"].current == "all 8: x16/x16 Gen1/Gen5 (idle: a lower generation saves power)"
     assert (got["gpu.throttle"].status, got["gpu.throttle"].current) == ("pass", "idle")
+    assert waits == []  # every GPU idle: no window to wait for
+    hgx_nvml.rec["devices"][4]["clocks_event_reasons"] = [0x4]  # one GPU busy at its power cap
+    hgx_nvml.reason_calls.clear()
+    got = link(hgx, hgx_nvml, waits)
     assert waits == [0.05]  # one short window for all GPUs, not one per GPU
+    assert (got["gpu.throttle"].status, got["gpu.throttle"].current) == ("pass", "SW power cap, idle")
 
 
 def test_downshifted_generation_under_load_warns(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:

@@ -3,8 +3,8 @@
 A link narrower than its maximum (x8 in an x16 slot: a riser, a dirty contact, a bifurcated slot) halves host
 transfers at any load, so width is judged always. GPUs drop to PCIe Gen1 when idle to save power, so a lower
 generation is judged only while the GPU is busy. Throttle reasons are sampled twice over a short window
-(SAMPLE_GAP_S); the idle reason and the software power cap under load are normal, hardware slowdown, thermal
-and power-brake slowdowns are not.
+(SAMPLE_GAP_S, skipped when every GPU is idle); the idle reason and the software power cap under load are
+normal, hardware slowdown, thermal and power-brake slowdowns are not.
 """
 
 from __future__ import annotations
@@ -105,11 +105,14 @@ def throttle_check(probe: Probe) -> Result:
     first = {g.index: reasons(nvml, g.pci_bus_id) for g in probe.topo.gpus}
     if all(v is None for v in first.values()):
         return Result(cid, SKIP, None, None, "", "throttle reasons not reported")
-    probe.sleep(SAMPLE_GAP_S)
+    # Every GPU idle: nothing can be throttling work, so no window (doctor stays fast on an idle node).
+    window = not all(v is None or v & IDLE for v in first.values())
+    if window:
+        probe.sleep(SAMPLE_GAP_S)
     per: dict[int, tuple[str, str]] = {}
     for g in probe.topo.gpus:
         a = first[g.index]
-        b = reasons(nvml, g.pci_bus_id)
+        b = reasons(nvml, g.pci_bus_id) if window else None
         if a is not None:
             per[g.index] = judge_reasons([a] if b is None else [a, b])
     status = worst([s for s, _ in per.values()])
