@@ -6,6 +6,9 @@ Loading lasts ``--load-seconds`` (default 2) and, in addition, as long as the fi
 ``--hold-file`` exists, so a test can keep the server in its loading phase for as long as it needs and
 then release it without any timing assumption.
 
+Once healthy, ``GET /v1/models`` lists one model and ``POST /v1/completions`` answers one choice (the agent's
+readiness gate sends a one-token completion before READY=1); 503 while loading.
+
 ``GET /standin`` answers JSON describing the process as the kernel sees it (pid, uid, CPU affinity,
 the Cpus/Mems_allowed lists), which the tests compare with the NUMA node they configured.
 
@@ -64,6 +67,8 @@ def _handler(state: _State, argv: list[str]) -> type[http.server.BaseHTTPRequest
                     self._send(200, {"status": "ok"})
                 else:
                     self._send(503, {"status": "loading"})
+            elif self.path == "/v1/models" and state.healthy():
+                self._send(200, {"object": "list", "data": [{"id": "standin", "object": "model"}]})
             elif self.path == "/standin":
                 info: dict[str, Any] = {
                     "pid": os.getpid(),
@@ -75,6 +80,17 @@ def _handler(state: _State, argv: list[str]) -> type[http.server.BaseHTTPRequest
                 self._send(200, info)
             else:
                 self._send(404, {"error": "not found"})
+
+        def do_POST(self) -> None:
+            # The agent's readiness gate: one completion of one token, once healthy.
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path != "/v1/completions":
+                self._send(404, {"error": "not found"})
+            elif not state.healthy():
+                self._send(503, {"error": {"message": "loading"}})
+            else:
+                self._send(200, {"object": "text_completion", "model": "standin",
+                                 "choices": [{"index": 0, "text": " world", "finish_reason": "length"}]})
 
         def log_message(self, format: str, *args: Any) -> None:
             return
