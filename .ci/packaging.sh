@@ -83,11 +83,11 @@ for want in 'postinstall scriptlet' 'preuninstall scriptlet' 'postuninstall scri
     grep -q "$want" <<<"$scripts" || fail "rpm scriptlets lack '$want'"
 done
 # The only enable: the upgrade migration to the two-unit layout, and only of the serve unit.
-if grep -E 'systemctl .*enable' <<<"$scripts" | grep -v 'enable vllm-nodeagent-serve.service$' | grep -q .; then
+if grep -E 'systemctl( --[a-z-]+)* enable ' <<<"$scripts" | grep -v 'enable vllm-nodeagent-serve.service$' | grep -q .; then
     fail "scriptlets must never enable a service (except the serve unit when migrating an enabled install)"
 fi
 grep -q 'try-restart vllm-nodeagent.service' <<<"$scripts" || fail "postinstall does not try-restart the host agent"
-if grep -Eq '(restart|reload).*vllm-nodeagent-serve' <<<"$scripts"; then fail "scriptlets must never restart vLLM's unit"; fi
+if grep -Eq 'systemctl( --[a-z-]+)* ([a-z]+-)*(restart|reload) [^#]*vllm-nodeagent-serve' <<<"$scripts"; then fail "scriptlets must never restart vLLM's unit"; fi
 rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm_file" | grep -qx 'cn /etc/vllm-nodeagent/config.toml' \
     || fail "config.toml is not %config(noreplace) in the rpm"
 rpm -qp --requires "$rpm_file" | grep -q '^python3 >= 3.9' || fail "rpm does not require python3 >= 3.9"
