@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from _pytest.terminal import TerminalReporter
 
+# tests/vm for the bed's helpers, tests/ for hwloc_peer (shared with the unit suite; stdlib only)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import vm as vmbed
 
