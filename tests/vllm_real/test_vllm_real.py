@@ -55,7 +55,9 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
+    """A new vLLM could listen there (uvicorn sets SO_REUSEADDR: our clients' TIME_WAIT does not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -205,14 +207,17 @@ class Agent:
 
     def events(self, name: str = "") -> list[dict[str, Any]]:
         out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue
-                if not name or e.get("event") == name:
-                    out.append(e)
+        # vLLM shares the agent's stdout/stderr: its progress bars end in \r, so a JSON event may follow one
+        for line in self.log_path.read_text(errors="replace").replace("\r", "\n").splitlines():
+            start = line.find('{"')
+            if start < 0:
+                continue
+            try:
+                e = json.loads(line[start:])
+            except ValueError:
+                continue
+            if isinstance(e, dict) and (not name or e.get("event") == name):
+                out.append(e)
         return out
 
     def vllm_pid(self) -> int:
@@ -239,7 +244,7 @@ def agent(model_dir: str) -> Iterator[Agent]:
         yield a
     finally:
         a.close()
-        print(a.log_path.read_text(errors="replace")[-8000:])
+        print("\n".join(json.dumps(e) for e in a.events() if "binding" not in e.get("event", "")))
         shutil.rmtree(a.base, ignore_errors=True)
 
 
