@@ -419,3 +419,23 @@ def test_lock_fails_clearly_under_rlimit_memlock(shared_dir: Path) -> None:
     assert len(r.errors) == 1
     assert "mlock failed" in r.errors[0] and "RLIMIT_MEMLOCK is 65536 bytes" in r.errors[0]
     assert r.resident_after_bytes == 2 * MIB  # warmed all the same
+
+
+def test_residency_the_kernel_hides_is_read_in_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a user that neither owns nor may write the files (``serve`` as vllm over root's model), mincore and
+    cachestat say "all resident" whatever the truth: prewarm must read them rather than skip them (issue 17)."""
+    p = write_file(tmp_path / "w.safetensors", 2 * MIB)
+    with open(p, "rb") as fh:  # really resident: the kernel's word alone would make prewarm skip it
+        fh.read()
+    real_access = os.access
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(p).st_uid + 1000)
+    monkeypatch.setattr(os, "access", lambda path, mode: False if mode == os.W_OK else real_access(path, mode))
+    host = fake_root(tmp_path)
+    r = prewarm([str(p)], host=host, budget_bytes=None)
+    assert r.read_bytes == 2 * MIB
+    assert r.resident_before_bytes == 0 and r.resident_after_bytes == 2 * MIB
+    assert "hidden for 1 file(s)" in r.residency_method
+    monkeypatch.setattr(os, "access", real_access)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    r = prewarm([str(p)], host=host, budget_bytes=None)  # root (or the owner) is told the truth
+    assert r.read_bytes == 0 and "hidden" not in r.residency_method

@@ -552,8 +552,19 @@ def read_files(
 
 
 # -- the whole step -------------------------------------------------------------------------------------
+HIDDEN = -1  # _resident: the kernel hides this file's page-cache residency from this process
+
+
+def residency_hidden(st: os.stat_result, path: str) -> bool:
+    """mincore(2) and cachestat(2) report every page as resident to a caller that neither owns the file nor may
+    write it (the kernel's page-cache side-channel guard). Seen on the lent H100 (issue 17): ``serve`` as the vLLM
+    user over root-owned model files took a cold 16 GB checkpoint for "already resident" and read nothing."""
+    return os.geteuid() != 0 and st.st_uid != os.geteuid() and not os.access(path, os.W_OK)
+
+
 def _resident(res: Residency, f: WarmFile) -> Optional[int]:
-    """Resident bytes of the file we resolved; None when it is gone or was replaced. Raises OSError."""
+    """Resident bytes of the file we resolved; None when it is gone or was replaced; HIDDEN when the kernel will
+    not say. Raises OSError."""
     try:
         fd = os.open(f.real, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -562,6 +573,8 @@ def _resident(res: Residency, f: WarmFile) -> Optional[int]:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (f.dev, f.ino):
             return None
+        if residency_hidden(st, f.real):
+            return HIDDEN
         return min(res.bytes_fd(fd, st.st_size), f.size)
     finally:
         os.close(fd)
@@ -621,6 +634,7 @@ def prewarm(
                        skipped_bytes=result.skipped_bytes, warmed_bytes=sum(f.size for f in taken))
     file_errors: dict[str, str] = {}
     before: dict[str, int] = {}
+    hidden: set[str] = set()
     for f in taken:
         try:
             r = _resident(res, f)
@@ -630,7 +644,14 @@ def prewarm(
         if r is None:
             file_errors[f.path] = f"{f.path}: vanished before it was read"
             continue
+        if r == HIDDEN:  # unknown: read it all rather than trust the kernel's "all resident"
+            hidden.add(f.path)
+            r = 0
         before[f.path] = r
+    if hidden:
+        logger.warning("prewarm.residency_hidden", files=len(hidden), uid=os.geteuid(),
+                       detail="the kernel reports files this user neither owns nor may write as fully cached: "
+                              "read in full, residency not measured")
     to_read = [f for f in taken if f.path in before and before[f.path] < f.size]
     storage = main_storage(host, [f for f in taken if f.path in before])
     opts = reader or reader_for(storage)
@@ -655,6 +676,8 @@ def prewarm(
         if after is None:
             file_errors.setdefault(f.path, f"{f.path}: vanished during prewarm")
             continue
+        if after == HIDDEN:
+            after = 0 if f.path in file_errors else f.size  # read in full without error; not measured
         try:
             now_size = os.stat(f.real).st_size
         except OSError:
@@ -669,7 +692,7 @@ def prewarm(
         result.resident_after_bytes += after
         result.paths.append(f.path)
     result.errors.extend(file_errors[f.path] for f in taken if f.path in file_errors)
-    result.residency_method = res.method
+    result.residency_method = res.method + (f" (hidden for {len(hidden)} file(s): counted as read)" if hidden else "")
     if lock:
         locked = LockedPages()
         for f in taken:
