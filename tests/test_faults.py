@@ -583,3 +583,19 @@ def test_launch_plan_error_is_one_plain_line(host: FakeHost, capsys: pytest.Capt
     assert rc == 1 and out == ""
     line = one_line(err)
     assert line.startswith("vllm-nodeagent: launch: ") and "{" not in line
+
+
+@pytest.mark.parametrize(("command", "says"), [
+    ("/nonexistent/vllm", "cannot start vLLM: /nonexistent/vllm: No such file or directory"),
+    ("/bin/false", "ended before it was ready: exit status 1"),
+])
+def test_launch_start_failure_is_one_plain_line(
+    host: FakeHost, capsys: pytest.CaptureFixture[str], command: str, says: str,
+) -> None:
+    """A vLLM that cannot start, or dies while loading, ends `launch` with one plain line (not only log events)."""
+    rc, out, err = run(host.root, capsys, "--log-format", "json", "launch",
+                       config=f"[agent]\nstate_dir = '{STATE}'\n[vllm]\nmodel = 'm'\nuser = 'nobody'\n"
+                              f"command = ['{command}', 'serve']\nstart_timeout_s = 30\nnuma = 'none'\n")
+    assert rc == 1 and out == ""
+    line = one_line(err)
+    assert line.startswith("vllm-nodeagent: launch: ") and says in line, line

@@ -98,6 +98,7 @@ class Daemon:
         self.pinned: set[int] = set()
         self.drift_count = 0
         self.exit_code: Optional[int] = None
+        self.failure = ""  # why the daemon gave up, in one sentence (launch prints it as its one error line)
         self._prewarm_locked: Any = None
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._old_handlers: dict[int, Any] = {}
@@ -425,6 +426,8 @@ class Daemon:
         except (LaunchError, OSError) as exc:
             self.log.error("vllm_start_failed", error=str(exc))
             if initial:
+                why = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self.failure = f"cannot start vLLM: {why}"
                 self.exit_code = 1
                 return False
             self._schedule_restart(now, f"start failed: {exc}")
@@ -460,6 +463,8 @@ class Daemon:
             self.child = None
             self.smoke = None
             if not self.ready_sent:
+                self.failure = (f"vLLM was not ready within [vllm] start_timeout_s = "
+                                f"{self.vcfg.start_timeout_s:g} s: raise it, or see vLLM's output above")
                 self.exit_code = 1
             else:
                 self._schedule_restart(now, "start timeout")
@@ -558,6 +563,7 @@ class Daemon:
         self.smoke = None
         if not self.ready_sent:
             self.log.error("vllm_failed_start", pid=ex.pid, result=ex.describe())
+            self.failure = f"vLLM (pid {ex.pid}) ended before it was ready: {ex.describe()}; see its output above"
             self.exit_code = 1
             return
         self._schedule_restart(now, ex.describe(), pid=ex.pid)

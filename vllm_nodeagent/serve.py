@@ -105,4 +105,8 @@ def cmd_launch(ctx: Context, args: argparse.Namespace) -> int:
             for note in launch_plan.notes:
                 print(f"note: {note}")
         return EXIT_OK
-    return Daemon(ctx, manage_settings=False, prewarm=False, gpus_override=args.gpus, topology=topo).run()
+    daemon = Daemon(ctx, manage_settings=False, prewarm=False, gpus_override=args.gpus, topology=topo)
+    rc = daemon.run()
+    if rc != EXIT_OK and daemon.failure:
+        print(f"vllm-nodeagent: launch: {' '.join(daemon.failure.split())}", file=sys.stderr)
+    return rc
