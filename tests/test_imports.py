@@ -43,7 +43,8 @@ NOT_ON_ONE_SHOT_PATH = {
     "vllm_nodeagent.metrics": "the daemon",
     "vllm_nodeagent.notify": "the daemon",
 }
-# prewarm legitimately needs its reader and residency (ctypes for cachestat/mincore); the others must not.
+# prewarm legitimately needs its reader and residency (ctypes for cachestat/mincore); so does doctor's storage
+# check once a configured model's files are present (the shards' residency) - never before.
 PREWARM_ONLY = {
     "ctypes": "residency queries (cachestat/mincore): prewarm only",
     "vllm_nodeagent.prewarm": "prewarm only",
@@ -63,12 +64,13 @@ sys.exit(rc)
 """
 
 
-def run_child(tmp_path: Path, *argv: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+def run_child(tmp_path: Path, *argv: str, model: str = "") -> tuple[subprocess.CompletedProcess[str], set[str]]:
     root = tmp_path / "root"
     if not root.exists():
         two_socket_8gpu(root)
     cfg = tmp_path / "config.toml"
-    cfg.write_text(SAMPLE.replace("affinity = false", "affinity = true"))
+    text = SAMPLE.replace("affinity = false", "affinity = true")
+    cfg.write_text(text.replace('model = ""', f"model = {json.dumps(model)}", 1) if model else text)
     cfg.chmod(0o600)
     mods = tmp_path / "modules.json"
     proc = subprocess.run(
@@ -91,6 +93,21 @@ def test_doctor_imports_only_what_it_uses(tmp_path: Path) -> None:
     assert any(i.startswith("irq.") for i in ids) and any("persistence" in i for i in ids), sorted(ids)
     assert "Traceback" not in proc.stderr
     assert heavy(modules, {**NOT_ON_ONE_SHOT_PATH, **PREWARM_ONLY}) == {}
+
+
+def test_doctor_imports_residency_only_when_the_model_is_there(tmp_path: Path) -> None:
+    """The storage check's shard residency needs ctypes (cachestat/mincore): imported only once a configured
+    model's files are found, so doctor without a model, or before the download, stays light."""
+    _, modules = run_child(tmp_path, "doctor", "--json", model="org/not-downloaded")
+    assert heavy(modules, {**NOT_ON_ONE_SHOT_PATH, **PREWARM_ONLY}) == {}
+    model = tmp_path / "root/models/m"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"\0" * 4096)
+    proc, modules = run_child(tmp_path, "doctor", "--json", model="/models/m")
+    (got,) = [c for c in json.loads(proc.stdout)["checks"] if c["id"] == "storage.model_residency"]
+    assert got["status"] in ("pass", "warn") and "of 1 weight file(s)" in got["current"]
+    assert {"ctypes", "vllm_nodeagent.residency"} <= modules
+    assert heavy(modules, NOT_ON_ONE_SHOT_PATH) == {}
 
 
 def test_topology_imports_only_what_it_uses(tmp_path: Path) -> None:

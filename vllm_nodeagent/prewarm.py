@@ -552,7 +552,7 @@ def read_files(
 
 
 # -- the whole step -------------------------------------------------------------------------------------
-HIDDEN = -1  # _resident: the kernel hides this file's page-cache residency from this process
+HIDDEN = -1  # resident_bytes: the kernel hides this file's page-cache residency from this process
 
 
 def residency_hidden(st: os.stat_result, path: str) -> bool:
@@ -562,7 +562,7 @@ def residency_hidden(st: os.stat_result, path: str) -> bool:
     return os.geteuid() != 0 and st.st_uid != os.geteuid() and not os.access(path, os.W_OK)
 
 
-def _resident(res: Residency, f: WarmFile) -> Optional[int]:
+def resident_bytes(res: Residency, f: WarmFile) -> Optional[int]:
     """Resident bytes of the file we resolved; None when it is gone or was replaced; HIDDEN when the kernel will
     not say. Raises OSError."""
     try:
@@ -637,7 +637,7 @@ def prewarm(
     hidden: set[str] = set()
     for f in taken:
         try:
-            r = _resident(res, f)
+            r = resident_bytes(res, f)
         except OSError as exc:
             file_errors[f.path] = f"{f.path}: cannot open: {_oserr(exc)}"
             continue
@@ -669,7 +669,7 @@ def prewarm(
         if f.path not in before:
             continue
         try:
-            after = _resident(res, f)
+            after = resident_bytes(res, f)
         except OSError as exc:
             file_errors.setdefault(f.path, f"{f.path}: residency after the read: {_oserr(exc)}")
             continue

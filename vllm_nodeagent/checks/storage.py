@@ -10,6 +10,7 @@ user is never impersonated.
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from typing import Optional
 
@@ -21,6 +22,7 @@ FREE_MINIMUM = 10 * GIB  # compile caches and a download's temporary files
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "beegfs", "gpfs",
                         "9p", "afs", "virtiofs", "davfs", "sshfs", "ocfs2", "gfs2", "orangefs", "pvfs2"})
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+RESIDENT_MINIMUM = 0.90  # below this share of the weights in the page cache, the first load reads from storage
 PREWARM_HINT = ("run `vllm-nodeagent prewarm` before launch ([prewarm] include_model = true) or copy the model to "
                 "local NVMe")
 
@@ -166,6 +168,7 @@ def checks(probe: Probe) -> list[Result]:
     results = [fs_check(probe, found or where, found is not None)]
     size = weights_size(probe, found) if found else 0
     results.append(memory_check(probe, size, found))
+    results.append(residency_check(probe, cfg.model, found, where))
     results.append(free_check(probe, found or where))
     if acct is None:
         results.append(Result("storage.cache_writable", SKIP, f"user {cfg.user} not in /etc/passwd", None, "",
@@ -208,6 +211,44 @@ def memory_check(probe: Probe, size: int, found: Optional[str]) -> Result:
                       "add memory or accept disk-speed loads ([prewarm] cannot hold what does not fit)",
                       "the page cache cannot hold the weights: every restart reads them from storage")
     return Result(cid, PASS, current, "weights fit in MemAvailable")
+
+
+def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) -> Result:
+    """How much of the weights the page cache holds now, by prewarm's own resolution (HF snapshot refs, each blob
+    once, no link out of the cache) and residency's cachestat(2)/mincore(2)."""
+    cid = "storage.model_residency"
+    want = f">= {RESIDENT_MINIMUM:.0%} of the weights in the page cache"
+    if not found:
+        return Result(cid, SKIP, None, want, "", "no weight files found locally")
+    # Imported here: ctypes (residency) and prewarm's reader cost doctor's start-up only when a model is present.
+    from vllm_nodeagent import prewarm
+    from vllm_nodeagent.residency import Residency
+
+    try:
+        cache = str(probe.host.path(hub))
+        target = str(probe.host.path(model)) if model.startswith("/") else prewarm.resolve_hf(model, cache)[0]
+        files, _problems = prewarm.resolve_targets([target], hf_cache=cache)
+        weights = [f for f in files if f.path.endswith(WEIGHT_SUFFIXES)]
+        res = Residency()
+        counted = [(f, prewarm.resident_bytes(res, f)) for f in weights]
+    except (LookupError, OSError, ValueError) as exc:
+        return Result(cid, SKIP, None, want, "", f"weights not readable: {exc}")
+    if any(r == prewarm.HIDDEN for _, r in counted):
+        # The kernel reports every page as cached to a caller that neither owns nor may write the file.
+        return Result(cid, SKIP, None, want, "run doctor as root",
+                      "the kernel hides these files' page-cache residency from this user")
+    sized = [(f.size, r) for f, r in counted if r is not None]  # None: the file went away meanwhile
+    total = sum(s for s, _ in sized)
+    if total == 0:
+        return Result(cid, SKIP, None, want, "", "no weight files found locally")
+    resident = sum(r for _, r in sized)
+    share = resident / total
+    current = (f"{share:.1%} of {len(sized)} weight file(s) resident ({resident / GIB:.1f} of {total / GIB:.1f} "
+               f"GiB, {res.method})")
+    if share < RESIDENT_MINIMUM:
+        return Result(cid, WARN, current, want, f"vllm-nodeagent prewarm {shlex.quote(model)}",
+                      "vLLM's first load reads the rest from storage")
+    return Result(cid, PASS, current, want)
 
 
 def free_check(probe: Probe, path: str) -> Result:
