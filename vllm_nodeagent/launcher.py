@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from vllm_nodeagent import log
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.parse import format_cpulist, parse_cpulist
+from vllm_nodeagent.probe_cache import cached_probe, probe_inputs
 from vllm_nodeagent.topology import Topology
 from vllm_nodeagent.vllm_args import (
     NUMA_BIND_FLAG,
     NUMA_BIND_NODES_FLAG,
+    PROBE_FLAGS,
     ProbeResult,
-    probe_for,
+    probe,
+    resolve_python,
     static_findings,
 )
 from vllm_nodeagent.vllm_env import (
@@ -207,11 +210,24 @@ def plan(
     )
 
 
-def probe_vllm(cfg: VllmConfig, run_as: RunAs, env: dict[str, str]) -> ProbeResult:
+def probe_vllm(cfg: VllmConfig, run_as: RunAs, env: dict[str, str], cache_dir: str = "") -> ProbeResult:
     """Run vLLM's own parser over ``[vllm] args`` in a short-lived subprocess, as ``run_as`` with ``env``
-    (the launch environment): never vLLM's code as root unless root is the configured user."""
-    return probe_for(list(cfg.command), list(cfg.args), cfg.python, path_env=env.get("PATH", SAFE_PATH), env=env,
-                     run_as=run_as)
+    (the launch environment): never vLLM's code as root unless root is the configured user. With ``cache_dir``
+    the answer comes from (and goes to) the probe cache there while the install and the inputs are unchanged."""
+    interp, why = resolve_python(list(cfg.command), cfg.python, env.get("PATH", SAFE_PATH))
+    if not interp:
+        return ProbeResult(False, reason=why)
+    uid = run_as.uid if run_as.switch else os.geteuid()
+    inputs = probe_inputs(interp, list(cfg.args), PROBE_FLAGS, env, uid)
+    return cached_probe(cache_dir, inputs, lambda: probe(interp, list(cfg.args), env=env, run_as=run_as))
+
+
+def probe_cache_dir(ctx: Context, user_cache: str) -> str:
+    """Where this process keeps the probe cache: root's state dir, else (the serve unit, as the vLLM user) its
+    own cache dir. probe_cache refuses either when another uid could write it."""
+    if os.geteuid() == 0:
+        return str(ctx.host.path(ctx.config.agent.state_dir))
+    return user_cache
 
 
 def probe_as_user(ctx: Context, cfg: VllmConfig, prepare: bool) -> tuple[RunAs, str, ProbeResult]:
@@ -220,7 +236,7 @@ def probe_as_user(ctx: Context, cfg: VllmConfig, prepare: bool) -> tuple[RunAs, 
     who = resolve_user(cfg.user)
     base = ctx.config.agent.cache_dir
     cache = prepare_cache_dir(ctx.host, base, who) if prepare else cache_dir_for(ctx.host, base, who)
-    return who, cache, probe_vllm(cfg, who, child_env(cfg, who, [], None, cache))
+    return who, cache, probe_vllm(cfg, who, child_env(cfg, who, [], None, cache), probe_cache_dir(ctx, cache))
 
 
 def build_plan(
@@ -436,6 +452,7 @@ __all__ = [
     "plan",
     "plan_from_json",
     "probe_as_user",
+    "probe_cache_dir",
     "probe_vllm",
     "read_pid_file",
     "read_plan_file",

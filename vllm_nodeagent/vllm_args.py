@@ -178,6 +178,15 @@ except Exception as exc:
     out["reason"] = "cannot build vLLM's argument parser: %s: %s" % (type(exc).__name__, exc)
     print(json.dumps(out)); sys.exit(0)
 out["available"] = True
+try:  # what identifies this install, for the agent's probe cache (a pip upgrade replaces the dist-info dir)
+    out["install"] = [os.path.realpath(sys.executable)]
+    for d in importlib.util.find_spec("vllm").submodule_search_locations or []:
+        out["install"].append(os.path.realpath(d))
+        parent = os.path.dirname(os.path.realpath(d))
+        out["install"] += [os.path.join(parent, n) for n in sorted(os.listdir(parent))
+                           if n.startswith("vllm") and n.endswith(".dist-info")]
+except Exception:
+    out["install"] = []
 known = set(getattr(parser, "_option_string_actions", {}))
 out["accepts"] = {f: f in known for f in req["probe"]}
 err = io.StringIO()
@@ -204,6 +213,8 @@ class ProbeResult:
     python: str = ""
     uid: int = -1  # the uid the probe ran as (-1: it did not run)
     parser: str = ""  # the module vLLM's serve parser came from
+    install: list[str] = field(default_factory=list)  # interpreter, vllm package and dist-info dirs (cache stamps)
+    cached: bool = False  # taken from the probe cache (probe_cache.py), the child did not run
 
     def accepts_flag(self, flag: str) -> bool:
         return self.available and self.accepts.get(flag, False)
@@ -244,6 +255,7 @@ def probe(
         python=python,
         uid=int(data.get("uid", -1)),
         parser=str(data.get("parser", "")),
+        install=[str(p) for p in list(data.get("install", []))],
     )
 
 

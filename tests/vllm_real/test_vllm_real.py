@@ -272,9 +272,13 @@ def test_a_ready_only_after_the_gate_then_serves(agent: Agent) -> None:
 
 def test_g_doctor_sees_version_and_live_binding(agent: Agent) -> None:
     agent.wait_line("READY=1")
+    cache = agent.root / "var/lib/vllm-nodeagent/vllm-probe-cache.json"
+    before = cache.stat()
     r = subprocess.run([sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(agent.root), "--config",
                         str(agent.config), "doctor", "--json"], capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    # doctor's probe was the daemon's, from the cache: no second vLLM import, the entry not rewritten
+    assert (cache.stat().st_ino, cache.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     checks = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
     assert checks["vllm.args"]["status"] == "pass" and checks["vllm.args"]["current"].startswith("vLLM 0."), checks
     b = checks["vllm.binding"]
@@ -298,6 +302,8 @@ def test_c_kill_engine_core_restarts_with_backoff(agent: Agent) -> None:
     assert agent.vllm_pid() != old_pid
     ev = agent.events("vllm_exited")
     assert ev and ev[0]["restart_in_s"] == 1.0
+    # the restart took the argument probe from the cache: vLLM was imported for it once, at the first start
+    assert len(agent.events("vllm_probe_ran")) == 1 and agent.events("vllm_probe_cached")
     smoke = agent.events("vllm_smoke_ok")
     assert len(smoke) >= 2 and smoke[-1]["pid"] == agent.vllm_pid()
     assert "vllm_nodeagent_vllm_up 1.0" in agent.metrics.read_text()
