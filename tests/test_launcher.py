@@ -386,3 +386,37 @@ def test_doctor_reads_the_daemons_plan_instead_of_replanning(tmp_path: Path) -> 
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_doctor_probe_before_the_first_launch_gets_a_scratch_cache(tmp_path: Path) -> None:
+    """Seen on the H100: before the first launch the cache dir does not exist, vLLM's import tries to create it as
+    the vLLM user and fails, and doctor's vllm.args said SKIP while launch's probe passed. Doctor creates nothing,
+    so the probe runs with a scratch cache dir that is gone afterwards."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 that nobody can execute")
+    base = Path(tempfile.mkdtemp(prefix="vna-doctor-probe-"))
+    try:
+        base.chmod(0o755)
+        site = fake_vllm_site(base)
+        init = Path(site) / "vllm" / "__init__.py"  # vLLM creates its cache root at import, as the real one does
+        init.write_text(init.read_text() + "import os\nos.makedirs(os.environ['VLLM_CACHE_ROOT'], exist_ok=True)\n")
+        conf = textwrap.dedent(f"""
+            [agent]
+            cache_dir = "/var/cache/vna-test"
+            [vllm]
+            command = ["{python}", "-m", "vllm.entrypoints.openai.api_server"]
+            model = "org/m"
+            user = "nobody"
+            [vllm.env]
+            PYTHONPATH = "{site}"
+            """)
+        before = set(Path(tempfile.gettempdir()).glob("vllm-nodeagent-probe-*"))
+        r = run_cli(["doctor", "--json"], base, conf)
+        checks = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
+        assert checks["vllm.args"]["status"] == "pass", checks["vllm.args"]
+        assert not (base / "root" / "var/cache/vna-test").exists()  # doctor created no cache dir
+        assert set(Path(tempfile.gettempdir()).glob("vllm-nodeagent-probe-*")) == before  # the scratch is gone
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

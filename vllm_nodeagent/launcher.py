@@ -13,9 +13,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -236,7 +239,27 @@ def probe_as_user(ctx: Context, cfg: VllmConfig, prepare: bool) -> tuple[RunAs, 
     who = resolve_user(cfg.user)
     base = ctx.config.agent.cache_dir
     cache = prepare_cache_dir(ctx.host, base, who) if prepare else cache_dir_for(ctx.host, base, who)
-    return who, cache, probe_vllm(cfg, who, child_env(cfg, who, [], None, cache), probe_cache_dir(ctx, cache))
+    if prepare or os.path.isdir(cache):
+        return who, cache, probe_vllm(cfg, who, child_env(cfg, who, [], None, cache), probe_cache_dir(ctx, cache))
+    # Before the first launch (doctor, a dry run) the cache dir does not exist and creating it is launch's job;
+    # vLLM's import would fail creating it (seen on the H100: PermissionError), so the probe gets a scratch one.
+    with scratch_cache_dir(who) as scratch:
+        return who, cache, probe_vllm(cfg, who, child_env(cfg, who, [], None, scratch))
+
+
+@contextlib.contextmanager
+def scratch_cache_dir(who: RunAs) -> Iterator[str]:
+    """A private temporary cache dir for one probe, owned by its user, removed afterwards."""
+    scratch = tempfile.mkdtemp(prefix="vllm-nodeagent-probe-")
+    try:
+        if who.switch:
+            os.chown(scratch, who.uid, who.gid)
+        yield scratch
+    finally:
+        try:
+            shutil.rmtree(scratch)
+        except OSError as exc:
+            log.get().warning("vllm_probe_scratch_left", path=scratch, error=exc.strerror or str(exc))
 
 
 def build_plan(
