@@ -111,14 +111,14 @@ def run_agent(venv: str, model: str, base: Path, port: int) -> dict[str, float]:
         f'health_url = "http://127.0.0.1:{port}/health"', f"start_timeout_s = {int(LIMIT_S)}", "stop_timeout_s = 30",
     ]) + "\n")
     cfg.chmod(0o600)
-    sock_path = str(base / "notify.sock")
+    sock_path = str(base / f"notify-{time.monotonic_ns()}.sock")  # a second start in the same base: a new socket
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
     sock.settimeout(0.5)
     env = dict(os.environ, NOTIFY_SOCKET=sock_path, PYTHONPATH=str(REPO))
     t0 = time.monotonic()
     agent = subprocess.Popen([sys.executable, "-m", "vllm_nodeagent.cli", "--config", str(cfg), "run"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=open(base / "agent.log", "wb"))  # noqa: SIM115
+                             stdout=subprocess.DEVNULL, stderr=open(base / "agent.log", "ab"))  # noqa: SIM115
     out: dict[str, float] = {}
     try:
         while "ready_s" not in out:
