@@ -80,6 +80,24 @@ def test_two_libcudas_warn() -> None:
     assert libcuda_paths(data) == ["/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/local/cuda-12.8/compat/libcuda.so.1"]
 
 
+def test_copies_of_one_build_pass_two_builds_warn(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
+    """The lent H100 has 580.159.04's libcuda in /lib and /usr/local/nvidia/lib64: not a stale driver."""
+    good_host(hgx)
+    (hgx.root / "etc/ld.so.cache").write_bytes(b"glibc-ld.so.cache1.1\0libcuda.so.1\0/lib/libcuda.so.1\0"
+                                               b"libcuda.so.1\0/usr/local/nvidia/lib64/libcuda.so.1\0")
+    for d in ("lib", "usr/local/nvidia/lib64"):
+        (hgx.root / d).mkdir(parents=True, exist_ok=True)
+        (hgx.root / d / "libcuda.so.580.159.04").write_bytes(b"\x7fELF")
+        (hgx.root / d / "libcuda.so.1").symlink_to("libcuda.so.580.159.04")
+    r = stack(hgx, hgx_nvml)["stack.libcuda"]
+    assert r.status == "pass" and r.current == "2 copies of libcuda.so.580.159.04", r
+    (hgx.root / "lib/libcuda.so.550.54.15").write_bytes(b"\x7fELF")  # an old driver's library left behind
+    (hgx.root / "lib/libcuda.so.1").unlink()
+    (hgx.root / "lib/libcuda.so.1").symlink_to("libcuda.so.550.54.15")
+    r = stack(hgx, hgx_nvml)["stack.libcuda"]
+    assert r.status == "warn" and "550.54.15" in str(r.current) and "580.159.04" in str(r.current), r
+
+
 def test_no_gpu_no_stack_checks(tmp_path: object) -> None:
     from pathlib import Path
 

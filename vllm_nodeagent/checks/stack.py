@@ -15,6 +15,7 @@ import stat
 from typing import Optional
 
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Probe, Result
+from vllm_nodeagent.host import HostError
 from vllm_nodeagent.nvml import NvmlCallError
 
 _TORCH_CUDA = re.compile(r"^cuda\s*(?::[^=\n]*)?=\s*['\"](\d+)\.(\d+)", re.M)
@@ -142,9 +143,27 @@ def libcuda_check(probe: Probe) -> Result:
     if not paths:
         return Result(cid, FAIL, "none", "one libcuda.so.1", "install the driver's libraries, then ldconfig",
                       "CUDA cannot find the driver library")
-    return Result(cid, WARN, ", ".join(paths), "one libcuda.so.1",
+    builds = {libcuda_build(probe, p) for p in paths}
+    if len(builds) == 1 and "" not in builds:
+        # Seen on the lent H100: /lib and /usr/local/nvidia/lib64 both hold 580.159.04's library. Copies of one
+        # build are harmless, whichever comes first.
+        return Result(cid, PASS, f"{len(paths)} copies of libcuda.so.{builds.pop()}", "one libcuda build",
+                      detail=", ".join(paths))
+    found = ", ".join(f"{p} ({libcuda_build(probe, p) or 'build unknown'})" for p in paths)
+    return Result(cid, WARN, found, "one libcuda build",
                   "remove the stale copy (cuda-compat or an old driver) and run ldconfig",
                   "the first in the cache wins: it may not match the loaded kernel module")
+
+
+def libcuda_build(probe: Probe, path: str) -> str:
+    """The driver build a libcuda.so.1 link names (libcuda.so.580.159.04 -> "580.159.04"); "" when unknown."""
+    try:
+        name = os.path.basename(probe.host.realpath(path))
+    except (OSError, HostError):  # a link loop: the build is unknown
+        return ""
+    prefix = "libcuda.so."
+    build = name[len(prefix):] if name.startswith(prefix) else ""
+    return "" if build in ("", "1") else build
 
 
 def checks(probe: Probe) -> list[Result]:
