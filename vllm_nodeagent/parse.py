@@ -180,3 +180,22 @@ def parse_nvidia_numa_status(text: str) -> tuple[int, str]:
     if node is None:
         raise ParseError(f"no Node line in {clean_attr(text)!r}")
     return node, status
+
+
+def ini_assignments(texts: Iterable[str], section: str) -> list[tuple[str, str]]:
+    """``key = value`` pairs of ``[section]`` in systemd-style files (a unit and its drop-ins, logind.conf and
+    its drop-ins), given in load order: later pairs override earlier ones. Comments (# ;) and blank lines skipped."""
+    out: list[tuple[str, str]] = []
+    for text in texts:
+        current = ""
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line[0] in "#;":
+                continue
+            if line.startswith("["):
+                current = line.strip("[]").strip()
+                continue
+            key, sep, val = line.partition("=")
+            if sep and current == section:
+                out.append((key.strip(), val.strip()))
+    return out

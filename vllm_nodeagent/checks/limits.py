@@ -13,6 +13,7 @@ import re
 from typing import Optional
 
 from vllm_nodeagent.checks.base import PASS, SKIP, WARN, Probe, Result
+from vllm_nodeagent.parse import ini_assignments
 
 UNITS = ("vllm-nodeagent-serve.service", "vllm-nodeagent.service")  # the serving unit when split, else the one
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
@@ -42,20 +43,7 @@ def parse_unit_limit(value: str) -> Optional[tuple[int, int]]:
 
 def parse_unit_limits(texts: list[str]) -> dict[str, str]:
     """The effective Limit*= assignments of a unit and its drop-ins (given in load order; last wins)."""
-    out: dict[str, str] = {}
-    for text in texts:
-        section = ""
-        for raw in text.splitlines():
-            line = raw.strip()
-            if not line or line[0] in "#;":
-                continue
-            if line.startswith("["):
-                section = line.strip("[]").strip()
-                continue
-            key, sep, val = line.partition("=")
-            if sep and section == "Service" and key.strip().startswith("Limit"):
-                out[key.strip()] = val.strip()
-    return out
+    return {key: val for key, val in ini_assignments(texts, "Service") if key.startswith("Limit")}
 
 
 def parse_proc_limits(text: str) -> dict[str, tuple[int, int]]:

@@ -11,6 +11,7 @@ import os
 from typing import Optional
 
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Probe, Result
+from vllm_nodeagent.parse import ini_assignments
 
 GIB, MIB = 1 << 30, 1 << 20
 SHM_RECOMMENDED = 1 * GIB  # below: warn (vLLM's docs run containers with --ipc=host or a large --shm-size)
@@ -23,22 +24,13 @@ DEFAULT_SYS_UID_MAX = 999
 def parse_logind_remove_ipc(texts: list[str]) -> Optional[bool]:
     """The effective RemoveIPC= of logind.conf and its drop-ins (given in load order); None = not set."""
     value: Optional[bool] = None
-    for text in texts:
-        section = ""
-        for raw in text.splitlines():
-            line = raw.strip()
-            if not line or line[0] in "#;":
-                continue
-            if line.startswith("["):
-                section = line.strip("[]").strip()
-                continue
-            key, sep, val = line.partition("=")
-            if sep and section == "Login" and key.strip() == "RemoveIPC":
-                v = val.strip().lower()
-                if v in ("yes", "true", "on", "1"):
-                    value = True
-                elif v in ("no", "false", "off", "0"):
-                    value = False
+    for key, val in ini_assignments(texts, "Login"):
+        if key == "RemoveIPC":
+            v = val.lower()
+            if v in ("yes", "true", "on", "1"):
+                value = True
+            elif v in ("no", "false", "off", "0"):
+                value = False
     return value
 
 
