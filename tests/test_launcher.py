@@ -420,3 +420,13 @@ def test_doctor_probe_before_the_first_launch_gets_a_scratch_cache(tmp_path: Pat
         assert set(Path(tempfile.gettempdir()).glob("vllm-nodeagent-probe-*")) == before  # the scratch is gone
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_probe_that_hangs_is_a_one_line_skip(tmp_path: Path) -> None:
+    """The probe goes through the one subprocess helper: a hung interpreter costs the timeout and one line."""
+    hang = tmp_path / "python"
+    hang.write_text("#!/bin/sh\nexec sleep 30\n")
+    hang.chmod(0o755)
+    r = vllm_args.probe(str(hang), ["--port", "1"], env={"PATH": "/usr/bin:/bin"}, timeout=0.5)
+    assert not r.available and r.reason.startswith("python -c ") and r.reason.endswith("no answer in 0.5 s (killed)")
+    assert "\n" not in r.reason and len(r.reason) < 120

@@ -24,14 +24,21 @@ class Result:
     stderr: str
 
 
-def run(argv: Sequence[str], timeout_s: float, env: Optional[Mapping[str, str]] = None) -> Result:
-    """Run ``argv`` with no stdin, capturing text output; raises CommandError on a start failure or timeout."""
+def run(argv: Sequence[str], timeout_s: float, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+        user: Optional[Mapping[str, object]] = None) -> Result:
+    """Run ``argv`` with no stdin, capturing text output; raises CommandError on a start failure or timeout.
+    ``user``: subprocess's user/group/extra_groups, so the child drops privileges before exec (vllm_env)."""
     name = os.path.basename(argv[0]) if argv else "?"
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s, check=False,
-                              env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(  # type: ignore[call-overload]  # the user/group kwargs come as a mapping
+            list(argv), capture_output=True, text=True, timeout=timeout_s, check=False,
+            env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL, cwd=cwd, close_fds=True,
+            **dict(user or {}),
+        )
     except subprocess.TimeoutExpired:
-        raise CommandError(f"{name} {' '.join(argv[1:])}: no answer in {timeout_s:g} s (killed)") from None
+        shown = " ".join(" ".join(argv[1:]).split())  # one line: an inline script's newlines go
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise CommandError(f"{name} {shown}: no answer in {timeout_s:g} s (killed)") from None
     except OSError as exc:
         raise CommandError(f"{name}: cannot run: {exc.strerror or exc}") from None
     return Result(proc.returncode, proc.stdout, proc.stderr)

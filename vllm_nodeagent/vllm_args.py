@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
+from vllm_nodeagent import subp
 from vllm_nodeagent.vllm_env import RunAs, popen_user_kwargs
 
 # Flags that vLLM removed or replaced. Value: what to write instead.
@@ -233,13 +233,10 @@ def probe(
     request = json.dumps({"args": list(args), "probe": list(probe_flags)})
     child_env = dict(env) if env is not None else {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     try:
-        proc = subprocess.run(  # type: ignore[call-overload]  # user/group kwargs come as a dict
-            [python, "-c", _PROBE_CODE, request],
-            capture_output=True, text=True, timeout=timeout, env=child_env, stdin=subprocess.DEVNULL,
-            check=False, cwd="/", close_fds=True, **popen_user_kwargs(run_as),
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return ProbeResult(False, reason=f"running {python}: {exc}", python=python)
+        proc = subp.run([python, "-c", _PROBE_CODE, request], timeout, env=child_env, cwd="/",
+                        user=popen_user_kwargs(run_as))
+    except subp.CommandError as exc:
+        return ProbeResult(False, reason=str(exc), python=python)
     line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     try:
         data = json.loads(line)
