@@ -319,8 +319,8 @@ def test_launch_rejects_args_vllm_refuses(tmp_path: Path) -> None:
 
 
 def test_doctor_checks(tmp_path: Path) -> None:
-    from vllm_nodeagent.cli import Context
     from vllm_nodeagent.config import AgentConfig, Config
+    from vllm_nodeagent.context import Context
     from vllm_nodeagent.host import Host
 
     state = tmp_path / "state"
@@ -360,8 +360,8 @@ def test_doctor_checks(tmp_path: Path) -> None:
 def test_doctor_reads_the_daemons_plan_instead_of_replanning(tmp_path: Path) -> None:
     """binding = "vllm" (vLLM binds its own workers): a re-plan with defaults would expect numactl and FAIL."""
     from vllm_nodeagent import launcher
-    from vllm_nodeagent.cli import Context
     from vllm_nodeagent.config import AgentConfig, Config
+    from vllm_nodeagent.context import Context
     from vllm_nodeagent.host import Host
 
     state = tmp_path / "state"

@@ -49,7 +49,7 @@ def test_readiness_checks_and_heartbeat_in_the_textfile(hgx: FakeHost, hgx_nvml:
     """The daemon exports doctor's readiness checks by id and a heartbeat that moves even when nothing changed."""
     from checkhelp import probe
 
-    from vllm_nodeagent.cli import Context
+    from vllm_nodeagent.context import Context
     from vllm_nodeagent.daemon import Daemon
     from vllm_nodeagent.host import Host
 

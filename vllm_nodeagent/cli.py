@@ -9,42 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from vllm_nodeagent import __version__, log
-from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, ConfigError
+from vllm_nodeagent.context import EXIT_HOST, EXIT_INTERRUPTED, EXIT_USAGE, Context, read_config
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.nvml import Nvml, NvmlOpener, try_open
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HOST, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-@dataclass
-class Context:
-    """What every command gets: the host seam, the loaded config and how to reach NVML."""
-
-    host: Host
-    config: Config
-    config_arg: Optional[str]  # --config as given (None = the default under the root)
-    log_format: str
-    nvml_opener: Optional[NvmlOpener] = None
-
-    def open_nvml(self) -> tuple[Optional[Nvml], str]:
-        if self.nvml_opener is None and not self.host.is_real:
-            # NVML answers for the running machine's GPUs, never for a --root tree's.
-            return None, "NVML describes the running machine, not the --root tree"
-        return try_open(self.nvml_opener)
-
-    def reload_config(self) -> Config:
-        return read_config(self.host, self.config_arg)
-
-
-def read_config(host: Host, config_arg: Optional[str]) -> Config:
-    return load_config(config_arg, host.path(DEFAULT_CONFIG_PATH))
+from vllm_nodeagent.nvml import NvmlOpener
 
 
 def parse_gpu_list(text: str) -> list[int]:
@@ -128,11 +101,6 @@ def _command(name: str) -> CommandFn:
     module, _, attr = _COMMANDS[name].partition(":")
     fn: CommandFn = getattr(importlib.import_module(module), attr)
     return fn
-
-
-def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
 
 
 def main(

@@ -9,7 +9,7 @@ from vllm_nodeagent import log
 from vllm_nodeagent.topology import Topology, discover, render_table
 
 if TYPE_CHECKING:
-    from vllm_nodeagent.cli import Context
+    from vllm_nodeagent.context import Context
 
 
 def discover_with_nvml(ctx: Context) -> Topology:
@@ -31,7 +31,7 @@ def discover_with_nvml(ctx: Context) -> Topology:
 
 
 def cmd_topology(ctx: Context, args: argparse.Namespace) -> int:
-    from vllm_nodeagent.cli import print_json
+    from vllm_nodeagent.context import print_json
 
     topo = discover_with_nvml(ctx)
     if args.json:

@@ -37,7 +37,7 @@ from vllm_nodeagent.readiness import SmokeCheck
 from vllm_nodeagent.supervisor import Backoff, Child, Exit, health_ok
 
 if TYPE_CHECKING:
-    from vllm_nodeagent.cli import Context
+    from vllm_nodeagent.context import Context
     from vllm_nodeagent.nvml import Nvml
     from vllm_nodeagent.topology import Topology
 

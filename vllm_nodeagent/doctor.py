@@ -15,7 +15,7 @@ from vllm_nodeagent.tunables.base import Tunable
 from vllm_nodeagent.tunables.registry import build_tunables
 
 if TYPE_CHECKING:
-    from vllm_nodeagent.cli import Context
+    from vllm_nodeagent.context import Context
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 STATUSES = (PASS, WARN, FAIL, SKIP)
@@ -204,7 +204,7 @@ def _short(value: Optional[str], width: int = 40) -> str:
 
 
 def cmd_doctor(ctx: Context, args: argparse.Namespace) -> int:
-    from vllm_nodeagent.cli import print_json
+    from vllm_nodeagent.context import print_json
 
     checks = run_checks(ctx)
     if args.json:

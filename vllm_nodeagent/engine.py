@@ -14,7 +14,7 @@ from vllm_nodeagent.tunables.base import MultiFileTunable, NotApplicable, Tunabl
 from vllm_nodeagent.tunables.registry import rebuild
 
 if TYPE_CHECKING:
-    from vllm_nodeagent.cli import Context
+    from vllm_nodeagent.context import Context
 
 # Outcome statuses
 OK, CHANGED, WOULD_CHANGE, FAILED, SKIPPED, DRIFTED, RESTORED = (
@@ -249,7 +249,7 @@ def show(value: Optional[str], width: int = 48) -> str:
 
 # -- commands ------------------------------------------------------------------------------------------
 def _print_outcomes(outcomes: list[Outcome], as_json: bool) -> None:
-    from vllm_nodeagent.cli import print_json
+    from vllm_nodeagent.context import print_json
 
     if as_json:
         print_json({"results": [o.to_json() for o in outcomes]})

@@ -47,7 +47,7 @@ from vllm_nodeagent.vllm_env import (
 )
 
 if TYPE_CHECKING:
-    from vllm_nodeagent.cli import Context
+    from vllm_nodeagent.context import Context
 
 PID_FILE = "vllm.pid"
 PLAN_FILE = "vllm-plan.json"  # what the daemon chose; doctor reads it instead of re-planning

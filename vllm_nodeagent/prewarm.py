@@ -36,8 +36,8 @@ from vllm_nodeagent.residency import LockedPages, Residency
 from vllm_nodeagent.storage import Storage, storage_of
 
 if TYPE_CHECKING:
-    from vllm_nodeagent.cli import Context
     from vllm_nodeagent.config import Config
+    from vllm_nodeagent.context import Context
 
 ProgressFn = Callable[[int, int], None]
 FileHook = Callable[[str], None]
@@ -788,8 +788,8 @@ def hold_until_signal(ready: Optional[Callable[[], None]] = None) -> int:
 
 
 def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
-    from vllm_nodeagent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json
     from vllm_nodeagent.config import PrewarmConfig
+    from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json
 
     cfg = ctx.config.prewarm or PrewarmConfig()
     targets: list[str] = list(args.targets)

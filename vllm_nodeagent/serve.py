@@ -22,7 +22,7 @@ from vllm_nodeagent.daemon import Daemon
 from vllm_nodeagent.launcher import PID_FILE, LaunchError, build_plan, something_to_launch
 
 if TYPE_CHECKING:
-    from vllm_nodeagent.cli import Context
+    from vllm_nodeagent.context import Context
 
 EXIT_VLLM_FAILED = 1  # systemd's Restart=on-failure restarts the unit
 SERVE_UNIT_USER = "vllm"  # systemd/vllm-nodeagent-serve.service's User=
@@ -61,7 +61,7 @@ def _preload() -> None:
 
 
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
-    from vllm_nodeagent.cli import EXIT_FAILED, EXIT_OK
+    from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK
     from vllm_nodeagent.notify import Notifier
 
     configured = something_to_launch(ctx.config.vllm)
@@ -80,8 +80,8 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_launch(ctx: Context, args: argparse.Namespace) -> int:
     """`vllm-nodeagent launch`: the serving side in the foreground (hosts without systemd, debugging)."""
-    from vllm_nodeagent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json
     from vllm_nodeagent.cli_topology import discover_with_nvml
+    from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json
 
     # A one-shot command's errors are one plain line on stderr (the daemon logs its own as events).
     if not something_to_launch(ctx.config.vllm):

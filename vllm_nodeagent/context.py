@@ -1,0 +1,49 @@
+"""What every command receives: the host seam, the loaded config, how to reach NVML, the exit codes, JSON output.
+
+Its own module so that library code which takes a ``Context`` never imports the CLI (cli.py and
+``vllm_nodeagent.commands`` sit above the library; this module sits below both).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, Config, load_config
+from vllm_nodeagent.host import Host
+from vllm_nodeagent.nvml import Nvml, NvmlOpener, try_open
+
+# Documented in cli.py's docstring and docs/: 0 ok; 1 a setting or check failed; 2 usage or config error;
+# 3 a host or state fault; 4 an internal error (a bug); 130 interrupted.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HOST, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@dataclass
+class Context:
+    """What every command gets: the host seam, the loaded config and how to reach NVML."""
+
+    host: Host
+    config: Config
+    config_arg: Optional[str]  # --config as given (None = the default under the root)
+    log_format: str
+    nvml_opener: Optional[NvmlOpener] = None
+
+    def open_nvml(self) -> tuple[Optional[Nvml], str]:
+        if self.nvml_opener is None and not self.host.is_real:
+            # NVML answers for the running machine's GPUs, never for a --root tree's.
+            return None, "NVML describes the running machine, not the --root tree"
+        return try_open(self.nvml_opener)
+
+    def reload_config(self) -> Config:
+        return read_config(self.host, self.config_arg)
+
+
+def read_config(host: Host, config_arg: Optional[str]) -> Config:
+    return load_config(config_arg, host.path(DEFAULT_CONFIG_PATH))
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
