@@ -8,7 +8,7 @@ from typing import Any, Optional
 from fakehost import FakeHost
 from nvml_double import NvmlDouble
 
-from vllm_nodeagent.checks import Probe, Result, run_all
+from vllm_nodeagent.checks import CheckResult, Probe, run_all
 from vllm_nodeagent.checks.base import SpaceFn
 from vllm_nodeagent.config import load_config
 from vllm_nodeagent.host import Host
@@ -29,7 +29,7 @@ def probe(h: FakeHost, config: str = "", nvml: Optional[NvmlDouble] = None,
                  space_fn=space or (lambda p: (64 * GIB, 60 * GIB)))
 
 
-def results(p: Probe, area: str) -> dict[str, Result]:
+def results(p: Probe, area: str) -> dict[str, CheckResult]:
     return {r.id: r for r in run_all(p, (area,))}
 
 

@@ -9,7 +9,7 @@ import pytest
 from checkhelp import GIB, probe, results, user
 from fakehost import FakeHost
 
-from vllm_nodeagent.checks.base import Account, Result
+from vllm_nodeagent.checks.base import Account, CheckResult
 from vllm_nodeagent.checks.storage import fs_class, may_write, mount_of, parse_mountinfo
 
 MOUNTINFO = (
@@ -164,7 +164,7 @@ def hf_model(hgx: FakeHost) -> tuple[Path, Path]:
     return a, b
 
 
-def residency(hgx: FakeHost, model: str = "org/m") -> Result:
+def residency(hgx: FakeHost, model: str = "org/m") -> CheckResult:
     cfg = model_cfg(model, "HF_HOME = '/var/lib/vllm-nodeagent/hf'\n")
     return results(probe(hgx, cfg), "storage")["storage.model_residency"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from nvml_double import NvmlDouble
 
-from vllm_nodeagent.checks import Probe, Result, run_all
+from vllm_nodeagent.checks import CheckResult, Probe, run_all
 from vllm_nodeagent.config import load_config
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml
@@ -34,7 +34,7 @@ def recorded() -> dict[str, dict[str, str]]:
     return {c["id"]: c for c in json.loads((RUN / "doctor-etc-config.json").read_text())["checks"]}
 
 
-def replay(tmp_path: Path, areas: tuple[str, ...]) -> dict[str, Result]:
+def replay(tmp_path: Path, areas: tuple[str, ...]) -> dict[str, CheckResult]:
     cfg = tmp_path / "config.toml"
     shutil.copyfile(CONFIG, cfg)
     cfg.chmod(0o600)

@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 LONG_RUNNING = frozenset({"run", "serve"})
 
 _COMMANDS: dict[str, str] = {
-    "topology": "vllm_nodeagent.cli_topology:cmd_topology",
-    "doctor": "vllm_nodeagent.doctor:cmd_doctor",
+    "topology": "vllm_nodeagent.commands.topology:cmd_topology",
+    "doctor": "vllm_nodeagent.commands.doctor:cmd_doctor",
     "apply": "vllm_nodeagent.engine:cmd_apply",
     "revert": "vllm_nodeagent.engine:cmd_revert",
     "prewarm": "vllm_nodeagent.prewarm:cmd_prewarm",

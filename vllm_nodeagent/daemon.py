@@ -165,7 +165,7 @@ class Daemon:
         self._watchdog(t0)
         if self.topo is None:
             self.notify.status("discovering topology")
-            from vllm_nodeagent.cli_topology import discover_with_nvml
+            from vllm_nodeagent.topology import discover_with_nvml
 
             self.topo = discover_with_nvml(self.ctx)
         if self.manage_settings:

@@ -1,13 +1,14 @@
-"""`vllm-nodeagent doctor`: every configured setting and the host facts vLLM depends on. Never writes."""
+"""doctor's report: every configured setting, the host facts vLLM depends on and the readiness checks, as one list
+of ``CheckResult`` (printed by commands/doctor.py). Never changes a setting."""
 
 from __future__ import annotations
 
-import argparse
 import shlex
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from vllm_nodeagent import engine
+from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, STATUSES, WARN, CheckResult
+from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
 from vllm_nodeagent.parse import format_cpulist
 from vllm_nodeagent.topology import Topology, discover
@@ -17,27 +18,10 @@ from vllm_nodeagent.tunables.registry import build_tunables
 if TYPE_CHECKING:
     from vllm_nodeagent.context import Context
 
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
-STATUSES = (PASS, WARN, FAIL, SKIP)
-
-
-@dataclass(frozen=True)
-class Check:
-    id: str
-    status: str
-    current: Optional[str] = None
-    desired: Optional[str] = None
-    hint: str = ""
-    detail: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def setting_checks(tunables: list[Tunable], config_arg: Optional[str] = None) -> list[Check]:
+def setting_checks(tunables: list[Tunable], config_arg: Optional[str] = None) -> list[CheckResult]:
     """``config_arg``: the --config in use, so a hint's command acts on the same config."""
     by_id = {t.id: t for t in tunables}
-    checks: list[Check] = []
+    checks: list[CheckResult] = []
     for o in engine.verify(tunables):
         t = by_id[o.id]
         if o.status == engine.OK:
@@ -52,27 +36,28 @@ def setting_checks(tunables: list[Tunable], config_arg: Optional[str] = None) ->
             status, hint = FAIL, t.hint()
         if config_arg is not None:
             hint = hint.replace("vllm-nodeagent apply", f"vllm-nodeagent --config {shlex.quote(config_arg)} apply")
-        checks.append(Check(o.id, status, o.current, o.desired, hint, o.message))
+        checks.append(CheckResult(o.id, status, o.current, o.desired, hint, o.message))
     return checks
 
 
-def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: str) -> list[Check]:
+def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: str) -> list[CheckResult]:
     config = ctx.config
-    checks = [Check("config", PASS, config.path, None, "", "valid")]
+    checks = [CheckResult("config", PASS, config.path, None, "", "valid")]
 
     sysfs_gpus = any(g.source == "sysfs" for g in topo.gpus)
     if nvml is not None:
         try:
             driver = nvml.driver_version()
-            checks.append(Check("nvml", PASS, f"driver {driver}", "usable", "", f"{len(topo.gpus)} GPU(s)"))
+            checks.append(CheckResult("nvml", PASS, f"driver {driver}", "usable", "", f"{len(topo.gpus)} GPU(s)"))
         except NvmlCallError as exc:
-            checks.append(Check("nvml", FAIL, str(exc), "usable", "check the NVIDIA driver (nvidia-smi)"))
+            checks.append(CheckResult("nvml", FAIL, str(exc), "usable", "check the NVIDIA driver (nvidia-smi)"))
     elif topo.gpus and sysfs_gpus:
-        checks.append(Check("nvml", FAIL, nvml_error or "unavailable", "usable",
+        checks.append(CheckResult("nvml", FAIL, nvml_error or "unavailable", "usable",
                             "install the NVIDIA driver (libnvidia-ml.so.1) and nvidia-ml-py",
                             "NVIDIA GPUs are on the PCI bus but NVML does not answer"))
     else:
-        checks.append(Check("nvml", SKIP, nvml_error or "unavailable", "usable", "", "no NVIDIA GPU on this host"))
+        checks.append(CheckResult("nvml", SKIP, nvml_error or "unavailable", "usable", "",
+                                  "no NVIDIA GPU on this host"))
 
     checks.append(numa_check(topo))
     if topo.gpus:
@@ -81,22 +66,22 @@ def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: 
                             for g in topo.gpus)
         if unplaced:
             # No locality is a fact of the board, not a fault: the launcher runs such GPUs unbound.
-            checks.append(Check("topology.gpu_numa", WARN, current, "every GPU on a NUMA node",
+            checks.append(CheckResult("topology.gpu_numa", WARN, current, "every GPU on a NUMA node",
                                 "check firmware NUMA (SRAT/ACPI proximity) settings",
                                 "; ".join(f"GPU{g.index} is launched without a NUMA binding: {g.no_locality}"
                                           for g in unplaced)))
         elif topo.warnings:
-            checks.append(Check("topology.gpu_numa", WARN, current, "NVML and sysfs agree",
+            checks.append(CheckResult("topology.gpu_numa", WARN, current, "NVML and sysfs agree",
                                 "compare nvidia-smi topo -m with /sys/bus/pci/devices/*/numa_node",
                                 "; ".join(topo.warnings)))
         else:
-            checks.append(Check("topology.gpu_numa", PASS, current, "NVML and sysfs agree"))
+            checks.append(CheckResult("topology.gpu_numa", PASS, current, "NVML and sysfs agree"))
     else:
-        checks.append(Check("topology.gpu_numa", SKIP, "no GPU", None, "", "nothing to map"))
+        checks.append(CheckResult("topology.gpu_numa", SKIP, "no GPU", None, "", "nothing to map"))
     return checks
 
 
-def numa_check(topo: Topology) -> Check:
+def numa_check(topo: Topology) -> CheckResult:
     """The usable nodes by kind (GPU-memory and memory-only nodes are shown, never bound to) and what was left out."""
     parts = []
     for n in topo.numa_nodes:
@@ -107,48 +92,48 @@ def numa_check(topo: Topology) -> Check:
     excluded = "; ".join(f"excluded {'CPUs' if e.what == 'cpu' else 'nodes'} {format_cpulist(e.ids)}: {e.reason}"
                          for e in topo.excluded)
     if topo.problems:
-        return Check("topology.numa", WARN, ", ".join(parts), "readable sysfs",
+        return CheckResult("topology.numa", WARN, ", ".join(parts), "readable sysfs",
                      "the files named were skipped; check the kernel and its sysfs",
                      "; ".join(topo.problems + ([excluded] if excluded else [])))
     if not topo.cpu_nodes():
-        return Check("topology.numa", FAIL, ", ".join(parts) or "none", "a usable CPU node",
+        return CheckResult("topology.numa", FAIL, ", ".join(parts) or "none", "a usable CPU node",
                      "check the cgroup cpuset and CPU hotplug (cpu/online)", excluded)
-    return Check("topology.numa", PASS, ", ".join(parts), "usable CPU nodes", "", excluded)
+    return CheckResult("topology.numa", PASS, ", ".join(parts), "usable CPU nodes", "", excluded)
 
 
-def vllm_checks(ctx: Context, topo: Topology) -> list[Check]:
+def vllm_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
     try:
         from vllm_nodeagent import launcher
     except ImportError as exc:  # the launcher module ships with the daemon; keep doctor usable without it
-        return [Check("vllm", SKIP, None, None, "", f"launcher unavailable: {exc}")]
-    checks = [Check(d["id"], d["status"], d.get("current"), d.get("desired"), d.get("hint") or "",
+        return [CheckResult("vllm", SKIP, None, None, "", f"launcher unavailable: {exc}")]
+    checks = [CheckResult(d["id"], d["status"], d.get("current"), d.get("desired"), d.get("hint") or "",
                     d.get("detail") or "") for d in launcher.doctor_checks(ctx, topo)]
     if ctx.config.vllm is None:
         # numactl is a host fact worth showing; the rest only means something when vLLM is managed
         checks = [c for c in checks if c.id == "vllm.numactl"]
-        checks.append(Check("vllm", SKIP, None, None, "", "[vllm] is not configured: nothing to launch"))
+        checks.append(CheckResult("vllm", SKIP, None, None, "", "[vllm] is not configured: nothing to launch"))
     elif topo.gpus and launcher.something_to_launch(ctx.config.vllm):
         checks.append(driver_libs_check(ctx))
     return checks
 
 
-def layout_check(ctx: Context) -> Check:
+def layout_check(ctx: Context) -> CheckResult:
     """Which unit layout is active: whether vLLM runs in its own unit or under the root agent."""
     from vllm_nodeagent.layout import detect
 
     layout = detect(ctx.host)
     where = "vllm-nodeagent-serve.service" if layout.split else "vllm-nodeagent.service (run)"
-    return Check("agent.layout", PASS, layout.name, None, "", f"vLLM runs in {where}: {layout.reason}")
+    return CheckResult("agent.layout", PASS, layout.name, None, "", f"vLLM runs in {where}: {layout.reason}")
 
 
-def readiness_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml]) -> list[Check]:
+def readiness_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml]) -> list[CheckResult]:
     """Is the node ready to serve (issue 16): vllm_nodeagent/checks/, one module per area."""
     from vllm_nodeagent.checks import Probe, run_all
 
-    return [Check(**asdict(r)) for r in run_all(Probe(ctx.host, ctx.config, topo, nvml))]
+    return run_all(Probe(ctx.host, ctx.config, topo, nvml))
 
 
-def driver_libs_check(ctx: Context) -> Check:
+def driver_libs_check(ctx: Context) -> CheckResult:
     """vLLM gets a clean environment: can its loader find libcuda/libnvidia-ml there (issue 17)?"""
     import os
 
@@ -156,11 +141,11 @@ def driver_libs_check(ctx: Context) -> Check:
 
     vllm_env = dict(ctx.config.vllm.env if ctx.config.vllm else {})
     v = driver_libs.check(ctx.host, vllm_env, os.environ)
-    return Check("vllm.driver_libs", v.status, v.current, "libcuda.so.1, libnvidia-ml.so.1 loadable by vLLM",
+    return CheckResult("vllm.driver_libs", v.status, v.current, "libcuda.so.1, libnvidia-ml.so.1 loadable by vLLM",
                  v.hint)
 
 
-def run_checks(ctx: Context) -> list[Check]:
+def run_checks(ctx: Context) -> list[CheckResult]:
     nvml, why = ctx.open_nvml()
     try:
         topo = discover(ctx.host, nvml, why)
@@ -174,41 +159,10 @@ def run_checks(ctx: Context) -> list[Check]:
     return checks
 
 
-def summary(checks: list[Check]) -> dict[str, int]:
+def summary(checks: list[CheckResult]) -> dict[str, int]:
     return {s: sum(1 for c in checks if c.status == s) for s in STATUSES}
 
 
-def exit_code(checks: list[Check], strict: bool) -> int:
+def exit_code(checks: list[CheckResult], strict: bool) -> int:
     counts = summary(checks)
-    return 1 if counts[FAIL] or (strict and counts[WARN]) else 0
-
-
-def render(checks: list[Check]) -> str:
-    rows = [["STATUS", "CHECK", "CURRENT", "DESIRED", "HINT"]]
-    for c in checks:
-        hint = c.hint or c.detail
-        rows.append([c.status.upper(), c.id, _short(c.current), _short(c.desired), hint])
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join([*(r[i].ljust(widths[i]) for i in range(4)), r[4]]).rstrip() for r in rows]
-    counts = summary(checks)
-    lines.append("")
-    lines.append(", ".join(f"{counts[s]} {s}" for s in STATUSES))
-    return "\n".join(lines)
-
-
-def _short(value: Optional[str], width: int = 40) -> str:
-    if value is None:
-        return "-"
-    value = " ".join(value.split())  # the kernel separates sysctl triples with tabs
-    return value if len(value) <= width else value[: width - 1] + "…"
-
-
-def cmd_doctor(ctx: Context, args: argparse.Namespace) -> int:
-    from vllm_nodeagent.context import print_json
-
-    checks = run_checks(ctx)
-    if args.json:
-        print_json({"checks": [c.to_json() for c in checks], "summary": summary(checks)})
-    else:
-        print(render(checks))
-    return exit_code(checks, args.strict)
+    return EXIT_FAILED if counts[FAIL] or (strict and counts[WARN]) else EXIT_OK

@@ -80,8 +80,8 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_launch(ctx: Context, args: argparse.Namespace) -> int:
     """`vllm-nodeagent launch`: the serving side in the foreground (hosts without systemd, debugging)."""
-    from vllm_nodeagent.cli_topology import discover_with_nvml
     from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json
+    from vllm_nodeagent.topology import discover_with_nvml
 
     # A one-shot command's errors are one plain line on stderr (the daemon logs its own as events).
     if not something_to_launch(ctx.config.vllm):

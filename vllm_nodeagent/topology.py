@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from vllm_nodeagent import log
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.numa import CPU, GPU_MEMORY, MEMORY, Excluded, NumaNode, UsableNuma, discover_usable, read_list
 from vllm_nodeagent.nvml import Nvml, NvmlCallError, NvmlGpu
 from vllm_nodeagent.parse import ParseError, clean_attr, format_cpulist, parse_bracket_list
 
-__all__ = ["BlockDevice", "Excluded", "Gpu", "Nic", "NumaNode", "Topology", "discover", "render_table"]
+if TYPE_CHECKING:
+    from vllm_nodeagent.context import Context
+
+__all__ = ["BlockDevice", "Excluded", "Gpu", "Nic", "NumaNode", "Topology", "discover", "discover_with_nvml",
+           "render_table"]
 
 NVIDIA_VENDOR = "0x10de"
 # PCI class 0x0300xx = VGA controller, 0x0302xx = 3D controller (datacenter GPUs). 0x0403 (HDA audio) is not a GPU.
@@ -339,3 +344,21 @@ def render_table(topo: Topology) -> str:
     if topo.nvml_error:
         lines.append(f"note: NVML not used ({topo.nvml_error}); GPUs from sysfs")
     return "\n".join(lines)
+
+
+def discover_with_nvml(ctx: Context) -> Topology:
+    """Discover with NVML when it opens; warnings are logged once here."""
+    nvml, why = ctx.open_nvml()
+    try:
+        topo = discover(ctx.host, nvml, why)
+    finally:
+        if nvml is not None:
+            nvml.close()
+    logger = log.get()
+    if why:
+        logger.warning("nvml_unavailable", reason=why)
+    for w in topo.warnings:
+        logger.warning("topology_mismatch", detail=w)
+    for p in topo.problems:
+        logger.warning("topology_unreadable", detail=p)  # that item was skipped; discovery went on
+    return topo

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from vllm_nodeagent.host import Host
 
@@ -19,20 +19,26 @@ if TYPE_CHECKING:
     from vllm_nodeagent.nvml import Nvml
     from vllm_nodeagent.topology import Gpu, Topology
 
-# The same statuses doctor reports (kept as plain strings so this module does not import doctor).
+# What a check can say; doctor, its JSON, the textfile metrics and `doctor --strict` all use these.
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+STATUSES = (PASS, WARN, FAIL, SKIP)
 PID_FILE = "vllm.pid"
 SpaceFn = Callable[[str], Optional[tuple[int, int]]]
 
 
 @dataclass(frozen=True)
-class Result:
+class CheckResult:
+    """One line of doctor's report, from a readiness check here or from doctor's setting/host/vLLM checks."""
+
     id: str
-    status: str
+    status: str  # one of STATUSES
     current: Optional[str] = None
     desired: Optional[str] = None
-    hint: str = ""
-    detail: str = ""
+    hint: str = ""  # what to do about it
+    detail: str = ""  # why it has this status
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

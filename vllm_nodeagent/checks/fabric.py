@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Probe, Result
+from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
 from vllm_nodeagent.nvml import NvmlCallError
 
 STATES = {0: "not supported", 1: "not started", 2: "in progress", 3: "completed"}
@@ -27,10 +27,10 @@ def fm_version(probe: Probe) -> Optional[str]:
     return None
 
 
-def checks(probe: Probe) -> list[Result]:
+def checks(probe: Probe) -> list[CheckResult]:
     nvml = probe.nvml
     if nvml is None or not probe.topo.gpus:
-        return [] if not probe.topo.gpus else [Result("fabric", SKIP, None, None, "", "NVML unavailable")]
+        return [] if not probe.topo.gpus else [CheckResult("fabric", SKIP, None, None, "", "NVML unavailable")]
     states: dict[int, tuple[int, int]] = {}
     for g in probe.topo.gpus:
         try:
@@ -38,16 +38,16 @@ def checks(probe: Probe) -> list[Result]:
         except NvmlCallError:
             continue
     if not states or all(s == 0 for s, _ in states.values()):
-        return [Result("fabric", SKIP, None, None, "", "no NVSwitch fabric (PCIe board or NVLink bridges)")]
+        return [CheckResult("fabric", SKIP, None, None, "", "no NVSwitch fabric (PCIe board or NVLink bridges)")]
     bad = {i: (s, st) for i, (s, st) in states.items() if s != 3 or st != 0}
     want = "completed, status success"
     if bad:
         shown = "; ".join(f"GPU{i}: {STATES.get(s, s)}, status {st}" for i, (s, st) in bad.items())
-        state = Result("fabric.state", FAIL if any(s != 2 for s, _ in bad.values()) else WARN, shown, want,
+        state = CheckResult("fabric.state", FAIL if any(s != 2 for s, _ in bad.values()) else WARN, shown, want,
                        "systemctl start nvidia-fabricmanager; journalctl -u nvidia-fabricmanager",
                        "CUDA fails with error 802 until the fabric is registered")
     else:
-        state = Result("fabric.state", PASS, f"{len(states)} GPU(s) completed", want)
+        state = CheckResult("fabric.state", PASS, f"{len(states)} GPU(s) completed", want)
     pid = probe.running(FM_COMM)
     try:
         driver = nvml.driver_version()
@@ -57,10 +57,10 @@ def checks(probe: Probe) -> list[Result]:
     shown = f"{FM_COMM} {'pid ' + str(pid) if pid else 'not running'}, version {version or 'unknown'}"
     want_fm = f"running, version {driver or 'of the driver'}"
     if pid is None:
-        manager = Result("fabric.manager", FAIL, shown, want_fm, "systemctl enable --now nvidia-fabricmanager")
+        manager = CheckResult("fabric.manager", FAIL, shown, want_fm, "systemctl enable --now nvidia-fabricmanager")
     elif version and driver and version != driver:
-        manager = Result("fabric.manager", FAIL, shown, want_fm,
+        manager = CheckResult("fabric.manager", FAIL, shown, want_fm,
                          f"install nvidia-fabricmanager {driver} (it must match the driver exactly)")
     else:
-        manager = Result("fabric.manager", PASS, shown, want_fm, "", "" if version else "version not in dpkg")
+        manager = CheckResult("fabric.manager", PASS, shown, want_fm, "", "" if version else "version not in dpkg")
     return [state, manager]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Probe, Result, descendants, planned_gpus, worst
+from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe, descendants, planned_gpus, worst
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
 
 GIB = 1 << 30
@@ -57,16 +57,16 @@ def memory_health(nvml: Nvml, bus: str) -> tuple[str, str]:
     return worst([s for s, _ in problems]), "; ".join(w for _, w in problems) + note
 
 
-def memory_health_check(probe: Probe, nvml: Nvml) -> Result:
+def memory_health_check(probe: Probe, nvml: Nvml) -> CheckResult:
     per = {g.index: memory_health(nvml, g.pci_bus_id) for g in probe.topo.gpus}
     status = worst([s for s, _ in per.values()])
     current = "; ".join(f"GPU{i}: {w}" for i, (s, w) in per.items() if s != PASS) or f"{len(per)} GPU(s) ok"
     hint = {FAIL: "drain the node; nvidia-smi -q -d ROW_REMAPPER,ECC; reset the GPU or RMA it",
             WARN: "drain, then reset the GPU (nvidia-smi -r) so the pending remap takes effect"}.get(status, "")
-    return Result("gpu.memory_health", status, current, "no pending remaps, no uncorrectable ECC", hint)
+    return CheckResult("gpu.memory_health", status, current, "no pending remaps, no uncorrectable ECC", hint)
 
 
-def foreign_check(probe: Probe, nvml: Nvml) -> Result:
+def foreign_check(probe: Probe, nvml: Nvml) -> CheckResult:
     cid = "gpu.foreign_processes"
     gpus = planned_gpus(probe)
     vllm = probe.vllm_pid()
@@ -94,13 +94,13 @@ def foreign_check(probe: Probe, nvml: Nvml) -> Result:
     status = worst(statuses)
     want = "only vLLM's processes on the planned GPUs"
     if status in (PASS, SKIP):
-        return Result(cid, status, f"{len(gpus)} planned GPU(s) free" if status == PASS else None, want)
-    return Result(cid, status, "; ".join(problems), want,
+        return CheckResult(cid, status, f"{len(gpus)} planned GPU(s) free" if status == PASS else None, want)
+    return CheckResult(cid, status, "; ".join(problems), want,
                   "stop the leftover processes (nvidia-smi --query-compute-apps=pid,name --format=csv)",
                   "vLLM sizes its KV cache from free memory and fails to start when others hold it")
 
 
-def mode_checks(probe: Probe, nvml: Nvml) -> list[Result]:
+def mode_checks(probe: Probe, nvml: Nvml) -> list[CheckResult]:
     modes: dict[int, Optional[int]] = {}
     migs: dict[int, Optional[list[int]]] = {}
     for g in planned_gpus(probe):
@@ -112,35 +112,35 @@ def mode_checks(probe: Probe, nvml: Nvml) -> list[Result]:
     bad = {i: m for i, m in known.items() if m != 0}
     current = ", ".join(f"GPU{i}: {COMPUTE_MODES.get(m, m)}" for i, m in bad.items()) or "Default"
     if not known:
-        compute = Result("gpu.compute_mode", SKIP, None, "Default", "", "not reported")
+        compute = CheckResult("gpu.compute_mode", SKIP, None, "Default", "", "not reported")
     elif bad:
         status = FAIL if 2 in bad.values() else WARN
-        compute = Result("gpu.compute_mode", status, current, "Default", "nvidia-smi -c DEFAULT -i <gpu>",
+        compute = CheckResult("gpu.compute_mode", status, current, "Default", "nvidia-smi -c DEFAULT -i <gpu>",
                          "Prohibited: no CUDA context at all; Exclusive: one process per GPU")
     else:
-        compute = Result("gpu.compute_mode", PASS, current, "Default")
+        compute = CheckResult("gpu.compute_mode", PASS, current, "Default")
     known_mig = {i: m for i, m in migs.items() if m is not None}
     pending = {i: m for i, m in known_mig.items() if m[0] != m[1]}
     enabled = {i: m for i, m in known_mig.items() if m[0] == 1 and m[0] == m[1]}
     if not known_mig:
-        mig_r = Result("gpu.mig", SKIP, None, "disabled, nothing pending", "", "not MIG-capable")
+        mig_r = CheckResult("gpu.mig", SKIP, None, "disabled, nothing pending", "", "not MIG-capable")
     elif pending:
-        mig_r = Result("gpu.mig", WARN, ", ".join(f"GPU{i}: {m[0]}->{m[1]} pending" for i, m in pending.items()),
+        mig_r = CheckResult("gpu.mig", WARN, ", ".join(f"GPU{i}: {m[0]}->{m[1]} pending" for i, m in pending.items()),
                        "disabled, nothing pending", "drain, then reset the GPU (nvidia-smi -r) to apply the MIG change")
     elif enabled:
-        mig_r = Result("gpu.mig", WARN, ", ".join(f"GPU{i}: enabled" for i in enabled), "disabled",
+        mig_r = CheckResult("gpu.mig", WARN, ", ".join(f"GPU{i}: enabled" for i in enabled), "disabled",
                        "nvidia-smi -mig 0 -i <gpu>, or give vLLM MIG device UUIDs",
                        "a MIG-enabled GPU offers only its MIG instances to CUDA")
     else:
-        mig_r = Result("gpu.mig", PASS, "disabled", "disabled, nothing pending")
+        mig_r = CheckResult("gpu.mig", PASS, "disabled", "disabled, nothing pending")
     return [compute, mig_r]
 
 
-def checks(probe: Probe) -> list[Result]:
+def checks(probe: Probe) -> list[CheckResult]:
     if not probe.topo.gpus:
         return []  # a host without GPUs has no GPU checks (as for the gpu.* settings)
     if probe.nvml is None:
-        return [Result(cid, SKIP, None, None, "", "NVML unavailable")
+        return [CheckResult(cid, SKIP, None, None, "", "NVML unavailable")
                 for cid in ("gpu.memory_health", "gpu.foreign_processes", "gpu.compute_mode", "gpu.mig")]
     return [memory_health_check(probe, probe.nvml), foreign_check(probe, probe.nvml),
             *mode_checks(probe, probe.nvml)]

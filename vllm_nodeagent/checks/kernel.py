@@ -11,27 +11,27 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from vllm_nodeagent.checks.base import PASS, SKIP, WARN, Probe, Result
+from vllm_nodeagent.checks.base import PASS, SKIP, WARN, CheckResult, Probe
 
 NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
 # systemd-sysctl's directories, lowest precedence last; a file name in an earlier directory masks a later one.
 SYSCTL_DIRS = ("/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d", "/lib/sysctl.d")
 
 
-def numa_balancing_check(probe: Probe) -> Result:
+def numa_balancing_check(probe: Probe) -> CheckResult:
     cid = "kernel.numa_balancing"
     value = probe.host.read_or(NUMA_BALANCING)
     if value is None:
-        return Result(cid, SKIP, None, "0", "", "this kernel has no automatic NUMA balancing")
+        return CheckResult(cid, SKIP, None, "0", "", "this kernel has no automatic NUMA balancing")
     managed = [s for s in probe.config.sysctl or () if s.name == "kernel.numa_balancing"]
     if managed:
-        return Result(cid, SKIP, value.strip(), managed[0].value, "", "managed: see sysctl.kernel.numa_balancing")
+        return CheckResult(cid, SKIP, value.strip(), managed[0].value, "", "managed: see sysctl.kernel.numa_balancing")
     if value.strip() == "0":
-        return Result(cid, PASS, "0", "0")
+        return CheckResult(cid, PASS, "0", "0")
     nodes = len(probe.topo.numa_nodes)
     if nodes <= 1:
-        return Result(cid, PASS, value.strip(), "0", "", "one NUMA node: balancing has nothing to move")
-    return Result(cid, WARN, value.strip(), "0",
+        return CheckResult(cid, PASS, value.strip(), "0", "", "one NUMA node: balancing has nothing to move")
+    return CheckResult(cid, WARN, value.strip(), "0",
                   "add to [sysctl]: 'kernel.numa_balancing' = { value = 0, mode = \"exact\" }",
                   f"{nodes} NUMA nodes: balancing migrates the bound engine's pages (page faults, no gain)")
 
@@ -71,11 +71,11 @@ def accepts(configured: str, mode: str, value: str) -> bool:
     return all(int(h) >= int(w) for w, h in zip(want, have))
 
 
-def sysctl_d_check(probe: Probe) -> Result:
+def sysctl_d_check(probe: Probe) -> CheckResult:
     cid = "owners.sysctl_d"
     settings = probe.config.sysctl or ()
     if not settings:
-        return Result(cid, SKIP, None, None, "", "[sysctl] is not configured")
+        return CheckResult(cid, SKIP, None, None, "", "[sysctl] is not configured")
     conflicts: list[str] = []
     agreeing: list[str] = []
     files = sysctl_files(probe)
@@ -87,33 +87,33 @@ def sysctl_d_check(probe: Probe) -> Result:
                 (agreeing if accepts(s.value, s.mode, conf[s.name]) else conflicts).append(entry)
     want = "no other file sets a managed key to another value"
     if conflicts:
-        return Result(cid, WARN, "; ".join(conflicts), want,
+        return CheckResult(cid, WARN, "; ".join(conflicts), want,
                       "remove the key from that file or make it agree with [sysctl]",
                       "systemd-sysctl writes it at boot, the agent writes it back: two owners")
-    return Result(cid, PASS, "; ".join(agreeing) or f"{len(files)} file(s), none set a managed key", want)
+    return CheckResult(cid, PASS, "; ".join(agreeing) or f"{len(files)} file(s), none set a managed key", want)
 
 
-def tuned_check(probe: Probe) -> Result:
+def tuned_check(probe: Probe) -> CheckResult:
     cid = "owners.tuned"
     cfg = probe.config
     manages = any(x is not None for x in (cfg.sysctl, cfg.thp, cfg.block, cfg.cpu, cfg.irq))
     pid = probe.running("tuned")
     profile = (probe.host.read_or("/etc/tuned/active_profile", "") or "").strip()
     if pid is None:
-        return Result(cid, PASS, "tuned not running", "one owner per setting", "",
+        return CheckResult(cid, PASS, "tuned not running", "one owner per setting", "",
                       f"profile file names {profile!r} but tuned is stopped" if profile else "")
     current = f"tuned pid {pid}, profile {profile or '(none)'}"
     if not manages:
-        return Result(cid, PASS, current, "one owner per setting", "", "the agent manages no kernel setting")
-    return Result(cid, WARN, current, "one owner per setting",
+        return CheckResult(cid, PASS, current, "one owner per setting", "", "the agent manages no kernel setting")
+    return CheckResult(cid, WARN, current, "one owner per setting",
                   "tuned-adm off (or a profile without sysctl/vm/disk/cpu), or drop those sections from the config",
                   "tuned re-applies its profile over the agent's values: drift flaps")
 
 
-def power_profiles_check(probe: Probe) -> Result:
+def power_profiles_check(probe: Probe) -> CheckResult:
     cid = "owners.power_profiles"
     if probe.config.cpu is None or probe.config.cpu.governor is None:
-        return Result(cid, SKIP, None, None, "", "[cpu] governor is not managed")
+        return CheckResult(cid, SKIP, None, None, "", "[cpu] governor is not managed")
     owner: Optional[int] = None
     name = ""
     for comm in ("power-profiles-daemon", "tuned-ppd"):
@@ -122,11 +122,11 @@ def power_profiles_check(probe: Probe) -> Result:
             name = comm
             break
     if owner is None:
-        return Result(cid, PASS, "no power-profiles daemon", "one owner of the CPU governor")
-    return Result(cid, WARN, f"{name} pid {owner}", "one owner of the CPU governor",
+        return CheckResult(cid, PASS, "no power-profiles daemon", "one owner of the CPU governor")
+    return CheckResult(cid, WARN, f"{name} pid {owner}", "one owner of the CPU governor",
                   f"systemctl disable --now {name}.service",
                   "it rewrites the governor on every profile or power-source change")
 
 
-def checks(probe: Probe) -> list[Result]:
+def checks(probe: Probe) -> list[CheckResult]:
     return [numa_balancing_check(probe), tuned_check(probe), sysctl_d_check(probe), power_profiles_check(probe)]

@@ -12,7 +12,7 @@ import os
 import re
 from typing import Optional
 
-from vllm_nodeagent.checks.base import PASS, SKIP, WARN, Probe, Result
+from vllm_nodeagent.checks.base import PASS, SKIP, WARN, CheckResult, Probe
 from vllm_nodeagent.parse import ini_assignments
 
 UNITS = ("vllm-nodeagent-serve.service", "vllm-nodeagent.service")  # the serving unit when split, else the one
@@ -99,32 +99,32 @@ WANT = f"hard nofile >= {NOFILE_MIN}, memlock infinity"
 HINT = "systemctl edit UNIT: [Service] LimitNOFILE=1048576 and LimitMEMLOCK=infinity (limits.conf does not apply)"
 
 
-def unit_check(probe: Probe) -> Result:
+def unit_check(probe: Probe) -> CheckResult:
     found = find_unit(probe)
     if found is None:
-        return Result("limits.unit", SKIP, "no unit file", WANT, "", "vllm-nodeagent is not installed as a unit")
+        return CheckResult("limits.unit", SKIP, "no unit file", WANT, "", "vllm-nodeagent is not installed as a unit")
     path, texts = found
     limits = parse_unit_limits(texts)
     nofile = parse_unit_limit(limits["LimitNOFILE"]) if "LimitNOFILE" in limits else None
     memlock = parse_unit_limit(limits["LimitMEMLOCK"]) if "LimitMEMLOCK" in limits else None
     status, current, detail = judge(nofile, memlock)
     unit = os.path.basename(path)
-    return Result("limits.unit", status, current, WANT, HINT.replace("UNIT", unit) if status != PASS else "",
+    return CheckResult("limits.unit", status, current, WANT, HINT.replace("UNIT", unit) if status != PASS else "",
                   f"{path}: {detail}" if detail else path)
 
 
-def process_check(probe: Probe) -> Result:
+def process_check(probe: Probe) -> CheckResult:
     pid = probe.vllm_pid()
     if pid is None:
-        return Result("limits.vllm", SKIP, None, WANT, "", "vLLM is not running (no live pid file)")
+        return CheckResult("limits.vllm", SKIP, None, WANT, "", "vLLM is not running (no live pid file)")
     text = probe.host.read_or(f"/proc/{pid}/limits")
     if text is None:
-        return Result("limits.vllm", SKIP, f"pid {pid}", WANT, "", f"/proc/{pid}/limits unreadable")
+        return CheckResult("limits.vllm", SKIP, f"pid {pid}", WANT, "", f"/proc/{pid}/limits unreadable")
     parsed = parse_proc_limits(text)
     status, current, detail = judge(parsed.get("Max open files"), parsed.get("Max locked memory"))
-    return Result("limits.vllm", status, f"pid {pid}: {current}", WANT, HINT.replace("UNIT", UNITS[-1])
+    return CheckResult("limits.vllm", status, f"pid {pid}: {current}", WANT, HINT.replace("UNIT", UNITS[-1])
                   if status != PASS else "", detail)
 
 
-def checks(probe: Probe) -> list[Result]:
+def checks(probe: Probe) -> list[CheckResult]:
     return [unit_check(probe), process_check(probe)]

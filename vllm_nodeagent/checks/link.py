@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Probe, Result, worst
+from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe, worst
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
 
 BUSY_PERCENT = 30  # utilization from which a downshifted generation means something
@@ -58,16 +58,16 @@ def link_state(probe: Probe, bus: str) -> tuple[str, str]:
     return PASS, shown
 
 
-def pcie_check(probe: Probe) -> Result:
+def pcie_check(probe: Probe) -> CheckResult:
     per = {g.index: link_state(probe, g.pci_bus_id) for g in probe.topo.gpus}
     status = worst([s for s, _ in per.values()])
     if not per:
-        return Result("gpu.pcie_link", SKIP, None, None, "", "no GPU")
+        return CheckResult("gpu.pcie_link", SKIP, None, None, "", "no GPU")
     bad = [f"GPU{i}: {w}" for i, (s, w) in per.items() if s == WARN]
     first = next(iter(per.values()))[1]
     current = "; ".join(bad) if bad else (f"all {len(per)}: {first}" if len({w for _, w in per.values()}) == 1
                                           else "; ".join(f"GPU{i}: {w}" for i, (_, w) in per.items()))
-    return Result("gpu.pcie_link", status, current, "full width; full generation under load",
+    return CheckResult("gpu.pcie_link", status, current, "full width; full generation under load",
                   "reseat the GPU or riser, check the slot's bifurcation in the BIOS" if status == WARN else "")
 
 
@@ -97,14 +97,14 @@ def judge_reasons(samples: list[int]) -> tuple[str, str]:
     return PASS, ", ".join(named) or "none"
 
 
-def throttle_check(probe: Probe) -> Result:
+def throttle_check(probe: Probe) -> CheckResult:
     cid = "gpu.throttle"
     nvml = probe.nvml
     if nvml is None or not probe.topo.gpus:
-        return Result(cid, SKIP, None, None, "", "no GPU" if not probe.topo.gpus else "NVML unavailable")
+        return CheckResult(cid, SKIP, None, None, "", "no GPU" if not probe.topo.gpus else "NVML unavailable")
     first = {g.index: reasons(nvml, g.pci_bus_id) for g in probe.topo.gpus}
     if all(v is None for v in first.values()):
-        return Result(cid, SKIP, None, None, "", "throttle reasons not reported")
+        return CheckResult(cid, SKIP, None, None, "", "throttle reasons not reported")
     # Every GPU idle: nothing can be throttling work, so no window (doctor stays fast on an idle node).
     window = not all(v is None or v & IDLE for v in first.values())
     if window:
@@ -121,10 +121,10 @@ def throttle_check(probe: Probe) -> Result:
     want = "no hardware, thermal or power-brake slowdown"
     hint = {FAIL: "check cooling, power cables and PSU (nvidia-smi -q -d PERFORMANCE); drain until fixed",
             WARN: "watch it: nvidia-smi -q -d PERFORMANCE,TEMPERATURE"}.get(status, "")
-    return Result(cid, status, current, want, hint)
+    return CheckResult(cid, status, current, want, hint)
 
 
-def checks(probe: Probe) -> list[Result]:
+def checks(probe: Probe) -> list[CheckResult]:
     if not probe.topo.gpus:
         return []  # a host without GPUs has no GPU checks
     return [pcie_check(probe), throttle_check(probe)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from vllm_nodeagent.checks.base import PASS, SKIP, WARN, Probe, Result
+from vllm_nodeagent.checks.base import PASS, SKIP, WARN, CheckResult, Probe
 from vllm_nodeagent.nvml import NvmlCallError
 
 BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
@@ -57,11 +57,11 @@ def pcie_pairs(probe: Probe) -> list[tuple[int, int, str]]:
     return out
 
 
-def status_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> Result:
+def status_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> CheckResult:
     cid = "p2p.status"
     nvml = probe.nvml
     if nvml is None:
-        return Result(cid, SKIP, None, "OK", "", "NVML unavailable")
+        return CheckResult(cid, SKIP, None, "OK", "", "NVML unavailable")
     gpus = probe.topo.gpus
     bad, known = [], 0
     for a, b, label in pairs:
@@ -73,15 +73,15 @@ def status_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> Result:
         if s != 0:
             bad.append(f"GPU{gpus[a].index}-GPU{gpus[b].index} ({label}): {P2P_STATUS.get(s, s)}")
     if not known:
-        return Result(cid, SKIP, None, "OK", "", "P2P status not reported")
+        return CheckResult(cid, SKIP, None, "OK", "", "P2P status not reported")
     if bad:
-        return Result(cid, WARN, "; ".join(bad[:4]) + (f"; +{len(bad) - 4} more" if len(bad) > 4 else ""), "OK",
+        return CheckResult(cid, WARN, "; ".join(bad[:4]) + (f"; +{len(bad) - 4} more" if len(bad) > 4 else ""), "OK",
                       "check ACS/IOMMU below; nvidia-smi topo -p2p r",
                       "NCCL falls back to copies through host memory: slower tensor parallelism")
-    return Result(cid, PASS, f"{known} PCIe pair(s) OK", "OK")
+    return CheckResult(cid, PASS, f"{known} PCIe pair(s) OK", "OK")
 
 
-def acs_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> Result:
+def acs_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> CheckResult:
     cid = "p2p.acs"
     gpus = probe.topo.gpus
     involved = {i for a, b, _ in pairs for i in (a, b)}
@@ -103,17 +103,17 @@ def acs_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> Result:
             redirecting.append(f"{br}: {'+'.join(flags)}")
     want = "no ACS redirect between GPUs"
     if not bridges:
-        return Result(cid, PASS, "no bridge between the GPUs", want)
+        return CheckResult(cid, PASS, "no bridge between the GPUs", want)
     if redirecting:
-        return Result(cid, WARN, "; ".join(redirecting), want,
+        return CheckResult(cid, WARN, "; ".join(redirecting), want,
                       "disable ACS in the BIOS (or setpci -s BRIDGE ECAP_ACS+6.w=0 at boot)",
                       "peer-to-peer traffic is redirected through the root complex: NCCL hangs or slows")
     if unreadable == len(bridges):
-        return Result(cid, SKIP, None, want, "", "bridge config space unreadable (run doctor as root)")
-    return Result(cid, PASS, f"{len(bridges)} bridge(s), none redirect", want)
+        return CheckResult(cid, SKIP, None, want, "", "bridge config space unreadable (run doctor as root)")
+    return CheckResult(cid, PASS, f"{len(bridges)} bridge(s), none redirect", want)
 
 
-def iommu_check(probe: Probe) -> Result:
+def iommu_check(probe: Probe) -> CheckResult:
     cid = "p2p.iommu"
     cmdline = " ".join(w for w in (probe.host.read_or("/proc/cmdline", "") or "").split() if "iommu" in w)
     types = {}
@@ -125,16 +125,16 @@ def iommu_check(probe: Probe) -> Result:
     current = f"{shown}" + (f" (cmdline: {cmdline})" if cmdline else "")
     want = "passthrough (identity) or off"
     if translated:
-        return Result(cid, WARN, current, want, "boot with iommu=pt (intel_iommu=on iommu=pt on Intel)",
+        return CheckResult(cid, WARN, current, want, "boot with iommu=pt (intel_iommu=on iommu=pt on Intel)",
                       "a translating IOMMU breaks or slows GPU peer-to-peer over PCIe")
-    return Result(cid, PASS, current, want)
+    return CheckResult(cid, PASS, current, want)
 
 
-def checks(probe: Probe) -> list[Result]:
+def checks(probe: Probe) -> list[CheckResult]:
     gpus = probe.topo.gpus
     if len(gpus) < 2:
-        return [] if not gpus else [Result("p2p", SKIP, None, None, "", "one GPU: no GPU-to-GPU traffic")]
+        return [] if not gpus else [CheckResult("p2p", SKIP, None, None, "", "one GPU: no GPU-to-GPU traffic")]
     pairs = pcie_pairs(probe)
     if not pairs:
-        return [Result("p2p", SKIP, "NVLink", None, "", "NVLink/NVSwitch carries every GPU pair's traffic")]
+        return [CheckResult("p2p", SKIP, "NVLink", None, "", "NVLink/NVSwitch carries every GPU pair's traffic")]
     return [status_check(probe, pairs), acs_check(probe, pairs), iommu_check(probe)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Probe, Result
+from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
 from vllm_nodeagent.parse import ini_assignments
 
 GIB, MIB = 1 << 30, 1 << 20
@@ -53,33 +53,33 @@ def logind_texts(probe: Probe) -> list[str]:
     return texts
 
 
-def shm_size_check(space: Optional[tuple[int, int]]) -> Result:
+def shm_size_check(space: Optional[tuple[int, int]]) -> CheckResult:
     cid = "shm.size"
     want = f"size >= {SHM_RECOMMENDED // GIB} GiB, free >= {SHM_FREE_MINIMUM // MIB} MiB"
     if space is None:
-        return Result(cid, FAIL, "no /dev/shm", want, "mount a tmpfs on /dev/shm (fstab: tmpfs /dev/shm tmpfs "
+        return CheckResult(cid, FAIL, "no /dev/shm", want, "mount a tmpfs on /dev/shm (fstab: tmpfs /dev/shm tmpfs "
                       "defaults 0 0)", "vLLM and NCCL need POSIX shared memory")
     size, free = space
     current = f"size {size // MIB} MiB, free {free // MIB} MiB"
     hint = "mount -o remount,size=16G /dev/shm (and the same size= in fstab); in a container: --ipc=host"
     if size < SHM_MINIMUM:
-        return Result(cid, FAIL, current, want, hint, "too small for NCCL's SHM transport")
+        return CheckResult(cid, FAIL, current, want, hint, "too small for NCCL's SHM transport")
     if size < SHM_RECOMMENDED:
-        return Result(cid, WARN, current, want, hint, "small for tensor-parallel message queues")
+        return CheckResult(cid, WARN, current, want, hint, "small for tensor-parallel message queues")
     if free < SHM_FREE_MINIMUM:
-        return Result(cid, WARN, current, want, "remove stale files in /dev/shm (leftovers of killed runs)",
+        return CheckResult(cid, WARN, current, want, "remove stale files in /dev/shm (leftovers of killed runs)",
                       "nearly full")
-    return Result(cid, PASS, current, want)
+    return CheckResult(cid, PASS, current, want)
 
 
-def remove_ipc_check(probe: Probe) -> Result:
+def remove_ipc_check(probe: Probe) -> CheckResult:
     cid = "shm.remove_ipc"
     cfg = probe.config.vllm
     if cfg is None:
-        return Result(cid, SKIP, None, None, "", "[vllm] is not configured")
+        return CheckResult(cid, SKIP, None, None, "", "[vllm] is not configured")
     acct = probe.account(cfg.user)
     if acct is None:
-        return Result(cid, SKIP, f"user {cfg.user} not in /etc/passwd", None, "", "cannot judge an unknown user")
+        return CheckResult(cid, SKIP, f"user {cfg.user} not in /etc/passwd", None, "", "cannot judge an unknown user")
     remove = parse_logind_remove_ipc(logind_texts(probe))
     effective = True if remove is None else remove
     sys_max = parse_sys_uid_max(probe.host.read_or("/etc/login.defs", "") or "")
@@ -87,8 +87,8 @@ def remove_ipc_check(probe: Probe) -> Result:
     current = f"{shown}, {acct.name} uid {acct.uid}"
     want = f"RemoveIPC=no, or a system user (uid <= {sys_max})"
     if not effective or acct.uid <= sys_max:
-        return Result(cid, PASS, current, want)
-    return Result(cid, WARN, current, want,
+        return CheckResult(cid, PASS, current, want)
+    return CheckResult(cid, WARN, current, want,
                   "printf '[Login]\\nRemoveIPC=no\\n' > /etc/systemd/logind.conf.d/vllm.conf, or recreate the user "
                   "with useradd --system",
                   f"logind deletes {acct.name}'s /dev/shm files when its last session ends")
@@ -97,6 +97,6 @@ def remove_ipc_check(probe: Probe) -> Result:
 SHM = "/dev/shm"  # noqa: S108 - inspected (statvfs), never written
 
 
-def checks(probe: Probe) -> list[Result]:
+def checks(probe: Probe) -> list[CheckResult]:
     shm = probe.space(SHM) if probe.host.is_dir(SHM) else None
     return [shm_size_check(shm), remove_ipc_check(probe)]

@@ -14,7 +14,7 @@ import re
 import stat
 from typing import Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Probe, Result
+from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
 from vllm_nodeagent.host import HostError
 from vllm_nodeagent.nvml import NvmlCallError
 
@@ -70,42 +70,42 @@ def wheel_cuda(probe: Probe) -> tuple[Optional[tuple[int, int]], str]:
     return None, f"no torch under {env_root}/lib"
 
 
-def cuda_check(probe: Probe) -> Result:
+def cuda_check(probe: Probe) -> CheckResult:
     cid = "stack.cuda_version"
     if probe.nvml is None:
-        return Result(cid, SKIP, None, None, "", "NVML unavailable")
+        return CheckResult(cid, SKIP, None, None, "", "NVML unavailable")
     try:
         raw = int(probe.nvml.system_get("nvmlSystemGetCudaDriverVersion"))
     except NvmlCallError as exc:
-        return Result(cid, SKIP, None, None, "", str(exc))
+        return CheckResult(cid, SKIP, None, None, "", str(exc))
     drv = (raw // 1000, raw % 1000 // 10)
     wheel, where = wheel_cuda(probe)
     current = f"driver CUDA {drv[0]}.{drv[1]}"
     if wheel is None:
-        return Result(cid, SKIP, current, None, "", where)
+        return CheckResult(cid, SKIP, current, None, "", where)
     current += f", torch built for CUDA {wheel[0]}.{wheel[1]}"
     want = "driver CUDA >= the wheel's"
     if drv[0] < wheel[0]:
-        return Result(cid, FAIL, current, want, "upgrade the NVIDIA driver or install a wheel built for this CUDA",
+        return CheckResult(cid, FAIL, current, want, "upgrade the NVIDIA driver or install a wheel built for this CUDA",
                       f"{where}: CUDA fails at init (error 35/803/804)")
     if drv < wheel:
-        return Result(cid, WARN, current, want, "upgrade the driver to the wheel's CUDA minor",
+        return CheckResult(cid, WARN, current, want, "upgrade the driver to the wheel's CUDA minor",
                       "minor-version compatibility: runs, but kernels needing newer PTX JIT fail")
-    return Result(cid, PASS, current, want, "", where)
+    return CheckResult(cid, PASS, current, want, "", where)
 
 
-def modules_checks(probe: Probe) -> list[Result]:
+def modules_checks(probe: Probe) -> list[CheckResult]:
     text = probe.host.read_or("/proc/modules")
     if text is None:
-        return [Result("stack.modules", SKIP, None, None, "", "/proc/modules unreadable")]
+        return [CheckResult("stack.modules", SKIP, None, None, "", "/proc/modules unreadable")]
     mods = parse_modules(text)
     out = []
     if "nouveau" in mods:
-        out.append(Result("stack.nouveau", FAIL, "nouveau loaded", "nouveau absent",
+        out.append(CheckResult("stack.nouveau", FAIL, "nouveau loaded", "nouveau absent",
                           "blacklist nouveau (modprobe.d), update the initramfs, reboot",
                           "nouveau holds the GPUs: the NVIDIA driver cannot bind"))
     else:
-        out.append(Result("stack.nouveau", PASS, "not loaded", "nouveau absent"))
+        out.append(CheckResult("stack.nouveau", PASS, "not loaded", "nouveau absent"))
     uvm_loaded = "nvidia_uvm" in mods
     node = probe.host.path(UVM)
     try:
@@ -124,33 +124,33 @@ def modules_checks(probe: Probe) -> list[Result]:
             if (st.st_mode >> shift) & 6 != 6:
                 problems.append(f"{UVM} mode {stat.S_IMODE(st.st_mode):o} denies {acct.name}")
     current = "; ".join(problems) or f"loaded, {UVM} present"
-    out.append(Result("stack.nvidia_uvm", FAIL if problems else PASS, current, "loaded, device usable",
+    out.append(CheckResult("stack.nvidia_uvm", FAIL if problems else PASS, current, "loaded, device usable",
                       "modprobe nvidia-uvm && nvidia-modprobe -u -c=0 (or install nvidia-modprobe)" if problems
                       else "", "CUDA needs unified memory: cuInit fails without it" if problems else ""))
     return out
 
 
-def libcuda_check(probe: Probe) -> Result:
+def libcuda_check(probe: Probe) -> CheckResult:
     cid = "stack.libcuda"
     try:
         with open(probe.host.path(LD_CACHE), "rb") as fh:
             data = fh.read(64 << 20)
     except OSError:
-        return Result(cid, SKIP, None, "one libcuda.so.1", "", f"{LD_CACHE} unreadable")
+        return CheckResult(cid, SKIP, None, "one libcuda.so.1", "", f"{LD_CACHE} unreadable")
     paths = libcuda_paths(data)
     if len(paths) == 1:
-        return Result(cid, PASS, paths[0], "one libcuda.so.1")
+        return CheckResult(cid, PASS, paths[0], "one libcuda.so.1")
     if not paths:
-        return Result(cid, FAIL, "none", "one libcuda.so.1", "install the driver's libraries, then ldconfig",
+        return CheckResult(cid, FAIL, "none", "one libcuda.so.1", "install the driver's libraries, then ldconfig",
                       "CUDA cannot find the driver library")
     builds = {libcuda_build(probe, p) for p in paths}
     if len(builds) == 1 and "" not in builds:
         # Seen on the lent H100: /lib and /usr/local/nvidia/lib64 both hold 580.159.04's library. Copies of one
         # build are harmless, whichever comes first.
-        return Result(cid, PASS, f"{len(paths)} copies of libcuda.so.{builds.pop()}", "one libcuda build",
+        return CheckResult(cid, PASS, f"{len(paths)} copies of libcuda.so.{builds.pop()}", "one libcuda build",
                       detail=", ".join(paths))
     found = ", ".join(f"{p} ({libcuda_build(probe, p) or 'build unknown'})" for p in paths)
-    return Result(cid, WARN, found, "one libcuda build",
+    return CheckResult(cid, WARN, found, "one libcuda build",
                   "remove the stale copy (cuda-compat or an old driver) and run ldconfig",
                   "the first in the cache wins: it may not match the loaded kernel module")
 
@@ -166,7 +166,7 @@ def libcuda_build(probe: Probe, path: str) -> str:
     return "" if build in ("", "1") else build
 
 
-def checks(probe: Probe) -> list[Result]:
+def checks(probe: Probe) -> list[CheckResult]:
     if not probe.topo.gpus:
         return []
     return [cuda_check(probe), *modules_checks(probe), libcuda_check(probe)]

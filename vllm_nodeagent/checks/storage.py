@@ -14,7 +14,7 @@ import shlex
 import stat
 from typing import Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Account, Probe, Result
+from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Account, CheckResult, Probe
 from vllm_nodeagent.parse import ParseError, parse_meminfo
 
 GIB = 1 << 30
@@ -159,10 +159,10 @@ def weights_size(probe: Probe, directory: str) -> int:
     return total
 
 
-def checks(probe: Probe) -> list[Result]:
+def checks(probe: Probe) -> list[CheckResult]:
     cfg = probe.config.vllm
     if cfg is None or not cfg.model:
-        return [Result("storage", SKIP, None, None, "", "no [vllm] model configured")]
+        return [CheckResult("storage", SKIP, None, None, "", "no [vllm] model configured")]
     acct = probe.account(cfg.user)
     found, where = model_dir(probe, cfg.model, acct)
     results = [fs_check(probe, found or where, found is not None)]
@@ -171,55 +171,55 @@ def checks(probe: Probe) -> list[Result]:
     results.append(residency_check(probe, cfg.model, found, where))
     results.append(free_check(probe, found or where))
     if acct is None:
-        results.append(Result("storage.cache_writable", SKIP, f"user {cfg.user} not in /etc/passwd", None, "",
+        results.append(CheckResult("storage.cache_writable", SKIP, f"user {cfg.user} not in /etc/passwd", None, "",
                               "cannot judge an unknown user"))
     else:
         results += writable_checks(probe, acct)
     return results
 
 
-def fs_check(probe: Probe, path: str, present: bool) -> Result:
+def fs_check(probe: Probe, path: str, present: bool) -> CheckResult:
     cid = "storage.model_fs"
     mounts = parse_mountinfo(probe.host.read_or("/proc/self/mountinfo", "") or "")
     real = probe.host.realpath(path) if probe.host.exists(path) else path
     m = mount_of(mounts, real)
     if m is None:
-        return Result(cid, SKIP, real, "local filesystem", "", "no mount table (/proc/self/mountinfo)")
+        return CheckResult(cid, SKIP, real, "local filesystem", "", "no mount table (/proc/self/mountinfo)")
     kind = fs_class(m[1])
     current = f"{real} on {m[0]} ({m[1]}, {m[2]})"
     note = "" if present else "model not downloaded yet: this is where it will go"
     if kind == "local":
-        return Result(cid, PASS, current, "local filesystem", "", note)
-    return Result(cid, WARN, current, "local filesystem", PREWARM_HINT,
+        return CheckResult(cid, PASS, current, "local filesystem", "", note)
+    return CheckResult(cid, WARN, current, "local filesystem", PREWARM_HINT,
                   f"{kind} filesystem: the first load reads at its speed and can stall workers" + (
                       f"; {note}" if note else ""))
 
 
-def memory_check(probe: Probe, size: int, found: Optional[str]) -> Result:
+def memory_check(probe: Probe, size: int, found: Optional[str]) -> CheckResult:
     cid = "storage.model_memory"
     if not found or size == 0:
-        return Result(cid, SKIP, None, "weights fit in MemAvailable", "", "no weight files found locally")
+        return CheckResult(cid, SKIP, None, "weights fit in MemAvailable", "", "no weight files found locally")
     try:
         avail = parse_meminfo(probe.host.read_or("/proc/meminfo", "") or "").get("MemAvailable")
     except ParseError as exc:
-        return Result(cid, SKIP, None, None, "", f"/proc/meminfo: {exc}")
+        return CheckResult(cid, SKIP, None, None, "", f"/proc/meminfo: {exc}")
     if avail is None:
-        return Result(cid, SKIP, None, None, "", "no MemAvailable in /proc/meminfo")
+        return CheckResult(cid, SKIP, None, None, "", "no MemAvailable in /proc/meminfo")
     current = f"weights {size / GIB:.1f} GiB, MemAvailable {avail / GIB:.1f} GiB"
     if size > avail:
-        return Result(cid, WARN, current, "weights fit in MemAvailable",
+        return CheckResult(cid, WARN, current, "weights fit in MemAvailable",
                       "add memory or accept disk-speed loads ([prewarm] cannot hold what does not fit)",
                       "the page cache cannot hold the weights: every restart reads them from storage")
-    return Result(cid, PASS, current, "weights fit in MemAvailable")
+    return CheckResult(cid, PASS, current, "weights fit in MemAvailable")
 
 
-def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) -> Result:
+def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) -> CheckResult:
     """How much of the weights the page cache holds now, by prewarm's own resolution (HF snapshot refs, each blob
     once, no link out of the cache) and residency's cachestat(2)/mincore(2)."""
     cid = "storage.model_residency"
     want = f">= {RESIDENT_MINIMUM:.0%} of the weights in the page cache"
     if not found:
-        return Result(cid, SKIP, None, want, "", "no weight files found locally")
+        return CheckResult(cid, SKIP, None, want, "", "no weight files found locally")
     # Imported here: ctypes (residency) and prewarm's reader cost doctor's start-up only when a model is present.
     from vllm_nodeagent import prewarm
     from vllm_nodeagent.residency import Residency
@@ -232,50 +232,50 @@ def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) ->
         res = Residency()
         counted = [(f, prewarm.resident_bytes(res, f)) for f in weights]
     except (LookupError, OSError, ValueError) as exc:
-        return Result(cid, SKIP, None, want, "", f"weights not readable: {exc}")
+        return CheckResult(cid, SKIP, None, want, "", f"weights not readable: {exc}")
     if any(r == prewarm.HIDDEN for _, r in counted):
         # The kernel reports every page as cached to a caller that neither owns nor may write the file.
-        return Result(cid, SKIP, None, want, "run doctor as root",
+        return CheckResult(cid, SKIP, None, want, "run doctor as root",
                       "the kernel hides these files' page-cache residency from this user")
     sized = [(f.size, r) for f, r in counted if r is not None]  # None: the file went away meanwhile
     total = sum(s for s, _ in sized)
     if total == 0:
-        return Result(cid, SKIP, None, want, "", "no weight files found locally")
+        return CheckResult(cid, SKIP, None, want, "", "no weight files found locally")
     resident = sum(r for _, r in sized)
     share = resident / total
     current = (f"{share:.1%} of {len(sized)} weight file(s) resident ({resident / GIB:.1f} of {total / GIB:.1f} "
                f"GiB, {res.method})")
     if share < RESIDENT_MINIMUM:
-        return Result(cid, WARN, current, want, f"vllm-nodeagent prewarm {shlex.quote(model)}",
+        return CheckResult(cid, WARN, current, want, f"vllm-nodeagent prewarm {shlex.quote(model)}",
                       "vLLM's first load reads the rest from storage")
-    return Result(cid, PASS, current, want)
+    return CheckResult(cid, PASS, current, want)
 
 
-def free_check(probe: Probe, path: str) -> Result:
+def free_check(probe: Probe, path: str) -> CheckResult:
     cid = "storage.free_space"
     probe_at = path
     while not probe.host.exists(probe_at) and probe_at not in ("/", ""):
         probe_at = os.path.dirname(probe_at)
     space = probe.space(probe_at or "/")
     if space is None:
-        return Result(cid, SKIP, path, None, "", "statvfs failed")
+        return CheckResult(cid, SKIP, path, None, "", "statvfs failed")
     current = f"{space[1] / GIB:.1f} GiB free of {space[0] / GIB:.1f} GiB at {probe_at}"
     want = f">= {FREE_MINIMUM // GIB} GiB free"
     if space[1] < FREE_MINIMUM:
-        return Result(cid, WARN, current, want, "free space where the model and caches live",
+        return CheckResult(cid, WARN, current, want, "free space where the model and caches live",
                       "downloads and compile caches fail with ENOSPC mid-load")
-    return Result(cid, PASS, current, want)
+    return CheckResult(cid, PASS, current, want)
 
 
-def writable_checks(probe: Probe, acct: Account) -> list[Result]:
-    out: list[Result] = []
+def writable_checks(probe: Probe, acct: Account) -> list[CheckResult]:
+    out: list[CheckResult] = []
     for key, path in cache_dirs(probe, acct).items():
         cid = f"storage.writable.{key.lower()}"
         ok, why = writable(probe, path, acct)
         if ok:
-            out.append(Result(cid, PASS, f"{path} ({why})", f"writable by {acct.name}"))
+            out.append(CheckResult(cid, PASS, f"{path} ({why})", f"writable by {acct.name}"))
         else:
-            out.append(Result(cid, FAIL, f"{path} ({why})", f"writable by {acct.name}",
+            out.append(CheckResult(cid, FAIL, f"{path} ({why})", f"writable by {acct.name}",
                               f"install -d -o {acct.name} -g {acct.gid} {path}  (or set {key} in [vllm.env])",
                               f"vLLM running as {acct.name} fails when it writes there"))
     return out

@@ -17,7 +17,7 @@ import re
 import shutil
 from typing import Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Probe, Result
+from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
 
 KMSG = "/dev/kmsg"
 JOURNAL_TIMEOUT_S = 5.0
@@ -120,17 +120,17 @@ def severity(kind: str, code: int, text: str) -> tuple[str, str]:
     return XIDS.get(code, (WARN, "not in the table: look it up in NVIDIA's Xid catalog"))
 
 
-def checks(probe: Probe) -> list[Result]:
+def checks(probe: Probe) -> list[CheckResult]:
     cid = "gpu.xid"
     want = "no Xid/SXid since boot"
     if not probe.topo.gpus:
         return []  # a host without GPUs has no GPU checks
     text, source = kernel_log(probe)
     if text is None:
-        return [Result(cid, SKIP, None, want, "", f"{KMSG} and the journal unreadable (run doctor as root)")]
+        return [CheckResult(cid, SKIP, None, want, "", f"{KMSG} and the journal unreadable (run doctor as root)")]
     events = parse_events(text)
     if not events:
-        return [Result(cid, PASS, "none", want, "", f"from {source}")]
+        return [CheckResult(cid, PASS, "none", want, "", f"from {source}")]
     counts: dict[tuple[str, str, int], int] = {}
     for kind, pci, code, _ in events:
         counts[(kind, pci, code)] = counts.get((kind, pci, code), 0) + 1
@@ -143,7 +143,7 @@ def checks(probe: Probe) -> list[Result]:
         statuses.append(status)
         shown.append(f"{kind} {code} x{n} on {pci}: {what}")
     status = FAIL if FAIL in statuses else WARN
-    return [Result(cid, status, "; ".join(shown[:6]) + (f"; +{len(shown) - 6} more" if len(shown) > 6 else ""),
+    return [CheckResult(cid, status, "; ".join(shown[:6]) + (f"; +{len(shown) - 6} more" if len(shown) > 6 else ""),
                    want, "dmesg | grep -E 'S?Xid'; act on the catalog's resolution, then reboot to clear the log"
                    if status == FAIL else "application faults: check the vLLM logs at those times",
                    f"{len(events)} event(s) in the kernel log ({source})")]
