@@ -600,3 +600,27 @@ def test_launch_start_failure_is_one_plain_line(
     assert rc == 1 and out == ""
     line = one_line(err)
     assert line.startswith("vllm-nodeagent: launch: ") and says in line, line
+
+
+# --- a bug: still one line, exit 4, the traceback only on request ------------------------------------------------
+def test_a_bug_is_one_line_and_exit_4_without_a_traceback(
+    host: FakeHost, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vllm_nodeagent import topology
+
+    def broken_discover(*_: object, **__: object) -> topology.Topology:
+        raise RuntimeError("a bug in\ndiscovery")
+
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    monkeypatch.setattr(topology, "discover", broken_discover)
+    rc, out, err = run(host.root, capsys, "topology")
+    assert rc == 4 and out == ""
+    assert "Traceback" not in err
+    assert one_line(err) == ("vllm-nodeagent: topology: internal error: RuntimeError: a bug in discovery (a bug; "
+                             "rerun with VLLM_NODEAGENT_DEBUG=1 for the traceback, please report it)")
+
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    rc, out, err = run(host.root, capsys, "topology")
+    assert rc == 4 and out == ""
+    assert err.startswith("Traceback (most recent call last):") and "in broken_discover" in err
+    assert err.splitlines()[-1].startswith("vllm-nodeagent: topology: internal error: RuntimeError: a bug in")

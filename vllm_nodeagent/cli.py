@@ -1,8 +1,9 @@
-"""Command line: parse arguments, load config, dispatch.
+"""Command line: argparse, the dispatch table and the error boundary; each command lives in vllm_nodeagent.commands.
 
 Exit codes: 0 ok; 1 a setting or check failed; 2 usage or config error; 3 a host or state fault (not root, the
-state dir or journal unusable or refused, the journal lock not obtained, a host file unreadable); 130 interrupted.
-No traceback reaches a user: the boundary in ``main`` turns every known error type into one line on stderr.
+state dir or journal unusable or refused, the journal lock not obtained, a host file unreadable); 4 an internal
+error (a bug in the agent: one line naming the exception; VLLM_NODEAGENT_DEBUG=1 adds the traceback); 130
+interrupted. No traceback reaches a user: the boundary in ``main`` turns every error into one line on stderr.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable, Optional
 
 from vllm_nodeagent import __version__, log
 from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, ConfigError
-from vllm_nodeagent.context import EXIT_HOST, EXIT_INTERRUPTED, EXIT_USAGE, Context, read_config
+from vllm_nodeagent.context import EXIT_HOST, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Context, read_config
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import NvmlOpener
 
@@ -111,35 +112,50 @@ def main(
     """Entry point. ``nvml_opener`` and ``host_cls`` let tests replay recorded NVML and kernel behaviour."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    host = host_cls(args.root)
-    if not host.root.is_dir():
-        print(f"vllm-nodeagent: --root {args.root}: not a directory", file=sys.stderr)
-        return EXIT_USAGE
     try:
-        config = read_config(host, args.config)
-    except ConfigError as exc:
-        print(f"vllm-nodeagent: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    log_format = args.log_format or config.agent.log_format
-    log.configure(log_format, structured=args.command in LONG_RUNNING)
-    ctx = Context(host=host, config=config, config_arg=args.config, log_format=log_format, nvml_opener=nvml_opener)
-    try:
-        return _command(args.command)(ctx, args)
+        return _run(args, nvml_opener, host_cls)
     except ConfigError as exc:
         print(f"vllm-nodeagent: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except Exception as exc:  # the one boundary: known faults become one line (see host_fault)
+    except Exception as exc:  # the one boundary: known faults and bugs alike become one line
         line = host_fault(exc)
-        if line is None:
-            raise
-        print(f"vllm-nodeagent: {args.command}: {line}", file=sys.stderr)
-        return EXIT_HOST
+        if line is not None:
+            print(f"vllm-nodeagent: {args.command}: {line}", file=sys.stderr)
+            return EXIT_HOST
+        return internal_error(args.command, exc)
+
+
+def _run(args: argparse.Namespace, nvml_opener: Optional[NvmlOpener], host_cls: type[Host]) -> int:
+    host = host_cls(args.root)
+    if not host.root.is_dir():
+        print(f"vllm-nodeagent: --root {args.root}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    config = read_config(host, args.config)
+    log_format = args.log_format or config.agent.log_format
+    log.configure(log_format, structured=args.command in LONG_RUNNING)
+    ctx = Context(host=host, config=config, config_arg=args.config, log_format=log_format, nvml_opener=nvml_opener)
+    return _command(args.command)(ctx, args)
+
+
+DEBUG_ENV = "VLLM_NODEAGENT_DEBUG"
+
+
+def internal_error(command: str, exc: BaseException) -> int:
+    """A bug: one line naming the exception; the traceback only on request (it helps a report, not a user)."""
+    if os.environ.get(DEBUG_ENV) == "1":
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    message = " ".join(str(exc).split()) or "(no message)"
+    print(f"vllm-nodeagent: {command}: internal error: {type(exc).__name__}: {message} (a bug; rerun with "
+          f"{DEBUG_ENV}=1 for the traceback, please report it)", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def host_fault(exc: BaseException) -> Optional[str]:
-    """One line for a fault of the host or the state dir; None for a bug (which keeps its traceback)."""
+    """One line for a fault of the host or the state dir; None for anything else (a bug: see internal_error)."""
     from vllm_nodeagent.host import HostError
     from vllm_nodeagent.journal import JournalError
     from vllm_nodeagent.parse import ParseError

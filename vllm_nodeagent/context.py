@@ -15,9 +15,9 @@ from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, Config, load_config
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml, NvmlOpener, try_open
 
-# Documented in cli.py's docstring and docs/: 0 ok; 1 a setting or check failed; 2 usage or config error;
+# Documented in cli.py's docstring and the README: 0 ok; 1 a setting or check failed; 2 usage or config error;
 # 3 a host or state fault; 4 an internal error (a bug); 130 interrupted.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HOST, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HOST, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 @dataclass
