@@ -18,10 +18,11 @@ import pytest
 from conftest import requires_root
 from fakehost import FakeHost, SysfsHost
 
-from vllm_nodeagent import cli, engine
+from vllm_nodeagent import cli
 from vllm_nodeagent.config import SysctlSetting
-from vllm_nodeagent.journal import JOURNAL_NAME, Journal, JournalError
-from vllm_nodeagent.tunables.sysctl import Sysctl
+from vllm_nodeagent.settings import engine
+from vllm_nodeagent.settings.journal import JOURNAL_NAME, Journal, JournalError
+from vllm_nodeagent.settings.sysctl import Sysctl
 
 STATE = "/var/lib/vllm-nodeagent"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -363,7 +364,7 @@ def as_nobody(argv: list[str]) -> tuple[int, str, str]:
     import io
     import sys
 
-    for name in ("vllm_nodeagent.engine", "vllm_nodeagent.topology"):
+    for name in ("vllm_nodeagent.settings.engine", "vllm_nodeagent.topology"):
         importlib.import_module(name)  # before the fork: the child may not read the venv
 
     r, w = os.pipe()
@@ -492,7 +493,7 @@ def test_lock_wait_names_the_holder_and_gives_up(host: FakeHost, capsys: pytest.
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import fcntl
 
-    from vllm_nodeagent import journal as journal_mod
+    from vllm_nodeagent.settings import journal as journal_mod
 
     monkeypatch.setattr(journal_mod, "LOCK_TIMEOUT_S", 0.3)
     state = host.root / STATE.lstrip("/")
@@ -518,8 +519,8 @@ def test_lock_wait_names_the_holder_and_gives_up(host: FakeHost, capsys: pytest.
 def test_systemctl_that_hangs_fails_the_setting_not_the_caller(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from vllm_nodeagent.host import Host
-    from vllm_nodeagent.tunables import irq
-    from vllm_nodeagent.tunables.base import TunableError
+    from vllm_nodeagent.settings import irq
+    from vllm_nodeagent.settings.base import TunableError
 
     fake = tmp_path / "bin"
     fake.mkdir()

@@ -16,15 +16,15 @@ from typing import Callable
 import pytest
 from conftest import requires_root
 
-from vllm_nodeagent import engine
 from vllm_nodeagent.config import SysctlSetting
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.journal import Journal
 from vllm_nodeagent.parse import parse_bracket_list
-from vllm_nodeagent.tunables.base import Tunable
-from vllm_nodeagent.tunables.block import BlockScheduler
-from vllm_nodeagent.tunables.sysctl import Sysctl
-from vllm_nodeagent.tunables.thp import Thp
+from vllm_nodeagent.settings import engine
+from vllm_nodeagent.settings.base import Tunable
+from vllm_nodeagent.settings.block import BlockScheduler
+from vllm_nodeagent.settings.journal import Journal
+from vllm_nodeagent.settings.sysctl import Sysctl
+from vllm_nodeagent.settings.thp import Thp
 
 pytestmark = [pytest.mark.realhost, requires_root]
 REAL = Host("/")

@@ -10,20 +10,21 @@ from conftest import opener_for
 from fakehost import FakeHost, SysfsHost, vm_no_gpu
 from nvml_double import NvmlDouble
 
-from vllm_nodeagent import cli, engine
+from vllm_nodeagent import cli
 from vllm_nodeagent.config import SysctlSetting, parse_config
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.journal import Journal, JournalError
 from vllm_nodeagent.nvml import Nvml
+from vllm_nodeagent.settings import engine
+from vllm_nodeagent.settings.base import NotApplicable, TunableError
+from vllm_nodeagent.settings.block import BlockScheduler
+from vllm_nodeagent.settings.cpu import CpuGovernor
+from vllm_nodeagent.settings.families import build_tunables
+from vllm_nodeagent.settings.gpu import PersistenceMode
+from vllm_nodeagent.settings.irq import IrqAffinity, Irqbalance
+from vllm_nodeagent.settings.journal import Journal, JournalError
+from vllm_nodeagent.settings.sysctl import Sysctl
+from vllm_nodeagent.settings.thp import Thp
 from vllm_nodeagent.topology import discover
-from vllm_nodeagent.tunables.base import NotApplicable, TunableError
-from vllm_nodeagent.tunables.block import BlockScheduler
-from vllm_nodeagent.tunables.cpu import CpuGovernor
-from vllm_nodeagent.tunables.gpu import PersistenceMode
-from vllm_nodeagent.tunables.irq import IrqAffinity, Irqbalance
-from vllm_nodeagent.tunables.registry import build_tunables
-from vllm_nodeagent.tunables.sysctl import Sysctl
-from vllm_nodeagent.tunables.thp import Thp
 
 
 def read(h: FakeHost, p: str) -> str:

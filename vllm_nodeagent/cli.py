@@ -87,8 +87,8 @@ LONG_RUNNING = frozenset({"run", "serve"})
 _COMMANDS: dict[str, str] = {
     "topology": "vllm_nodeagent.commands.topology:cmd_topology",
     "doctor": "vllm_nodeagent.commands.doctor:cmd_doctor",
-    "apply": "vllm_nodeagent.engine:cmd_apply",
-    "revert": "vllm_nodeagent.engine:cmd_revert",
+    "apply": "vllm_nodeagent.settings.engine:cmd_apply",
+    "revert": "vllm_nodeagent.settings.engine:cmd_revert",
     "prewarm": "vllm_nodeagent.prewarm:cmd_prewarm",
     "launch": "vllm_nodeagent.serve:cmd_launch",
     "run": "vllm_nodeagent.daemon:cmd_run",
@@ -157,8 +157,8 @@ def internal_error(command: str, exc: BaseException) -> int:
 def host_fault(exc: BaseException) -> Optional[str]:
     """One line for a fault of the host or the state dir; None for anything else (a bug: see internal_error)."""
     from vllm_nodeagent.host import HostError
-    from vllm_nodeagent.journal import JournalError
     from vllm_nodeagent.parse import ParseError
+    from vllm_nodeagent.settings.journal import JournalError
 
     if isinstance(exc, (JournalError, HostError)):
         return " ".join(str(exc).split())

@@ -291,9 +291,9 @@ class Daemon:
 
     def _apply_settings(self) -> bool:
         """Build the tunables from the current config and apply them. False when any failed (logged)."""
-        from vllm_nodeagent.engine import CHANGED, FAILED, FAILURES, OK, apply
-        from vllm_nodeagent.journal import Journal, JournalError
-        from vllm_nodeagent.tunables.registry import build_tunables
+        from vllm_nodeagent.settings.engine import CHANGED, FAILED, FAILURES, OK, apply
+        from vllm_nodeagent.settings.families import build_tunables
+        from vllm_nodeagent.settings.journal import Journal, JournalError
 
         if self.topo is None:
             return False
@@ -316,8 +316,8 @@ class Daemon:
     def _drift(self) -> None:
         if not self.tunables or self.journal is None:
             return
-        from vllm_nodeagent.engine import DRIFTED, FAILED, OK, apply, verify
-        from vllm_nodeagent.journal import JournalError
+        from vllm_nodeagent.settings.engine import DRIFTED, FAILED, OK, apply, verify
+        from vllm_nodeagent.settings.journal import JournalError
 
         outcomes = verify(self.tunables)
         drifted = [o for o in outcomes if o.status == DRIFTED]
@@ -355,8 +355,8 @@ class Daemon:
         self.metrics.heartbeat(time.time())
 
     def _revert(self) -> None:
-        from vllm_nodeagent.engine import revert
-        from vllm_nodeagent.journal import Journal, JournalError
+        from vllm_nodeagent.settings.engine import revert
+        from vllm_nodeagent.settings.journal import Journal, JournalError
 
         journal = self.journal or Journal(self.ctx.host, self.ctx.config.agent.state_dir)
         try:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING, Optional
 
-from vllm_nodeagent import engine
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, STATUSES, WARN, CheckResult
 from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
 from vllm_nodeagent.parse import format_cpulist
+from vllm_nodeagent.settings import engine
+from vllm_nodeagent.settings.base import Tunable
+from vllm_nodeagent.settings.families import build_tunables
 from vllm_nodeagent.topology import Topology, discover
-from vllm_nodeagent.tunables.base import Tunable
-from vllm_nodeagent.tunables.registry import build_tunables
 
 if TYPE_CHECKING:
     from vllm_nodeagent.context import Context

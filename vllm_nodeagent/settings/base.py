@@ -2,7 +2,7 @@
 
 apply, verify, revert, drift and doctor are loops over ``Tunable`` objects (see engine.py and doctor.py):
     read() -> compliant(current)? -> journal original -> write(target(current)) -> read() again.
-A family of settings is one module in this package plus one line in registry.py.
+A family of settings is one module in this package plus one line in families.py.
 """
 
 from __future__ import annotations

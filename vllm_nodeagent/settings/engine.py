@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from vllm_nodeagent import log
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.journal import Entry, Journal, JournalError
 from vllm_nodeagent.nvml import Nvml
-from vllm_nodeagent.tunables.base import MultiFileTunable, NotApplicable, Tunable, TunableError, UnknownSetting
-from vllm_nodeagent.tunables.registry import rebuild
+from vllm_nodeagent.settings.base import MultiFileTunable, NotApplicable, Tunable, TunableError, UnknownSetting
+from vllm_nodeagent.settings.families import rebuild
+from vllm_nodeagent.settings.journal import Entry, Journal, JournalError
 
 if TYPE_CHECKING:
     from vllm_nodeagent.context import Context
@@ -287,8 +287,8 @@ def _tell_wait(message: str) -> None:
 
 
 def cmd_apply(ctx: Context, args: argparse.Namespace) -> int:
+    from vllm_nodeagent.settings.families import build_tunables
     from vllm_nodeagent.topology import discover
-    from vllm_nodeagent.tunables.registry import build_tunables
 
     if not args.dry_run:
         _need_root(ctx, "apply")

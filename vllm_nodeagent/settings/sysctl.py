@@ -7,7 +7,7 @@ from typing import Optional
 from vllm_nodeagent.config import SysctlSetting
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.parse import ParseError, parse_sysctl_vector
-from vllm_nodeagent.tunables.base import FileTunable, UnknownSetting
+from vllm_nodeagent.settings.base import FileTunable, UnknownSetting
 
 
 def sysctl_path(name: str) -> str:

@@ -8,8 +8,8 @@ from typing import Optional
 from vllm_nodeagent import subp
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.parse import ParseError, format_cpulist, parse_cpulist, parse_interrupts_for
+from vllm_nodeagent.settings.base import MultiFileTunable, NotApplicable, TunableError
 from vllm_nodeagent.subp import CommandError, Result, without_notify
-from vllm_nodeagent.tunables.base import MultiFileTunable, NotApplicable, TunableError
 
 SYSTEMCTL_TIMEOUT_S = 30
 

@@ -8,14 +8,14 @@ from typing import Optional
 from vllm_nodeagent.config import Config
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml
+from vllm_nodeagent.settings.base import Tunable, Unavailable
+from vllm_nodeagent.settings.block import BlockScheduler, matching_devices
+from vllm_nodeagent.settings.cpu import CPUFREQ_DIR, CpuGovernor
+from vllm_nodeagent.settings.gpu import PersistenceMode
+from vllm_nodeagent.settings.irq import IrqAffinity, Irqbalance, device_irqs
+from vllm_nodeagent.settings.sysctl import Sysctl
+from vllm_nodeagent.settings.thp import Thp
 from vllm_nodeagent.topology import Topology
-from vllm_nodeagent.tunables.base import Tunable, Unavailable
-from vllm_nodeagent.tunables.block import BlockScheduler, matching_devices
-from vllm_nodeagent.tunables.cpu import CPUFREQ_DIR, CpuGovernor
-from vllm_nodeagent.tunables.gpu import PersistenceMode
-from vllm_nodeagent.tunables.irq import IrqAffinity, Irqbalance, device_irqs
-from vllm_nodeagent.tunables.sysctl import Sysctl
-from vllm_nodeagent.tunables.thp import Thp
 
 
 def build_tunables(

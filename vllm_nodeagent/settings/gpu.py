@@ -6,7 +6,7 @@ from typing import Optional
 
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
-from vllm_nodeagent.tunables.base import NotApplicable, TunableError, ValueTunable
+from vllm_nodeagent.settings.base import NotApplicable, TunableError, ValueTunable
 
 ON, OFF = "enabled", "disabled"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.tunables.base import FileTunable, NotApplicable
+from vllm_nodeagent.settings.base import FileTunable, NotApplicable
 
 # blk-mq kernels (all since 5.0) call the pass-through elevator "none"; "noop" was the legacy name.
 ALIASES = {"noop": "none"}

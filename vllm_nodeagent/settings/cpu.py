@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.tunables.base import MultiFileTunable, NotApplicable
+from vllm_nodeagent.settings.base import MultiFileTunable, NotApplicable
 
 CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
 

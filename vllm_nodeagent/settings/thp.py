@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.tunables.base import FileTunable, NotApplicable
+from vllm_nodeagent.settings.base import FileTunable, NotApplicable
 
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 
