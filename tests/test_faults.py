@@ -539,7 +539,7 @@ def test_daemon_component_failure_is_logged_and_the_others_go_on(
     from vllm_nodeagent import log
     from vllm_nodeagent.config import Config
     from vllm_nodeagent.context import Context
-    from vllm_nodeagent.daemon import Daemon
+    from vllm_nodeagent.daemon.loop import Daemon
 
     log.configure("json", stream=sys.stderr)
     ctx = Context(host=SysfsHost(host.root), config=Config(path="t"), config_arg=None, log_format="json")

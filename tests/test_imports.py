@@ -40,8 +40,8 @@ NOT_ON_ONE_SHOT_PATH = {
     "multiprocessing": "not used",
     "vllm_nodeagent.daemon": "the daemon",
     "vllm_nodeagent.supervisor": "the daemon",
-    "vllm_nodeagent.metrics": "the daemon",
-    "vllm_nodeagent.notify": "the daemon",
+    "vllm_nodeagent.daemon.metrics": "the daemon",
+    "vllm_nodeagent.daemon.notify": "the daemon",
 }
 # prewarm legitimately needs its reader and residency (ctypes for cachestat/mincore); so does doctor's storage
 # check once a configured model's files are present (the shards' residency) - never before.

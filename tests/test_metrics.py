@@ -7,7 +7,7 @@ from pathlib import Path
 from fakehost import FakeHost
 from nvml_double import NvmlDouble
 
-from vllm_nodeagent.metrics import Metrics
+from vllm_nodeagent.daemon.metrics import Metrics
 
 
 def test_textfile_series(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_readiness_checks_and_heartbeat_in_the_textfile(hgx: FakeHost, hgx_nvml:
     from checkhelp import probe
 
     from vllm_nodeagent.context import Context
-    from vllm_nodeagent.daemon import Daemon
+    from vllm_nodeagent.daemon.loop import Daemon
     from vllm_nodeagent.host import Host
 
     hgx.sysctl("kernel.numa_balancing", "1")

@@ -6,7 +6,7 @@ import os
 import socket
 import tempfile
 
-from vllm_nodeagent.notify import Notifier, monotonic_usec
+from vllm_nodeagent.daemon.notify import Notifier, monotonic_usec
 
 
 def test_no_socket_is_a_noop() -> None:

@@ -91,7 +91,7 @@ _COMMANDS: dict[str, str] = {
     "revert": "vllm_nodeagent.settings.engine:cmd_revert",
     "prewarm": "vllm_nodeagent.prewarm:cmd_prewarm",
     "launch": "vllm_nodeagent.serve:cmd_launch",
-    "run": "vllm_nodeagent.daemon:cmd_run",
+    "run": "vllm_nodeagent.daemon.loop:cmd_run",
     "serve": "vllm_nodeagent.serve:cmd_serve",
 }
 

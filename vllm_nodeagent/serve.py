@@ -18,7 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from vllm_nodeagent import log
-from vllm_nodeagent.daemon import Daemon
+from vllm_nodeagent.daemon.loop import Daemon
 from vllm_nodeagent.launcher import PID_FILE, LaunchError, build_plan, something_to_launch
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def _preload() -> None:
 
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK
-    from vllm_nodeagent.notify import Notifier
+    from vllm_nodeagent.daemon.notify import Notifier
 
     configured = something_to_launch(ctx.config.vllm)
     if args.configured:

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from vllm_nodeagent import log
 from vllm_nodeagent.config import Config, ConfigError, VllmConfig
+from vllm_nodeagent.daemon.metrics import Metrics
+from vllm_nodeagent.daemon.notify import Notifier
 from vllm_nodeagent.launcher import (
     PID_FILE,
     LaunchError,
@@ -31,8 +33,6 @@ from vllm_nodeagent.launcher import (
     something_to_launch,
     write_plan_file,
 )
-from vllm_nodeagent.metrics import Metrics
-from vllm_nodeagent.notify import Notifier
 from vllm_nodeagent.readiness import SmokeCheck
 from vllm_nodeagent.supervisor import Backoff, Child, Exit, health_ok
 
