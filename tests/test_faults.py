@@ -539,20 +539,23 @@ def test_daemon_component_failure_is_logged_and_the_others_go_on(
     from vllm_nodeagent import log
     from vllm_nodeagent.config import Config
     from vllm_nodeagent.context import Context
-    from vllm_nodeagent.daemon.loop import Daemon
+    from vllm_nodeagent.daemon.host_keeper import HostKeeper
+    from vllm_nodeagent.daemon.loop import Loop
 
     log.configure("json", stream=sys.stderr)
     ctx = Context(host=SysfsHost(host.root), config=Config(path="t"), config_arg=None, log_format="json")
-    d = Daemon(ctx, prewarm=False, launch_vllm=False)
+    loop = Loop(ctx)
+    host_keeper = HostKeeper(loop)
+    loop.add(host_keeper)
     ran: list[str] = []
 
     def broken_drift() -> None:
         raise RuntimeError("a bug in drift")
 
-    monkeypatch.setattr(d, "_drift", broken_drift)
-    monkeypatch.setattr(d, "_readiness", lambda: ran.append("readiness"))
-    monkeypatch.setattr(d.metrics, "write", lambda: ran.append("metrics"))
-    d._tick(d.clock())
+    monkeypatch.setattr(host_keeper, "_drift", broken_drift)
+    monkeypatch.setattr(host_keeper, "_readiness", lambda: ran.append("readiness"))
+    monkeypatch.setattr(loop.metrics, "write", lambda: ran.append("metrics"))
+    loop.tick(loop.clock())
     assert ran == ["readiness", "metrics"]
     [event] = [json.loads(line) for line in capsys.readouterr().err.splitlines()
                if '"component_failed"' in line]

@@ -50,7 +50,8 @@ def test_readiness_checks_and_heartbeat_in_the_textfile(hgx: FakeHost, hgx_nvml:
     from checkhelp import probe
 
     from vllm_nodeagent.context import Context
-    from vllm_nodeagent.daemon.loop import Daemon
+    from vllm_nodeagent.daemon.host_keeper import HostKeeper
+    from vllm_nodeagent.daemon.loop import Loop
     from vllm_nodeagent.host import Host
 
     hgx.sysctl("kernel.numa_balancing", "1")
@@ -59,10 +60,11 @@ def test_readiness_checks_and_heartbeat_in_the_textfile(hgx: FakeHost, hgx_nvml:
     cfg = "[agent]\nmetrics_textfile = '/var/lib/node_exporter/vna.prom'\n"
     p = probe(hgx, cfg, hgx_nvml)
     ctx = Context(host=Host(hgx.root), config=p.config, config_arg=None, log_format="json")
-    d = Daemon(ctx, manage_settings=False, prewarm=False, launch_vllm=False, topology=p.topo)
-    d.nvml = p.nvml
-    d._readiness()
-    d.metrics.write()
+    loop = Loop(ctx, topology=p.topo)
+    host = HostKeeper(loop)
+    loop.nvml = p.nvml
+    host._readiness()
+    loop.metrics.write()
     text = prom.read_text()
     assert 'vllm_nodeagent_check_status{id="kernel.numa_balancing"} 1.0' in text  # warn
     assert 'vllm_nodeagent_check_status{id="gpu.memory_health"} 0.0' in text  # pass
@@ -70,10 +72,10 @@ def test_readiness_checks_and_heartbeat_in_the_textfile(hgx: FakeHost, hgx_nvml:
     first = float(next(line.split()[1] for line in text.splitlines()
                        if line.startswith("vllm_nodeagent_last_check_timestamp_seconds ")))
     assert first > 1.7e9
-    d.metrics.last_check.set(0)
+    loop.metrics.last_check.set(0)
     prom.write_text("")
-    d._readiness()
-    d.metrics.write()  # nothing else changed: the heartbeat alone makes it write
+    host._readiness()
+    loop.metrics.write()  # nothing else changed: the heartbeat alone makes it write
     second = float(next(line.split()[1] for line in prom.read_text().splitlines()
                         if line.startswith("vllm_nodeagent_last_check_timestamp_seconds ")))
     assert second >= first

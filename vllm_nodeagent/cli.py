@@ -90,9 +90,9 @@ _COMMANDS: dict[str, str] = {
     "apply": "vllm_nodeagent.settings.engine:cmd_apply",
     "revert": "vllm_nodeagent.settings.engine:cmd_revert",
     "prewarm": "vllm_nodeagent.prewarm:cmd_prewarm",
-    "launch": "vllm_nodeagent.serve:cmd_launch",
-    "run": "vllm_nodeagent.daemon.loop:cmd_run",
-    "serve": "vllm_nodeagent.serve:cmd_serve",
+    "launch": "vllm_nodeagent.commands.launch:cmd_launch",
+    "run": "vllm_nodeagent.commands.run:cmd_run",
+    "serve": "vllm_nodeagent.commands.serve:cmd_serve",
 }
 
 CommandFn = Callable[[Context, argparse.Namespace], int]

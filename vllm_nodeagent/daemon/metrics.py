@@ -37,6 +37,9 @@ class Metrics:
                                    "Seconds from the last vLLM start to passing the readiness gate", registry=r)
         self.check_status = Gauge("vllm_nodeagent_check_status", "Readiness check result (doctor's checks): "
                                   "0 pass, 1 warn, 2 fail, -1 skip", ["id"], registry=r)
+        self.component_failures = Counter("vllm_nodeagent_component_failures", "Errors caught at a daemon "
+                                          "component's failure boundary (logged as component_failed)",
+                                          ["component"], registry=r)
         # A heartbeat: the file's mtime freezes while nothing changes, so a dead agent would look alive.
         self.last_check = Gauge("vllm_nodeagent_last_check_timestamp_seconds", "Unix time of the agent's last "
                                 "drift and readiness check", registry=r)
@@ -64,6 +67,11 @@ class Metrics:
     def add_restart(self) -> None:
         if self.textfile:
             self.restarts.inc()
+            self._dirty = True
+
+    def add_component_failure(self, component: str) -> None:
+        if self.textfile:
+            self.component_failures.labels(component=component).inc()
             self._dirty = True
 
     def set_up(self, up: bool) -> None:

@@ -1,0 +1,27 @@
+"""`vllm-nodeagent run`: the root unit (Type=notify). The daemon loop over the host keeper, and in the "single"
+layout the serve keeper too; in the "split" layout vLLM has its own unit (``serve``): host work only, no prewarm."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from vllm_nodeagent import log
+from vllm_nodeagent.daemon.host_keeper import HostKeeper
+from vllm_nodeagent.daemon.loop import Loop
+from vllm_nodeagent.daemon.serve_keeper import ServeKeeper
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.context import Context
+
+
+def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
+    from vllm_nodeagent.layout import detect
+
+    layout = detect(ctx.host, getattr(args, "layout", "auto"))
+    log.get().info("layout", layout=layout.name, reason=layout.reason)
+    loop = Loop(ctx)
+    loop.add(HostKeeper(loop))
+    if not layout.split:
+        loop.add(ServeKeeper(loop))
+    return loop.run()

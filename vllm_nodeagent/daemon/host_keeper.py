@@ -1,0 +1,149 @@
+"""The host side of the daemon: apply the settings at start, then drift checks (``[agent] mode``: enforce re-applies,
+audit reports), doctor's readiness checks and the heartbeat into the metrics textfile, and the revert on stop where
+``[agent] revert_on_stop`` says so. A component of ``loop.Loop``; its next deadline is the next drift check."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from vllm_nodeagent.daemon.loop import Status
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.config import Config
+    from vllm_nodeagent.daemon.loop import Loop
+
+
+class HostKeeper:
+    name = "host"
+
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+        self.ctx = loop.ctx
+        self.log = loop.log
+        self.tunables: list[Any] = []
+        self.journal: Any = None
+        self.drift_count = 0
+        self.next_drift = 0.0
+        self.started = False
+
+    # -- the component -----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.loop.notify.status("applying settings")
+        self.loop.open_nvml()
+        self.loop.guarded("settings", self._apply_settings)
+        self.next_drift = self.loop.clock() + self.ctx.config.agent.drift_interval_s
+        self.started = True  # READY=1 follows even when a setting failed: it is logged, exported and doctor shows it
+
+    def ready(self) -> bool:
+        return self.started
+
+    def next_deadline(self, now: float) -> float:
+        return self.next_drift
+
+    def wait_fds(self) -> list[int]:
+        return []
+
+    def tick(self, now: float) -> None:
+        if now < self.next_drift:
+            return
+        # Two boundaries: a bug in drift must not stop the readiness metrics and the heartbeat.
+        self.loop.guarded("settings", self._drift)
+        self.loop.guarded("readiness", self._readiness)
+        self.next_drift = self.loop.clock() + self.ctx.config.agent.drift_interval_s
+
+    def status(self) -> Status:
+        return Status("watching", f"{self.drift_count} drift")
+
+    def reload(self, old: Config, new: Config) -> None:
+        self.loop.guarded("settings", self._apply_settings)
+
+    def stop(self) -> None:
+        if self.ctx.config.agent.revert_on_stop:
+            self._revert()
+
+    def close(self) -> None:
+        return
+
+    # -- the work ----------------------------------------------------------------------------------------------------
+    def _lock_wait(self, message: str) -> None:
+        self.log.warning("journal_lock_wait", detail=message)
+
+    def _apply_settings(self) -> bool:
+        """Build the tunables from the current config and apply them. False when any failed (logged)."""
+        from vllm_nodeagent.settings.engine import CHANGED, FAILED, FAILURES, OK, apply
+        from vllm_nodeagent.settings.families import build_tunables
+        from vllm_nodeagent.settings.journal import Journal, JournalError
+
+        if self.loop.topo is None:
+            return False
+        self.tunables = build_tunables(self.ctx.config, self.loop.topo, self.ctx.host, self.loop.nvml,
+                                       self.loop.nvml_error)
+        self.journal = Journal(self.ctx.host, self.ctx.config.agent.state_dir)
+        try:
+            with self.journal.locked(on_wait=self._lock_wait):
+                outcomes = apply(self.tunables, self.journal)
+        except (JournalError, OSError) as exc:
+            self.log.error("settings_failed", error=str(exc))
+            return False
+        for o in outcomes:
+            if o.status in (OK, CHANGED, FAILED):
+                self.loop.metrics.set_compliance(o.id, o.status != FAILED)
+        failed = [o.id for o in outcomes if o.status in FAILURES]
+        self.log.info("settings_applied", total=len(outcomes), failed=len(failed),
+                      changed=sum(1 for o in outcomes if o.status == CHANGED))
+        return not failed
+
+    def _drift(self) -> None:
+        if not self.tunables or self.journal is None:
+            return
+        from vllm_nodeagent.settings.engine import DRIFTED, FAILED, OK, apply, verify
+        from vllm_nodeagent.settings.journal import JournalError
+
+        metrics = self.loop.metrics
+        outcomes = verify(self.tunables)
+        drifted = [o for o in outcomes if o.status == DRIFTED]
+        for o in outcomes:
+            if o.status == OK:
+                metrics.set_compliance(o.id, True)
+        mode = self.ctx.config.agent.mode
+        for o in drifted:
+            self.drift_count += 1
+            metrics.add_drift(o.id)
+            metrics.set_compliance(o.id, False)
+            self.log.warning("drift", id=o.id, current=o.current, desired=o.desired, mode=mode)
+        if drifted and mode == "enforce":
+            ids = {o.id for o in drifted}
+            try:
+                with self.journal.locked(on_wait=self._lock_wait):
+                    fixed = apply([t for t in self.tunables if t.id in ids], self.journal)
+            except (JournalError, OSError) as exc:
+                self.log.error("drift_reapply_failed", error=str(exc))
+                return
+            for o in fixed:
+                metrics.set_compliance(o.id, o.status != FAILED)
+        if drifted:
+            self.loop.status_now()
+
+    def _readiness(self) -> None:
+        """Doctor's readiness checks as textfile metrics, and the heartbeat (issue 16)."""
+        metrics = self.loop.metrics
+        if not metrics.enabled:
+            return
+        if self.loop.topo is not None:
+            from vllm_nodeagent.checks import STATUS_VALUE, Probe, run_all
+
+            results = run_all(Probe(self.ctx.host, self.ctx.config, self.loop.topo, self.loop.nvml))
+            metrics.set_checks({r.id: STATUS_VALUE[r.status] for r in results})
+        metrics.heartbeat(time.time())
+
+    def _revert(self) -> None:
+        from vllm_nodeagent.settings.engine import revert
+        from vllm_nodeagent.settings.journal import Journal, JournalError
+
+        journal = self.journal or Journal(self.ctx.host, self.ctx.config.agent.state_dir)
+        try:
+            with journal.locked(on_wait=self._lock_wait):
+                revert(self.ctx.host, journal, self.loop.nvml)
+        except (JournalError, OSError) as exc:
+            self.log.error("revert_failed", error=str(exc))

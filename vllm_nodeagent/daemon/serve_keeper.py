@@ -1,0 +1,421 @@
+"""The serving side of the daemon: prewarm before start, vLLM started under the plan, the readiness gate
+(/health 200, then a one-token completion: ``[vllm] readiness``), EXTEND_TIMEOUT_USEC while it loads, liveness
+checks, worker pinning (binding "numactl+pin"), and restarts with backoff — or, in the serve unit, an exit for
+systemd to restart it. A component of ``loop.Loop``: READY when vLLM serves; its next deadline depends on its phase
+(health poll while loading, gate poll, restart time, liveness, pinning).
+
+Phases: init → loading → gating → serving; backoff between a crash and the restart; watching = nothing to launch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Any, Optional
+
+from vllm_nodeagent.config import VllmConfig
+from vllm_nodeagent.daemon.loop import Status
+from vllm_nodeagent.daemon.worker_pins import pin_workers
+from vllm_nodeagent.launcher import (
+    PID_FILE,
+    LaunchError,
+    LaunchPlan,
+    binding_mismatches,
+    build_plan,
+    live_binding,
+    something_to_launch,
+    write_plan_file,
+)
+from vllm_nodeagent.readiness import SmokeCheck
+from vllm_nodeagent.supervisor import Backoff, Child, Exit, health_ok
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.config import Config
+    from vllm_nodeagent.daemon.loop import Loop
+
+HEALTH_POLL_S = 0.5  # while vLLM loads
+GATE_POLL_S = 0.2  # while the smoke completion runs (in its thread)
+GATE_RETRY_S = 2.0  # after a failed smoke completion, while vLLM still runs
+EXTEND_EVERY_S = 10.0  # EXTEND_TIMEOUT_USEC cadence while loading
+EXTEND_BY_S = 30.0
+PIN_POLL_S = 2.0  # looking for workers to pin (binding "numactl+pin")
+NO_PIDFD_POLL_S = 1.0  # a kernel without pidfd: poll the child
+CRASH_LOOP_AFTER = 3
+EXIT_VLLM_FAILED = 1  # the serve unit: systemd's Restart=on-failure restarts it
+
+
+class ServeKeeper:
+    name = "vllm"
+
+    def __init__(self, loop: Loop, *, prewarm: bool = True, gpus: Optional[list[int]] = None,
+                 exit_on_failure: bool = False, pid_dir: str = "") -> None:
+        """``exit_on_failure``: the serve unit — after READY a vLLM that is gone ends the daemon (systemd owns
+        restarts and their backoff). ``pid_dir``: where vllm.pid and the plan go (default: the state dir)."""
+        self.loop = loop
+        self.ctx = loop.ctx
+        self.log = loop.log
+        self.clock = loop.clock
+        self.do_prewarm = prewarm
+        self.gpus_override = gpus
+        self.exit_on_failure = exit_on_failure
+        self.pid_dir = pid_dir
+        self.plan: Optional[LaunchPlan] = None
+        self.child: Optional[Child] = None
+        self.backoff = self._new_backoff(self.ctx.config.vllm)
+        self.phase = "init"
+        self.smoke: Optional[SmokeCheck] = None
+        self.next_gate = 0.0
+        self.restart_at = 0.0
+        self.load_deadline = 0.0
+        self.next_health = 0.0
+        self.next_extend = 0.0
+        self.next_pin = 0.0
+        self.next_liveness = 0.0
+        self.next_poll = 0.0  # without a pidfd the child's exit is polled
+        self.health_failures = 0
+        self.pinned: set[int] = set()
+        self._prewarm_locked: Any = None
+
+    @staticmethod
+    def _new_backoff(cfg: Optional[VllmConfig]) -> Backoff:
+        c = cfg or VllmConfig()
+        return Backoff(c.restart_backoff_initial_s, c.restart_backoff_max_s, c.healthy_reset_s)
+
+    @property
+    def vcfg(self) -> VllmConfig:
+        return self.ctx.config.vllm or VllmConfig()
+
+    # -- the component -----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.do_prewarm:
+            self.loop.guarded("prewarm", self._prewarm)
+        if self.loop.pending_stop():
+            return
+        if something_to_launch(self.ctx.config.vllm):
+            self._start_child(initial=True)
+        else:
+            self.phase = "watching"
+
+    def ready(self) -> bool:
+        return self.phase in ("serving", "watching")
+
+    def next_deadline(self, now: float) -> float:
+        deadlines = [math.inf]
+        if self.phase == "loading":
+            deadlines.append(self.next_health)
+        if self.phase == "gating":
+            deadlines.append(self.next_gate)
+        if self.phase in ("loading", "gating"):
+            deadlines.append(self.load_deadline)
+            if self._awaiting_ready():
+                deadlines.append(self.next_extend)
+        if self.phase == "backoff":
+            deadlines.append(self.restart_at)
+        if self.child is not None and self._pins_pending():
+            deadlines.append(self.next_pin)
+        if self.child is not None and self.child.wait_fd() < 0:
+            deadlines.append(self.next_poll)
+        if self.phase == "serving" and self.child is not None:
+            deadlines.append(self.next_liveness)
+            if self.backoff.failures and self.child.healthy_since is not None:
+                deadlines.append(self.child.healthy_since + self.backoff.healthy_reset_s)
+        return min(deadlines)
+
+    def wait_fds(self) -> list[int]:
+        fd = self.child.wait_fd() if self.child is not None else -1
+        return [fd] if fd >= 0 else []
+
+    def tick(self, now: float) -> None:
+        self.next_poll = now + NO_PIDFD_POLL_S
+        if self.child is not None:
+            ex = self.child.poll()
+            if ex is not None:
+                self._child_exited(ex, now)
+                return
+        if self.phase in ("loading", "gating") and self.child is not None:
+            self._check_loading(now)
+        elif self.phase == "backoff" and now >= self.restart_at:
+            self._start_child(initial=False)
+        elif self.phase == "serving" and self.child is not None and self.child.healthy_since is not None:
+            self.backoff.healthy_for(now - self.child.healthy_since)
+            if now >= self.next_liveness:
+                self._liveness(now)
+        if self.child is not None and self._pins_pending() and now >= self.next_pin:
+            self._pin_workers()
+            self.next_pin = now + PIN_POLL_S
+
+    def status(self) -> Status:
+        what = "vLLM loading" if not self.loop.ready_sent else "vLLM restarting (loading)"
+        if self.phase == "loading":
+            return Status(f"{what}: waiting for {self.vcfg.health_url}", alone=True)
+        if self.phase == "gating":
+            return Status(f"{what}: health ok, smoke completion", alone=True)
+        if self.phase == "backoff":
+            n = self.backoff.failures
+            loop = " (crash loop)" if n >= CRASH_LOOP_AFTER else ""
+            return Status(f"vLLM exited {n}x in a row{loop}; restarting in {self.restart_at - self.clock():.0f}s",
+                          alone=True)
+        return Status("watching" if self.phase in ("watching", "init") else "serving")
+
+    def reload(self, old: Config, new: Config) -> None:
+        """vLLM restarts only when ``[vllm]`` changed; READY=1 then waits for the new one to pass the gate."""
+        if new.vllm == old.vllm:
+            return
+        self.log.info("vllm_config_changed", action="restart")
+        if self.child is not None:
+            self.child.stop(old.vllm.stop_timeout_s if old.vllm else VllmConfig().stop_timeout_s)
+            self.child = None
+        self.smoke = None
+        self.plan = None
+        self.backoff = self._new_backoff(new.vllm)
+        self.loop.metrics.set_up(False)
+        if something_to_launch(new.vllm):
+            self.loop.reload_pending = True  # READY=1 only once the new vLLM passed the gate
+            self._start_child(initial=False)
+        else:
+            self.phase = "watching"
+
+    def stop(self) -> None:
+        self.phase = "stopping"
+        if self.child is not None:
+            self.log.info("vllm_stopping", pid=self.child.pid)
+            self.child.stop(self.vcfg.stop_timeout_s)
+            self.child = None
+        self.loop.metrics.set_up(False)
+
+    def close(self) -> None:
+        if self.child is not None:  # an unexpected error: never leave vLLM behind
+            self.child.stop(self.vcfg.stop_timeout_s)
+            self.child = None
+        if self._prewarm_locked is not None:
+            self._prewarm_locked.release()
+            self._prewarm_locked = None
+
+    # -- prewarm -----------------------------------------------------------------------------------------------------
+    def _prewarm(self) -> None:
+        pcfg = self.ctx.config.prewarm
+        if pcfg is None:
+            return
+        from vllm_nodeagent import prewarm as pw
+
+        targets, env = pw.config_targets(self.ctx.config)
+        if not targets:
+            return
+        self.loop.notify.status("prewarming")
+        last = [-1]
+
+        def progress(done: int, total: int) -> None:  # called from the reader threads
+            pct = int(done * 100 / total) if total else 100
+            if pct != last[0]:
+                last[0] = pct
+                self.loop.notify.status(f"prewarming {pct}%")
+                self.loop.watchdog(self.clock())  # a stalled prewarm stops pinging
+
+        try:
+            budget = pw.budget_from_config(self.ctx.host, pcfg.memory_budget_fraction)
+            result = pw.prewarm(targets, host=self.ctx.host, budget_bytes=budget, threads=pcfg.threads,
+                                lock=pcfg.lock, progress=progress, hf_cache=pw.hf_cache_dir(env))
+        except Exception as exc:  # a failed prewarm must not stop serving; it is logged
+            self.log.error("prewarm_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        self._prewarm_locked = result.locked  # an mlock handle stays alive while the daemon runs
+        self.loop.metrics.set_prewarm_bytes(result.resident_after_bytes)
+        for err in result.errors:
+            self.log.warning("prewarm_error", detail=err)
+        self.log.info("prewarm_done", files=result.files, total_bytes=result.total_bytes,
+                      resident_bytes=result.resident_after_bytes, gbps=round(result.gbps, 3),
+                      skipped_bytes=result.skipped_bytes, locked=result.locked is not None)
+
+    # -- the child ---------------------------------------------------------------------------------------------------
+    def _pid_file(self) -> str:
+        if self.pid_dir:
+            return os.path.join(self.pid_dir, PID_FILE)
+        state = self.ctx.host.path(self.ctx.config.agent.state_dir)
+        try:
+            state.mkdir(parents=True, exist_ok=True, mode=0o755)
+        except OSError as exc:
+            self.log.warning("state_dir_unusable", path=str(state), error=str(exc))
+            return ""
+        return str(state / PID_FILE)
+
+    def _start_child(self, initial: bool) -> None:
+        """Start vLLM and enter "loading". A failed first start ends the loop (already logged)."""
+        now = self.clock()
+        try:
+            if self.plan is None:
+                if self.loop.topo is None:
+                    raise LaunchError("no topology")
+                self.loop.notify.status("checking vLLM arguments")
+                self.plan, _ = build_plan(self.ctx, self.loop.topo, self.gpus_override)
+            pid_file = self._pid_file()
+            self.child = Child(self.plan, pid_file, self.clock)
+            if pid_file:
+                write_plan_file(os.path.dirname(pid_file), self.plan, self.child.pid)
+        except (LaunchError, OSError) as exc:
+            self.log.error("vllm_start_failed", error=str(exc))
+            if initial:
+                why = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self.loop.fail(f"cannot start vLLM: {why}")
+                return
+            self._schedule_restart(now, f"start failed: {exc}")
+            return
+        self.pinned = set()
+        self.phase = "loading"
+        self.load_deadline = now + self.vcfg.start_timeout_s
+        self.next_health = now
+        self.next_extend = now
+        self.next_pin = now + PIN_POLL_S
+        self.log.info("vllm_started", pid=self.child.pid, argv=self.plan.argv, user=self.plan.user,
+                      binding=self.plan.binding, numa_nodes=self.plan.numa_nodes, gpus=self.plan.gpus)
+        for note in self.plan.notes:
+            self.log.info("vllm_binding_note", pid=self.child.pid, detail=note)
+        self.loop.status_now()
+
+    def _awaiting_ready(self) -> bool:
+        """systemd waits for READY=1: the first start, or a reload that restarts vLLM."""
+        return not self.loop.ready_sent or self.loop.reload_pending
+
+    def _check_loading(self, now: float) -> None:
+        if self.child is None:
+            return
+        if self._awaiting_ready() and now >= self.next_extend:
+            remaining = self.load_deadline - now
+            if remaining > 0:
+                self.loop.notify.extend_timeout(min(EXTEND_BY_S, remaining + 5.0))
+            self.next_extend = now + EXTEND_EVERY_S
+        if now >= self.load_deadline:
+            self.log.error("vllm_start_timeout", pid=self.child.pid, start_timeout_s=self.vcfg.start_timeout_s)
+            self.child.stop(self.vcfg.stop_timeout_s)
+            self.child = None
+            self.smoke = None
+            if not self.loop.ready_sent:
+                self.loop.fail(f"vLLM was not ready within [vllm] start_timeout_s = "
+                               f"{self.vcfg.start_timeout_s:g} s: raise it, or see vLLM's output above")
+            else:
+                self._schedule_restart(now, "start timeout")
+            return
+        if self.phase == "gating":
+            self._check_gate(now)
+            return
+        if now < self.next_health:
+            return
+        if not health_ok(self.vcfg.health_url):
+            self.next_health = self.clock() + HEALTH_POLL_S
+            return
+        if self.vcfg.readiness == "health":
+            self._child_healthy(self.clock(), "health")
+            return
+        self.log.info("vllm_health_ok", pid=self.child.pid, load_s=round(self.clock() - self.child.started_at, 3))
+        self._start_gate(self.clock())
+
+    def _start_gate(self, now: float) -> None:
+        """Second half of the gate: a one-token completion, in a thread; the loop polls it."""
+        self.phase = "gating"
+        self.smoke = SmokeCheck(self.vcfg)
+        self.next_gate = now + GATE_POLL_S
+        self.loop.status_now()
+
+    def _check_gate(self, now: float) -> None:
+        if now < self.next_gate or self.child is None:
+            return
+        if self.smoke is None:
+            self.smoke = SmokeCheck(self.vcfg)
+        result = self.smoke.result()
+        if result is None:
+            self.next_gate = now + GATE_POLL_S
+            return
+        self.smoke = None
+        ok, detail = result
+        if ok:
+            self.log.info("vllm_smoke_ok", pid=self.child.pid, detail=detail)
+            self._child_healthy(self.clock(), "health+completion")
+            return
+        # /health said 200 but no token came: not ready. Retry while it runs (a crash is noticed by its exit).
+        self.log.warning("vllm_smoke_failed", pid=self.child.pid, detail=detail, retry_in_s=GATE_RETRY_S)
+        self.next_gate = now + GATE_RETRY_S
+
+    def _child_healthy(self, now: float, gate: str) -> None:
+        """vLLM passed the readiness gate: serving, and READY=1 once every component is ready."""
+        if self.child is None or self.plan is None:
+            return
+        self.child.healthy_since = now
+        self.phase = "serving"
+        self.health_failures = 0
+        self.next_liveness = now + self.vcfg.health_interval_s
+        self.loop.metrics.set_up(True)
+        self.loop.metrics.set_ready_seconds(now - self.child.started_at)
+        self.log.info("vllm_healthy", pid=self.child.pid, load_s=round(now - self.child.started_at, 3),
+                      url=self.vcfg.health_url, gate=gate)
+        self._verify_binding()
+        self.loop.component_ready()
+
+    def _liveness(self, now: float) -> None:
+        """A vLLM that is alive but no longer answers (a hung engine) is restarted like one that exited."""
+        if self.child is None:
+            return
+        self.next_liveness = now + self.vcfg.health_interval_s
+        if health_ok(self.vcfg.health_url):
+            self.health_failures = 0
+            return
+        self.health_failures += 1
+        self.log.warning("vllm_health_failed", pid=self.child.pid, url=self.vcfg.health_url,
+                         failures=self.health_failures, limit=self.vcfg.unhealthy_after)
+        if self.health_failures < self.vcfg.unhealthy_after:
+            return
+        pid = self.child.pid
+        self.log.error("vllm_unhealthy", pid=pid, failures=self.health_failures)
+        self.child.stop(self.vcfg.stop_timeout_s)
+        self.child = None
+        self.health_failures = 0
+        self.loop.metrics.set_up(False)
+        self._schedule_restart(self.clock(), f"unhealthy: {self.vcfg.unhealthy_after} failed health checks", pid)
+
+    def _verify_binding(self) -> None:
+        if self.child is None or self.plan is None:
+            return
+        procs = live_binding(self.child.pid)
+        problems = binding_mismatches(self.plan, procs)
+        for p in procs:
+            self.log.info("vllm_binding", pid=p["pid"], cpus=p["cpus"], mems=p["mems"], mempolicy=p["mempolicy"])
+        for problem in problems:
+            self.log.warning("vllm_binding_mismatch", pid=self.child.pid, detail=problem)
+
+    def _child_exited(self, ex: Exit, now: float) -> None:
+        self.loop.metrics.set_up(False)
+        self.child = None
+        self.smoke = None
+        if not self.loop.ready_sent:
+            self.log.error("vllm_failed_start", pid=ex.pid, result=ex.describe())
+            self.loop.fail(f"vLLM (pid {ex.pid}) ended before it was ready: {ex.describe()}; see its output above")
+            return
+        self._schedule_restart(now, ex.describe(), pid=ex.pid)
+
+    def _schedule_restart(self, now: float, why: str, pid: int = 0) -> None:
+        if self.exit_on_failure:
+            # The serve unit: vLLM is gone (exited, unhealthy, failed to restart); exit for systemd to restart it.
+            self.phase = "stopping"
+            self.log.error("vllm_exited", pid=pid, result=why, action="exit; systemd restarts the serve unit")
+            self.loop.notify.status(f"vLLM failed ({why}); exiting for systemd to restart the unit")
+            self.loop.fail("", EXIT_VLLM_FAILED)
+            return
+        delay = self.backoff.next_delay()
+        self.phase = "backoff"
+        self.restart_at = now + delay
+        self.loop.metrics.add_restart()
+        self.log.warning("vllm_exited", pid=pid, result=why, restart_in_s=delay, failures=self.backoff.failures)
+        if self.backoff.failures >= CRASH_LOOP_AFTER:
+            self.log.error("vllm_crash_loop", pid=pid, failures=self.backoff.failures, restart_in_s=delay)
+        self.loop.status_now()
+
+    def _pins_pending(self) -> bool:
+        return self.plan is not None and len(self.pinned) < len(self.plan.pin)
+
+    def _pin_workers(self) -> None:
+        if self.plan is None or self.child is None or self.loop.topo is None or not self._pins_pending():
+            return
+        self.loop.open_nvml()
+        if self.loop.nvml is None:
+            self.log.warning("worker_pin_unavailable", pid=self.child.pid, reason=self.loop.nvml_error)
+            self.plan.pin = {}
+            return
+        pin_workers(self.plan, self.child.pid, self.loop.topo, self.loop.nvml, self.pinned, self.log)
