@@ -178,7 +178,6 @@ class ServeKeeper:
     def stop(self) -> None:
         self.phase = "stopping"
         if self.child is not None:
-            self.log.info("vllm_stopping", pid=self.child.pid)
             self.child.stop(self.vcfg.stop_timeout_s)
             self.child = None
         self.loop.metrics.set_up(False)
