@@ -48,7 +48,7 @@ NOT_ON_ONE_SHOT_PATH = {
 PREWARM_ONLY = {
     "ctypes": "residency queries (cachestat/mincore): prewarm only",
     "vllm_nodeagent.prewarm": "prewarm only",
-    "vllm_nodeagent.residency": "prewarm only",
+    "vllm_nodeagent.prewarm.residency": "prewarm only",
 }
 
 CHILD = """\
@@ -106,7 +106,7 @@ def test_doctor_imports_residency_only_when_the_model_is_there(tmp_path: Path) -
     proc, modules = run_child(tmp_path, "doctor", "--json", model="/models/m")
     (got,) = [c for c in json.loads(proc.stdout)["checks"] if c["id"] == "storage.model_residency"]
     assert got["status"] in ("pass", "warn") and "of 1 weight file(s)" in got["current"]
-    assert {"ctypes", "vllm_nodeagent.residency"} <= modules
+    assert {"ctypes", "vllm_nodeagent.prewarm.residency"} <= modules
     assert heavy(modules, NOT_ON_ONE_SHOT_PATH) == {}
 
 

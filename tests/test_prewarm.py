@@ -15,7 +15,7 @@ from typing import Optional
 import pytest
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.prewarm import (
+from vllm_nodeagent.prewarm.reader import (
     BudgetError,
     ReaderOptions,
     apply_budget,
@@ -26,7 +26,7 @@ from vllm_nodeagent.prewarm import (
     resolve_hf,
     resolve_targets,
 )
-from vllm_nodeagent.residency import PAGE_SIZE, Residency, cachestat_pages, mincore_pages
+from vllm_nodeagent.prewarm.residency import PAGE_SIZE, Residency, cachestat_pages, mincore_pages
 
 MIB = 1 << 20
 

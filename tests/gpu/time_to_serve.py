@@ -101,7 +101,7 @@ def model_files(model: str) -> list[str]:
 
 
 def resident(files: list[str]) -> tuple[int, int]:
-    from vllm_nodeagent.residency import Residency
+    from vllm_nodeagent.prewarm.residency import Residency
 
     r = Residency()
     got = total = 0

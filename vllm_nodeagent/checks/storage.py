@@ -221,8 +221,8 @@ def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) ->
     if not found:
         return CheckResult(cid, SKIP, None, want, "", "no weight files found locally")
     # Imported here: ctypes (residency) and prewarm's reader cost doctor's start-up only when a model is present.
-    from vllm_nodeagent import prewarm
-    from vllm_nodeagent.residency import Residency
+    from vllm_nodeagent.prewarm import reader as prewarm
+    from vllm_nodeagent.prewarm.residency import Residency
 
     try:
         cache = str(probe.host.path(hub))

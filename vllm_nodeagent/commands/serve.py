@@ -29,7 +29,8 @@ def _preload() -> None:
     """Import now what the loop imports lazily: a package upgrade replaces the venv under a running serve unit."""
     import psutil  # noqa: F401
 
-    from vllm_nodeagent import nvml, prewarm  # noqa: F401
+    from vllm_nodeagent import nvml  # noqa: F401
+    from vllm_nodeagent.prewarm import reader  # noqa: F401
 
 
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:

@@ -195,7 +195,7 @@ class ServeKeeper:
         pcfg = self.ctx.config.prewarm
         if pcfg is None:
             return
-        from vllm_nodeagent import prewarm as pw
+        from vllm_nodeagent.prewarm import reader as pw
 
         targets, env = pw.config_targets(self.ctx.config)
         if not targets:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from vllm_nodeagent import log
 from vllm_nodeagent.host import Host, HostError
 from vllm_nodeagent.parse import ParseError, parse_meminfo
-from vllm_nodeagent.residency import LockedPages, Residency
+from vllm_nodeagent.prewarm.residency import LockedPages, Residency
 from vllm_nodeagent.storage import Storage, storage_of
 
 if TYPE_CHECKING:
