@@ -26,8 +26,9 @@ from typing import Callable, Optional
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.prewarm.reader import ReaderOptions, WarmFile, _Progress, describe_reader, read_files, reader_for
+from vllm_nodeagent.prewarm.reader import ReaderOptions, _Progress, describe_reader, read_files, reader_for
 from vllm_nodeagent.prewarm.residency import Residency
+from vllm_nodeagent.prewarm.targets import WarmFile
 from vllm_nodeagent.storage import storage_of
 
 GIB = 1 << 30

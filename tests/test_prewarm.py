@@ -15,18 +15,18 @@ from typing import Optional
 import pytest
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.prewarm.reader import (
+from vllm_nodeagent.prewarm.reader import ReaderOptions
+from vllm_nodeagent.prewarm.residency import PAGE_SIZE, Residency, cachestat_pages, mincore_pages
+from vllm_nodeagent.prewarm.targets import (
     BudgetError,
-    ReaderOptions,
     apply_budget,
     budget_from_config,
     hf_cache_dir,
     parse_budget,
-    prewarm,
     resolve_hf,
     resolve_targets,
 )
-from vllm_nodeagent.prewarm.residency import PAGE_SIZE, Residency, cachestat_pages, mincore_pages
+from vllm_nodeagent.prewarm.warm import prewarm
 
 MIB = 1 << 20
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.prewarm.reader import PARALLEL_READER, SEQUENTIAL_READER, prewarm, reader_for
+from vllm_nodeagent.prewarm.reader import PARALLEL_READER, SEQUENTIAL_READER, reader_for
+from vllm_nodeagent.prewarm.warm import prewarm
 from vllm_nodeagent.storage import storage_of
 
 

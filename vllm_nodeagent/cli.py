@@ -89,7 +89,7 @@ _COMMANDS: dict[str, str] = {
     "doctor": "vllm_nodeagent.commands.doctor:cmd_doctor",
     "apply": "vllm_nodeagent.settings.engine:cmd_apply",
     "revert": "vllm_nodeagent.settings.engine:cmd_revert",
-    "prewarm": "vllm_nodeagent.prewarm.reader:cmd_prewarm",
+    "prewarm": "vllm_nodeagent.commands.prewarm:cmd_prewarm",
     "launch": "vllm_nodeagent.commands.launch:cmd_launch",
     "run": "vllm_nodeagent.commands.run:cmd_run",
     "serve": "vllm_nodeagent.commands.serve:cmd_serve",

@@ -220,20 +220,20 @@ def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) ->
     want = f">= {RESIDENT_MINIMUM:.0%} of the weights in the page cache"
     if not found:
         return CheckResult(cid, SKIP, None, want, "", "no weight files found locally")
-    # Imported here: ctypes (residency) and prewarm's reader cost doctor's start-up only when a model is present.
-    from vllm_nodeagent.prewarm import reader as prewarm
-    from vllm_nodeagent.prewarm.residency import Residency
+    # Imported here: ctypes (residency) costs doctor's start-up only when a model is present.
+    from vllm_nodeagent.prewarm.residency import HIDDEN, Residency, resident_bytes
+    from vllm_nodeagent.prewarm.targets import resolve_hf, resolve_targets
 
     try:
         cache = str(probe.host.path(hub))
-        target = str(probe.host.path(model)) if model.startswith("/") else prewarm.resolve_hf(model, cache)[0]
-        files, _problems = prewarm.resolve_targets([target], hf_cache=cache)
+        target = str(probe.host.path(model)) if model.startswith("/") else resolve_hf(model, cache)[0]
+        files, _problems = resolve_targets([target], hf_cache=cache)
         weights = [f for f in files if f.path.endswith(WEIGHT_SUFFIXES)]
         res = Residency()
-        counted = [(f, prewarm.resident_bytes(res, f)) for f in weights]
+        counted = [(f, resident_bytes(res, f)) for f in weights]
     except (LookupError, OSError, ValueError) as exc:
         return CheckResult(cid, SKIP, None, want, "", f"weights not readable: {exc}")
-    if any(r == prewarm.HIDDEN for _, r in counted):
+    if any(r == HIDDEN for _, r in counted):
         # The kernel reports every page as cached to a caller that neither owns nor may write the file.
         return CheckResult(cid, SKIP, None, want, "run doctor as root",
                       "the kernel hides these files' page-cache residency from this user")

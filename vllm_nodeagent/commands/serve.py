@@ -30,7 +30,7 @@ def _preload() -> None:
     import psutil  # noqa: F401
 
     from vllm_nodeagent import nvml  # noqa: F401
-    from vllm_nodeagent.prewarm import reader  # noqa: F401
+    from vllm_nodeagent.prewarm import warm  # noqa: F401
 
 
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:

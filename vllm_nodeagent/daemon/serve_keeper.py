@@ -195,9 +195,10 @@ class ServeKeeper:
         pcfg = self.ctx.config.prewarm
         if pcfg is None:
             return
-        from vllm_nodeagent.prewarm import reader as pw
+        from vllm_nodeagent.prewarm.targets import budget_from_config, config_targets, hf_cache_dir
+        from vllm_nodeagent.prewarm.warm import prewarm
 
-        targets, env = pw.config_targets(self.ctx.config)
+        targets, env = config_targets(self.ctx.config)
         if not targets:
             return
         self.loop.notify.status("prewarming")
@@ -211,9 +212,9 @@ class ServeKeeper:
                 self.loop.watchdog(self.clock())  # a stalled prewarm stops pinging
 
         try:
-            budget = pw.budget_from_config(self.ctx.host, pcfg.memory_budget_fraction)
-            result = pw.prewarm(targets, host=self.ctx.host, budget_bytes=budget, threads=pcfg.threads,
-                                lock=pcfg.lock, progress=progress, hf_cache=pw.hf_cache_dir(env))
+            budget = budget_from_config(self.ctx.host, pcfg.memory_budget_fraction)
+            result = prewarm(targets, host=self.ctx.host, budget_bytes=budget, threads=pcfg.threads,
+                             lock=pcfg.lock, progress=progress, hf_cache=hf_cache_dir(env))
         except Exception as exc:  # a failed prewarm must not stop serving; it is logged
             self.log.error("prewarm_failed", error=f"{type(exc).__name__}: {exc}")
             return

@@ -1,29 +1,29 @@
-"""Page-cache residency of files: ``cachestat(2)`` where the kernel has it, else ``mincore(2)`` over an mmap.
+"""Page-cache residency of files: ``cachestat(2)`` where the kernel has it, else ``mincore(2)`` over a shared
+read-only mapping (libc.py); and the rule for files whose residency the kernel hides from this user.
 
-Also the libc ``mmap``/``mlock`` pair that keeps pages resident (``vmtouch -l``). Everything here goes through
-ctypes; nothing shells out. Python's own ``mmap`` object is not used for mincore/mlock because a read-only
-mapping does not expose its address, and a private writable one would make ``mlock`` copy every page.
+Residency is the proof that prewarm worked (before/after counts) and what doctor's storage check reports.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import mmap
 import os
 import platform
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+from vllm_nodeagent.prewarm.libc import errno_error, libc, map_shared_readonly, unmap
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.prewarm.targets import WarmFile
 
 PAGE_SIZE = mmap.PAGESIZE
 # Syscalls added after 5.1 share one number on every architecture but alpha (which adds 110).
 SYS_CACHESTAT = 561 if platform.machine().startswith("alpha") else 451
 ENV_METHOD = "VLLM_NODEAGENT_RESIDENCY"  # "cachestat", "mincore" or "auto" (default)
 
-_PROT_READ = 0x1
-_MAP_SHARED = 0x01
-_MAP_FAILED = ctypes.c_void_p(-1).value
 _LOWBIT = bytes(i & 1 for i in range(256))
 _MINCORE_WINDOW = 1 << 30  # bytes of mapping inspected per mincore call (bounds the vector's size)
 
@@ -46,50 +46,6 @@ class _Cachestat(ctypes.Structure):
     ]
 
 
-_libc_lock = threading.Lock()
-_libc_obj: Optional[ctypes.CDLL] = None
-
-
-def libc() -> ctypes.CDLL:
-    """The C library with argument types declared for the calls used here."""
-    global _libc_obj  # noqa: PLW0603 - one lazily built handle per process
-    with _libc_lock:
-        if _libc_obj is None:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            lib.mmap.restype = ctypes.c_void_p
-            lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                 ctypes.c_long]
-            lib.munmap.restype = ctypes.c_int
-            lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-            lib.mincore.restype = ctypes.c_int
-            lib.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-            lib.mlock.restype = ctypes.c_int
-            lib.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-            lib.munlock.restype = ctypes.c_int
-            lib.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-            lib.syscall.restype = ctypes.c_long
-            _libc_obj = lib
-        return _libc_obj
-
-
-def _oserror(what: str) -> OSError:
-    err = ctypes.get_errno()
-    return OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def map_shared_readonly(fd: int, length: int) -> int:
-    """``mmap(NULL, length, PROT_READ, MAP_SHARED, fd, 0)``; returns the address."""
-    addr = libc().mmap(None, length, _PROT_READ, _MAP_SHARED, fd, 0)
-    if addr is None or addr == _MAP_FAILED:
-        raise _oserror("mmap")
-    return int(addr)
-
-
-def unmap(addr: int, length: int) -> None:
-    if libc().munmap(ctypes.c_void_p(addr), length) != 0:
-        raise _oserror("munmap")
-
-
 def cachestat_pages(fd: int) -> int:
     """Pages of the file in the page cache, by ``cachestat(2)`` (Linux >= 6.5); raises OSError (ENOSYS...)."""
     rng = _CachestatRange(0, 0)  # len 0 = to the end of the file
@@ -97,7 +53,7 @@ def cachestat_pages(fd: int) -> int:
     rc = libc().syscall(ctypes.c_long(SYS_CACHESTAT), ctypes.c_int(fd), ctypes.byref(rng), ctypes.byref(cs),
                         ctypes.c_uint(0))
     if rc != 0:
-        raise _oserror("cachestat")
+        raise errno_error("cachestat")
     return int(cs.nr_cache)
 
 
@@ -114,7 +70,7 @@ def mincore_pages(fd: int, size: int) -> int:
             length = min(size - off, _MINCORE_WINDOW)
             pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
             if libc().mincore(ctypes.c_void_p(addr + off), length, vec) != 0:
-                raise _oserror("mincore")
+                raise errno_error("mincore")
             resident += bytes(vec)[:pages].translate(_LOWBIT).count(1)
             off += length
         return resident
@@ -196,42 +152,29 @@ class Residency:
             os.close(fd)
 
 
-class LockedPages:
-    """Files mapped and ``mlock``ed; ``release()`` unlocks and unmaps (idempotent)."""
+HIDDEN = -1  # resident_bytes: the kernel hides this file's page-cache residency from this process
 
-    def __init__(self) -> None:
-        self._maps: list[tuple[str, int, int]] = []
-        self._lock = threading.Lock()
 
-    @property
-    def files(self) -> int:
-        return len(self._maps)
+def residency_hidden(st: os.stat_result, path: str) -> bool:
+    """mincore(2) and cachestat(2) report every page as resident to a caller that neither owns the file nor may
+    write it (the kernel's page-cache side-channel guard). Seen on the lent H100 (issue 17): ``serve`` as the vLLM
+    user over root-owned model files took a cold 16 GB checkpoint for "already resident" and read nothing."""
+    return os.geteuid() != 0 and st.st_uid != os.geteuid() and not os.access(path, os.W_OK)
 
-    @property
-    def bytes(self) -> int:
-        return sum(length for _, _, length in self._maps)
 
-    def lock_file(self, path: str) -> int:
-        """Map and lock one file; returns the bytes locked. Raises OSError with the mlock errno."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                return 0
-            addr = map_shared_readonly(fd, size)
-        finally:
-            os.close(fd)  # the mapping keeps the file referenced
-        if libc().mlock(ctypes.c_void_p(addr), size) != 0:
-            exc = _oserror("mlock")
-            unmap(addr, size)
-            raise exc
-        with self._lock:
-            self._maps.append((path, addr, size))
-        return size
-
-    def release(self) -> None:
-        with self._lock:
-            maps, self._maps = self._maps, []
-        for _, addr, size in maps:
-            libc().munlock(ctypes.c_void_p(addr), size)
-            unmap(addr, size)
+def resident_bytes(res: Residency, f: WarmFile) -> Optional[int]:
+    """Resident bytes of the file we resolved; None when it is gone or was replaced; HIDDEN when the kernel will
+    not say. Raises OSError."""
+    try:
+        fd = os.open(f.real, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (f.dev, f.ino):
+            return None
+        if residency_hidden(st, f.real):
+            return HIDDEN
+        return min(res.bytes_fd(fd, st.st_size), f.size)
+    finally:
+        os.close(fd)
