@@ -16,6 +16,12 @@
 #   4  round 2 (interleaved the other way) + vLLM's own prefetch strategy
 #   5  without --enforce-eager through `run` (torch.compile + CUDA graphs: EXTEND_TIMEOUT while loading)
 #   6  the issue-7 recording again (tests/gpu/run_on_gpu.sh: NVML, doctor, stand-in launch, prewarm benchmark)
+# The re-run of 2026-11-25 (fixture h100-2026-11-25-vllm-r2: (c) after the prewarm fix, doctor before the first
+# launch after the scratch-cache fix) uses stages 1, 2, then:
+#   7  pieces 3/3, install vLLM; doctor before vLLM ever ran (its vllm.args probe); a warm-up start (vLLM's first
+#      start fills its own caches: no timed case pays that); round 1 (cold, prewarmed, in_start); checks on the
+#      warm-up and in_start
+#   8  one more round, SUB names the results (r2b, r2c, ...), ROUND its number, CASES8 the order
 # Results land in $OUT (at most 8 files come back).
 set -uo pipefail
 stage=${1:?usage: run_vllm_on_gpu.sh STAGE CARRYDIR}
@@ -255,6 +261,42 @@ print(sys.argv[2], "LD_LIBRARY_PATH" in plan["env"], "torch.cuda.is_available():
     stop_leftovers
     pack_logs p1c
     say "stage 5 done in $((SECONDS - T0)) s"
+    ;;
+7)
+    [ -f /tmp/v/xpart.ab ] || { say "machine replaced: start again from stage 1"; exit 9; }
+    cp "$G"/c3/deps/*.whl /tmp/v/
+    setup_agent || exit 1
+    say "== stage 7 $(date -u +%FT%TZ)"
+    bash "$G"/c3/install.sh 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
+    "$PY" -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
+    chmod -R a+rX /tmp/site
+    say "vLLM installed and compiled after $((SECONDS - T0)) s"
+    write_configs
+    stop_leftovers
+    # doctor before vLLM ever ran: no cache dir yet (launch creates it), so its probe must use a scratch one
+    say "before doctor: $(ls -d /var/cache/vllm-nodeagent 2>&1 | tail -1); scratch dirs: $(ls -d /tmp/vllm-nodeagent-probe-* 2>/dev/null | wc -l)"
+    t=$SECONDS
+    "${AGENT[@]}" --config /tmp/cfg-launch.toml doctor --json > "$OUT/doctor-first.json" 2> "$OUT/doctor-first.err"
+    say "doctor before the first launch: exit $? in $((SECONDS - t)) s; $("$PY" -c '
+import json, sys
+print([(c["id"], c["status"], c["current"], c["hint"]) for c in json.load(open(sys.argv[1]))["checks"] if c["id"] == "vllm.args"])' "$OUT/doctor-first.json" 2>&1)"
+    say "after doctor: $(ls -d /var/cache/vllm-nodeagent 2>&1 | tail -1); scratch dirs left: $(ls -d /tmp/vllm-nodeagent-probe-* 2>/dev/null | wc -l)"
+    tts r2a --cases "${CASES7:-warmup,cold,prewarmed,in_start}" --checks-on warmup,in_start --timeout 300 \
+        --budget-s $(( ${BUDGET7:-470} - (SECONDS - T0) ))
+    stop_leftovers
+    pack_logs r2a
+    say "stage 7 done in $((SECONDS - T0)) s"
+    ;;
+8)
+    [ -d /tmp/site/vllm ] || { say "machine replaced"; exit 9; }
+    setup_agent || exit 1
+    write_configs; stop_leftovers
+    say "== stage 8 ${SUB:=r2b} round ${ROUND:=2} $(date -u +%FT%TZ)"
+    TTS_ROUND_BASE=$((ROUND - 1)) tts "$SUB" --cases "${CASES8:-in_start,prewarmed,cold}" --timeout 300 \
+        --checks-on "${CHECKS8:-}" --budget-s $(( ${BUDGET8:-440} - (SECONDS - T0) ))
+    stop_leftovers
+    pack_logs "$SUB"
+    say "stage 8 done in $((SECONDS - T0)) s"
     ;;
 *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -4,6 +4,8 @@
 One call runs CASES in the order given (interleave rounds by listing them so). Each case starts from a cold page
 cache (``sync`` + ``3 > /proc/sys/vm/drop_caches``, residency then read with cachestat/mincore):
 
+  warmup      ``launch`` with the page cache as it is (not dropped): vLLM's first start on a fresh machine fills
+              its own caches (init engine ~25 s instead of ~4 s); run it first so no timed case pays that
   cold        drop the cache, ``vllm-nodeagent launch``
   prewarmed   drop the cache, ``vllm-nodeagent prewarm`` (timed), then ``launch``
   in_start    drop the cache, ``vllm-nodeagent serve`` (the serve unit's main process, run as the vLLM user the
@@ -16,8 +18,9 @@ cache (``sync`` + ``3 > /proc/sys/vm/drop_caches``, residency then read with cac
 For each: agent start → READY=1 on a NOTIFY_SOCKET this script binds (every sd_notify message is kept with its
 time), then one completion sent at once (time to first completion), vLLM's own timings from its log, and with
 ``--checks`` the part-1 facts while it serves (process tree, uid, binding, environment, NVML's compute processes
-per bus id, torch's bus id under the worker's own environment, doctor). Then SIGTERM to the agent: its exit
-status, every vLLM process gone, the GPU's memory back (NVML), the port free.
+per bus id, torch's bus id under the worker's own environment, the GPU device files each vLLM process holds
+open with the bus id the driver gives their minor, doctor); ``--checks-on`` names the cases that get them.
+Then SIGTERM to the agent: its exit status, every vLLM process gone, the GPU's memory back (NVML), the port free.
 
     python3 tests/gpu/time_to_serve.py --out DIR --model MODEL_DIR --launch-cfg A.toml --run-cfg B.toml \
         --compiled-cfg C.toml --prefetch-cfg D.toml --cases cold,prewarmed,in_start [--checks]
@@ -217,6 +220,37 @@ def _environ(pid: int) -> dict[str, str]:
     return env
 
 
+def nvidia_minors(proc: str = "/proc/driver/nvidia/gpus") -> dict[int, str]:
+    """Device minor -> bus id, from the driver's own /proc/driver/nvidia/gpus/<bus>/information."""
+    out: dict[int, str] = {}
+    for bus in sorted(os.listdir(proc)) if os.path.isdir(proc) else []:
+        try:
+            with open(os.path.join(proc, bus, "information"), encoding="ascii", errors="replace") as fh:
+                m = re.search(r"^Device Minor:\s*(\d+)", fh.read(), re.M)
+        except OSError:
+            continue
+        if m:
+            out[int(m.group(1))] = bus
+    return out
+
+
+def gpu_files_open(pid: int) -> list[str]:
+    """The per-GPU device files (/dev/nvidia<N>) the process holds open: the kernel's view of which GPU it uses."""
+    found = set()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    for fd in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if re.fullmatch(r"/dev/nvidia\d+", target):
+            found.add(target)
+    return sorted(found)
+
+
 TORCH_BUS = ("import json, torch; p = torch.cuda.get_device_properties(0); "
              "print(json.dumps({'count': torch.cuda.device_count(), 'uuid': str(p.uuid), "
              "'bus': '%08X:%02X:%02X.0' % (getattr(p, 'pci_domain_id', 0), getattr(p, 'pci_bus_id', -1), "
@@ -238,10 +272,15 @@ def serving_facts(agent_pid: int, cfg: str, plan: dict[str, Any], topo: dict[str
                           "cmd": " ".join(c.cmdline())[:160], "cpus": b["cpus"], "mems": b["mems"],
                           "mempolicy": b["mempolicy"], "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES"),
                           "CUDA_DEVICE_ORDER": env.get("CUDA_DEVICE_ORDER"), "HOME": env.get("HOME"),
-                          "LD_LIBRARY_PATH": env.get("LD_LIBRARY_PATH")})
+                          "LD_LIBRARY_PATH": env.get("LD_LIBRARY_PATH"), "gpu_files": gpu_files_open(c.pid)})
         except (psutil.Error, OSError):
             continue
     facts["procs"] = procs
+    minors = nvidia_minors()
+    facts["nvidia_minor_bus"] = {str(k): v for k, v in minors.items()}
+    facts["gpu_files_by_bus_id"] = {
+        minors.get(int(f[len("/dev/nvidia"):]), f): [q["pid"] for q in procs if f in q["gpu_files"]]
+        for f in sorted({f for q in procs for f in q["gpu_files"]})}
     gpus = nvml_state()
     facts["nvml"] = gpus
     vpids = {p["pid"] for p in procs}
@@ -319,12 +358,13 @@ def serve_as_unit(a: argparse.Namespace, cfg: str, argv: list[str],
 
 
 def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> dict[str, Any]:
-    cfg = {"cold": a.launch_cfg, "prewarmed": a.launch_cfg, "in_start": a.run_cfg,
+    cfg = {"warmup": a.launch_cfg, "cold": a.launch_cfg, "prewarmed": a.launch_cfg, "in_start": a.run_cfg,
            "vllm_prefetch": a.prefetch_cfg, "compiled": a.compiled_cfg}[case]
     mode = {"in_start": "serve", "compiled": "run"}.get(case, "launch")
     files = model_files(a.model)
     r: dict[str, Any] = {"case": case, "n": n, "mode": mode, "config": os.path.basename(cfg)}
-    drop_caches()
+    if case != "warmup":
+        drop_caches()
     res, total = resident(files)
     r["model_bytes"] = total
     r["resident_after_drop"] = round(res / total, 4)
@@ -379,7 +419,8 @@ def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> 
         except Exception:
             vpids = []
         r["vllm_pids"] = vpids
-        if a.checks and r["ready_s"] is not None:
+        checks = a.checks or case in a.checks_on.split(",")
+        if checks and r["ready_s"] is not None:
             r["serving"] = serving_facts(proc.pid, cfg, plan, topo)
         r["stop"] = stop_and_check(proc, vpids, a.port, baseline)
     notify.close()
@@ -395,7 +436,8 @@ def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> 
             "vllm_binding", "vllm_binding_mismatch", "vllm_stopped", "vllm_failed_start", "vllm_start_failed",
             "daemon_started", "smoke_ok", "smoke_failed", "vllm_ready", "readiness")
     r["agent_events"] = [{k: v for k, v in e.items() if k not in ("level",)} for e in ev
-                         if e.get("event") in keep or "smoke" in str(e.get("event")) or "ready" in str(e.get("event"))]
+                         if e.get("event") in keep
+                         or any(w in str(e.get("event")) for w in ("smoke", "ready", "probe", "prewarm"))]
     r["mem_after"] = meminfo()
     return r
 
@@ -410,6 +452,7 @@ def main() -> int:
     ap.add_argument("--prefetch-cfg", default="")
     ap.add_argument("--cases", required=True, help="comma-separated, run in this order")
     ap.add_argument("--checks", action="store_true", help="part-1 facts while serving (costs ~10 s a case)")
+    ap.add_argument("--checks-on", default="", help="comma-separated cases that get the checks (without --checks)")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--served-name", default="llama8b-random")
     ap.add_argument("--serve-user", default="vllm", help="the user `serve` runs as (the serve unit's User=)")

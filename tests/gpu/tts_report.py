@@ -2,6 +2,9 @@
 """The part-2 table of issue 17 from time_to_serve.py's results (one JSON object per case and round).
 
     python3 tests/gpu/tts_report.py tests/gpu/h100-2026-11-25-vllm/results.jsonl
+
+A row carrying ``"invalid": "why"`` (kept as recorded, found wrong afterwards) gets a line of its own, marked so,
+and counts in no median or ratio. The ``warmup`` case (vLLM's first start on a fresh machine) is in no row.
 """
 
 from __future__ import annotations
@@ -54,34 +57,43 @@ def _fmt(values: list[float]) -> str:
     return f"{med:.1f}" if len(values) == 1 else f"{med:.1f} ({', '.join(f'{v:.1f}' for v in values)})"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def _row(label: str, rs: list[dict[str, Any]]) -> str:
+    pw = [v for v in (prewarm_s(r) for r in rs) if v is not None]
+    return "| " + " | ".join([
+        label, str(len(rs)), _fmt(pw), _fmt([v for v in (vllm_started_s(r) for r in rs) if v is not None]),
+        _fmt([r["vllm"]["weights_s"] for r in rs if "weights_s" in r["vllm"]]),
+        _fmt([r["vllm"]["model_load_s"] for r in rs if "model_load_s" in r["vllm"]]),
+        _fmt([r["ready_s"] for r in rs]), _fmt([r["first_completion_s"] for r in rs if r.get("first_completion_s")]),
+        "/".join(f"{100 * r['resident_at_start']:.0f}%" for r in rs),
+    ]) + " |"
+
+
+def table(all_rows: list[dict[str, Any]]) -> str:
+    rows = [r for r in all_rows if not r.get("invalid")]
     cols = ["case", "n", "prewarm s", "vLLM started s", "vLLM weights s", "vLLM model load s", "READY s",
             "1st completion s", "resident at start"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     ready: dict[str, list[float]] = {}
     for case in CASES:
         rs = [r for r in rows if r["case"] == case and r.get("ready_s") is not None]
-        if not rs:
-            continue
-        pw = [v for v in (prewarm_s(r) for r in rs) if v is not None]
-        ready[case] = [r["ready_s"] for r in rs]
-        out.append("| " + " | ".join([
-            LABEL[case], str(len(rs)), _fmt(pw), _fmt([v for v in (vllm_started_s(r) for r in rs) if v is not None]),
-            _fmt([r["vllm"]["weights_s"] for r in rs if "weights_s" in r["vllm"]]),
-            _fmt([r["vllm"]["model_load_s"] for r in rs if "model_load_s" in r["vllm"]]),
-            _fmt(ready[case]), _fmt([r["first_completion_s"] for r in rs if r.get("first_completion_s")]),
-            "/".join(f"{100 * r['resident_at_start']:.0f}%" for r in rs),
-        ]) + " |")
+        if rs:
+            ready[case] = [r["ready_s"] for r in rs]
+            out.append(_row(LABEL[case], rs))
+        bad = [r for r in all_rows if r["case"] == case and r.get("invalid") and r.get("ready_s") is not None]
+        if bad:
+            out.append(_row(f"{LABEL[case]} — **invalid**: {bad[0]['invalid']}", bad))
     lines = ["\n".join(out), ""]
-    if "cold" in ready and "prewarmed" in ready:
-        c, p = statistics.median(ready["cold"]), statistics.median(ready["prewarmed"])
-        lines.append(f"time to READY, cold / prewarmed (median): {c:.1f} / {p:.1f} s = {c / p:.2f}x")
+    for other in ("prewarmed", "in_start"):
+        if "cold" not in ready or other not in ready:
+            continue
+        c, p = statistics.median(ready["cold"]), statistics.median(ready[other])
+        lines.append(f"time to READY, cold / {other} (median): {c:.1f} / {p:.1f} s = {c / p:.2f}x")
         wc = [r["vllm"]["weights_s"] for r in rows if r["case"] == "cold" and "weights_s" in r["vllm"]]
-        wp = [r["vllm"]["weights_s"] for r in rows if r["case"] == "prewarmed" and "weights_s" in r["vllm"]]
+        wp = [r["vllm"]["weights_s"] for r in rows if r["case"] == other and "weights_s" in r["vllm"]]
         if wc and wp:
-            lines.append(f"vLLM weight load, cold / prewarmed (median): {statistics.median(wc):.1f} / "
+            lines.append(f"vLLM weight load, cold / {other} (median): {statistics.median(wc):.1f} / "
                          f"{statistics.median(wp):.1f} s = {statistics.median(wc) / statistics.median(wp):.2f}x")
-    failed = [f"{r['case']} #{r['n']}: {r.get('failed')}" for r in rows if r.get("ready_s") is None]
+    failed = [f"{r['case']} #{r['n']}: {r.get('failed')}" for r in all_rows if r.get("ready_s") is None]
     lines += [f"not READY: {f}" for f in failed]
     return "\n".join(lines)
 
