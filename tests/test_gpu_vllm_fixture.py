@@ -1,4 +1,5 @@
-"""Replays the real-vLLM run on the lent H100 (tests/gpu/h100-2026-11-25-vllm, issue 17) without a GPU.
+"""Replays the real-vLLM runs on the lent H100 (tests/gpu/h100-2026-11-25-vllm and its re-run -r2, issue 17)
+without a GPU.
 
 What was recorded there — the launch plan, each vLLM process's binding and environment, the GPU NVML showed
 each vLLM process on, torch's bus id in the worker's own environment, the loader's view of the driver
@@ -26,6 +27,8 @@ from vllm_nodeagent.topology import discover
 
 GPU = Path(__file__).parent / "gpu"
 RUN = GPU / "h100-2026-11-25-vllm"
+RUN2 = GPU / "h100-2026-11-25-vllm-r2"  # the re-run: (c) after the prewarm fix, doctor before the first launch
+RUNS = (RUN, RUN2)
 H100 = GPU / "h100-2026-11-25"  # the same machine kind's sysfs, recorded by issue 7
 
 
@@ -38,8 +41,12 @@ def _module(name: str) -> Any:
     return mod
 
 
-def rows() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (RUN / "results.jsonl").read_text().splitlines() if line.strip()]
+def rows(run: Path = RUN) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines() if line.strip()]
+
+
+def all_rows() -> list[tuple[Path, dict[str, Any]]]:
+    return [(run, r) for run in RUNS for r in rows(run)]
 
 
 def _bus(bus_id: str) -> tuple[int, int, int, int]:
@@ -81,9 +88,13 @@ def test_plan_replayed_on_the_h100_topology_is_what_launch_ran(tmp_path: Path) -
     assert (p.binding, p.numa_nodes, p.cpus, p.gpus) == (dry["binding"], dry["numa_nodes"], dry["cpus"], dry["gpus"])
 
 
-@pytest.mark.parametrize("row", [r for r in rows() if r.get("serving")], ids=lambda r: f"{r['case']}-{r['n']}")
-def test_every_real_vllm_process_is_bound_and_on_the_planned_gpu(tmp_path: Path, row: dict[str, Any]) -> None:
-    _, topo, p = _replayed_plan(tmp_path)
+@pytest.mark.parametrize("run,row", [(run, r) for run, r in all_rows() if r.get("serving")],
+                         ids=lambda x: x.name if isinstance(x, Path) else f"{x['case']}-{x['n']}")
+def test_every_real_vllm_process_is_bound_and_on_the_planned_gpu(tmp_path: Path, run: Path,
+                                                                 row: dict[str, Any]) -> None:
+    dry, topo, p = _replayed_plan(tmp_path)
+    if run == RUN2:
+        assert row["plan"]["argv"] == dry["argv"]  # the re-run launched what the first run's dry run planned
     procs = row["serving"]["procs"]
     assert {q["name"] for q in procs} >= {"python3", "VLLM::EngineCore"}  # API server, its helper, the engine
     assert all(q["uids"][0] == 999 for q in procs)  # the unprivileged vllm user, never root
@@ -99,12 +110,49 @@ def test_every_real_vllm_process_is_bound_and_on_the_planned_gpu(tmp_path: Path,
     assert (api["CUDA_VISIBLE_DEVICES"], api["CUDA_DEVICE_ORDER"]) == ("0", "PCI_BUS_ID")
     doctor = {c["id"]: c["status"] for c in row["serving"]["doctor"]}
     assert doctor["vllm.binding"] == doctor["vllm.args"] == doctor["vllm.driver_libs"] == "pass"
+    if "gpu_files_by_bus_id" in row["serving"]:  # the re-run: /dev/nvidiaN each vLLM process held, by the driver
+        held = row["serving"]["gpu_files_by_bus_id"]
+        assert {_bus(b) for b, pids in held.items() if pids} == planned
+        engine = [q["pid"] for q in procs if q["name"] == "VLLM::EngineCore"]
+        assert engine and set(engine) <= {pid for pids in held.values() for pid in pids}
+
+
+def _events(row: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return [e for e in row["agent_events"] if e["event"] == name]
+
+
+@pytest.mark.parametrize("row", [r for r in rows(RUN2) if r["case"] == "in_start"], ids=lambda r: str(r["n"]))
+def test_prewarm_in_start_read_the_checkpoint_the_kernel_hid_from_the_vllm_user(row: dict[str, Any]) -> None:
+    """(c) of the re-run: `serve` as uid 999 could not see the root-owned checkpoint's residency, read it in full."""
+    (hidden,) = _events(row, "prewarm.residency_hidden")
+    (done,) = _events(row, "prewarm.done")
+    assert hidden["uid"] == 999 and hidden["files"] == done["files"]
+    assert done["resident_before_bytes"] == 0 < row["model_bytes"] <= done["resident_after_bytes"]
+    assert "hidden for" in done["method"] and row["resident_at_start"] == 0.0
+    report = _module("tts_report")
+    assert report.prewarm_s(row) is not None and report.prewarm_s(row) > 1  # STATUS=prewarming lasted, not 0.2 s
+
+
+def test_doctor_before_the_first_launch_agrees_with_the_launch_probe() -> None:
+    """Before vLLM ever ran, doctor's probe (a scratch cache dir) gave the verdict launch's own probe and doctor
+    while serving gave later: same vLLM version, pass."""
+    first = {c["id"]: c for c in json.loads((RUN2 / "doctor-first.json").read_text())["checks"]}
+    assert first["vllm.args"]["status"] == "pass"
+    probe = [json.loads(line) for line in (RUN2 / "doctor-first.err").read_text().splitlines() if line.strip()]
+    assert [(e["event"], e["uid"]) for e in probe] == [("vllm_probe_ran", 999)]
+    warmup = next(r for r in rows(RUN2) if r["case"] == "warmup")
+    (launch_probe,) = _events(warmup, "vllm_probe_ran")
+    (ok,) = _events(warmup, "vllm_args_ok")
+    assert probe[0]["version"] == launch_probe["version"] == ok["version"]
+    assert first["vllm.args"]["current"] == f"vLLM {ok['version']}"
+    serving = {c["id"]: c for c in warmup["serving"]["doctor"]}
+    assert (serving["vllm.args"]["status"], serving["vllm.args"]["current"]) == ("pass", first["vllm.args"]["current"])
 
 
 def test_vllm_timings_parse_the_recorded_vllm_026_logs() -> None:
     tts = _module("time_to_serve")
-    for r in rows():
-        text = (RUN / "logs" / f"{r['case']}-{r['n']}.txt").read_text()
+    for run, r in all_rows():
+        text = (run / "logs" / f"{r['case']}-{r['n']}.txt").read_text()
         assert tts.vllm_timings(text) == r["vllm"], f"{r['case']}-{r['n']}"
         assert {"weights_s", "model_load_s", "init_engine_s"} <= set(r["vllm"])
 
@@ -136,6 +184,7 @@ def test_driver_libs_check_agrees_with_the_real_loader(tmp_path: Path) -> None:
     assert v.status == "fail" and 'LD_LIBRARY_PATH = "/usr/local/nvidia/lib' in v.hint
 
 
-def test_the_fixture_readme_table_is_what_the_results_say() -> None:
+@pytest.mark.parametrize("run", RUNS, ids=lambda r: r.name)
+def test_the_fixture_readme_table_is_what_the_results_say(run: Path) -> None:
     report = _module("tts_report")
-    assert report.table(rows()) in (RUN / "README.md").read_text()
+    assert report.table(rows(run)) in (run / "README.md").read_text()
