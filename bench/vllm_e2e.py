@@ -12,7 +12,7 @@ Interleaved rounds on the same machine, same model, same vLLM arguments, vLLM as
   the time from SIGTERM to the agent's exit with every vLLM process gone.
 
 Every start compiles from empty caches: vLLM alone gets a fresh directory for the variables the agent sets
-(``vllm_env.child_env``: HOME, XDG_CACHE_HOME, TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR, VLLM_CACHE_ROOT, built
+(``serving.env.child_env``: HOME, XDG_CACHE_HOME, TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR, VLLM_CACHE_ROOT, built
 by that same function), and the agent's ``[agent] cache_dir`` is emptied before each of its starts, while its
 state dir (the probe cache) is kept for the cached start. The 1-minute load average is sampled during each start.
 
@@ -45,7 +45,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from vllm_nodeagent.config import VllmConfig  # noqa: E402
-from vllm_nodeagent.vllm_env import child_env, resolve_user  # noqa: E402
+from vllm_nodeagent.serving.env import child_env, resolve_user  # noqa: E402
 
 LIMIT_S = 900.0
 MODULE = ["-m", "vllm.entrypoints.openai.api_server"]

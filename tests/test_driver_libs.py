@@ -8,8 +8,9 @@ import pytest
 from conftest import opener_for
 from nvml_double import NvmlDouble
 
-from vllm_nodeagent import cli, driver_libs
+from vllm_nodeagent import cli
 from vllm_nodeagent.host import Host
+from vllm_nodeagent.serving import driver_libs
 
 # The lent H100's layout: the driver mounted at /usr/local/nvidia/lib64, named only by the shell's LD_LIBRARY_PATH.
 NV = "/usr/local/nvidia/lib64"

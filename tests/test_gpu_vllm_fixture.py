@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 from nvml_double import NvmlDouble
 
-from vllm_nodeagent import driver_libs
 from vllm_nodeagent.config import load_config
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.launcher import RunAs, binding_mismatches, plan
 from vllm_nodeagent.nvml import Nvml
+from vllm_nodeagent.serving import driver_libs
+from vllm_nodeagent.serving.binding import binding_mismatches
+from vllm_nodeagent.serving.env import RunAs
+from vllm_nodeagent.serving.plan import plan
 from vllm_nodeagent.topology import discover
 
 GPU = Path(__file__).parent / "gpu"

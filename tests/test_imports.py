@@ -39,7 +39,7 @@ NOT_ON_ONE_SHOT_PATH = {
     "concurrent.futures": "not used",
     "multiprocessing": "not used",
     "vllm_nodeagent.daemon": "the daemon",
-    "vllm_nodeagent.supervisor": "the daemon",
+    "vllm_nodeagent.serving.child": "the daemon",
     "vllm_nodeagent.daemon.metrics": "the daemon",
     "vllm_nodeagent.daemon.notify": "the daemon",
 }

@@ -1,4 +1,4 @@
-"""launcher.plan (pure binding rules), vLLM argument checks (static table + the subprocess probe against a fake
+"""serving.plan (pure binding rules), vLLM argument checks (static table + the subprocess probe against a fake
 vllm package), `launch --dry-run --json`, and doctor_checks."""
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from vllm_nodeagent import vllm_args
 from vllm_nodeagent.config import VllmConfig
-from vllm_nodeagent.launcher import LaunchError, RunAs, child_env, plan, resolve_user
+from vllm_nodeagent.serving import args as vllm_args
+from vllm_nodeagent.serving import checks as serving_checks
+from vllm_nodeagent.serving import state as serving_state
+from vllm_nodeagent.serving.env import LaunchError, RunAs, child_env, resolve_user
+from vllm_nodeagent.serving.plan import plan
 from vllm_nodeagent.topology import Gpu, NumaNode, Topology
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,7 +136,7 @@ def test_child_env_cache_dirs(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 def test_prepare_cache_dir_owned_by_the_user_and_refuses_links(tmp_path: Path) -> None:
     from vllm_nodeagent.host import Host
-    from vllm_nodeagent.vllm_env import prepare_cache_dir
+    from vllm_nodeagent.serving.env import prepare_cache_dir
 
     who = resolve_user("nobody")
     path = prepare_cache_dir(Host(tmp_path), "/var/cache/vna", who)
@@ -329,7 +332,7 @@ def test_doctor_checks(tmp_path: Path) -> None:
                       nodes=[0])
     ctx = Context(Host("/"), Config(path="t", agent=AgentConfig(state_dir=str(state)), vllm=vcfg), None, "json")
     topo = Topology([NumaNode(0, sorted(os.sched_getaffinity(0)), 1)], [], [], [])
-    checks = {c["id"]: c for c in __import__("vllm_nodeagent.launcher").launcher.doctor_checks(ctx, topo)}
+    checks = {c["id"]: c for c in serving_checks.doctor_checks(ctx, topo)}
     assert checks["vllm.user"]["status"] == "warn"  # root
     assert checks["vllm.args.speculative-model"]["status"] == "fail"
     assert checks["vllm.args"]["status"] == "skip" and "not importable" in checks["vllm.args"]["hint"]
@@ -348,9 +351,7 @@ def test_doctor_checks(tmp_path: Path) -> None:
                     if Path(f"/proc/{proc.pid}/exe").resolve().name == "sleep":
                         break
                     time.sleep(0.02)
-                from vllm_nodeagent import launcher
-
-                got = {c["id"]: c for c in launcher.doctor_checks(ctx, topo)}["vllm.binding"]
+                got = {c["id"]: c for c in serving_checks.doctor_checks(ctx, topo)}["vllm.binding"]
                 assert got["status"] == want, got
             finally:
                 proc.kill()
@@ -359,7 +360,6 @@ def test_doctor_checks(tmp_path: Path) -> None:
 
 def test_doctor_reads_the_daemons_plan_instead_of_replanning(tmp_path: Path) -> None:
     """binding = "vllm" (vLLM binds its own workers): a re-plan with defaults would expect numactl and FAIL."""
-    from vllm_nodeagent import launcher
     from vllm_nodeagent.config import AgentConfig, Config
     from vllm_nodeagent.context import Context
     from vllm_nodeagent.host import Host
@@ -372,17 +372,17 @@ def test_doctor_reads_the_daemons_plan_instead_of_replanning(tmp_path: Path) -> 
     proc = subprocess.Popen(["sleep", "30"])  # unbound, like vLLM's API server under --numa-bind
     try:
         (state / "vllm.pid").write_text(f"{proc.pid}\n")
-        replanned = {c["id"]: c for c in launcher.doctor_checks(ctx, topo)}["vllm.binding"]
+        replanned = {c["id"]: c for c in serving_checks.doctor_checks(ctx, topo)}["vllm.binding"]
         if shutil.which("numactl"):
             assert replanned["status"] == "fail" and "re-plan" in replanned["desired"]
         chosen = plan(cfg(nodes=[0]), topo, run_as=WHO, numactl=NUMACTL)
         chosen.binding, chosen.mempolicy = "vllm", "default"
-        launcher.write_plan_file(str(state), chosen, proc.pid)
-        got = {c["id"]: c for c in launcher.doctor_checks(ctx, topo)}["vllm.binding"]
+        serving_state.write_plan_file(str(state), chosen, proc.pid)
+        got = {c["id"]: c for c in serving_checks.doctor_checks(ctx, topo)}["vllm.binding"]
         assert got["status"] == "pass" and "binding vllm, from the daemon's plan" in got["desired"], got
-        assert "env" not in json.loads((state / launcher.PLAN_FILE).read_text())  # no secrets on disk
-        launcher.write_plan_file(str(state), chosen, proc.pid + 1)  # another pid's plan is not ours
-        assert launcher.read_plan_file(str(state), proc.pid) is None
+        assert "env" not in json.loads((state / serving_state.PLAN_FILE).read_text())  # no secrets on disk
+        serving_state.write_plan_file(str(state), chosen, proc.pid + 1)  # another pid's plan is not ours
+        assert serving_state.read_plan_file(str(state), proc.pid) is None
     finally:
         proc.kill()
         proc.wait()

@@ -1,6 +1,6 @@
-"""The probe cache (probe_cache.py) against the real probe child over a fake ``vllm`` package whose import appends
-to a counter file: a hit never runs the child; an upgraded install, changed args or another user misses; a
-damaged, foreign-owned or world-writable cache is ignored."""
+"""The probe cache (serving/probe_cache.py) against the real probe child over a fake ``vllm`` package whose
+import appends to a counter file: a hit never runs the child; an upgraded install, changed args or another user
+misses; a damaged, foreign-owned or world-writable cache is ignored."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from test_launcher import fake_vllm_site
 
-from vllm_nodeagent import probe_cache
 from vllm_nodeagent.config import VllmConfig
-from vllm_nodeagent.launcher import RunAs, probe_vllm
-from vllm_nodeagent.vllm_args import PROBE_FLAGS, ProbeResult, probe
+from vllm_nodeagent.serving import probe_cache
+from vllm_nodeagent.serving.args import PROBE_FLAGS, ProbeResult, probe
+from vllm_nodeagent.serving.env import RunAs
+from vllm_nodeagent.serving.probe import probe_vllm
 
 
 class Bed:

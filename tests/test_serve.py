@@ -14,7 +14,7 @@ import pytest
 from test_daemon import REPO, Bed, bed, pid_alive, wait_until  # noqa: F401
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.layout import SERVE_UNIT, detect
+from vllm_nodeagent.serving.layout import SERVE_UNIT, detect
 
 SYSCTL = '[sysctl]\n"vm.max_map_count" = 262144\n'
 

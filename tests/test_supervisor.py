@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from vllm_nodeagent.launcher import LaunchPlan
-from vllm_nodeagent.supervisor import Backoff, Child, Exit, group_members, health_ok
+from vllm_nodeagent.serving.child import Backoff, Child, Exit, group_members, health_ok
+from vllm_nodeagent.serving.plan import LaunchPlan
 
 
 def test_backoff_doubles_caps_and_resets() -> None:

@@ -19,7 +19,6 @@ from nvml_double import NvmlDouble
 from vllm_nodeagent import cli
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.launcher import LaunchError, RunAs, plan
 from vllm_nodeagent.parse import (
     normalize_pci_bus_id,
     parse_cpulist,
@@ -27,6 +26,8 @@ from vllm_nodeagent.parse import (
     parse_nvidia_numa_status,
     status_field,
 )
+from vllm_nodeagent.serving.env import LaunchError, RunAs
+from vllm_nodeagent.serving.plan import plan
 from vllm_nodeagent.topology import Topology, discover, render_table
 
 WHO = RunAs("vllm", 999, 999, [999], "/var/lib/vllm", switch=True)

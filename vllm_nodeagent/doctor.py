@@ -103,23 +103,24 @@ def numa_check(topo: Topology) -> CheckResult:
 
 def vllm_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
     try:
-        from vllm_nodeagent import launcher
-    except ImportError as exc:  # the launcher module ships with the daemon; keep doctor usable without it
-        return [CheckResult("vllm", SKIP, None, None, "", f"launcher unavailable: {exc}")]
+        from vllm_nodeagent.serving import checks as serving_checks
+        from vllm_nodeagent.serving.plan import something_to_launch
+    except ImportError as exc:  # the serving package ships with the daemon; keep doctor usable without it
+        return [CheckResult("vllm", SKIP, None, None, "", f"serving checks unavailable: {exc}")]
     checks = [CheckResult(d["id"], d["status"], d.get("current"), d.get("desired"), d.get("hint") or "",
-                    d.get("detail") or "") for d in launcher.doctor_checks(ctx, topo)]
+                    d.get("detail") or "") for d in serving_checks.doctor_checks(ctx, topo)]
     if ctx.config.vllm is None:
         # numactl is a host fact worth showing; the rest only means something when vLLM is managed
         checks = [c for c in checks if c.id == "vllm.numactl"]
         checks.append(CheckResult("vllm", SKIP, None, None, "", "[vllm] is not configured: nothing to launch"))
-    elif topo.gpus and launcher.something_to_launch(ctx.config.vllm):
+    elif topo.gpus and something_to_launch(ctx.config.vllm):
         checks.append(driver_libs_check(ctx))
     return checks
 
 
 def layout_check(ctx: Context) -> CheckResult:
     """Which unit layout is active: whether vLLM runs in its own unit or under the root agent."""
-    from vllm_nodeagent.layout import detect
+    from vllm_nodeagent.serving.layout import detect
 
     layout = detect(ctx.host)
     where = "vllm-nodeagent-serve.service" if layout.split else "vllm-nodeagent.service (run)"
@@ -137,7 +138,7 @@ def driver_libs_check(ctx: Context) -> CheckResult:
     """vLLM gets a clean environment: can its loader find libcuda/libnvidia-ml there (issue 17)?"""
     import os
 
-    from vllm_nodeagent import driver_libs
+    from vllm_nodeagent.serving import driver_libs
 
     vllm_env = dict(ctx.config.vllm.env if ctx.config.vllm else {})
     v = driver_libs.check(ctx.host, vllm_env, os.environ)

@@ -27,7 +27,7 @@ class Result:
 def run(argv: Sequence[str], timeout_s: float, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
         user: Optional[Mapping[str, object]] = None) -> Result:
     """Run ``argv`` with no stdin, capturing text output; raises CommandError on a start failure or timeout.
-    ``user``: subprocess's user/group/extra_groups, so the child drops privileges before exec (vllm_env)."""
+    ``user``: subprocess's user/group/extra_groups, so the child drops privileges before exec (serving/env.py)."""
     name = os.path.basename(argv[0]) if argv else "?"
     try:
         proc = subprocess.run(  # type: ignore[call-overload]  # the user/group kwargs come as a mapping

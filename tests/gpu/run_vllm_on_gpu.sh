@@ -140,7 +140,7 @@ for n in ("libcuda.so.1", "libnvidia-ml.so.1"):
     "$PY" - > "$OUT/ldso.json" <<'PY'
 import ctypes, glob, json, os, subprocess, sys
 sys.path.insert(0, "/tmp/code")
-from vllm_nodeagent import driver_libs
+from vllm_nodeagent.serving import driver_libs
 from vllm_nodeagent.host import Host
 files = {p: open(p).read() for p in ["/etc/ld.so.conf", *sorted(glob.glob("/etc/ld.so.conf.d/*"))] if os.path.isfile(p)}
 ldp = os.environ.get("LD_LIBRARY_PATH", "")

@@ -260,7 +260,7 @@ TORCH_BUS = ("import json, torch; p = torch.cuda.get_device_properties(0); "
 def serving_facts(agent_pid: int, cfg: str, plan: dict[str, Any], topo: dict[str, Any]) -> dict[str, Any]:
     import psutil
 
-    from vllm_nodeagent.launcher import process_binding
+    from vllm_nodeagent.serving.binding import process_binding
 
     facts: dict[str, Any] = {}
     procs = []

@@ -23,8 +23,8 @@ from typing import Any, Optional
 
 import pytest
 
-from vllm_nodeagent import vllm_args
-from vllm_nodeagent.vllm_env import resolve_user
+from vllm_nodeagent.serving import args as vllm_args
+from vllm_nodeagent.serving.env import resolve_user
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = os.environ.get("VLLM_VENV", "")

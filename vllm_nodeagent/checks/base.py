@@ -110,7 +110,7 @@ class Probe:
     def vllm_pid(self) -> Optional[int]:
         """The live vLLM pid from its pid file (None when vLLM is not running): the root agent's state dir
         (single layout) or the serve unit's runtime dir (split layout)."""
-        from vllm_nodeagent.layout import SERVE_RUNTIME_DIR
+        from vllm_nodeagent.serving.layout import SERVE_RUNTIME_DIR
 
         for d in (self.config.agent.state_dir, SERVE_RUNTIME_DIR):
             text = (self.host.read_or(os.path.join(d, PID_FILE)) or "").strip()

@@ -49,7 +49,7 @@ def venv_python(probe: Probe) -> Optional[str]:
     if not probe.host.is_real:
         cmd0 = cfg.command[0] if cfg.command else ""
         return cmd0 if cmd0.startswith("/") else None
-    from vllm_nodeagent.vllm_args import resolve_python
+    from vllm_nodeagent.serving.args import resolve_python
 
     interp, _why = resolve_python(cfg.command, cfg.python)
     return interp or None

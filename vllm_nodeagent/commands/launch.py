@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from vllm_nodeagent.daemon.loop import Loop
 from vllm_nodeagent.daemon.serve_keeper import ServeKeeper
-from vllm_nodeagent.launcher import LaunchError, build_plan, something_to_launch
+from vllm_nodeagent.serving.env import LaunchError
+from vllm_nodeagent.serving.plan import build_plan, something_to_launch
 
 if TYPE_CHECKING:
     from vllm_nodeagent.context import Context

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
-    from vllm_nodeagent.layout import detect
+    from vllm_nodeagent.serving.layout import detect
 
     layout = detect(ctx.host, getattr(args, "layout", "auto"))
     log.get().info("layout", layout=layout.name, reason=layout.reason)

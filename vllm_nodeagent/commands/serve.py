@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from vllm_nodeagent import log
 from vllm_nodeagent.daemon.loop import Loop
 from vllm_nodeagent.daemon.serve_keeper import ServeKeeper
-from vllm_nodeagent.launcher import something_to_launch
+from vllm_nodeagent.serving.plan import something_to_launch
 
 if TYPE_CHECKING:
     from vllm_nodeagent.context import Context

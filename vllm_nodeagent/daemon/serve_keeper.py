@@ -16,18 +16,12 @@ from typing import TYPE_CHECKING, Any, Optional
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.daemon.loop import Status
 from vllm_nodeagent.daemon.worker_pins import pin_workers
-from vllm_nodeagent.launcher import (
-    PID_FILE,
-    LaunchError,
-    LaunchPlan,
-    binding_mismatches,
-    build_plan,
-    live_binding,
-    something_to_launch,
-    write_plan_file,
-)
-from vllm_nodeagent.readiness import SmokeCheck
-from vllm_nodeagent.supervisor import Backoff, Child, Exit, health_ok
+from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
+from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
+from vllm_nodeagent.serving.env import LaunchError
+from vllm_nodeagent.serving.plan import LaunchPlan, build_plan, something_to_launch
+from vllm_nodeagent.serving.readiness import SmokeCheck
+from vllm_nodeagent.serving.state import PID_FILE, write_plan_file
 
 if TYPE_CHECKING:
     from vllm_nodeagent.config import Config

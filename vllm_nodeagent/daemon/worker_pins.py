@@ -8,8 +8,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vllm_nodeagent.launcher import LaunchPlan
     from vllm_nodeagent.nvml import Nvml
+    from vllm_nodeagent.serving.plan import LaunchPlan
     from vllm_nodeagent.topology import Topology
 
 

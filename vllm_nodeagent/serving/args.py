@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from vllm_nodeagent import subp
-from vllm_nodeagent.vllm_env import RunAs, popen_user_kwargs
+from vllm_nodeagent.serving.env import RunAs, popen_user_kwargs
 
 # Flags that vLLM removed or replaced. Value: what to write instead.
 REMOVED_FLAGS: dict[str, str] = {
@@ -267,5 +267,5 @@ def probe_for(
     return probe(interp, args, env=env, run_as=run_as)
 
 
-if __name__ == "__main__":  # pragma: no cover - manual check: python -m vllm_nodeagent.vllm_args ARGS...
+if __name__ == "__main__":  # pragma: no cover - manual check: python -m vllm_nodeagent.serving.args ARGS...
     print(json.dumps(static_findings(sys.argv[1:]), default=lambda f: f.__dict__))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from vllm_nodeagent import log
-from vllm_nodeagent.launcher import LaunchPlan
+from vllm_nodeagent.serving.plan import LaunchPlan
 
 Clock = Callable[[], float]
 

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from typing import Any, Callable, Optional
 
 from vllm_nodeagent import log
-from vllm_nodeagent.vllm_args import ProbeResult
+from vllm_nodeagent.serving.args import ProbeResult
 
 CACHE_FILE = "vllm-probe-cache.json"
 FORMAT = 1

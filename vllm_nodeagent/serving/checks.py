@@ -1,0 +1,100 @@
+"""Doctor's ``vllm.*`` launch checks: numactl, the user, vLLM's args (the shared probe), the live binding.
+Read-only.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, Optional
+
+from vllm_nodeagent.config import VllmConfig
+from vllm_nodeagent.parse import format_cpulist
+from vllm_nodeagent.serving.args import ProbeResult, static_findings
+from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
+from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, RunAs, resolve_user
+from vllm_nodeagent.serving.plan import plan, plan_from_json, something_to_launch
+from vllm_nodeagent.serving.probe import probe_as_user
+from vllm_nodeagent.serving.state import read_pid_file, read_plan_file
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.context import Context
+    from vllm_nodeagent.topology import Topology
+
+
+def _check(cid: str, status: str, current: str, desired: str, hint: str = "") -> dict[str, str]:
+    return {"id": cid, "status": status, "current": current, "desired": desired, "hint": hint}
+
+
+def doctor_checks(ctx: Context, topo: Topology) -> list[dict[str, str]]:
+    """vLLM launch checks for doctor: numactl, the user, vLLM's args, the live binding. Read-only."""
+    cfg = ctx.config.vllm or VllmConfig()
+    checks: list[dict[str, str]] = []
+    launching = something_to_launch(ctx.config.vllm)
+    numactl = shutil.which("numactl", path=SAFE_PATH) or shutil.which("numactl")
+    needs_numactl = cfg.numa != "none"
+    checks.append(_check(
+        "vllm.numactl", "pass" if numactl else ("fail" if needs_numactl and launching else "warn"),
+        numactl or "missing", "numactl on PATH", "" if numactl else "apt install numactl / dnf install numactl",
+    ))
+    if cfg.user == "root":
+        checks.append(_check("vllm.user", "warn", "root", "an unprivileged user",
+                             "vLLM serves a network API; run it as the 'vllm' system user"))
+    else:
+        try:
+            who = resolve_user(cfg.user)
+            checks.append(_check("vllm.user", "pass", f"{who.name} (uid {who.uid})", cfg.user))
+        except LaunchError as exc:
+            checks.append(_check("vllm.user", "fail" if launching else "warn", "unusable", cfg.user, str(exc)))
+    for f in static_findings(list(cfg.args)):
+        checks.append(_check(
+            f"vllm.args.{f.flag.lstrip('-')}", "fail" if f.kind == "removed" else "warn", f.flag,
+            "not used" if f.kind == "risky" else "a flag current vLLM accepts", f.message,
+        ))
+    if not launching:
+        checks.append(_check("vllm.args", "skip", "", "", "nothing to launch ([vllm] model is empty)"))
+    else:
+        try:
+            _, _, pr = probe_as_user(ctx, cfg, prepare=False)  # launch's probe: same user, same environment
+        except LaunchError as exc:
+            pr = ProbeResult(False, reason=f"not probed: {exc}")
+        if not pr.available:
+            checks.append(_check("vllm.args", "skip", "", "accepted by vLLM's parser", pr.reason))
+        elif pr.error:
+            checks.append(_check("vllm.args", "fail", pr.error, "accepted by vLLM's parser",
+                                 f"vLLM {pr.version} ({pr.python})"))
+        else:
+            checks.append(_check("vllm.args", "pass", f"vLLM {pr.version}", "accepted by vLLM's parser"))
+    checks.append(_binding_check(ctx, cfg, topo, numactl))
+    return checks
+
+
+
+def _binding_check(ctx: Context, cfg: VllmConfig, topo: Topology, numactl: Optional[str]) -> dict[str, str]:
+    """The live binding of every vLLM process against what the daemon chose (its plan file); a re-plan with
+    this host's defaults only when the daemon wrote none (an older agent)."""
+    from vllm_nodeagent.serving.layout import SERVE_RUNTIME_DIR
+
+    # single layout: the root agent's state dir; split: the serve unit's runtime dir (pid and plan side by side)
+    state = str(ctx.host.path(ctx.config.agent.state_dir))
+    pid = read_pid_file(state)
+    if pid is None:
+        state = str(ctx.host.path(SERVE_RUNTIME_DIR))
+        pid = read_pid_file(state)
+    if pid is None:
+        return _check("vllm.binding", "skip", "", "", "vLLM is not running (no live pid file)")
+    saved = read_plan_file(state, pid)
+    source = "the daemon's plan"
+    if saved is not None:
+        expected = plan_from_json(saved)
+    else:
+        source = "a re-plan (no plan file for this pid)"
+        try:
+            expected = plan(cfg, topo, numactl=numactl or "numactl", run_as=RunAs(cfg.user, 0, 0, [], "/", False))
+        except LaunchError as exc:
+            return _check("vllm.binding", "warn", f"pid {pid}", "", f"cannot plan: {exc}")
+    procs = live_binding(pid)
+    problems = binding_mismatches(expected, procs)
+    current = "; ".join(f"{p['pid']}: cpus {p['cpus']} mems {p['mems']} {p['mempolicy']}" for p in procs)
+    desired = f"cpus {format_cpulist(expected.cpus)} {expected.mempolicy}" if expected.cpus else "unbound"
+    desired += f" (binding {expected.binding}, from {source})"
+    return _check("vllm.binding", "fail" if problems else "pass", current, desired, "; ".join(problems))

@@ -1,0 +1,71 @@
+"""The one vLLM argument probe that doctor and launch share: as the configured user, in the launch environment
+(cache directories included), through the probe cache (probe_cache.py) where this process may keep one.
+The probe child itself and the flag tables are args.py's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from vllm_nodeagent import log
+from vllm_nodeagent.config import VllmConfig
+from vllm_nodeagent.serving.args import PROBE_FLAGS, ProbeResult, probe, resolve_python
+from vllm_nodeagent.serving.env import SAFE_PATH, RunAs, cache_dir_for, child_env, prepare_cache_dir, resolve_user
+from vllm_nodeagent.serving.probe_cache import cached_probe, probe_inputs
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.context import Context
+
+
+def probe_vllm(cfg: VllmConfig, run_as: RunAs, env: dict[str, str], cache_dir: str = "") -> ProbeResult:
+    """Run vLLM's own parser over ``[vllm] args`` in a short-lived subprocess, as ``run_as`` with ``env``
+    (the launch environment): never vLLM's code as root unless root is the configured user. With ``cache_dir``
+    the answer comes from (and goes to) the probe cache there while the install and the inputs are unchanged."""
+    interp, why = resolve_python(list(cfg.command), cfg.python, env.get("PATH", SAFE_PATH))
+    if not interp:
+        return ProbeResult(False, reason=why)
+    uid = run_as.uid if run_as.switch else os.geteuid()
+    inputs = probe_inputs(interp, list(cfg.args), PROBE_FLAGS, env, uid)
+    return cached_probe(cache_dir, inputs, lambda: probe(interp, list(cfg.args), env=env, run_as=run_as))
+
+
+def probe_cache_dir(ctx: Context, user_cache: str) -> str:
+    """Where this process keeps the probe cache: root's state dir, else (the serve unit, as the vLLM user) its
+    own cache dir. probe_cache refuses either when another uid could write it."""
+    if os.geteuid() == 0:
+        return str(ctx.host.path(ctx.config.agent.state_dir))
+    return user_cache
+
+
+def probe_as_user(ctx: Context, cfg: VllmConfig, prepare: bool) -> tuple[RunAs, str, ProbeResult]:
+    """The one probe doctor and launch share: the configured user, the launch environment (cache directories
+    included; ``prepare`` creates them, doctor only names them). Raises LaunchError for an unusable user."""
+    who = resolve_user(cfg.user)
+    base = ctx.config.agent.cache_dir
+    cache = prepare_cache_dir(ctx.host, base, who) if prepare else cache_dir_for(ctx.host, base, who)
+    if prepare or os.path.isdir(cache):
+        return who, cache, probe_vllm(cfg, who, child_env(cfg, who, [], None, cache), probe_cache_dir(ctx, cache))
+    # Before the first launch (doctor, a dry run) the cache dir does not exist and creating it is launch's job;
+    # vLLM's import would fail creating it (seen on the H100: PermissionError), so the probe gets a scratch one.
+    with scratch_cache_dir(who) as scratch:
+        return who, cache, probe_vllm(cfg, who, child_env(cfg, who, [], None, scratch))
+
+
+@contextlib.contextmanager
+def scratch_cache_dir(who: RunAs) -> Iterator[str]:
+    """A private temporary cache dir for one probe, owned by its user, removed afterwards."""
+    scratch = tempfile.mkdtemp(prefix="vllm-nodeagent-probe-")
+    try:
+        if who.switch:
+            os.chown(scratch, who.uid, who.gid)
+        yield scratch
+    finally:
+        try:
+            shutil.rmtree(scratch)
+        except OSError as exc:
+            log.get().warning("vllm_probe_scratch_left", path=scratch, error=exc.strerror or str(exc))
