@@ -2,6 +2,7 @@
 
 - The library sits below the command line: no module outside cli.py and vllm_nodeagent/commands/ imports
   ``vllm_nodeagent.cli`` or ``vllm_nodeagent.commands`` (what a command hands the library is context.Context).
+- The serving package never imports the daemon back (the daemon ↔ launcher ↔ supervisor cycle of before).
 """
 
 from __future__ import annotations
@@ -56,3 +57,13 @@ def test_the_import_reader_sees_lazy_relative_and_from_package_imports() -> None
     assert {"vllm_nodeagent.cli", "vllm_nodeagent.commands.doctor", "vllm_nodeagent.commands.topology"} <= names
     assert all(above_the_library(n) for n in ("vllm_nodeagent.cli", "vllm_nodeagent.commands.doctor"))
     assert not above_the_library("vllm_nodeagent.client")
+
+
+def test_the_serving_package_never_imports_the_daemon() -> None:
+    """The old daemon <-> launcher <-> supervisor cycle: serving/ is what the daemon's serve keeper uses, so
+    nothing in it may import vllm_nodeagent.daemon (lazily included) back."""
+    offenders = {rel: sorted(n for n in imported_names(tree, rel)
+                             if n == "vllm_nodeagent.daemon" or n.startswith("vllm_nodeagent.daemon."))
+                 for rel, tree in modules().items() if rel.startswith("serving/")}
+    assert any(rel.startswith("serving/") for rel in modules())  # the rule reads the package it guards
+    assert {rel: names for rel, names in offenders.items() if names} == {}
