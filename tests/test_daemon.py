@@ -215,6 +215,8 @@ def health(port: int) -> int:
             return int(r.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+    except urllib.error.URLError:
+        return 0  # not listening yet (the stand-in records its start before it opens the port)
 
 
 # -- tests --------------------------------------------------------------------------------------------------

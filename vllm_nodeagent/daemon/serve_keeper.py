@@ -19,7 +19,8 @@ from vllm_nodeagent.daemon.worker_pins import pin_workers
 from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
 from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
 from vllm_nodeagent.serving.env import LaunchError
-from vllm_nodeagent.serving.plan import LaunchPlan, build_plan, something_to_launch
+from vllm_nodeagent.serving.plan import LaunchPlan, accept_args, something_to_launch, start_plan
+from vllm_nodeagent.serving.probe import ProbeBeside
 from vllm_nodeagent.serving.readiness import SmokeCheck
 from vllm_nodeagent.serving.state import PID_FILE, write_plan_file
 
@@ -54,6 +55,7 @@ class ServeKeeper:
         self.exit_on_failure = exit_on_failure
         self.pid_dir = pid_dir
         self.plan: Optional[LaunchPlan] = None
+        self.args_probe: Optional[ProbeBeside] = None  # the argument probe still running beside vLLM's start
         self.child: Optional[Child] = None
         self.backoff = self._new_backoff(self.ctx.config.vllm)
         self.phase = "init"
@@ -240,7 +242,7 @@ class ServeKeeper:
                 if self.loop.topo is None:
                     raise LaunchError("no topology")
                 self.loop.notify.status("checking vLLM arguments")
-                self.plan, _ = build_plan(self.ctx, self.loop.topo, self.gpus_override)
+                self.plan, self.args_probe = start_plan(self.ctx, self.loop.topo, self.gpus_override)
             pid_file = self._pid_file()
             self.child = Child(self.plan, pid_file, self.clock)
             if pid_file:
@@ -288,6 +290,8 @@ class ServeKeeper:
             else:
                 self._schedule_restart(now, "start timeout")
             return
+        if self.args_probe is not None and not self._args_accepted(self.args_probe, now):
+            return
         if self.phase == "gating":
             self._check_gate(now)
             return
@@ -301,6 +305,30 @@ class ServeKeeper:
             return
         self.log.info("vllm_health_ok", pid=self.child.pid, load_s=round(self.clock() - self.child.started_at, 3))
         self._start_gate(self.clock())
+
+    def _args_accepted(self, args_probe: ProbeBeside, now: float) -> bool:
+        """The argument probe beside vLLM's start: False while it runs (no READY before vLLM's parser accepted
+        ``[vllm] args``) and when it rejected them; then vLLM is stopped and the start fails as it did when the
+        probe ran before it (same error, exit 1 for the first start, a backoff restart after a reload)."""
+        pr = args_probe.result()
+        if pr is None:
+            self.next_health = now + HEALTH_POLL_S
+            return False
+        self.args_probe = None
+        try:
+            accept_args(pr)
+        except LaunchError as exc:
+            self.log.error("vllm_start_failed", error=str(exc))
+            if self.child is not None:
+                self.child.stop(self.vcfg.stop_timeout_s)
+                self.child = None
+            self.plan = None
+            if not self.loop.ready_sent:
+                self.loop.fail(f"cannot start vLLM: {exc}")
+            else:
+                self._schedule_restart(self.clock(), f"start failed: {exc}")
+            return False
+        return True
 
     def _start_gate(self, now: float) -> None:
         """Second half of the gate: a one-token completion, in a thread; the loop polls it."""

@@ -23,7 +23,7 @@ from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.parse import format_cpulist
 from vllm_nodeagent.serving.args import NUMA_BIND_FLAG, NUMA_BIND_NODES_FLAG, ProbeResult, static_findings
 from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, RunAs, child_env, resolve_user
-from vllm_nodeagent.serving.probe import probe_as_user
+from vllm_nodeagent.serving.probe import ProbeBeside, probe_as_user, probe_beside
 from vllm_nodeagent.topology import Topology
 
 if TYPE_CHECKING:
@@ -190,24 +190,52 @@ def plan(
     )
 
 
-def build_plan(
-    ctx: Context, topo: Topology, gpus_override: Optional[list[int]] = None, prepare: bool = True,
-) -> tuple[LaunchPlan, ProbeResult]:
-    """Plan + the vLLM probe (validating args). Raises LaunchError when vLLM rejects the args."""
-    cfg = ctx.config.vllm or VllmConfig()
+def accept_args(pr: ProbeResult) -> None:
+    """Raise LaunchError when vLLM's parser rejected ``[vllm] args``; log what the probe found otherwise."""
     logger = log.get()
-    for f in static_findings(list(cfg.args)):
-        logger.warning("vllm_arg_" + f.kind, flag=f.flag, detail=f.message)
-    who, cache, pr = probe_as_user(ctx, cfg, prepare=prepare)
-    launch_plan = plan(cfg, topo, gpus_override=gpus_override, run_as=who, cache_dir=cache,
-                       vllm_numa_bind=lambda: pr.accepts_flag(NUMA_BIND_NODES_FLAG))
     if pr.available and pr.error:
         raise LaunchError(f"vLLM {pr.version} rejects [vllm] args: {pr.error}")
     if not pr.available:
         logger.info("vllm_args_unchecked", reason=pr.reason)
     else:
         logger.info("vllm_args_ok", version=pr.version, python=pr.python, uid=pr.uid)
+
+
+def _log_static_findings(cfg: VllmConfig) -> None:
+    for f in static_findings(list(cfg.args)):
+        log.get().warning("vllm_arg_" + f.kind, flag=f.flag, detail=f.message)
+
+
+def build_plan(
+    ctx: Context, topo: Topology, gpus_override: Optional[list[int]] = None, prepare: bool = True,
+) -> tuple[LaunchPlan, ProbeResult]:
+    """Plan + the vLLM probe (validating args). Raises LaunchError when vLLM rejects the args."""
+    cfg = ctx.config.vllm or VllmConfig()
+    _log_static_findings(cfg)
+    who, cache, pr = probe_as_user(ctx, cfg, prepare=prepare)
+    launch_plan = plan(cfg, topo, gpus_override=gpus_override, run_as=who, cache_dir=cache,
+                       vllm_numa_bind=lambda: pr.accepts_flag(NUMA_BIND_NODES_FLAG))
+    accept_args(pr)
     return launch_plan, pr
+
+
+def start_plan(
+    ctx: Context, topo: Topology, gpus_override: Optional[list[int]] = None,
+) -> tuple[LaunchPlan, Optional[ProbeBeside]]:
+    """The daemon's plan for a start, with the argument probe (a vLLM import: 10-30 s on small hosts) running
+    beside vLLM's start instead of before it when the plan does not need its answer (it does only for GPUs
+    spanning nodes, to learn whether vLLM knows --numa-bind-nodes; then this waits for it as build_plan does).
+    Returns the probe still running — the caller holds READY until it answers and stops vLLM if it rejects the
+    args (``accept_args``) — or None when it already answered and accepted. Raises LaunchError as build_plan."""
+    cfg = ctx.config.vllm or VllmConfig()
+    _log_static_findings(cfg)
+    who, cache, pending = probe_beside(ctx, cfg)
+    launch_plan = plan(cfg, topo, gpus_override=gpus_override, run_as=who, cache_dir=cache,
+                       vllm_numa_bind=lambda: pending.wait().accepts_flag(NUMA_BIND_NODES_FLAG))
+    if pending.waited:
+        accept_args(pending.wait())
+        return launch_plan, None
+    return launch_plan, pending
 
 
 def plan_from_json(data: dict[str, Any]) -> LaunchPlan:

@@ -9,8 +9,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional
 
 from vllm_nodeagent import log
 from vllm_nodeagent.config import VllmConfig
@@ -54,6 +55,41 @@ def probe_as_user(ctx: Context, cfg: VllmConfig, prepare: bool) -> tuple[RunAs, 
     # vLLM's import would fail creating it (seen on the H100: PermissionError), so the probe gets a scratch one.
     with scratch_cache_dir(who) as scratch:
         return who, cache, probe_vllm(cfg, who, child_env(cfg, who, [], None, scratch))
+
+
+class ProbeBeside:
+    """The probe in a thread, beside a vLLM start that does not wait for it (plan.start_plan). ``result()`` is
+    None while it runs; ``wait()`` blocks until it answered."""
+
+    def __init__(self, run: Callable[[], ProbeResult]) -> None:
+        self._run = run
+        self._result: Optional[ProbeResult] = None
+        self.waited = False
+        # a daemon thread: a SIGTERM during the start does not wait for vLLM's import to finish
+        self._thread = threading.Thread(target=self._work, name="vllm-args-probe", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        try:
+            self._result = self._run()
+        except Exception as exc:  # a bug here must neither leave the start waiting for ever nor print a traceback
+            self._result = ProbeResult(False, reason=f"probe failed: {type(exc).__name__}: {exc}")
+
+    def result(self) -> Optional[ProbeResult]:
+        return None if self._thread.is_alive() else self._result
+
+    def wait(self) -> ProbeResult:
+        self.waited = True
+        self._thread.join()
+        return self._result if self._result is not None else ProbeResult(False, reason="the probe gave no answer")
+
+
+def probe_beside(ctx: Context, cfg: VllmConfig) -> tuple[RunAs, str, ProbeBeside]:
+    """probe_as_user(prepare=True), started in a thread: the user, the prepared cache dir, the running probe."""
+    who = resolve_user(cfg.user)
+    cache = prepare_cache_dir(ctx.host, ctx.config.agent.cache_dir, who)
+    env = child_env(cfg, who, [], None, cache)
+    return who, cache, ProbeBeside(lambda: probe_vllm(cfg, who, env, probe_cache_dir(ctx, cache)))
 
 
 @contextlib.contextmanager
