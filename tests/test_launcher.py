@@ -332,7 +332,7 @@ def test_doctor_checks(tmp_path: Path) -> None:
                       nodes=[0])
     ctx = Context(Host("/"), Config(path="t", agent=AgentConfig(state_dir=str(state)), vllm=vcfg), None, "json")
     topo = Topology([NumaNode(0, sorted(os.sched_getaffinity(0)), 1)], [], [], [])
-    checks = {c["id"]: c for c in serving_checks.doctor_checks(ctx, topo)}
+    checks = {c.id: c.to_json() for c in serving_checks.doctor_checks(ctx, topo)}
     assert checks["vllm.user"]["status"] == "warn"  # root
     assert checks["vllm.args.speculative-model"]["status"] == "fail"
     assert checks["vllm.args"]["status"] == "skip" and "not importable" in checks["vllm.args"]["hint"]
@@ -351,7 +351,7 @@ def test_doctor_checks(tmp_path: Path) -> None:
                     if Path(f"/proc/{proc.pid}/exe").resolve().name == "sleep":
                         break
                     time.sleep(0.02)
-                got = {c["id"]: c for c in serving_checks.doctor_checks(ctx, topo)}["vllm.binding"]
+                got = {c.id: c.to_json() for c in serving_checks.doctor_checks(ctx, topo)}["vllm.binding"]
                 assert got["status"] == want, got
             finally:
                 proc.kill()
@@ -372,13 +372,13 @@ def test_doctor_reads_the_daemons_plan_instead_of_replanning(tmp_path: Path) -> 
     proc = subprocess.Popen(["sleep", "30"])  # unbound, like vLLM's API server under --numa-bind
     try:
         (state / "vllm.pid").write_text(f"{proc.pid}\n")
-        replanned = {c["id"]: c for c in serving_checks.doctor_checks(ctx, topo)}["vllm.binding"]
+        replanned = {c.id: c.to_json() for c in serving_checks.doctor_checks(ctx, topo)}["vllm.binding"]
         if shutil.which("numactl"):
             assert replanned["status"] == "fail" and "re-plan" in replanned["desired"]
         chosen = plan(cfg(nodes=[0]), topo, run_as=WHO, numactl=NUMACTL)
         chosen.binding, chosen.mempolicy = "vllm", "default"
         serving_state.write_plan_file(str(state), chosen, proc.pid)
-        got = {c["id"]: c for c in serving_checks.doctor_checks(ctx, topo)}["vllm.binding"]
+        got = {c.id: c.to_json() for c in serving_checks.doctor_checks(ctx, topo)}["vllm.binding"]
         assert got["status"] == "pass" and "binding vllm, from the daemon's plan" in got["desired"], got
         assert "env" not in json.loads((state / serving_state.PLAN_FILE).read_text())  # no secrets on disk
         serving_state.write_plan_file(str(state), chosen, proc.pid + 1)  # another pid's plan is not ours

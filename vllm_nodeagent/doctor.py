@@ -107,8 +107,7 @@ def vllm_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
         from vllm_nodeagent.serving.plan import something_to_launch
     except ImportError as exc:  # the serving package ships with the daemon; keep doctor usable without it
         return [CheckResult("vllm", SKIP, None, None, "", f"serving checks unavailable: {exc}")]
-    checks = [CheckResult(d["id"], d["status"], d.get("current"), d.get("desired"), d.get("hint") or "",
-                    d.get("detail") or "") for d in serving_checks.doctor_checks(ctx, topo)]
+    checks = serving_checks.doctor_checks(ctx, topo)
     if ctx.config.vllm is None:
         # numactl is a host fact worth showing; the rest only means something when vLLM is managed
         checks = [c for c in checks if c.id == "vllm.numactl"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from typing import TYPE_CHECKING, Optional
 
+from vllm_nodeagent.checks.base import CheckResult
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.parse import format_cpulist
 from vllm_nodeagent.serving.args import ProbeResult, static_findings
@@ -21,14 +22,14 @@ if TYPE_CHECKING:
     from vllm_nodeagent.topology import Topology
 
 
-def _check(cid: str, status: str, current: str, desired: str, hint: str = "") -> dict[str, str]:
-    return {"id": cid, "status": status, "current": current, "desired": desired, "hint": hint}
+def _check(cid: str, status: str, current: str, desired: str, hint: str = "") -> CheckResult:
+    return CheckResult(cid, status, current, desired, hint)
 
 
-def doctor_checks(ctx: Context, topo: Topology) -> list[dict[str, str]]:
+def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
     """vLLM launch checks for doctor: numactl, the user, vLLM's args, the live binding. Read-only."""
     cfg = ctx.config.vllm or VllmConfig()
-    checks: list[dict[str, str]] = []
+    checks: list[CheckResult] = []
     launching = something_to_launch(ctx.config.vllm)
     numactl = shutil.which("numactl", path=SAFE_PATH) or shutil.which("numactl")
     needs_numactl = cfg.numa != "none"
@@ -68,8 +69,7 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[dict[str, str]]:
     return checks
 
 
-
-def _binding_check(ctx: Context, cfg: VllmConfig, topo: Topology, numactl: Optional[str]) -> dict[str, str]:
+def _binding_check(ctx: Context, cfg: VllmConfig, topo: Topology, numactl: Optional[str]) -> CheckResult:
     """The live binding of every vLLM process against what the daemon chose (its plan file); a re-plan with
     this host's defaults only when the daemon wrote none (an older agent)."""
     from vllm_nodeagent.serving.layout import SERVE_RUNTIME_DIR
