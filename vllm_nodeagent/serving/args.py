@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -265,7 +264,3 @@ def probe_for(
     if not interp:
         return ProbeResult(False, reason=why)
     return probe(interp, args, env=env, run_as=run_as)
-
-
-if __name__ == "__main__":  # pragma: no cover - manual check: python -m vllm_nodeagent.serving.args ARGS...
-    print(json.dumps(static_findings(sys.argv[1:]), default=lambda f: f.__dict__))
