@@ -19,6 +19,7 @@ from conftest import requires_root
 from fakehost import FakeHost, SysfsHost
 
 from vllm_nodeagent import cli
+from vllm_nodeagent.commands.apply import render_outcome
 from vllm_nodeagent.config import SysctlSetting
 from vllm_nodeagent.settings import engine
 from vllm_nodeagent.settings.journal import JOURNAL_NAME, Journal, JournalError
@@ -204,7 +205,7 @@ def applied(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> list[str]:
     pytest.param(lambda e: {**e, "original": 65530}, id="int-for-string"),
     pytest.param(lambda e: {**e, "params": {"name": [[[[1]]]]}}, id="nested-params"),
     pytest.param(lambda e: "[" * 100000 + "]" * 100000, id="recursion-bomb"),
-    pytest.param(lambda e: {**e, "kind": "file", "params": {"path": "/etc/shadow"}}, id="file-write-primitive"),
+    pytest.param(lambda e: {**e, "family": "file", "params": {"path": "/etc/shadow"}}, id="file-write-primitive"),
     pytest.param(lambda e: {**e, "params": {"name": "vm.../../../etc/passwd"}}, id="path-escape"),
     pytest.param(lambda e: {**e, "id": "sysctl.kernel.modprobe"}, id="id-not-its-params"),
 ])
@@ -364,7 +365,7 @@ def as_nobody(argv: list[str]) -> tuple[int, str, str]:
     import io
     import sys
 
-    for name in ("vllm_nodeagent.settings.engine", "vllm_nodeagent.topology"):
+    for name in ("vllm_nodeagent.commands.apply", "vllm_nodeagent.commands.revert", "vllm_nodeagent.topology"):
         importlib.import_module(name)  # before the fork: the child may not read the venv
 
     r, w = os.pipe()
@@ -519,7 +520,7 @@ def test_lock_wait_names_the_holder_and_gives_up(host: FakeHost, capsys: pytest.
 def test_systemctl_that_hangs_fails_the_setting_not_the_caller(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from vllm_nodeagent.host import Host
-    from vllm_nodeagent.settings import irq
+    from vllm_nodeagent.settings import irqbalance
     from vllm_nodeagent.settings.base import TunableError
 
     fake = tmp_path / "bin"
@@ -527,9 +528,9 @@ def test_systemctl_that_hangs_fails_the_setting_not_the_caller(tmp_path: Path,
     (fake / "systemctl").write_text("#!/bin/sh\nexec /bin/sleep 30\n")
     (fake / "systemctl").chmod(0o755)
     monkeypatch.setenv("PATH", str(fake))
-    monkeypatch.setattr(irq, "SYSTEMCTL_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(irqbalance, "SYSTEMCTL_TIMEOUT_S", 0.3)
     with pytest.raises(TunableError, match=r"systemctl disable irqbalance.service: no answer in 0.3 s"):
-        irq.Irqbalance(Host("/")).write("inactive/disabled")
+        irqbalance.Irqbalance(Host("/")).write("inactive/disabled")
 
 
 def test_daemon_component_failure_is_logged_and_the_others_go_on(
@@ -566,11 +567,11 @@ def test_daemon_component_failure_is_logged_and_the_others_go_on(
 # --- class 7: output that misleads ----------------------------------------------------------------------------
 def test_result_lines_are_plain_and_elided() -> None:
     long = "x" * 500
-    line = engine.render_outcome(engine.Outcome("sysctl.a.b", engine.CHANGED, "4096\t87380\t" + long, "1",
+    line = render_outcome(engine.Outcome("sysctl.a.b", engine.CHANGED, "4096\t87380\t" + long, "1",
                                                 previous=None))
     assert line.startswith("changed      sysctl.a.b  - → 4096 87380 xxx") and line.endswith("…")
     assert "\t" not in line and "None" not in line and "'" not in line and len(line) < 120
-    line = engine.render_outcome(engine.Outcome("thp.enabled", engine.FAILED, None, "madvise", "EINVAL\n(x)"))
+    line = render_outcome(engine.Outcome("thp.enabled", engine.FAILED, None, "madvise", "EINVAL\n(x)"))
     assert line == "failed       thp.enabled  (wants madvise)  (EINVAL (x))"
 
 

@@ -20,7 +20,8 @@ from vllm_nodeagent.settings.block import BlockScheduler
 from vllm_nodeagent.settings.cpu import CpuGovernor
 from vllm_nodeagent.settings.families import build_tunables
 from vllm_nodeagent.settings.gpu import PersistenceMode
-from vllm_nodeagent.settings.irq import IrqAffinity, Irqbalance
+from vllm_nodeagent.settings.irq import IrqAffinity
+from vllm_nodeagent.settings.irqbalance import Irqbalance
 from vllm_nodeagent.settings.journal import Journal, JournalError
 from vllm_nodeagent.settings.sysctl import Sysctl
 from vllm_nodeagent.settings.thp import Thp

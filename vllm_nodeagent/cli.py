@@ -87,8 +87,8 @@ LONG_RUNNING = frozenset({"run", "serve"})
 _COMMANDS: dict[str, str] = {
     "topology": "vllm_nodeagent.commands.topology:cmd_topology",
     "doctor": "vllm_nodeagent.commands.doctor:cmd_doctor",
-    "apply": "vllm_nodeagent.settings.engine:cmd_apply",
-    "revert": "vllm_nodeagent.settings.engine:cmd_revert",
+    "apply": "vllm_nodeagent.commands.apply:cmd_apply",
+    "revert": "vllm_nodeagent.commands.revert:cmd_revert",
     "prewarm": "vllm_nodeagent.commands.prewarm:cmd_prewarm",
     "launch": "vllm_nodeagent.commands.launch:cmd_launch",
     "run": "vllm_nodeagent.commands.run:cmd_run",

@@ -2,15 +2,22 @@
 
 apply, verify, revert, drift and doctor are loops over ``Tunable`` objects (see engine.py and doctor.py):
     read() -> compliant(current)? -> journal original -> write(target(current)) -> read() again.
-A family of settings is one module in this package plus one line in families.py.
+A family of settings is one module in this package exposing a ``Family`` plus one line in families.py.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, runtime_checkable
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, runtime_checkable
 
 from vllm_nodeagent.host import Host, HostError
 from vllm_nodeagent.parse import ParseError, parse_bracket_list
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.config import Config
+    from vllm_nodeagent.nvml import Nvml
+    from vllm_nodeagent.topology import Topology
 
 
 class NotApplicable(Exception):
@@ -25,14 +32,11 @@ class TunableError(Exception):
     """Reading or writing failed (EINVAL, EPERM, EROFS, a tool's non-zero exit). The message is one line."""
 
 
-@runtime_checkable
-class Tunable(Protocol):
-    id: str  # "sysctl.vm.max_map_count", "block.nvme0n1.scheduler" — stable: doctor JSON and the journal key
-    kind: str  # registry key used to rebuild a writer from the journal for revert
-    owner: Optional[str]  # someone else manages it (e.g. nvidia-persistenced): report, never write
+class Check(Protocol):
+    """A setting as read-only code sees it: doctor, drift and metrics."""
 
-    def params(self) -> dict[str, str]:
-        """Enough to rebuild this setting's reader/writer for revert, without the config."""
+    id: str  # "sysctl.vm.max_map_count", "block.nvme0n1.scheduler" — stable: doctor JSON and the journal key
+    owner: Optional[str]  # someone else manages it (e.g. nvidia-persistenced): report, never write
 
     def read(self) -> str:
         """The current raw value as the host reports it; raises NotApplicable or TunableError."""
@@ -42,12 +46,6 @@ class Tunable(Protocol):
 
     def compliant(self, current: str) -> bool:
         """Whether ``current`` satisfies the config (floors, aliases and bracket lists live here)."""
-
-    def target(self, current: str) -> str:
-        """The value to write when ``current`` is not compliant (a floor keeps fields already above)."""
-
-    def write(self, value: str) -> None:
-        """Set the value; raises TunableError and leaves the host as it was on refusal."""
 
     def hint(self) -> str:
         """A one-line fix hint for doctor."""
@@ -59,10 +57,67 @@ class Tunable(Protocol):
         """Why the configured value cannot be written to this setting as the kernel has it; "" when it can."""
 
 
+@runtime_checkable
+class Tunable(Check, Protocol):
+    """A setting apply may write and revert may restore."""
+
+    family: str  # its Family's name: the journal keeps it beside params() to rebuild the writer for revert
+
+    def params(self) -> dict[str, str]:
+        """Everything its family's ``rebuild`` needs to make this setting again, without the config."""
+
+    def target(self, current: str) -> str:
+        """The value to write when ``current`` is not compliant (a floor keeps fields already above)."""
+
+    def write(self, value: str) -> None:
+        """Set the value; raises TunableError and leaves the host as it was on refusal."""
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a family builds its settings from."""
+
+    config: Config
+    topology: Topology
+    host: Host
+    nvml: Optional[Nvml] = None
+    nvml_error: str = ""  # why NVML is not usable, for the GPU settings' skip message
+
+
+Rebuilder = Callable[[Host, Optional["Nvml"], dict[str, str]], Tunable]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One kind of host setting: config -> settings (apply, doctor, drift), journal params -> a writer (revert).
+
+    ``rebuild`` takes the journal's params as input it must check (anyone who can write the state dir writes the
+    journal): it names only its own kernel paths and raises ValueError on anything else.
+    """
+
+    name: str  # what every setting it builds has as ``family``; stored in the journal
+    build: Callable[[BuildInputs], list[Tunable]]
+    rebuild: Rebuilder
+
+
+def param(params: dict[str, str], key: str, pattern: re.Pattern[str]) -> str:
+    """One journaled parameter, checked against what its family ever writes there; ValueError otherwise."""
+    value = params.get(key)
+    if value is None or not pattern.fullmatch(value) or ".." in value:
+        raise ValueError(f"bad {key} {str(value)[:80]!r}")
+    return value
+
+
+def only_params(params: dict[str, str], *keys: str) -> None:
+    extra = set(params) - set(keys)
+    if extra:
+        raise ValueError(f"unexpected parameter {sorted(extra)[0][:80]!r}")
+
+
 class ValueTunable:
     """Defaults for a setting with one desired value, compliant when equal. Subclasses read and write."""
 
-    kind = "value"
+    family: str
     owner: Optional[str] = None
     id = ""
     _desired = ""
@@ -88,8 +143,6 @@ class ValueTunable:
 
 class FileTunable(ValueTunable):
     """A setting that is one kernel attribute file: sysctls, THP, the block scheduler."""
-
-    kind = "file"
 
     def __init__(self, host: Host, id: str, path: str, desired: str = "") -> None:
         self.host = host
@@ -137,7 +190,7 @@ class MultiFileTunable:
     policy) and IRQ affinity (one file per interrupt).
     """
 
-    kind = "multifile"
+    family: str
     owner: Optional[str] = None
 
     def __init__(self, host: Host, id: str, paths: dict[str, str], desired: str = "") -> None:
@@ -218,9 +271,8 @@ class MultiFileTunable:
 class Unavailable(ValueTunable):
     """A configured setting with nothing to act on here (no device matches a glob): doctor shows it as skip."""
 
-    kind = "unavailable"
-
-    def __init__(self, id: str, desired: str, reason: str) -> None:
+    def __init__(self, family: str, id: str, desired: str, reason: str) -> None:
+        self.family = family
         self.id = id
         self._desired = desired
         self.reason = reason

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.settings.base import MultiFileTunable, NotApplicable
+from vllm_nodeagent.settings.base import BuildInputs, Family, MultiFileTunable, NotApplicable, Tunable
 
 CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
 
@@ -17,7 +19,7 @@ def governor_paths(host: Host) -> dict[str, str]:
 
 
 class CpuGovernor(MultiFileTunable):
-    kind = "cpu"
+    family = "cpu"
 
     def __init__(self, host: Host, desired: str = "", paths: dict[str, str] | None = None) -> None:
         super().__init__(host, "cpu.governor", governor_paths(host) if paths is None else paths, desired)
@@ -33,3 +35,24 @@ class CpuGovernor(MultiFileTunable):
 
     def hint(self) -> str:
         return f"vllm-nodeagent apply --only {self.id}  (or: cpupower frequency-set -g {self._desired})"
+
+
+def build(inputs: BuildInputs) -> list[Tunable]:
+    cpu = inputs.config.cpu
+    if cpu is None or cpu.governor is None:
+        return []
+    return [CpuGovernor(inputs.host, cpu.governor)]
+
+
+_POLICY = re.compile(r"policy[0-9]{1,5}")
+
+
+def rebuild(host: Host, nvml: object, params: dict[str, str]) -> Tunable:
+    """params: policy name -> its scaling_governor path (checked: nothing outside cpufreq)."""
+    for name, path in params.items():
+        if not _POLICY.fullmatch(name) or path != f"{CPUFREQ_DIR}/{name}/scaling_governor":
+            raise ValueError(f"a path outside cpufreq: {path[:80]!r}")
+    return CpuGovernor(host, paths=params)
+
+
+FAMILY = Family(CpuGovernor.family, build, rebuild)

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from vllm_nodeagent import log
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml
-from vllm_nodeagent.settings.base import MultiFileTunable, NotApplicable, Tunable, TunableError, UnknownSetting
+from vllm_nodeagent.settings.base import Check, MultiFileTunable, NotApplicable, Tunable, TunableError, UnknownSetting
 from vllm_nodeagent.settings.families import rebuild
 from vllm_nodeagent.settings.journal import Entry, Journal, JournalError
-
-if TYPE_CHECKING:
-    from vllm_nodeagent.context import Context
 
 # Outcome statuses
 OK, CHANGED, WOULD_CHANGE, FAILED, SKIPPED, DRIFTED, RESTORED = (
@@ -83,7 +80,7 @@ def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
             # Journaled as found (never written): if it drifts later and we re-apply, the original to restore is
             # this value, not whatever someone changed it to in between. Revert writes nothing for it.
             try:
-                journal.record(t.id, t.kind, t.params(), current)
+                journal.record(t.id, t.family, t.params(), current)
             except JournalError as exc:
                 return Outcome(t.id, OK, current, t.desired(), f"compliant, but not journaled: {exc}")
         return Outcome(t.id, OK, current, t.desired(), t.note(current))
@@ -93,7 +90,7 @@ def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
     if dry_run:
         return Outcome(t.id, WOULD_CHANGE, value, t.desired(), t.note(current), previous=current)
     try:
-        journal.record(t.id, t.kind, t.params(), current, written=value)
+        journal.record(t.id, t.family, t.params(), current, written=value)
     except JournalError as exc:
         # Without a durable original there is no safe revert: do not touch the setting.
         return Outcome(t.id, NOT_CHANGED, current, t.desired(), str(exc))
@@ -111,7 +108,7 @@ def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
     if not same(after, value):
         # The kernel normalised what we wrote: revert compares the live value with what it reports.
         try:
-            journal.record(t.id, t.kind, t.params(), current, written=after)
+            journal.record(t.id, t.family, t.params(), current, written=after)
         except JournalError as exc:
             log.get().warning("journal_written_value", id=t.id, error=str(exc))
     return Outcome(t.id, CHANGED, after, t.desired(), t.note(after), previous=current)
@@ -132,7 +129,7 @@ def apply(tunables: list[Tunable], journal: Journal, dry_run: bool = False,
     return outcomes
 
 
-def verify(tunables: list[Tunable]) -> list[Outcome]:
+def verify(tunables: Sequence[Check]) -> list[Outcome]:
     """Read-only: where each setting stands (doctor uses this)."""
     out: list[Outcome] = []
     for t in tunables:
@@ -165,7 +162,7 @@ def drift(tunables: list[Tunable], journal: Journal) -> list[Outcome]:
 def revert_one(entry: Entry, host: Host, nvml: Optional[Nvml]) -> Outcome:
     """Restore one entry if, and only if, the live value is still what the agent wrote."""
     try:
-        t = rebuild(entry.kind, entry.id, entry.params, host, nvml)
+        t = rebuild(entry.family, entry.id, entry.params, host, nvml)
     except ValueError as exc:
         return Outcome(entry.id, FAILED, None, entry.original, f"journal entry not restorable: {exc}")
     if entry.written is None and not entry.legacy:
@@ -245,86 +242,3 @@ def show(value: Optional[str], width: int = 48) -> str:
     text = " ".join(value.split())
     text = "".join(c if c.isprintable() else "?" for c in text) or '""'
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-# -- commands ------------------------------------------------------------------------------------------
-def _print_outcomes(outcomes: list[Outcome], as_json: bool) -> None:
-    from vllm_nodeagent.context import print_json
-
-    if as_json:
-        print_json({"results": [o.to_json() for o in outcomes]})
-        return
-    for o in outcomes:
-        print(render_outcome(o))
-
-
-def render_outcome(o: Outcome) -> str:
-    """``changed  sysctl.vm.max_map_count  65530 → 262144`` — before → after where something moved."""
-    if o.status in (CHANGED, WOULD_CHANGE) or (o.status == RESTORED and o.previous is not None):
-        value = f"{show(o.previous)} → {show(o.current)}"
-    elif o.status == RESTORED:
-        value = show(o.current)
-    elif o.current is None:
-        value = f"(wants {show(o.desired)})" if o.desired is not None and o.status != UNTOUCHED else ""
-    else:
-        value = show(o.current)
-    detail = f"({' '.join(o.message.split())})" if o.message else ""
-    return "  ".join(part for part in (f"{o.status:<11}", o.id, value, detail) if part)
-
-
-def _need_root(ctx: Context, command: str) -> None:
-    import os
-
-    if ctx.host.is_real and os.geteuid() != 0:
-        raise JournalError(f"{command} changes kernel settings and the journal in {ctx.config.agent.state_dir}: "
-                           f"run it as root (sudo vllm-nodeagent {command})")
-
-
-def _tell_wait(message: str) -> None:
-    import sys
-
-    print(f"vllm-nodeagent: {message}", file=sys.stderr, flush=True)
-
-
-def cmd_apply(ctx: Context, args: argparse.Namespace) -> int:
-    from vllm_nodeagent.settings.families import build_tunables
-    from vllm_nodeagent.topology import discover
-
-    if not args.dry_run:
-        _need_root(ctx, "apply")
-    nvml, why = ctx.open_nvml()  # once: discovery and the GPU settings share the session
-    try:
-        topo = discover(ctx.host, nvml, why)
-        for w in topo.warnings:
-            log.get().warning("topology_mismatch", detail=w)
-        tunables = selected(build_tunables(ctx.config, topo, ctx.host, nvml, why), args.only)
-        if args.only and not tunables:
-            print(f"vllm-nodeagent: --only {' '.join(args.only)}: matches no configured setting")
-            return 2
-        journal = Journal(ctx.host, ctx.config.agent.state_dir)
-        if args.dry_run:
-            outcomes = apply(tunables, journal, dry_run=True, log_results=False)
-        else:
-            with journal.locked(on_wait=_tell_wait):
-                outcomes = apply(tunables, journal, log_results=False)
-    finally:
-        if nvml is not None:
-            nvml.close()
-    _print_outcomes(outcomes, args.json)
-    return 1 if any(o.status in FAILURES for o in outcomes) else 0
-
-
-def cmd_revert(ctx: Context, args: argparse.Namespace) -> int:
-    _need_root(ctx, "revert")
-    nvml, _ = ctx.open_nvml()
-    journal = Journal(ctx.host, ctx.config.agent.state_dir)
-    try:
-        with journal.locked(on_wait=_tell_wait):
-            outcomes = revert(ctx.host, journal, nvml, log_results=False)
-    finally:
-        if nvml is not None:
-            nvml.close()
-    if not outcomes and not args.json:
-        print("nothing to revert: the journal is empty")
-    _print_outcomes(outcomes, args.json)
-    return 1 if any(o.status in FAILURES for o in outcomes) else 0

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
-from vllm_nodeagent.settings.base import NotApplicable, TunableError, ValueTunable
+from vllm_nodeagent.settings.base import (
+    BuildInputs,
+    Family,
+    NotApplicable,
+    Tunable,
+    TunableError,
+    ValueTunable,
+    only_params,
+    param,
+)
 
 ON, OFF = "enabled", "disabled"
 
@@ -20,13 +30,14 @@ def running_process(host: Host, comm: str) -> Optional[int]:
 
 
 class PersistenceMode(ValueTunable):
-    kind = "gpu"
+    family = "gpu"
 
     def __init__(self, host: Host, nvml: Optional[Nvml], index: int, pci_bus_id: str,
                  desired: bool = True, nvml_error: str = "") -> None:
         self.host = host
         self.nvml = nvml
         self.id = f"gpu.{index}.persistence_mode"
+        self.index = index
         self.pci_bus_id = pci_bus_id
         self._desired = ON if desired else OFF
         self.nvml_error = nvml_error
@@ -35,7 +46,7 @@ class PersistenceMode(ValueTunable):
         self.owner: Optional[str] = f"nvidia-persistenced (pid {pid})" if pid else None
 
     def params(self) -> dict[str, str]:
-        return {"pci_bus_id": self.pci_bus_id, "index": self.id.split(".")[1]}
+        return {"pci_bus_id": self.pci_bus_id, "index": str(self.index)}
 
     def read(self) -> str:
         if self.nvml is None:
@@ -61,3 +72,23 @@ class PersistenceMode(ValueTunable):
     def note(self, current: str) -> str:
         # Who keeps the driver loaded matters when it is off: persistenced, or a direct NVML setting.
         return f"owner: {self.owner}" if self.owner else "owner: NVML (no nvidia-persistenced running)"
+
+
+def build(inputs: BuildInputs) -> list[Tunable]:
+    gpu = inputs.config.gpu
+    if gpu is None or gpu.persistence_mode is None:
+        return []
+    return [PersistenceMode(inputs.host, inputs.nvml, g.index, g.pci_bus_id, gpu.persistence_mode, inputs.nvml_error)
+            for g in inputs.topology.gpus]
+
+
+_INDEX = re.compile(r"[0-9]{1,6}")
+_PCI = re.compile(r"[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
+
+
+def rebuild(host: Host, nvml: Optional[Nvml], params: dict[str, str]) -> Tunable:
+    only_params(params, "index", "pci_bus_id")
+    return PersistenceMode(host, nvml, int(param(params, "index", _INDEX)), param(params, "pci_bus_id", _PCI))
+
+
+FAMILY = Family(PersistenceMode.family, build, rebuild)

@@ -1,98 +1,21 @@
-"""irqbalance (a systemd unit) and the CPU affinity of GPU and NIC interrupts."""
+"""The CPU affinity of GPU and NIC interrupts: pinned to the CPUs of the device's NUMA node."""
 
 from __future__ import annotations
 
-import shutil
-from typing import Optional
+import re
 
-from vllm_nodeagent import subp
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.parse import ParseError, format_cpulist, parse_cpulist, parse_interrupts_for
-from vllm_nodeagent.settings.base import MultiFileTunable, NotApplicable, TunableError
-from vllm_nodeagent.subp import CommandError, Result, without_notify
-
-SYSTEMCTL_TIMEOUT_S = 30
-
-
-class Irqbalance:
-    """The irqbalance unit: "stop" wants it inactive and disabled; "keep" expects it active and enabled.
-
-    "keep" only reports: an agent that starts a service the operator stopped would surprise them.
-    """
-
-    kind = "irqbalance"
-    unit = "irqbalance.service"
-
-    def __init__(self, host: Host, policy: str = "stop") -> None:
-        self.host = host
-        self.id = "irqbalance"
-        self.policy = policy
-        self.owner: Optional[str] = 'the operator ([irq] irqbalance = "keep": reported, never changed)' \
-            if policy == "keep" else None
-
-    def params(self) -> dict[str, str]:
-        return {}
-
-    def _systemctl(self, *args: str) -> Result:
-        exe = shutil.which("systemctl")
-        if exe is None:
-            raise NotApplicable("systemctl not found")
-        # SYSTEMCTL_SKIP_SYSV: Debian's `systemctl disable` also runs update-rc.d, which writes /etc/rc?.d and
-        # fails under the unit's ProtectSystem=strict; on a systemd host those links are unused (found in the VM
-        # bed). NOTIFY_SOCKET is dropped: only the agent itself may talk to systemd's notify socket.
-        env = without_notify()
-        env["SYSTEMCTL_SKIP_SYSV"] = "1"
-        try:
-            return subp.run([exe, *args], SYSTEMCTL_TIMEOUT_S, env)
-        except CommandError as exc:  # a hung systemd fails this setting, not the daemon
-            raise TunableError(str(exc)) from None
-
-    def read(self) -> str:
-        # Only the real host's systemd can answer; a --root tree has no service manager.
-        if not self.host.is_real:
-            raise NotApplicable("no service manager under --root")
-        if not self.host.exists("/run/systemd/system"):
-            raise NotApplicable("systemd is not the service manager here")
-        active = self._systemctl("is-active", self.unit).stdout.strip()
-        enabled = self._systemctl("is-enabled", self.unit).stdout.strip()
-        if enabled in ("", "not-found") or "No such file" in enabled:
-            raise NotApplicable("irqbalance is not installed")
-        return f"{active}/{enabled}"
-
-    def desired(self) -> str:
-        return "inactive/disabled" if self.policy == "stop" else "active/enabled"
-
-    def compliant(self, current: str) -> bool:
-        active, _, enabled = current.partition("/")
-        if self.policy == "stop":
-            return active in ("inactive", "failed") and enabled in ("disabled", "masked")
-        return active == "active" and enabled == "enabled"
-
-    def target(self, current: str) -> str:
-        return self.desired()
-
-    def write(self, value: str) -> None:
-        active, _, enabled = value.partition("/")
-        steps: list[tuple[str, ...]] = []
-        steps.append(("enable",) if enabled == "enabled" else ("disable",) if enabled == "disabled" else ())
-        steps.append(("start",) if active == "active" else ("stop",))
-        for step in steps:
-            if not step:
-                continue
-            res = self._systemctl(*step, self.unit)
-            if res.returncode != 0:
-                raise TunableError(f"systemctl {step[0]} {self.unit}: {res.stderr.strip() or res.returncode}")
-
-    def hint(self) -> str:
-        if self.policy == "stop":
-            return "systemctl disable --now irqbalance (needed for irq affinity pinning to stick)"
-        return "systemctl enable --now irqbalance"
-
-    def note(self, current: str) -> str:
-        return ""
-
-    def invalid(self, current: str) -> str:
-        return ""
+from vllm_nodeagent.settings.base import (
+    BuildInputs,
+    Family,
+    MultiFileTunable,
+    NotApplicable,
+    Tunable,
+    TunableError,
+    only_params,
+    param,
+)
 
 
 def device_irqs(host: Host, pci_bus_id: str, names: tuple[str, ...] = ()) -> list[int]:
@@ -109,14 +32,17 @@ def device_irqs(host: Host, pci_bus_id: str, names: tuple[str, ...] = ()) -> lis
 class IrqAffinity(MultiFileTunable):
     """A device's interrupts pinned to its NUMA node's CPUs. Compliant when every IRQ stays inside them."""
 
-    kind = "irq"
+    family = "irq"
 
-    def __init__(self, host: Host, device: str, irqs: list[int] | None = None, local_cpus: list[int] | None = None,
-                 paths: dict[str, str] | None = None) -> None:
-        if paths is None:
-            paths = {str(n): f"/proc/irq/{n}/smp_affinity_list" for n in (irqs or [])}
+    def __init__(self, host: Host, device: str, irqs: list[int], local_cpus: list[int] | None = None) -> None:
+        paths = {str(n): irq_affinity_path(n) for n in irqs}
         super().__init__(host, f"irq.{device}.affinity", paths, format_cpulist(local_cpus or []))
+        self.device = device
+        self.irqs = sorted(irqs)
         self.local = set(local_cpus or [])
+
+    def params(self) -> dict[str, str]:
+        return {"device": self.device, "irqs": " ".join(str(n) for n in self.irqs)}
 
     def member_compliant(self, value: str) -> bool:
         try:
@@ -138,3 +64,33 @@ class IrqAffinity(MultiFileTunable):
                 # Kernel-managed vectors (NVMe, virtio queues) refuse affinity changes with EIO by design.
                 raise TunableError(f"{exc} (kernel-managed IRQ affinity cannot be changed)") from None
             raise
+
+
+def irq_affinity_path(irq: int) -> str:
+    return f"/proc/irq/{irq}/smp_affinity_list"
+
+
+def build(inputs: BuildInputs) -> list[Tunable]:
+    irq, topology, host = inputs.config.irq, inputs.topology, inputs.host
+    if irq is None or not irq.affinity:
+        return []
+    out: list[Tunable] = [IrqAffinity(host, f"gpu{g.index}", device_irqs(host, g.pci_bus_id), g.local_cpus)
+                          for g in topology.gpus]
+    for nic in topology.nics:
+        node = topology.node(nic.numa_node)
+        if node is not None:
+            out.append(IrqAffinity(host, nic.name, device_irqs(host, nic.pci_bus_id, (nic.name,)), node.cpus))
+    return out
+
+
+_DEVICE = re.compile(r"[A-Za-z0-9_\-:]{1,64}")
+_IRQS = re.compile(r"[0-9]{1,6}( [0-9]{1,6}){0,4095}")
+
+
+def rebuild(host: Host, nvml: object, params: dict[str, str]) -> Tunable:
+    only_params(params, "device", "irqs")
+    irqs = [int(n) for n in param(params, "irqs", _IRQS).split()]
+    return IrqAffinity(host, param(params, "device", _DEVICE), irqs)
+
+
+FAMILY = Family(IrqAffinity.family, build, rebuild)

@@ -5,9 +5,14 @@ The first original ever seen wins: a second apply (or a drift re-apply) must nev
 crash at any point leaves the previous or the next complete journal, never a torn one; a write that comes up short
 (a full state filesystem) is an error, and the setting it was for is then not touched.
 
-Format (version 2): a header line ``{"version": 2}``, then one JSON object per line per setting. One line per
-entry means a damaged entry is skipped on its own (reported), and the rest can still be restored. Entries are
-checked field by field on load: the journal is input too (anyone who can write the state dir writes it).
+Format (version 3): a header line ``{"version": 3}``, then one JSON object per line per setting: its id, its
+family's name and the params that family's ``rebuild`` takes, the original, what was written. One line per entry
+means a damaged entry is skipped on its own (reported), and the rest can still be restored. Entries are checked
+field by field on load: the journal is input too (anyone who can write the state dir writes it).
+
+Older journals (left on hosts by an earlier version) are read and rewritten as version 3 on the next change:
+version 2 is the same but for ``kind`` instead of ``family`` and the irq family's params (one path per IRQ, the
+device only in the id); version 1 was one JSON document and did not keep what was written.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from vllm_nodeagent.host import Host, HostError
 
 JOURNAL_NAME = "originals.json"
 LOCK_NAME = "lock"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MAX_JOURNAL_BYTES = 4 << 20  # a few hundred settings take a few KiB: anything this large is not ours
 LOCK_TIMEOUT_S = 120.0
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,200}")
@@ -42,7 +47,7 @@ class JournalError(Exception):
 @dataclass(frozen=True)
 class Entry:
     id: str
-    kind: str
+    family: str  # the name of the settings.families entry that rebuilds it
     params: dict[str, str]
     original: str
     written: Optional[str]  # what the agent last wrote; None = found compliant, never written
@@ -50,7 +55,7 @@ class Entry:
     legacy: bool = False  # a version-1 entry: what was written is unknown (revert restores unconditionally)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "params": self.params, "original": self.original,
+        return {"id": self.id, "family": self.family, "params": self.params, "original": self.original,
                 "written": self.written, "recorded_at": self.recorded_at}
 
 
@@ -58,17 +63,18 @@ def _str_ok(value: Any, limit: int = 65536) -> bool:
     return isinstance(value, str) and len(value) <= limit and "\0" not in value
 
 
-def parse_entry(doc: Any, legacy: bool = False) -> Entry:
-    """One entry from its JSON form; raises ValueError naming what is wrong."""
+def parse_entry(doc: Any, version: int = FORMAT_VERSION) -> Entry:
+    """One entry from its JSON form (of journal format ``version``); raises ValueError naming what is wrong."""
     if not isinstance(doc, dict):
         raise ValueError("not an object")
-    for key in ("id", "kind", "params", "original", "recorded_at"):
+    family_key = "family" if version >= 3 else "kind"
+    for key in ("id", family_key, "params", "original", "recorded_at"):
         if key not in doc:
             raise ValueError(f"missing key {key!r}")
     if not isinstance(doc["id"], str) or not _ID.fullmatch(doc["id"]):
         raise ValueError("id is not a setting id")
-    if not isinstance(doc["kind"], str) or not _PARAM_KEY.fullmatch(doc["kind"]):
-        raise ValueError("kind is not a name")
+    if not isinstance(doc[family_key], str) or not _PARAM_KEY.fullmatch(doc[family_key]):
+        raise ValueError(f"{family_key} is not a name")
     params = doc["params"]
     if not isinstance(params, dict) or len(params) > 4096 or not all(
             isinstance(k, str) and _PARAM_KEY.fullmatch(k) and _str_ok(v, 4096) for k, v in params.items()):
@@ -81,8 +87,23 @@ def parse_entry(doc: Any, legacy: bool = False) -> Entry:
     at = doc["recorded_at"]
     if isinstance(at, bool) or not isinstance(at, (int, float)):
         raise ValueError("recorded_at is not a number")
-    return Entry(id=doc["id"], kind=doc["kind"], params=dict(params), original=doc["original"],
-                 written=written, recorded_at=float(at), legacy=legacy)
+    family, params = doc[family_key], dict(params)
+    if version < 3 and family == "irq":
+        params = _irq_params_before_v3(doc["id"], params)
+    return Entry(id=doc["id"], family=family, params=params, original=doc["original"],
+                 written=written, recorded_at=float(at), legacy=version == 1)
+
+
+def _irq_params_before_v3(id: str, params: dict[str, str]) -> dict[str, str]:
+    """Versions 1-2 kept an irq entry's device only in its id ("irq.gpu0.affinity") and one path per IRQ; the
+    irq family now takes {"device", "irqs"}. Read once, on upgrade; what rebuild checks is unchanged."""
+    parts = id.split(".")
+    if len(parts) != 3 or parts[0] != "irq" or parts[2] != "affinity":
+        raise ValueError("id is not an irq affinity id")
+    for irq, path in params.items():
+        if not irq.isdigit() or path != f"/proc/irq/{irq}/smp_affinity_list":
+            raise ValueError(f"irq entry names a path outside /proc/irq: {path[:80]!r}")
+    return {"device": parts[1], "irqs": " ".join(sorted(params, key=int))}
 
 
 def check_private(path: str, st: os.stat_result, what: str) -> None:
@@ -148,7 +169,8 @@ class Journal:
             whole = _load_json(text)  # version 1 was one indented JSON document
             if isinstance(whole, dict) and whole.get("version") == 1 and "entries" in whole:
                 return self._parse_v1(whole)
-        if not isinstance(header, dict) or header.get("version") != FORMAT_VERSION:
+        version = header.get("version") if isinstance(header, dict) else None
+        if version not in (2, FORMAT_VERSION):
             raise JournalError(f"{self.path}: not a journal of this agent (bad header line); refusing to guess "
                                "originals: move it aside and restore by hand")
         out: dict[str, Entry] = {}
@@ -156,7 +178,7 @@ class Journal:
             if not line.strip():
                 continue
             try:
-                entry = parse_entry(_load_json(line, strict=True))
+                entry = parse_entry(_load_json(line, strict=True), version)
             except ValueError as exc:
                 self.problems.append(f"{self.path}:{number}: bad entry skipped: {exc}")
                 continue
@@ -170,7 +192,7 @@ class Journal:
             raise JournalError(f"{self.path}: corrupt version-1 journal; refusing to guess originals")
         for key, value in items.items():
             try:
-                entry = parse_entry({**value, "id": key} if isinstance(value, dict) else value, legacy=True)
+                entry = parse_entry({**value, "id": key} if isinstance(value, dict) else value, version=1)
             except ValueError as exc:
                 self.problems.append(f"{self.path}: entry {str(key)[:80]!r}: bad entry skipped: {exc}")
                 continue
@@ -186,7 +208,7 @@ class Journal:
         except HostError as exc:
             raise JournalError(f"cannot write the journal {self.path}: {exc.strerror}") from None
 
-    def record(self, id: str, kind: str, params: dict[str, str], original: str,
+    def record(self, id: str, family: str, params: dict[str, str], original: str,
                written: Optional[str] = None) -> bool:
         """Remember ``original`` unless one is already kept for ``id``, and ``written`` when given.
 
@@ -200,9 +222,9 @@ class Journal:
         if old is not None:
             if written is None or written == old.written:
                 return False
-            entries[id] = Entry(old.id, old.kind, old.params, old.original, written, old.recorded_at, old.legacy)
+            entries[id] = Entry(old.id, old.family, old.params, old.original, written, old.recorded_at, old.legacy)
         else:
-            entries[id] = Entry(id, kind, dict(params), original, written, time.time())
+            entries[id] = Entry(id, family, dict(params), original, written, time.time())
         self._save(entries)
         return old is None
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from vllm_nodeagent.config import SysctlSetting
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.parse import ParseError, parse_sysctl_vector
-from vllm_nodeagent.settings.base import FileTunable, UnknownSetting
+from vllm_nodeagent.settings.base import BuildInputs, Family, FileTunable, Tunable, UnknownSetting, only_params, param
 
 
 def sysctl_path(name: str) -> str:
@@ -15,7 +16,7 @@ def sysctl_path(name: str) -> str:
 
 
 class Sysctl(FileTunable):
-    kind = "sysctl"
+    family = "sysctl"
 
     def __init__(self, host: Host, name: str, value: str = "", mode: str = "exact") -> None:
         super().__init__(host, f"sysctl.{name}", sysctl_path(name), value)
@@ -82,3 +83,18 @@ class Sysctl(FileTunable):
         if self.mode == "floor" and self.compliant(current) and current.split() != self._desired.split():
             return "above the floor; left as is"
         return ""
+
+
+def build(inputs: BuildInputs) -> list[Tunable]:
+    return [Sysctl.from_setting(inputs.host, s) for s in inputs.config.sysctl or ()]
+
+
+_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+")
+
+
+def rebuild(host: Host, nvml: object, params: dict[str, str]) -> Tunable:
+    only_params(params, "name")
+    return Sysctl(host, param(params, "name", _NAME))
+
+
+FAMILY = Family(Sysctl.family, build, rebuild)

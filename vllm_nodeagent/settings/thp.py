@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.settings.base import FileTunable, NotApplicable
+from vllm_nodeagent.settings.base import BuildInputs, Family, FileTunable, NotApplicable, Tunable, only_params, param
 
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 
 
 class Thp(FileTunable):
-    kind = "thp"
+    family = "thp"
 
     def __init__(self, host: Host, knob: str, desired: str = "") -> None:
         super().__init__(host, f"thp.{knob}", f"{THP_DIR}/{knob}", desired)
@@ -29,3 +31,19 @@ class Thp(FileTunable):
             f"vllm-nodeagent apply --only {self.id}; to persist across reboots without the agent, "
             f"boot with transparent_hugepage={self._desired}" if self.knob == "enabled" else super().hint()
         )
+
+
+def build(inputs: BuildInputs) -> list[Tunable]:
+    thp = inputs.config.thp
+    if thp is None:
+        return []
+    return [Thp(inputs.host, knob, value) for knob, value in (("enabled", thp.enabled), ("defrag", thp.defrag))
+            if value is not None]
+
+
+def rebuild(host: Host, nvml: object, params: dict[str, str]) -> Tunable:
+    only_params(params, "knob")
+    return Thp(host, param(params, "knob", re.compile("enabled|defrag")))
+
+
+FAMILY = Family(Thp.family, build, rebuild)

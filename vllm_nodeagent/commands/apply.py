@@ -1,0 +1,81 @@
+"""`vllm-nodeagent apply`: build the configured settings, apply them under the journal lock, print each result."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vllm_nodeagent import log
+from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, print_json
+from vllm_nodeagent.settings.engine import (
+    CHANGED,
+    FAILURES,
+    RESTORED,
+    UNTOUCHED,
+    WOULD_CHANGE,
+    Outcome,
+    apply,
+    selected,
+    show,
+)
+from vllm_nodeagent.settings.families import build_tunables
+from vllm_nodeagent.settings.journal import Journal, JournalError
+from vllm_nodeagent.topology import discover
+
+
+def cmd_apply(ctx: Context, args: argparse.Namespace) -> int:
+    if not args.dry_run:
+        need_root(ctx, "apply")
+    nvml, why = ctx.open_nvml()  # once: discovery and the GPU settings share the session
+    try:
+        topo = discover(ctx.host, nvml, why)
+        for w in topo.warnings:
+            log.get().warning("topology_mismatch", detail=w)
+        tunables = selected(build_tunables(ctx.config, topo, ctx.host, nvml, why), args.only)
+        if args.only and not tunables:
+            print(f"vllm-nodeagent: --only {' '.join(args.only)}: matches no configured setting")
+            return EXIT_USAGE
+        journal = Journal(ctx.host, ctx.config.agent.state_dir)
+        if args.dry_run:
+            outcomes = apply(tunables, journal, dry_run=True, log_results=False)
+        else:
+            with journal.locked(on_wait=tell_wait):
+                outcomes = apply(tunables, journal, log_results=False)
+    finally:
+        if nvml is not None:
+            nvml.close()
+    print_outcomes(outcomes, args.json)
+    return EXIT_FAILED if any(o.status in FAILURES for o in outcomes) else EXIT_OK
+
+
+def need_root(ctx: Context, command: str) -> None:
+    if ctx.host.is_real and os.geteuid() != 0:
+        raise JournalError(f"{command} changes kernel settings and the journal in {ctx.config.agent.state_dir}: "
+                           f"run it as root (sudo vllm-nodeagent {command})")
+
+
+def tell_wait(message: str) -> None:
+    print(f"vllm-nodeagent: {message}", file=sys.stderr, flush=True)
+
+
+def print_outcomes(outcomes: list[Outcome], as_json: bool) -> None:
+    if as_json:
+        print_json({"results": [o.to_json() for o in outcomes]})
+        return
+    for o in outcomes:
+        print(render_outcome(o))
+
+
+def render_outcome(o: Outcome) -> str:
+    """``changed  sysctl.vm.max_map_count  65530 → 262144`` — before → after where something moved."""
+    if o.status in (CHANGED, WOULD_CHANGE) or (o.status == RESTORED and o.previous is not None):
+        value = f"{show(o.previous)} → {show(o.current)}"
+    elif o.status == RESTORED:
+        value = show(o.current)
+    elif o.current is None:
+        value = f"(wants {show(o.desired)})" if o.desired is not None and o.status != UNTOUCHED else ""
+    else:
+        value = show(o.current)
+    detail = f"({' '.join(o.message.split())})" if o.message else ""
+    return "  ".join(part for part in (f"{o.status:<11}", o.id, value, detail) if part)
