@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 # What a check can say; doctor, its JSON, the textfile metrics and `doctor --strict` all use these.
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 STATUSES = (PASS, WARN, FAIL, SKIP)
-PID_FILE = "vllm.pid"
 SpaceFn = Callable[[str], Optional[tuple[int, int]]]
 
 
@@ -111,6 +110,7 @@ class Probe:
         """The live vLLM pid from its pid file (None when vLLM is not running): the root agent's state dir
         (single layout) or the serve unit's runtime dir (split layout)."""
         from vllm_nodeagent.serving.layout import SERVE_RUNTIME_DIR
+        from vllm_nodeagent.serving.state import PID_FILE
 
         for d in (self.config.agent.state_dir, SERVE_RUNTIME_DIR):
             text = (self.host.read_or(os.path.join(d, PID_FILE)) or "").strip()

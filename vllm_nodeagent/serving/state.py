@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from vllm_nodeagent.serving.plan import LaunchPlan
+if TYPE_CHECKING:
+    from vllm_nodeagent.serving.plan import LaunchPlan
 
 PID_FILE = "vllm.pid"
 PLAN_FILE = "vllm-plan.json"  # what the daemon chose; doctor reads it instead of re-planning
