@@ -3,6 +3,10 @@
 - The library sits below the command line: no module outside cli.py and vllm_nodeagent/commands/ imports
   ``vllm_nodeagent.cli`` or ``vllm_nodeagent.commands`` (what a command hands the library is context.Context).
 - The serving package never imports the daemon back (the daemon ↔ launcher ↔ supervisor cycle of before).
+- Only the command layer prints: ``print(``, ``sys.stdout.write`` and ``sys.stderr.write`` appear in cli.py and
+  commands/* only; context.print_json (the JSON output helper) is the one exception and only commands call it.
+  log.py writes log lines through the stream it was configured with (stderr), never through these.
+- Small modules: none over MAX_LINES lines.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vllm_nodeagent"
 ABOVE_THE_LIBRARY = ("vllm_nodeagent.cli", "vllm_nodeagent.commands")
+OUTPUT_HELPER = "context.py"  # print_json: what commands print JSON with (one place for its format)
+MAX_LINES = 450
 
 
 def modules() -> dict[str, ast.Module]:
@@ -67,3 +73,43 @@ def test_the_serving_package_never_imports_the_daemon() -> None:
                  for rel, tree in modules().items() if rel.startswith("serving/")}
     assert any(rel.startswith("serving/") for rel in modules())  # the rule reads the package it guards
     assert {rel: names for rel, names in offenders.items() if names} == {}
+
+
+def output_calls(tree: ast.Module) -> list[str]:
+    """``line: call`` of every print() and sys.stdout/stderr.write() call."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Name) and f.id == "print":
+            found.append(f"{node.lineno}: print")
+        elif (isinstance(f, ast.Attribute) and f.attr == "write" and isinstance(f.value, ast.Attribute)
+              and f.value.attr in ("stdout", "stderr") and isinstance(f.value.value, ast.Name)
+              and f.value.value.id == "sys"):
+            found.append(f"{node.lineno}: sys.{f.value.attr}.write")
+    return sorted(found, key=lambda call: int(call.split(":")[0]))
+
+
+def test_only_the_command_layer_prints() -> None:
+    offenders = {rel: output_calls(tree) for rel, tree in modules().items()
+                 if not is_command_layer(rel) and rel != OUTPUT_HELPER}
+    assert {rel: calls for rel, calls in offenders.items() if calls} == {}
+
+
+def test_only_the_command_layer_uses_the_output_helper() -> None:
+    offenders = sorted(rel for rel, tree in modules().items() if not is_command_layer(rel)
+                       and "vllm_nodeagent.context.print_json" in imported_names(tree, rel))
+    assert offenders == []
+
+
+def test_the_output_reader_sees_print_and_stream_writes() -> None:
+    tree = ast.parse("import sys\nprint('x')\nsys.stdout.write('y')\nsys.stderr.write('z')\n"
+                     "s = 'print(1)'\nstream.write('log line')\n")
+    assert output_calls(tree) == ["2: print", "3: sys.stdout.write", "4: sys.stderr.write"]
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    lengths = {p.relative_to(PACKAGE).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
+               for p in sorted(PACKAGE.rglob("*.py"))}
+    assert {rel: n for rel, n in lengths.items() if n > MAX_LINES} == {}
