@@ -139,8 +139,17 @@ def test_a_symlinked_cache_file_is_not_followed(bed: Bed, tmp_path: Path) -> Non
     assert not bed.cache_file().is_symlink()
 
 
-def test_no_cache_dir_or_a_failed_probe_stores_nothing(bed: Bed, tmp_path: Path) -> None:
-    assert not bed.probe(cache=str(tmp_path / "missing")).cached
-    assert not bed.probe(cache=str(tmp_path / "missing")).cached and bed.runs() == 2
+def test_a_missing_state_dir_is_created_private_a_missing_parent_stores_nothing(bed: Bed, tmp_path: Path) -> None:
+    """The first launch probes before anything created the state dir (seen on the H100): the answer is kept."""
+    fresh = tmp_path / "missing"
+    assert not bed.probe(cache=str(fresh)).cached
+    assert (fresh.stat().st_mode & 0o777) == 0o700
+    assert bed.probe(cache=str(fresh)).cached and bed.runs() == 1
+    orphan = tmp_path / "no-parent" / "state"
+    assert not bed.probe(cache=str(orphan)).cached
+    assert not bed.probe(cache=str(orphan)).cached and bed.runs() == 3 and not orphan.parent.exists()
+
+
+def test_a_failed_probe_stores_nothing(bed: Bed, tmp_path: Path) -> None:
     bed.env["PYTHONPATH"] = str(tmp_path / "empty")  # vllm not importable: not available, not remembered
     assert not bed.probe().available and not bed.cache_file().exists()

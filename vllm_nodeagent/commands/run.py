@@ -10,6 +10,7 @@ from vllm_nodeagent import log
 from vllm_nodeagent.daemon.host_keeper import HostKeeper
 from vllm_nodeagent.daemon.loop import Loop
 from vllm_nodeagent.daemon.serve_keeper import ServeKeeper
+from vllm_nodeagent.daemon.serve_unit_watch import ServeUnitWatch
 
 if TYPE_CHECKING:
     from vllm_nodeagent.context import Context
@@ -22,6 +23,8 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     log.get().info("layout", layout=layout.name, reason=layout.reason)
     loop = Loop(ctx)
     loop.add(HostKeeper(loop))
-    if not layout.split:
+    if layout.split:
+        loop.add(ServeUnitWatch(loop))  # vllm_up/restarts in the textfile from systemd's record of the serve unit
+    else:
         loop.add(ServeKeeper(loop))
     return loop.run()

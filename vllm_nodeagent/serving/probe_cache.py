@@ -101,6 +101,11 @@ def lookup(directory: str, inputs: dict[str, Any]) -> tuple[Optional[ProbeResult
 
 def store(directory: str, inputs: dict[str, Any], result: ProbeResult) -> str:
     """Write the entry atomically (tmp + fsync + rename); "" or why it was not written."""
+    if not os.path.lexists(directory):  # the first launch probes before anything created the state dir (H100)
+        try:
+            os.mkdir(directory, 0o700)  # only the last component: a missing parent is a config mistake
+        except OSError as exc:
+            return f"{directory}: {exc.strerror}"
     why = usable_dir(directory)
     if why:
         return why
