@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -39,6 +40,10 @@ HOSTS: dict[str, Callable[[Path], FakeHost]] = {
     "no_pci_locality": no_pci_locality,
     "trailing_nul_arm64": trailing_nul_arm64,
 }
+
+# No timed assertions (charter): hypothesis's default 200 ms per-example deadline failed on a loaded 2-core VM.
+hypothesis_settings.register_profile("no-deadline", deadline=None)
+hypothesis_settings.load_profile("no-deadline")
 
 
 @pytest.fixture
