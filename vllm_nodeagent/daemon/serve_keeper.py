@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.daemon.loop import Status
+from vllm_nodeagent.daemon.prewarm_step import prewarm_before_start
 from vllm_nodeagent.daemon.worker_pins import pin_workers
 from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
 from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
@@ -85,6 +86,9 @@ class ServeKeeper:
     def start(self) -> None:
         if self.do_prewarm:
             self.loop.guarded("prewarm", self._prewarm)
+
+    def _prewarm(self) -> None:
+        self._prewarm_locked = prewarm_before_start(self.loop)
         if self.loop.pending_stop():
             return
         if something_to_launch(self.ctx.config.vllm):
@@ -185,42 +189,6 @@ class ServeKeeper:
         if self._prewarm_locked is not None:
             self._prewarm_locked.release()
             self._prewarm_locked = None
-
-    # -- prewarm -----------------------------------------------------------------------------------------------------
-    def _prewarm(self) -> None:
-        pcfg = self.ctx.config.prewarm
-        if pcfg is None:
-            return
-        from vllm_nodeagent.prewarm.targets import budget_from_config, config_targets, hf_cache_dir
-        from vllm_nodeagent.prewarm.warm import prewarm
-
-        targets, env = config_targets(self.ctx.config)
-        if not targets:
-            return
-        self.loop.notify.status("prewarming")
-        last = [-1]
-
-        def progress(done: int, total: int) -> None:  # called from the reader threads
-            pct = int(done * 100 / total) if total else 100
-            if pct != last[0]:
-                last[0] = pct
-                self.loop.notify.status(f"prewarming {pct}%")
-                self.loop.watchdog(self.clock())  # a stalled prewarm stops pinging
-
-        try:
-            budget = budget_from_config(self.ctx.host, pcfg.memory_budget_fraction)
-            result = prewarm(targets, host=self.ctx.host, budget_bytes=budget, threads=pcfg.threads,
-                             lock=pcfg.lock, progress=progress, hf_cache=hf_cache_dir(env))
-        except Exception as exc:  # a failed prewarm must not stop serving; it is logged
-            self.log.error("prewarm_failed", error=f"{type(exc).__name__}: {exc}")
-            return
-        self._prewarm_locked = result.locked  # an mlock handle stays alive while the daemon runs
-        self.loop.metrics.set_prewarm_bytes(result.resident_after_bytes)
-        for err in result.errors:
-            self.log.warning("prewarm_error", detail=err)
-        self.log.info("prewarm_done", files=result.files, total_bytes=result.total_bytes,
-                      resident_bytes=result.resident_after_bytes, gbps=round(result.gbps, 3),
-                      skipped_bytes=result.skipped_bytes, locked=result.locked is not None)
 
     # -- the child ---------------------------------------------------------------------------------------------------
     def _pid_file(self) -> str:
