@@ -86,15 +86,15 @@ class ServeKeeper:
     def start(self) -> None:
         if self.do_prewarm:
             self.loop.guarded("prewarm", self._prewarm)
-
-    def _prewarm(self) -> None:
-        self._prewarm_locked = prewarm_before_start(self.loop)
         if self.loop.pending_stop():
             return
         if something_to_launch(self.ctx.config.vllm):
             self._start_child(initial=True)
         else:
             self.phase = "watching"
+
+    def _prewarm(self) -> None:
+        self._prewarm_locked = prewarm_before_start(self.loop)
 
     def ready(self) -> bool:
         return self.phase in ("serving", "watching")
