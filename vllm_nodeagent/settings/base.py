@@ -114,7 +114,22 @@ def only_params(params: dict[str, str], *keys: str) -> None:
         raise ValueError(f"unexpected parameter {sorted(extra)[0][:80]!r}")
 
 
-class ValueTunable:
+class TunableDefaults:
+    """What most tunables say beside their value: the fix hint, no note, nothing invalid."""
+
+    id: str
+
+    def hint(self) -> str:
+        return f"vllm-nodeagent apply --only {self.id}"
+
+    def note(self, current: str) -> str:
+        return ""
+
+    def invalid(self, current: str) -> str:
+        return ""
+
+
+class ValueTunable(TunableDefaults):
     """Defaults for a setting with one desired value, compliant when equal. Subclasses read and write."""
 
     family: str
@@ -130,15 +145,6 @@ class ValueTunable:
 
     def target(self, current: str) -> str:
         return self._desired
-
-    def hint(self) -> str:
-        return f"vllm-nodeagent apply --only {self.id}"
-
-    def note(self, current: str) -> str:
-        return ""
-
-    def invalid(self, current: str) -> str:
-        return ""
 
 
 class FileTunable(ValueTunable):
@@ -182,7 +188,7 @@ class FileTunable(ValueTunable):
         return f"vllm-nodeagent apply --only {self.id}  (writes {self.path})"
 
 
-class MultiFileTunable:
+class MultiFileTunable(TunableDefaults):
     """One setting spread over several files that should all hold the same value.
 
     ``read`` reports the common value, or "name=value ..." when the files differ, so the journal keeps each
@@ -257,15 +263,6 @@ class MultiFileTunable:
                     except HostError as undo_exc:
                         raise TunableError(f"{exc}; and undoing {undo} failed: {undo_exc}") from None
                 raise TunableError(str(exc)) from None
-
-    def hint(self) -> str:
-        return f"vllm-nodeagent apply --only {self.id}"
-
-    def note(self, current: str) -> str:
-        return ""
-
-    def invalid(self, current: str) -> str:
-        return ""
 
 
 class Unavailable(ValueTunable):
