@@ -54,9 +54,10 @@ def main() -> int:
             f'[agent]\nstate_dir = "/state"\ndrift_interval_s = {a.drift_interval}\n'
             'metrics_textfile = "/m.prom"\n'
             '[sysctl]\n"vm.max_map_count" = 262144\n'
-            f'[vllm]\ncommand = {json.dumps([sys.executable, str(REPO / "tests/standin_vllm.py")])}\n'
+            f"[vllm]\ncommand = {json.dumps([sys.executable, str(REPO / 'tests/standin_vllm.py')])}\n"
             f'model = "m"\nargs = {json.dumps(["--port", str(port), "--record", str(record), "--load-seconds", "0"])}\n'
-            f'user = "root"\nnodes = [0]\nhealth_url = "http://127.0.0.1:{port}/health"\n')
+            f'user = "root"\nnodes = [0]\nhealth_url = "http://127.0.0.1:{port}/health"\n'
+        )
         cfg.chmod(0o600)
         sock_path = str(base / "n.sock")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -65,8 +66,22 @@ def main() -> int:
         t0 = time.monotonic()
         t0_wall = time.time()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(root), "--config", str(cfg),
-             "--log-format", "json", "run"], env=env, stdout=subprocess.DEVNULL, stderr=open(base / "log", "w"))  # noqa: SIM115
+            [
+                sys.executable,
+                "-m",
+                "vllm_nodeagent.cli",
+                "--root",
+                str(root),
+                "--config",
+                str(cfg),
+                "--log-format",
+                "json",
+                "run",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(base / "log", "w"),  # noqa: SIM115
+        )
         sock.settimeout(30)
         while True:
             msg = sock.recv(4096).decode()
@@ -96,16 +111,21 @@ def main() -> int:
                 pings += sock.recv(4096).decode().split("\n").count("WATCHDOG=1")
         except OSError:
             pass
-        print(json.dumps({
-            "start_to_ready_s": round(t_ready, 3),
-            "agent_until_vllm_spawned_s": round(spawn_s, 3),
-            "vllm_load_s(standin start->healthy, reported by agent)": healthy["load_s"],
-            "idle_window_s": round(window, 1),
-            "drift_interval_s": a.drift_interval,
-            "idle_cpu_pct_of_one_core": round(cpu, 4),
-            "rss_mb": round(rss, 1),
-            "uss_mb": round(uss, 1),
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "start_to_ready_s": round(t_ready, 3),
+                    "agent_until_vllm_spawned_s": round(spawn_s, 3),
+                    "vllm_load_s(standin start->healthy, reported by agent)": healthy["load_s"],
+                    "idle_window_s": round(window, 1),
+                    "drift_interval_s": a.drift_interval,
+                    "idle_cpu_pct_of_one_core": round(cpu, 4),
+                    "rss_mb": round(rss, 1),
+                    "uss_mb": round(uss, 1),
+                },
+                indent=1,
+            )
+        )
         ok = rss <= 45 and cpu <= 0.1 and t_ready - healthy["load_s"] <= 1.5
         print("PASS" if ok else "OVER TARGET")
         return 0 if ok else 1

@@ -99,28 +99,47 @@ def main() -> int:
 
         def new_process() -> None:
             code = CHILD.format(paths=[str(REPO), str(REPO / "tests")])
-            subprocess.run([sys.executable, "-c", code, *argv], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False, env=env)
+            subprocess.run(
+                [sys.executable, "-c", code, *argv],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+                env=env,
+            )
 
         def bare() -> None:
             subprocess.run([sys.executable, "-c", "pass"], check=False, env=env)
 
         new, start, ratios = paired(new_process, bare, args.runs)
-        rows = [("doctor, in-process (the audit)", median_time(in_process, args.runs)),
-                ("doctor --json, new process", new),
-                ("python3 -c pass (interpreter start)", start)]
+        rows = [
+            ("doctor, in-process (the audit)", median_time(in_process, args.runs)),
+            ("doctor --json, new process", new),
+            ("python3 -c pass (interpreter start)", start),
+        ]
         tuned = shutil.which("tuned-adm")
         note = "tuned not installed (apt-get install tuned to compare)"
         if tuned:
             probe = subprocess.run([tuned, "verify"], capture_output=True, text=True, check=False)
             if probe.returncode == 0:
-                rows.append(("tuned-adm verify", median_time(
-                    lambda: subprocess.run([tuned, "verify"], capture_output=True, check=False), args.runs)))
+                rows.append(
+                    (
+                        "tuned-adm verify",
+                        median_time(
+                            lambda: subprocess.run([tuned, "verify"], capture_output=True, check=False), args.runs
+                        ),
+                    )
+                )
                 note = ""
             else:
                 note = f"tuned-adm verify unavailable here: {(probe.stdout + probe.stderr).strip().splitlines()[0]}"
-                rows.append(("tuned-adm list (reference CLI, no daemon)", median_time(
-                    lambda: subprocess.run([tuned, "list"], capture_output=True, check=False), args.runs)))
+                rows.append(
+                    (
+                        "tuned-adm list (reference CLI, no daemon)",
+                        median_time(
+                            lambda: subprocess.run([tuned, "list"], capture_output=True, check=False), args.runs
+                        ),
+                    )
+                )
     mode = "no bytecode cache" if args.no_bytecode else "bytecode cached, as installed"
     print(f"2-socket / 8-GPU fixture, full sample config + IRQ affinity, median of {args.runs} runs ({mode})\n")
     print("| what | median s | doctor (new process) / this |\n|---|---|---|")
@@ -129,9 +148,11 @@ def main() -> int:
     if note:
         print(f"\nnote: {note}")
     ratio = statistics.median(ratios)
-    print(f"\ndoctor (new process) / bare interpreter start, median of {args.runs} alternating pairs: {ratio:.2f}x "
-          f"(pairs {min(ratios):.2f}-{max(ratios):.2f}x); goal <= {GOAL_RATIO:.0f}x -> "
-          f"{'met' if ratio <= GOAL_RATIO else 'NOT met'}")
+    print(
+        f"\ndoctor (new process) / bare interpreter start, median of {args.runs} alternating pairs: {ratio:.2f}x "
+        f"(pairs {min(ratios):.2f}-{max(ratios):.2f}x); goal <= {GOAL_RATIO:.0f}x -> "
+        f"{'met' if ratio <= GOAL_RATIO else 'NOT met'}"
+    )
     return 0
 
 

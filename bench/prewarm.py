@@ -39,8 +39,12 @@ def make_safetensors(path: str, size: int) -> None:
     if os.path.exists(path) and os.path.getsize(path) == size:
         return
     body = size - 8 - 256
-    header = json.dumps({"__metadata__": {"format": "pt"},
-                         "model.w": {"dtype": "BF16", "shape": [body // 2], "data_offsets": [0, body]}})
+    header = json.dumps(
+        {
+            "__metadata__": {"format": "pt"},
+            "model.w": {"dtype": "BF16", "shape": [body // 2], "data_offsets": [0, body]},
+        }
+    )
     hdr = header.encode().ljust(256, b" ")
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
@@ -85,14 +89,35 @@ def tool_commands(files: list[str], directory: str) -> dict[str, list[list[str]]
     for i, p in enumerate(files):
         jobs += [f"--name=f{i}", f"--filename={p}"]
     return {
-        "prewarm": [[py, "-c", f"import sys; sys.path.insert(0, {repo!r}); from vllm_nodeagent.cli import main; "
-                                "sys.exit(main(sys.argv[1:]))",
-                     "--log-format", "json", "prewarm", "--json", "--budget", "1.0", directory]],
+        "prewarm": [
+            [
+                py,
+                "-c",
+                f"import sys; sys.path.insert(0, {repo!r}); from vllm_nodeagent.cli import main; "
+                "sys.exit(main(sys.argv[1:]))",
+                "--log-format",
+                "json",
+                "prewarm",
+                "--json",
+                "--budget",
+                "1.0",
+                directory,
+            ]
+        ],
         "vmtouch -t": [["vmtouch", "-t", "-q", directory]],
         "dd bs=8M": [["dd", f"if={p}", "of=/dev/null", "bs=8M", "status=none"] for p in files],
         "fio psync": [[*fio_common, "--ioengine=psync", "--direct=0", *jobs]],
-        "fio libaio qd16": [[*fio_common, "--ioengine=libaio", "--iodepth=16", "--direct=1",
-                             "--name=all", "--filename=" + ":".join(files), "--file_service_type=sequential"]],
+        "fio libaio qd16": [
+            [
+                *fio_common,
+                "--ioengine=libaio",
+                "--iodepth=16",
+                "--direct=1",
+                "--name=all",
+                "--filename=" + ":".join(files),
+                "--file_service_type=sequential",
+            ]
+        ],
     }
 
 
@@ -103,8 +128,9 @@ def run_tool(cmds: list[list[str]]) -> float:
     return time.monotonic() - t0
 
 
-def interleave(names: list[str], rounds: int, files: list[str], total: int,
-               run: Callable[[str], float]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def interleave(
+    names: list[str], rounds: int, files: list[str], total: int, run: Callable[[str], float]
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     speeds: dict[str, list[float]] = {n: [] for n in names}
     resid: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
@@ -115,20 +141,28 @@ def interleave(names: list[str], rounds: int, files: list[str], total: int,
             secs = run(n)
             speeds[n].append(total / secs / 1e9)
             resid[n].append(resident_fraction(files))
-            print(f"  round {r + 1} {n:18s} {total / secs / 1e9:6.2f} GB/s  cold {100 * cold:5.1f}% "
-                  f"-> resident {100 * resid[n][-1]:5.1f}%", file=sys.stderr, flush=True)
+            print(
+                f"  round {r + 1} {n:18s} {total / secs / 1e9:6.2f} GB/s  cold {100 * cold:5.1f}% "
+                f"-> resident {100 * resid[n][-1]:5.1f}%",
+                file=sys.stderr,
+                flush=True,
+            )
     return speeds, resid
 
 
 def table(names: list[str], base: str, speeds: dict[str, list[float]], resid: dict[str, list[float]]) -> str:
     rounds = len(speeds[base])
-    lines = [f"| reader | median GB/s | runs GB/s | {base} / reader (median of per-round ratios) | resident after |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"| reader | median GB/s | runs GB/s | {base} / reader (median of per-round ratios) | resident after |",
+        "|---|---|---|---|---|",
+    ]
     for n in names:
         ratios = [speeds[base][i] / speeds[n][i] for i in range(rounds)]
-        lines.append(f"| {n} | {statistics.median(speeds[n]):.2f} | "
-                     f"{', '.join(f'{s:.2f}' for s in speeds[n])} | {statistics.median(ratios):.2f}x | "
-                     f"{100 * min(resid[n]):.1f}% |")
+        lines.append(
+            f"| {n} | {statistics.median(speeds[n]):.2f} | "
+            f"{', '.join(f'{s:.2f}' for s in speeds[n])} | {statistics.median(ratios):.2f}x | "
+            f"{100 * min(resid[n]):.1f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -190,8 +224,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     for p in files:
         make_safetensors(p, size)
     total = size * len(files)
-    print(f"{len(files)} x {size / GIB:.2f} GiB in {args.dir}; kernel {os.uname().release}; "
-          f"{os.cpu_count()} CPUs; residency via {Residency().method}", file=sys.stderr)
+    print(
+        f"{len(files)} x {size / GIB:.2f} GiB in {args.dir}; kernel {os.uname().release}; "
+        f"{os.cpu_count()} CPUs; residency via {Residency().method}",
+        file=sys.stderr,
+    )
 
     storage = storage_of(Host("/"), os.stat(files[0]).st_dev)
     picked = reader_for(storage)
@@ -219,14 +256,19 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         speeds, resid = interleave(names, args.rounds, files, total, run_design)
         print(table(names, names[0], speeds, resid))
-        print("\nCPU seconds of the reading process per GiB read (median): " + "; ".join(
-            f"{n}: {statistics.median(cpu[n]) / (total / GIB):.3f}" for n in names))
+        print(
+            "\nCPU seconds of the reading process per GiB read (median): "
+            + "; ".join(f"{n}: {statistics.median(cpu[n]) / (total / GIB):.3f}" for n in names)
+        )
         return 0
 
     missing = [t for t in ("vmtouch", "fio") if shutil.which(t) is None]
     if missing and not args.no_install:
-        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", *missing],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     cmds = tool_commands(files, args.dir)
     absent = [n for n, c in cmds.items() if any(shutil.which(step[0]) is None for step in c)]
     if absent:
@@ -241,8 +283,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     others = [n for n in names if n not in ("prewarm", "fio libaio qd16")]
     if "prewarm" in names and others:
         per_round = [speeds["prewarm"][i] / max(speeds[n][i] for n in others) for i in range(args.rounds)]
-        print(f"prewarm / best of {', '.join(others)}, per round: {', '.join(f'{r:.2f}x' for r in per_round)}; "
-              f"goal >= 1.0x in every round -> {'met' if min(per_round) >= 1.0 else 'NOT met'}")
+        print(
+            f"prewarm / best of {', '.join(others)}, per round: {', '.join(f'{r:.2f}x' for r in per_round)}; "
+            f"goal >= 1.0x in every round -> {'met' if min(per_round) >= 1.0 else 'NOT met'}"
+        )
     return 0
 
 

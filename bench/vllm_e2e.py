@@ -58,14 +58,25 @@ def free_port() -> int:
 
 
 def vllm_args(port: int) -> list[str]:
-    return ["--port", str(port), "--max-model-len", "256", "--dtype", "bfloat16", "--gpu-memory-utilization",
-            "0.3", "--served-model-name", "tiny"]
+    return [
+        "--port",
+        str(port),
+        "--max-model-len",
+        "256",
+        "--dtype",
+        "bfloat16",
+        "--gpu-memory-utilization",
+        "0.3",
+        "--served-model-name",
+        "tiny",
+    ]
 
 
 def one_token(port: int) -> bool:
     body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 1, "temperature": 0}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/completions", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
             return bool(json.loads(resp.read()).get("choices"))
@@ -127,9 +138,17 @@ def run_alone(venv: str, model: str) -> dict[str, float]:
     out: dict[str, float] = {}
     with LoadSampler() as load:
         t0 = time.monotonic()
-        proc = subprocess.Popen([*command, "--model", model, *vllm_args(port)], env=env, user=who.uid,
-                                group=who.gid, extra_groups=[], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
+        proc = subprocess.Popen(
+            [*command, "--model", model, *vllm_args(port)],
+            env=env,
+            user=who.uid,
+            group=who.gid,
+            extra_groups=[],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd="/",
+        )
         try:
             while time.monotonic() - t0 < LIMIT_S:
                 if proc.poll() is not None:
@@ -157,8 +176,9 @@ def _events(log_path: Path) -> dict[str, float]:
             continue
         try:
             ev = json.loads(line)
-            seen.setdefault(str(ev["event"]), datetime.fromisoformat(ev["timestamp"].replace("Z", "+00:00"))
-                            .timestamp())
+            seen.setdefault(
+                str(ev["event"]), datetime.fromisoformat(ev["timestamp"].replace("Z", "+00:00")).timestamp()
+            )
         except (ValueError, KeyError, TypeError):
             continue
     return seen
@@ -168,12 +188,25 @@ def run_agent(venv: str, model: str, base: Path, port: int, tag: str) -> dict[st
     cache = base / "cache"
     shutil.rmtree(cache, ignore_errors=True)  # empty compile caches; the state dir (probe cache) stays
     cfg = base / "config.toml"
-    cfg.write_text("\n".join([
-        "[agent]", f'state_dir = "{base}/state"', f'cache_dir = "{cache}"',
-        "[vllm]", f"command = {json.dumps([f'{venv}/bin/python', *MODULE])}",
-        f"model = {json.dumps(model)}", f"args = {json.dumps(vllm_args(port))}", 'user = "nobody"', "nodes = [0]",
-        f'health_url = "http://127.0.0.1:{port}/health"', f"start_timeout_s = {int(LIMIT_S)}", "stop_timeout_s = 30",
-    ]) + "\n")
+    cfg.write_text(
+        "\n".join(
+            [
+                "[agent]",
+                f'state_dir = "{base}/state"',
+                f'cache_dir = "{cache}"',
+                "[vllm]",
+                f"command = {json.dumps([f'{venv}/bin/python', *MODULE])}",
+                f"model = {json.dumps(model)}",
+                f"args = {json.dumps(vllm_args(port))}",
+                'user = "nobody"',
+                "nodes = [0]",
+                f'health_url = "http://127.0.0.1:{port}/health"',
+                f"start_timeout_s = {int(LIMIT_S)}",
+                "stop_timeout_s = 30",
+            ]
+        )
+        + "\n"
+    )
     cfg.chmod(0o600)
     sock_path = str(base / f"notify-{tag}.sock")  # a second start in the same base: a new socket
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -184,8 +217,12 @@ def run_agent(venv: str, model: str, base: Path, port: int, tag: str) -> dict[st
     out: dict[str, float] = {}
     with LoadSampler() as load, open(log_path, "ab") as log_fh:
         wall0, t0 = time.time(), time.monotonic()
-        agent = subprocess.Popen([sys.executable, "-m", "vllm_nodeagent.cli", "--config", str(cfg), "run"],
-                                 env=env, stdout=subprocess.DEVNULL, stderr=log_fh)
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "vllm_nodeagent.cli", "--config", str(cfg), "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_fh,
+        )
         try:
             while "ready_s" not in out:
                 if time.monotonic() - t0 > LIMIT_S or agent.poll() is not None:
@@ -209,8 +246,9 @@ def run_agent(venv: str, model: str, base: Path, port: int, tag: str) -> dict[st
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=120)
             out["stop_s"] = time.monotonic() - t1
-            out["left_behind"] = float(sum(1 for p in tree if psutil.pid_exists(p)
-                                           and psutil.Process(p).status() != psutil.STATUS_ZOMBIE))
+            out["left_behind"] = float(
+                sum(1 for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE)
+            )
         finally:
             if agent.poll() is None:
                 agent.kill()
@@ -236,9 +274,17 @@ def warm_up(venv: str) -> None:
     scratch = tempfile.mkdtemp(prefix="vna-bench-warm-")
     os.chown(scratch, who.uid, who.gid)
     env = child_env(VllmConfig(command=[f"{venv}/bin/python"]), who, [], None, scratch)
-    subprocess.run([f"{venv}/bin/python", "-c", "import vllm.entrypoints.openai.api_server"], env=env,
-                   user=who.uid, group=who.gid, extra_groups=[], cwd="/", stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=LIMIT_S)
+    subprocess.run(
+        [f"{venv}/bin/python", "-c", "import vllm.entrypoints.openai.api_server"],
+        env=env,
+        user=who.uid,
+        group=who.gid,
+        extra_groups=[],
+        cwd="/",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=LIMIT_S,
+    )
     shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -267,8 +313,10 @@ def main() -> int:
         for who in order:
             if who == "alone":
                 alone.append(run_alone(venv, args.model))
-                print(f"round {i + 1}: vLLM alone -> first completion {alone[-1]['ready_s']:.1f} s  "
-                      f"{_fmt(alone[-1])}", flush=True)
+                print(
+                    f"round {i + 1}: vLLM alone -> first completion {alone[-1]['ready_s']:.1f} s  {_fmt(alone[-1])}",
+                    flush=True,
+                )
             else:
                 base = Path(tempfile.mkdtemp(prefix="vna-bench-"))
                 base.chmod(0o755)
@@ -276,29 +324,39 @@ def main() -> int:
                 agent.append(run_agent(venv, args.model, base, port, "first"))
                 print(f"round {i + 1}: agent -> READY {agent[-1]['ready_s']:.1f} s  {_fmt(agent[-1])}", flush=True)
                 cached.append(run_agent(venv, args.model, base, port, "cached"))
-                print(f"round {i + 1}: agent, probe cached -> READY {cached[-1]['ready_s']:.1f} s  "
-                      f"{_fmt(cached[-1])}", flush=True)
-        print(f"round {i + 1}: ratios agent/alone {agent[-1]['ready_s'] / alone[-1]['ready_s']:.3f}, "
-              f"cached/alone {cached[-1]['ready_s'] / alone[-1]['ready_s']:.3f}", flush=True)
+                print(
+                    f"round {i + 1}: agent, probe cached -> READY {cached[-1]['ready_s']:.1f} s  {_fmt(cached[-1])}",
+                    flush=True,
+                )
+        print(
+            f"round {i + 1}: ratios agent/alone {agent[-1]['ready_s'] / alone[-1]['ready_s']:.3f}, "
+            f"cached/alone {cached[-1]['ready_s'] / alone[-1]['ready_s']:.3f}",
+            flush=True,
+        )
     a = statistics.median(r["ready_s"] for r in alone)
     b = statistics.median(r["ready_s"] for r in agent)
     c = statistics.median(r["ready_s"] for r in cached)
     summary: dict[str, Any] = {
-        "rounds": args.rounds, "alone_s": [round(r["ready_s"], 1) for r in alone],
+        "rounds": args.rounds,
+        "alone_s": [round(r["ready_s"], 1) for r in alone],
         "agent_ready_s": [round(r["ready_s"], 1) for r in agent],
         "agent_cached_ready_s": [round(r["ready_s"], 1) for r in cached],
         "median_s": {"alone": round(a, 1), "agent": round(b, 1), "cached": round(c, 1)},
         "ratio_of_medians": {"agent": round(b / a, 3), "cached": round(c / a, 3)},
-        "ratio_per_round": {"agent": [round(x["ready_s"] / y["ready_s"], 3) for x, y in zip(agent, alone)],
-                            "cached": [round(x["ready_s"] / y["ready_s"], 3) for x, y in zip(cached, alone)]},
+        "ratio_per_round": {
+            "agent": [round(x["ready_s"] / y["ready_s"], 3) for x, y in zip(agent, alone)],
+            "cached": [round(x["ready_s"] / y["ready_s"], 3) for x, y in zip(cached, alone)],
+        },
         "probe_s": [round(r.get("probe_s", 0.0), 1) for r in agent],
         "probe_ran_in_cached_start": sum(r["probe_ran"] for r in cached),
         "agent_rss_mib": round(max(r["agent_rss_mib"] for r in agent + cached), 1),
         "agent_cpu_pct_serving": round(max(r["agent_cpu_pct"] for r in agent + cached), 2),
         "stop_s": [round(r["stop_s"], 1) for r in agent + cached],
         "left_behind": sum(r["left_behind"] for r in agent + cached),
-        "load_1min": [round(min(r["load_min"] for r in alone + agent + cached), 2),
-                      round(max(r["load_max"] for r in alone + agent + cached), 2)],
+        "load_1min": [
+            round(min(r["load_min"] for r in alone + agent + cached), 2),
+            round(max(r["load_max"] for r in alone + agent + cached), 2),
+        ],
     }
     print(json.dumps(summary))
     return 0

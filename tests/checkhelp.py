@@ -18,15 +18,19 @@ from vllm_nodeagent.topology import discover
 GIB = 1 << 30
 
 
-def probe(h: FakeHost, config: str = "", nvml: Optional[NvmlDouble] = None,
-          space: Optional[SpaceFn] = None) -> Probe:
+def probe(h: FakeHost, config: str = "", nvml: Optional[NvmlDouble] = None, space: Optional[SpaceFn] = None) -> Probe:
     cfg = h.root.parent / "checks.toml"
     cfg.write_text(config)
     cfg.chmod(0o600)
     host = Host(h.root)
     session = Nvml.open(lambda: nvml) if nvml is not None else None
-    return Probe(host, load_config(str(cfg), Path("/nonexistent")), discover(host, session), session,
-                 space_fn=space or (lambda p: (64 * GIB, 60 * GIB)))
+    return Probe(
+        host,
+        load_config(str(cfg), Path("/nonexistent")),
+        discover(host, session),
+        session,
+        space_fn=space or (lambda p: (64 * GIB, 60 * GIB)),
+    )
 
 
 def results(p: Probe, area: str) -> dict[str, CheckResult]:

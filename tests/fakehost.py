@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from vllm_nodeagent.host import Host, HostError
-from vllm_nodeagent.parse import ParseError, format_cpulist, parse_bracket_list
+from vllm_nodeagent.host.parse import ParseError, format_cpulist, parse_bracket_list
 
 
 def cpumask(cpus: list[int]) -> str:
@@ -51,8 +51,10 @@ class FakeHost:
         if cpulist:
             self.write(f"{base}/cpulist", format_cpulist(cpus))
         self.write(f"{base}/cpumap", cpumask(cpus))
-        self.write(f"{base}/meminfo",
-                   f"Node {node} MemTotal:       {mem_kb} kB\nNode {node} MemFree:        {mem_kb // 2} kB\n")
+        self.write(
+            f"{base}/meminfo",
+            f"Node {node} MemTotal:       {mem_kb} kB\nNode {node} MemFree:        {mem_kb // 2} kB\n",
+        )
         for c in cpus:
             topo = f"/sys/devices/system/cpu/cpu{c}/topology"
             self.write(f"{topo}/physical_package_id", str(node))
@@ -64,8 +66,10 @@ class FakeHost:
 
     def allowed(self, cpus: str, mems: str) -> None:
         """This process's /proc/self/status affinity lines, as the kernel prints them."""
-        self.write("/proc/self/status", f"Name:\tvllm-nodeagent\nState:\tR (running)\nCpus_allowed_list:\t{cpus}\n"
-                                        f"Mems_allowed_list:\t{mems}\n")
+        self.write(
+            "/proc/self/status",
+            f"Name:\tvllm-nodeagent\nState:\tR (running)\nCpus_allowed_list:\t{cpus}\nMems_allowed_list:\t{mems}\n",
+        )
 
     def cgroup_v2(self, path: str, cpus: str, mems: str) -> None:
         """A pure cgroup-v2 host whose process sits in ``path`` with that effective cpuset."""
@@ -88,15 +92,29 @@ class FakeHost:
 
     def nvidia_numa_status(self, bdf: str, node: int, status: str = "online") -> None:
         """The driver's /proc/driver/nvidia/gpus/<bus>/numa_status (format of nv-procfs.c)."""
-        self.write(f"/proc/driver/nvidia/gpus/{bdf}/numa_status",
-                   f"Node:      {node}\nStatus:    {status}\nAddress:   400000000000\nSize:      1780000000\n")
+        self.write(
+            f"/proc/driver/nvidia/gpus/{bdf}/numa_status",
+            f"Node:      {node}\nStatus:    {status}\nAddress:   400000000000\nSize:      1780000000\n",
+        )
 
     def meminfo(self, total_kb: int, available_kb: int) -> None:
-        self.write("/proc/meminfo", f"MemTotal:       {total_kb} kB\nMemFree:        {available_kb} kB\n"
-                                    f"MemAvailable:   {available_kb} kB\nHugePages_Total:       0\n")
+        self.write(
+            "/proc/meminfo",
+            f"MemTotal:       {total_kb} kB\nMemFree:        {available_kb} kB\n"
+            f"MemAvailable:   {available_kb} kB\nHugePages_Total:       0\n",
+        )
 
-    def pci_device(self, bdf: str, vendor: str, cls: str, numa: int, local_cpus: Optional[list[int]],
-                   root_port: str = "pci0000:00", irqs: tuple[int, ...] = (), device_id: str = "0x2330") -> str:
+    def pci_device(
+        self,
+        bdf: str,
+        vendor: str,
+        cls: str,
+        numa: int,
+        local_cpus: Optional[list[int]],
+        root_port: str = "pci0000:00",
+        irqs: tuple[int, ...] = (),
+        device_id: str = "0x2330",
+    ) -> str:
         real = f"/sys/devices/{root_port}/{bdf}"
         self.write(f"{real}/vendor", vendor)
         self.write(f"{real}/device", device_id)
@@ -138,8 +156,9 @@ class FakeHost:
             self.write(f"{base}/scaling_governor", governor)
             self.write(f"{base}/scaling_available_governors", available)
 
-    def thp(self, enabled: str = "always [madvise] never",
-            defrag: str = "always defer defer+madvise [madvise] never") -> None:
+    def thp(
+        self, enabled: str = "always [madvise] never", defrag: str = "always defer defer+madvise [madvise] never"
+    ) -> None:
         self.write("/sys/kernel/mm/transparent_hugepage/enabled", enabled)
         self.write("/sys/kernel/mm/transparent_hugepage/defrag", defrag)
 

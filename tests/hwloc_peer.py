@@ -63,8 +63,12 @@ def parse_view(xml_text: str) -> HwlocView:
     for obj in root.iter("object"):
         if obj.get("type") == "NUMANode":
             nid = int(obj.get("os_index", "-1"))
-            nodes[nid] = HwlocNode(nid, hwloc_bitmap(obj.get("cpuset", "0x0")), int(obj.get("local_memory", "0")),
-                                   obj.get("subtype") == "GPUMemory")
+            nodes[nid] = HwlocNode(
+                nid,
+                hwloc_bitmap(obj.get("cpuset", "0x0")),
+                int(obj.get("local_memory", "0")),
+                obj.get("subtype") == "GPUMemory",
+            )
     cpu_nodes = {n.id for n in nodes.values() if n.cpus and not n.gpu_memory}
     pci: dict[str, int] = {}
 
@@ -81,8 +85,9 @@ def parse_view(xml_text: str) -> HwlocView:
     return HwlocView(nodes, pci)
 
 
-def compare(agent: dict[str, Any], view: HwlocView, memory_tolerance: float = 0.02,
-            agent_after: Optional[dict[str, Any]] = None) -> list[str]:
+def compare(
+    agent: dict[str, Any], view: HwlocView, memory_tolerance: float = 0.02, agent_after: Optional[dict[str, Any]] = None
+) -> list[str]:
     """Differences between ``vllm-nodeagent topology --json`` and hwloc's view ([] = they agree).
 
     Memory is compared within ``memory_tolerance``; on a machine whose memory moves (a ballooning VM), pass

@@ -164,8 +164,9 @@ class NvmlDouble:
             if value is None or isinstance(value, dict):
                 out.append(SimpleNamespace(fieldId=fid, nvmlReturn=3, valueType=1, value=SimpleNamespace(uiVal=0)))
             else:
-                out.append(SimpleNamespace(fieldId=fid, nvmlReturn=0, valueType=1,
-                                           value=SimpleNamespace(uiVal=int(value))))
+                out.append(
+                    SimpleNamespace(fieldId=fid, nvmlReturn=0, valueType=1, value=SimpleNamespace(uiVal=int(value)))
+                )
         return out
 
     def nvmlDeviceGetComputeMode(self, h: dict[str, Any]) -> int:
@@ -235,24 +236,38 @@ def hgx_8gpu_recording() -> dict[str, Any]:
     node0, node1 = list(range(56)), list(range(56, 112))
     devices = []
     for i, bus in enumerate(["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"]):
-        devices.append({
-            "bus_id": f"00000000:{bus.upper()}:00.0",
-            "name": "NVIDIA H100 80GB HBM3",
-            "uuid": f"GPU-00000000-0000-0000-0000-00000000000{i}",
-            "memory_affinity_nodes": [0] if i < 4 else [1],
-            "cpu_affinity": node0 if i < 4 else node1,
-            "persistence_mode": 0,
-            # HGX: every GPU has 18 NVLinks into the NVSwitch fabric
-            "nvlinks": [{"type": 2, "remote": "00000000:00:00.0"}] * 18,
-            # an idle, healthy HGX GPU (the readiness checks' answers)
-            "remapped_rows": [0, 0, 0, 0], "ecc_uncorrected_volatile": 0, "ecc_corrected_volatile": 0,
-            "field_values": {"230": 0}, "compute_mode": 0, "mig_mode": [0, 0],
-            "memory": [85520809984, 1048576], "compute_processes": [],
-            "pcie": {"curr_width": 16, "max_width": 16, "curr_gen": 1, "max_gen": 5},  # Gen1 while idle
-            "utilization_gpu": 0, "clocks_event_reasons": [1], "fabric": [3, 0],
-        })
+        devices.append(
+            {
+                "bus_id": f"00000000:{bus.upper()}:00.0",
+                "name": "NVIDIA H100 80GB HBM3",
+                "uuid": f"GPU-00000000-0000-0000-0000-00000000000{i}",
+                "memory_affinity_nodes": [0] if i < 4 else [1],
+                "cpu_affinity": node0 if i < 4 else node1,
+                "persistence_mode": 0,
+                # HGX: every GPU has 18 NVLinks into the NVSwitch fabric
+                "nvlinks": [{"type": 2, "remote": "00000000:00:00.0"}] * 18,
+                # an idle, healthy HGX GPU (the readiness checks' answers)
+                "remapped_rows": [0, 0, 0, 0],
+                "ecc_uncorrected_volatile": 0,
+                "ecc_corrected_volatile": 0,
+                "field_values": {"230": 0},
+                "compute_mode": 0,
+                "mig_mode": [0, 0],
+                "memory": [85520809984, 1048576],
+                "compute_processes": [],
+                "pcie": {"curr_width": 16, "max_width": 16, "curr_gen": 1, "max_gen": 5},  # Gen1 while idle
+                "utilization_gpu": 0,
+                "clocks_event_reasons": [1],
+                "fabric": [3, 0],
+            }
+        )
     # PCIe ancestry: same socket = NODE (40), across sockets = SYS (50)
     ancestor = {f"{i}-{j}": 40 if (i < 4) == (j < 4) else 50 for i in range(8) for j in range(i + 1, 8)}
     p2p = {k: 0 for k in ancestor}  # NVML_P2P_STATUS_OK
-    return {"driver_version": "580.159.04", "devices": devices, "common_ancestor": ancestor, "p2p_read": p2p,
-            "cuda_driver_version": 13000}
+    return {
+        "driver_version": "580.159.04",
+        "devices": devices,
+        "common_ancestor": ancestor,
+        "p2p_read": p2p,
+        "cuda_driver_version": 13000,
+    }

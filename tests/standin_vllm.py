@@ -31,14 +31,34 @@ import threading
 import time
 from typing import Any, Optional
 
-ENV_KEYS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HOME", "PATH", "LANG", "HF_HOME", "USER",
-            "NOTIFY_SOCKET", "VLLM_WORKER_MULTIPROC_METHOD", "STANDIN_MARK", "XDG_CACHE_HOME",
-            "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "VLLM_CACHE_ROOT")
+ENV_KEYS = (
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
+    "HOME",
+    "PATH",
+    "LANG",
+    "HF_HOME",
+    "USER",
+    "NOTIFY_SOCKET",
+    "VLLM_WORKER_MULTIPROC_METHOD",
+    "STANDIN_MARK",
+    "XDG_CACHE_HOME",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "TRITON_CACHE_DIR",
+    "VLLM_CACHE_ROOT",
+)
 
 
 def describe(role: str, argv: list[str]) -> dict[str, Any]:
-    info: dict[str, Any] = {"role": role, "pid": os.getpid(), "ppid": os.getppid(), "uid": os.getuid(),
-                            "gid": os.getgid(), "time": time.time(), "argv": argv}
+    info: dict[str, Any] = {
+        "role": role,
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "time": time.time(),
+        "argv": argv,
+    }
     with open("/proc/self/status", encoding="ascii") as fh:
         for line in fh:
             key, _, value = line.partition(":")
@@ -126,13 +146,28 @@ def make_handler(state: State) -> type[http.server.BaseHTTPRequestHandler]:
                 code = 404
             else:
                 code = 200
-            record(state.record, {"role": "completion", "pid": os.getpid(), "time": time.time(), "code": code,
-                                  "model": req.get("model"), "max_tokens": req.get("max_tokens")})
+            record(
+                state.record,
+                {
+                    "role": "completion",
+                    "pid": os.getpid(),
+                    "time": time.time(),
+                    "code": code,
+                    "model": req.get("model"),
+                    "max_tokens": req.get("max_tokens"),
+                },
+            )
             if code != 200:
                 self.reply(code, {"error": {"message": "standin says no", "code": code}})
                 return
-            self.reply(200, {"object": "text_completion", "model": state.served,
-                             "choices": [{"index": 0, "text": " world", "finish_reason": "length"}]})
+            self.reply(
+                200,
+                {
+                    "object": "text_completion",
+                    "model": state.served,
+                    "choices": [{"index": 0, "text": " world", "finish_reason": "length"}],
+                },
+            )
 
         def log_message(self, format: str, *args: Any) -> None:
             return
@@ -150,8 +185,9 @@ def main() -> int:
     p.add_argument("--record", default=None)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--crash-after", type=float, default=float(os.environ.get("STANDIN_CRASH_AFTER", "-1")))
-    p.add_argument("--crash-during-load", action="store_true",
-                   default=os.environ.get("STANDIN_CRASH_DURING_LOAD") == "1")
+    p.add_argument(
+        "--crash-during-load", action="store_true", default=os.environ.get("STANDIN_CRASH_DURING_LOAD") == "1"
+    )
     p.add_argument("--refuse-while-loading", action="store_true")
     p.add_argument("--workers-ignore-term", action="store_true", help="workers survive SIGTERM (need SIGKILL)")
     p.add_argument("--standin-worker", action="store_true", help=argparse.SUPPRESS)
@@ -165,9 +201,15 @@ def main() -> int:
 
     record(args.record, describe("server", argv))
     for _ in range(args.workers):
-        subprocess.Popen([sys.executable, os.path.abspath(__file__), "--standin-worker",
-                          *(["--record", args.record] if args.record else []),
-                          *(["--workers-ignore-term"] if args.workers_ignore_term else [])])
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--standin-worker",
+                *(["--record", args.record] if args.record else []),
+                *(["--workers-ignore-term"] if args.workers_ignore_term else []),
+            ]
+        )
     state = State(args.load_seconds, args.hold_file)
     positional = [a for a in unknown if not a.startswith("-") and a != "serve"]
     state.served = args.served_model_name or args.model or (positional[0] if positional else "standin")

@@ -16,7 +16,11 @@ def gpu(hgx: FakeHost, nvml: NvmlDouble, config: str = "") -> dict:
 def test_healthy_idle_hgx_passes(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
     got = gpu(hgx, hgx_nvml)
     assert {k: r.status for k, r in got.items()} == {
-        "gpu.memory_health": "pass", "gpu.foreign_processes": "pass", "gpu.compute_mode": "pass", "gpu.mig": "pass"}
+        "gpu.memory_health": "pass",
+        "gpu.foreign_processes": "pass",
+        "gpu.compute_mode": "pass",
+        "gpu.mig": "pass",
+    }
     assert got["gpu.memory_health"].current == "8 GPU(s) ok"
 
 

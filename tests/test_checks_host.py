@@ -14,12 +14,15 @@ MIB = 1 << 20
 
 
 # --- 9: /dev/shm -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("size", "free", "status"), [
-    (64 * GIB, 60 * GIB, "pass"),
-    (64 * MIB, 64 * MIB, "fail"),  # a container's default --shm-size
-    (512 * MIB, 500 * MIB, "warn"),
-    (4 * GIB, 100 * MIB, "warn"),  # big but full of leftovers
-])
+@pytest.mark.parametrize(
+    ("size", "free", "status"),
+    [
+        (64 * GIB, 60 * GIB, "pass"),
+        (64 * MIB, 64 * MIB, "fail"),  # a container's default --shm-size
+        (512 * MIB, 500 * MIB, "warn"),
+        (4 * GIB, 100 * MIB, "warn"),  # big but full of leftovers
+    ],
+)
 def test_shm_size(hgx: FakeHost, size: int, free: int, status: str) -> None:
     hgx.write("/dev/shm/.keep", "")
     r = results(probe(hgx, space=lambda p: (size, free) if p == "/dev/shm" else None), "shm")["shm.size"]
@@ -90,6 +93,7 @@ def test_unit_limit_values() -> None:
 
 def test_shipped_unit_passes(hgx: FakeHost) -> None:
     from pathlib import Path
+
     unit = (Path(__file__).resolve().parent.parent / "systemd/vllm-nodeagent.service").read_text()
     hgx.write("/usr/lib/systemd/system/vllm-nodeagent.service", unit)
     r = results(probe(hgx), "limits")["limits.unit"]
@@ -97,8 +101,9 @@ def test_shipped_unit_passes(hgx: FakeHost) -> None:
 
 
 def test_unit_dropin_lowering_memlock_warns(hgx: FakeHost) -> None:
-    hgx.write("/usr/lib/systemd/system/vllm-nodeagent.service",
-              "[Service]\nLimitNOFILE=1048576\nLimitMEMLOCK=infinity\n")
+    hgx.write(
+        "/usr/lib/systemd/system/vllm-nodeagent.service", "[Service]\nLimitNOFILE=1048576\nLimitMEMLOCK=infinity\n"
+    )
     hgx.write("/etc/systemd/system/vllm-nodeagent.service.d/override.conf", "[Service]\nLimitMEMLOCK=64M\n")
     r = results(probe(hgx), "limits")["limits.unit"]
     assert r.status == "warn" and "memlock 67108864:67108864" in (r.current or "")
@@ -133,7 +138,7 @@ def test_numa_balancing_on_two_nodes_warns(hgx: FakeHost) -> None:
     hgx.sysctl("kernel.numa_balancing", "1")
     r = results(probe(hgx), "kernel")["kernel.numa_balancing"]
     assert (r.status, r.current, r.desired) == ("warn", "1", "0")
-    assert "mode = \"exact\"" in r.hint
+    assert 'mode = "exact"' in r.hint
 
 
 def test_numa_balancing_guards(hgx: FakeHost, tmp_path: object) -> None:
@@ -149,6 +154,7 @@ def test_numa_balancing_one_node_is_no_alarm(tmp_path: object) -> None:
     from pathlib import Path
 
     from fakehost import workstation
+
     h = workstation(Path(str(tmp_path)) / "ws")
     h.sysctl("kernel.numa_balancing", "1")
     assert results(probe(h), "kernel")["kernel.numa_balancing"].status == "pass"

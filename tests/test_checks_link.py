@@ -45,8 +45,10 @@ def test_width_from_sysfs_without_nvml(hgx: FakeHost) -> None:
     hgx.write("/sys/devices/pci0000:00/0000:18:00.0/current_link_width", "4")
     hgx.write("/sys/devices/pci0000:00/0000:18:00.0/max_link_width", "16")
     got = results(probe(hgx), "link")
-    assert got["gpu.pcie_link"].status == "warn" and got["gpu.pcie_link"].current == \
-        "GPU0: x4/x16: narrower than the link can be"
+    assert (
+        got["gpu.pcie_link"].status == "warn"
+        and got["gpu.pcie_link"].current == "GPU0: x4/x16: narrower than the link can be"
+    )
     assert got["gpu.throttle"].status == "skip"
 
 

@@ -39,10 +39,18 @@ def pcie_box(root: Path, acs_ctrl: int = 0) -> FakeHost:
 
 def two_gpu_nvml(p2p: int = 0) -> NvmlDouble:
     devs: list[dict[str, Any]] = [
-        {"bus_id": f"00000000:0{b}:00.0", "name": "NVIDIA L40S", "uuid": f"GPU-{b}", "memory_affinity_nodes": [0],
-         "cpu_affinity": list(range(16))} for b in (3, 4)]
-    return NvmlDouble({"driver_version": "580.159.04", "devices": devs, "common_ancestor": {"0-1": 20},
-                       "p2p_read": {"0-1": p2p}})
+        {
+            "bus_id": f"00000000:0{b}:00.0",
+            "name": "NVIDIA L40S",
+            "uuid": f"GPU-{b}",
+            "memory_affinity_nodes": [0],
+            "cpu_affinity": list(range(16)),
+        }
+        for b in (3, 4)
+    ]
+    return NvmlDouble(
+        {"driver_version": "580.159.04", "devices": devs, "common_ancestor": {"0-1": 20}, "p2p_read": {"0-1": p2p}}
+    )
 
 
 def test_pcie_pair_without_acs_or_iommu_passes(tmp_path: Path) -> None:
@@ -84,6 +92,7 @@ def test_unreadable_config_space_skips_acs(tmp_path: Path) -> None:
 def test_nvswitch_and_single_gpu_skip(hgx: FakeHost, hgx_nvml: NvmlDouble, tmp_path: Path) -> None:
     got = results(probe(hgx, "", hgx_nvml), "p2p")
     assert [(r.status, r.detail) for r in got.values()] == [
-        ("skip", "NVLink/NVSwitch carries every GPU pair's traffic")]
+        ("skip", "NVLink/NVSwitch carries every GPU pair's traffic")
+    ]
     one = results(probe(workstation(tmp_path / "ws")), "p2p")
     assert [r.detail for r in one.values()] == ["one GPU: no GPU-to-GPU traffic"]

@@ -25,11 +25,14 @@ def good_host(h: FakeHost) -> None:
     uvm.parent.mkdir(parents=True, exist_ok=True)
     os.mknod(uvm, 0o666 | 0o020000, os.makedev(511, 0))  # a character device, as udev makes it
     os.chmod(uvm, 0o666)  # noqa: S103 - past the umask: the mode udev gives /dev/nvidia-uvm
-    h.write("/opt/vllm/lib/python3.11/site-packages/torch/version.py",
-            "__version__ = '2.11.0+cu130'\ndebug = False\ncuda: Optional[str] = '13.0'\n")
+    h.write(
+        "/opt/vllm/lib/python3.11/site-packages/torch/version.py",
+        "__version__ = '2.11.0+cu130'\ndebug = False\ncuda: Optional[str] = '13.0'\n",
+    )
     (h.root / "etc").mkdir(exist_ok=True)
-    (h.root / "etc/ld.so.cache").write_bytes(b"glibc-ld.so.cache1.1\0libcuda.so.1\0"
-                                             b"/usr/lib/x86_64-linux-gnu/libcuda.so.1\0libc.so.6\0")
+    (h.root / "etc/ld.so.cache").write_bytes(
+        b"glibc-ld.so.cache1.1\0libcuda.so.1\0/usr/lib/x86_64-linux-gnu/libcuda.so.1\0libc.so.6\0"
+    )
     user(h, uid=998)
 
 
@@ -37,7 +40,11 @@ def test_a_good_stack_passes(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
     good_host(hgx)
     got = stack(hgx, hgx_nvml)
     assert {k: r.status for k, r in got.items()} == {
-        "stack.cuda_version": "pass", "stack.nouveau": "pass", "stack.nvidia_uvm": "pass", "stack.libcuda": "pass"}
+        "stack.cuda_version": "pass",
+        "stack.nouveau": "pass",
+        "stack.nvidia_uvm": "pass",
+        "stack.libcuda": "pass",
+    }
     assert got["stack.cuda_version"].current == "driver CUDA 13.0, torch built for CUDA 13.0"
 
 
@@ -75,16 +82,19 @@ def test_nouveau_uvm_and_device_access(hgx: FakeHost, hgx_nvml: NvmlDouble) -> N
 
 
 def test_two_libcudas_warn() -> None:
-    data = (b"libcuda.so.1\0/usr/lib/x86_64-linux-gnu/libcuda.so.1\0libcuda.so.1\0"
-            b"/usr/local/cuda-12.8/compat/libcuda.so.1\0/usr/lib/x86_64-linux-gnu/libcuda.so.1\0")
+    data = (
+        b"libcuda.so.1\0/usr/lib/x86_64-linux-gnu/libcuda.so.1\0libcuda.so.1\0"
+        b"/usr/local/cuda-12.8/compat/libcuda.so.1\0/usr/lib/x86_64-linux-gnu/libcuda.so.1\0"
+    )
     assert libcuda_paths(data) == ["/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/local/cuda-12.8/compat/libcuda.so.1"]
 
 
 def test_copies_of_one_build_pass_two_builds_warn(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
     """The lent H100 has 580.159.04's libcuda in /lib and /usr/local/nvidia/lib64: not a stale driver."""
     good_host(hgx)
-    (hgx.root / "etc/ld.so.cache").write_bytes(b"glibc-ld.so.cache1.1\0libcuda.so.1\0/lib/libcuda.so.1\0"
-                                               b"libcuda.so.1\0/usr/local/nvidia/lib64/libcuda.so.1\0")
+    (hgx.root / "etc/ld.so.cache").write_bytes(
+        b"glibc-ld.so.cache1.1\0libcuda.so.1\0/lib/libcuda.so.1\0libcuda.so.1\0/usr/local/nvidia/lib64/libcuda.so.1\0"
+    )
     for d in ("lib", "usr/local/nvidia/lib64"):
         (hgx.root / d).mkdir(parents=True, exist_ok=True)
         (hgx.root / d / "libcuda.so.580.159.04").write_bytes(b"\x7fELF")
@@ -102,12 +112,15 @@ def test_no_gpu_no_stack_checks(tmp_path: object) -> None:
     from pathlib import Path
 
     from fakehost import vm_no_gpu
+
     assert results(probe(vm_no_gpu(Path(str(tmp_path)) / "vm")), "stack") == {}
 
 
 # --- 3: fabric ---------------------------------------------------------------------------------------------
-DPKG = ("Package: nvidia-fabricmanager-580\nStatus: install ok installed\nArchitecture: amd64\n"
-        "Version: 580.159.04-1\n\nPackage: zlib1g\nStatus: install ok installed\nVersion: 1:1.2.13\n")
+DPKG = (
+    "Package: nvidia-fabricmanager-580\nStatus: install ok installed\nArchitecture: amd64\n"
+    "Version: 580.159.04-1\n\nPackage: zlib1g\nStatus: install ok installed\nVersion: 1:1.2.13\n"
+)
 
 
 def test_fabric_completed_with_a_matching_manager_passes(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:

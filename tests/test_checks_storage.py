@@ -30,8 +30,13 @@ def test_mountinfo_parser_and_longest_prefix() -> None:
     assert ("/mnt/s3 bucket", "fuse.s3fs", "s3fs") in mounts
     assert mount_of(mounts, "/models/llama/x.safetensors") == ("/models", "nfs4", "filer:/export/models")
     assert mount_of(mounts, "/modelsX/a") == ("/", "ext4", "/dev/nvme0n1p2")  # a prefix is not a parent
-    assert [fs_class(t) for t in ("nfs4", "fuse.s3fs", "overlay", "xfs", "fuseblk")] == \
-        ["network", "fuse", "overlay", "local", "fuse"]
+    assert [fs_class(t) for t in ("nfs4", "fuse.s3fs", "overlay", "xfs", "fuseblk")] == [
+        "network",
+        "fuse",
+        "overlay",
+        "local",
+        "fuse",
+    ]
 
 
 def test_model_on_nfs_warns_with_prewarm_advice(hgx: FakeHost) -> None:
@@ -57,6 +62,7 @@ def test_hf_model_on_local_disk_passes_and_sizes_each_blob_once(hgx: FakeHost) -
     assert got["storage.model_fs"].current == f"{repo} on /var/lib/vllm-nodeagent/hf (xfs, /dev/nvme1n1)"
     assert got["storage.model_memory"].status == "pass"
     from vllm_nodeagent.checks.storage import weights_size
+
     assert weights_size(p, repo) == 3001  # 3000 bytes + newline the fake writer adds, once
 
 
@@ -85,10 +91,18 @@ def test_free_space(hgx: FakeHost) -> None:
     assert results(probe(hgx, model_cfg("/models/llama")), "storage")["storage.free_space"].status == "pass"
 
 
-@pytest.mark.parametrize(("uid", "gid", "mode", "ok"), [
-    (998, 0, 0o700, True), (0, 998, 0o770, True), (0, 44, 0o770, True),  # owner, primary and supplementary group
-    (0, 0, 0o755, False), (0, 0, 0o1777, True), (998, 0, 0o500, False), (0, 0, 0o775, False),
-])
+@pytest.mark.parametrize(
+    ("uid", "gid", "mode", "ok"),
+    [
+        (998, 0, 0o700, True),
+        (0, 998, 0o770, True),
+        (0, 44, 0o770, True),  # owner, primary and supplementary group
+        (0, 0, 0o755, False),
+        (0, 0, 0o1777, True),
+        (998, 0, 0o500, False),
+        (0, 0, 0o775, False),
+    ],
+)
 def test_mode_bits(uid: int, gid: int, mode: int, ok: bool) -> None:
     assert may_write(uid, gid, mode, ACCT) is ok
 
@@ -211,7 +225,8 @@ def test_residency_skips_without_the_model_or_weights(hgx: FakeHost) -> None:
 
 
 def test_residency_the_kernel_hides_is_skipped_not_reported_resident(
-        hgx: FakeHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    hgx: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Doctor runs as root; run as a user who neither owns nor may write the shards, mincore/cachestat answer
     "all cached" whatever the truth (docs/prewarm.md): the check says it cannot tell instead of passing."""
     a, b = hf_model(hgx)

@@ -28,8 +28,11 @@ def test_application_xids_warn(hgx: FakeHost) -> None:
 
 
 def test_hardware_xid_and_fatal_sxid_fail(hgx: FakeHost) -> None:
-    hgx.write("/dev/kmsg", KMSG + "3,1004,9999,-;NVRM: Xid (PCI:0000:9a:00): 79, pid=0, GPU has fallen off the bus.\n"
-              "3,1005,10000,-;nvidia-nvswitch2: SXid (PCI:0000:05:00.0): 12028, Non-fatal, Link 44 egress error\n")
+    hgx.write(
+        "/dev/kmsg",
+        KMSG + "3,1004,9999,-;NVRM: Xid (PCI:0000:9a:00): 79, pid=0, GPU has fallen off the bus.\n"
+        "3,1005,10000,-;nvidia-nvswitch2: SXid (PCI:0000:05:00.0): 12028, Non-fatal, Link 44 egress error\n",
+    )
     r = results(probe(hgx), "xid")["gpu.xid"]
     assert r.status == "fail" and "Xid 79 x1 on 0000:9a:00: GPU has fallen off the bus" in (r.current or "")
     assert "SXid 12028 x1 on 0000:05:00.0: non-fatal" in (r.current or "")

@@ -63,8 +63,10 @@ BAD = [
     ("[block]\ndevices = ['sd*']", ["block.scheduler", "required key is missing"]),
     ("[block]\ndevices = ['sd*']\nscheduler = 'cfq'", ["block.scheduler = 'cfq'", "expected one of"]),
     ("[sysctl]\n'../../etc/passwd' = 1", ["sysctl.../../etc/passwd", "not a sysctl name"]),
-    ("[sysctl]\n'vm.max_map_count' = 1180591620717411303424", ["c.toml:2:", "sysctl.vm.max_map_count = ",
-                                                              "out of range"]),
+    (
+        "[sysctl]\n'vm.max_map_count' = 1180591620717411303424",
+        ["c.toml:2:", "sysctl.vm.max_map_count = ", "out of range"],
+    ),
     ("[sysctl]\n'vm.max_map_count' = '1180591620717411303424'", ["c.toml:2:", "out of range"]),
     ("[sysctl]\n'vm.max_map_count' = '26\u0662144'", ["sysctl.vm.max_map_count = ", "non-ASCII"]),
     ("[sysctl]\n'vm.max_map_count' = \"262144\\u001b[2J\"", ["sysctl.vm.max_map_count = ", "control"]),

@@ -66,9 +66,25 @@ def agent(root: Path, cfg: Path, *args: str, crash_at: int = 0, hook: Path | Non
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook) if crash_at else "", str(REPO)]))
     env["CRASH_AT"] = str(crash_at)
-    proc = subprocess.run([sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(root), "--config", str(cfg),
-                           "--log-format", "json", *args], env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vllm_nodeagent.cli",
+            "--root",
+            str(root),
+            "--config",
+            str(cfg),
+            "--log-format",
+            "json",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return proc.returncode
 
 

@@ -71,12 +71,14 @@ class NotifySocket:
 
     def wait_for(self, line: str, after: int = 0) -> int:
         """Index (in lines()) of the first ``line`` at or after ``after``."""
+
         def find() -> Optional[int]:
             lines = self.lines()
             for i in range(after, len(lines)):
                 if lines[i] == line or lines[i].startswith(line):
                     return i + 1
             return None
+
         return int(wait_until(find, f"{line!r} on NOTIFY_SOCKET")) - 1
 
     def close(self) -> None:
@@ -113,10 +115,22 @@ class Bed:
         (self.root / "proc/meminfo").write_text("MemTotal: 8000000 kB\nMemAvailable: 4000000 kB\n")
         self.metrics.parent.mkdir(parents=True)
 
-    def write_config(self, vllm: Optional[dict[str, Any]] = None, extra: str = "", agent: str = "",
-                     standin_args: Optional[list[str]] = None, python: str = sys.executable) -> None:
-        lines = ["[agent]", f'state_dir = "{self.state}"', "drift_interval_s = 1",
-                 'metrics_textfile = "/var/lib/node_exporter/metrics.prom"', agent, extra]
+    def write_config(
+        self,
+        vllm: Optional[dict[str, Any]] = None,
+        extra: str = "",
+        agent: str = "",
+        standin_args: Optional[list[str]] = None,
+        python: str = sys.executable,
+    ) -> None:
+        lines = [
+            "[agent]",
+            f'state_dir = "{self.state}"',
+            "drift_interval_s = 1",
+            'metrics_textfile = "/var/lib/node_exporter/metrics.prom"',
+            agent,
+            extra,
+        ]
         if vllm is not None:
             v: dict[str, Any] = {
                 "command": [python, str(STANDIN)],
@@ -144,9 +158,23 @@ class Bed:
         full_env.update(env or {})
         self.stderr = open(self.stderr_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(self.root), "--config", str(self.config),
-             "--log-format", "json", *command],
-            env=full_env, stdout=subprocess.DEVNULL, stderr=self.stderr, text=True, cwd=str(REPO),
+            [
+                sys.executable,
+                "-m",
+                "vllm_nodeagent.cli",
+                "--root",
+                str(self.root),
+                "--config",
+                str(self.config),
+                "--log-format",
+                "json",
+                *command,
+            ],
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+            text=True,
+            cwd=str(REPO),
         )
 
     def events(self) -> list[dict[str, Any]]:
@@ -235,7 +263,7 @@ def test_ready_only_after_health_then_sigterm_stops(bed: Bed) -> None:
     bed.hold.unlink()
     ready = bed.notify.wait_for("READY=1", after=loading)
     assert health(bed.port) == 200
-    assert any(line.startswith("STATUS=serving") for line in bed.notify.lines()[ready:ready + 2])
+    assert any(line.startswith("STATUS=serving") for line in bed.notify.lines()[ready : ready + 2])
     pid = bed.records()[0]["pid"]
     pid_file = bed.root / bed.state.lstrip("/") / "vllm.pid"
     assert int(pid_file.read_text()) == pid
@@ -362,7 +390,8 @@ def test_drift_is_reapplied_and_counted(bed: Bed) -> None:
     bed.start()
     ready = bed.notify.wait_for("READY=1")
     assert bed.notify.lines()[ready + 1].startswith("STATUS=watching; 0 drift") or any(
-        line == "STATUS=watching; 0 drift" for line in bed.notify.lines())
+        line == "STATUS=watching; 0 drift" for line in bed.notify.lines()
+    )
     knob = bed.root / "proc/sys/vm/max_map_count"
     assert knob.read_text().strip() == "262144"
     knob.write_text("100\n")  # behind the agent's back
@@ -372,8 +401,14 @@ def test_drift_is_reapplied_and_counted(bed: Bed) -> None:
     assert drift[0]["current"] == "100" and drift[0]["desired"] == "262144"
     assert drift[0]["level"] == "warning"
     bed.notify.wait_for("STATUS=watching; 1 drift")
-    text = wait_until(lambda: bed.metrics.exists() and "vllm_nodeagent_drift_total 1.0" in bed.metrics.read_text()
-                      and bed.metrics.read_text(), "metrics")
+    text = wait_until(
+        lambda: (
+            bed.metrics.exists()
+            and "vllm_nodeagent_drift_total 1.0" in bed.metrics.read_text()
+            and bed.metrics.read_text()
+        ),
+        "metrics",
+    )
     assert 'vllm_nodeagent_setting_compliant{id="sysctl.vm.max_map_count"} 1.0' in text
 
 

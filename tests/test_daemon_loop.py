@@ -29,8 +29,14 @@ def json_log(capsys: pytest.CaptureFixture[str]) -> None:
 class Fake:
     """A component that wants a tick every ``every`` seconds (math.inf: never) and records what the loop did."""
 
-    def __init__(self, name: str, every: float, calls: list[str],
-                 on_tick: Optional[Callable[[Fake], None]] = None, fail_stop: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        every: float,
+        calls: list[str],
+        on_tick: Optional[Callable[[Fake], None]] = None,
+        fail_stop: bool = False,
+    ) -> None:
         self.name = name
         self.every = every
         self.calls = calls
@@ -85,7 +91,8 @@ def failed_events(err: str) -> list[dict[str, Any]]:
 
 
 def test_a_failing_tick_is_logged_and_rescheduled_while_another_keeps_ticking(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     loop = new_loop(tmp_path)
     calls: list[str] = []
 
@@ -152,6 +159,7 @@ def test_a_readable_fd_makes_its_component_due(tmp_path: Path) -> None:
     calls: list[str] = []
     rfd, wfd = os.pipe()
     try:
+
         def stop(c: Fake) -> None:
             os.read(rfd, 1)
             loop.request(signal.SIGTERM)
@@ -168,8 +176,7 @@ def test_a_readable_fd_makes_its_component_due(tmp_path: Path) -> None:
         os.close(wfd)
 
 
-def test_stop_reaches_every_component_last_added_first(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stop_reaches_every_component_last_added_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     loop = new_loop(tmp_path)
     calls: list[str] = []
     host = Fake("host", math.inf, calls)
@@ -179,8 +186,7 @@ def test_stop_reaches_every_component_last_added_first(
     loop.add(host)
     loop.add(serve)
     assert loop.run() == 0
-    assert calls == ["host.start", "serve.start", "serve.tick", "serve.stop", "host.stop", "serve.close",
-                     "host.close"]
+    assert calls == ["host.start", "serve.start", "serve.tick", "serve.stop", "host.stop", "serve.close", "host.close"]
     [event] = failed_events(capsys.readouterr().err)
     assert event["component"] == "serve" and "a stop that fails" in event["error"]
 
@@ -218,7 +224,8 @@ def test_status_composes_the_components_parts(tmp_path: Path) -> None:
 
 
 def test_reload_reaches_every_component_and_a_failing_one_does_not_stop_the_others(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "config.toml"
     config.write_text("[agent]\ndrift_interval_s = 7\n")
     ctx = Context(host=Host(tmp_path), config=Config(path="t"), config_arg=str(config), log_format="json")

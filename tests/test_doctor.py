@@ -13,13 +13,15 @@ from vllm_nodeagent import cli
 SAMPLE = (Path(__file__).resolve().parent.parent / "etc/config.toml").read_text()
 
 
-def doctor(root: Path, capsys: pytest.CaptureFixture[str], config: str, *extra: str,
-           opener: object = unavailable_opener) -> tuple[int, dict]:
+def doctor(
+    root: Path, capsys: pytest.CaptureFixture[str], config: str, *extra: str, opener: object = unavailable_opener
+) -> tuple[int, dict]:
     cfg = root / "doctor.toml"
     cfg.write_text(config)
     cfg.chmod(0o600)
-    rc = cli.main(["--root", str(root), "--config", str(cfg), "doctor", "--json", *extra],
-                  nvml_opener=opener, host_cls=SysfsHost)  # type: ignore[arg-type]
+    rc = cli.main(
+        ["--root", str(root), "--config", str(cfg), "doctor", "--json", *extra], nvml_opener=opener, host_cls=SysfsHost
+    )  # type: ignore[arg-type]
     return rc, json.loads(capsys.readouterr().out)
 
 
@@ -28,12 +30,14 @@ def by_id(report: dict) -> dict[str, dict]:
 
 
 def tree(root: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in root.rglob("*")
-            if p.is_file() and not p.is_symlink() and p.name != "doctor.toml"}
+    return {
+        p: p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_symlink() and p.name != "doctor.toml"
+    }
 
 
-def test_doctor_json_shape_and_statuses(hgx: FakeHost, hgx_nvml: NvmlDouble,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_json_shape_and_statuses(
+    hgx: FakeHost, hgx_nvml: NvmlDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = tree(hgx.root)
     rc, report = doctor(hgx.root, capsys, SAMPLE, opener=opener_for(hgx_nvml))
     assert tree(hgx.root) == before  # read-only: nothing written, not even a journal
@@ -42,8 +46,9 @@ def test_doctor_json_shape_and_statuses(hgx: FakeHost, hgx_nvml: NvmlDouble,
     for c in report["checks"]:
         assert set(c) >= {"id", "status", "current", "desired", "hint"}
         assert c["status"] in ("pass", "warn", "fail", "skip")
-    assert report["summary"] == {s: sum(1 for c in report["checks"] if c["status"] == s)
-                                 for s in ("pass", "warn", "fail", "skip")}
+    assert report["summary"] == {
+        s: sum(1 for c in report["checks"] if c["status"] == s) for s in ("pass", "warn", "fail", "skip")
+    }
     assert checks["sysctl.vm.max_map_count"]["status"] == "fail"
     assert checks["sysctl.vm.max_map_count"]["current"] == "65530"
     assert "apply --only sysctl.vm.max_map_count" in checks["sysctl.vm.max_map_count"]["hint"]
@@ -63,8 +68,14 @@ def test_doctor_passes_after_apply(hgx: FakeHost, hgx_nvml: NvmlDouble, capsys: 
     rc, report = doctor(hgx.root, capsys, cfg, opener=opener_for(hgx_nvml))
     assert rc == 1
     cfgp = hgx.root / "doctor.toml"
-    assert cli.main(["--root", str(hgx.root), "--config", str(cfgp), "apply"], host_cls=SysfsHost,
-                    nvml_opener=opener_for(hgx_nvml)) == 0
+    assert (
+        cli.main(
+            ["--root", str(hgx.root), "--config", str(cfgp), "apply"],
+            host_cls=SysfsHost,
+            nvml_opener=opener_for(hgx_nvml),
+        )
+        == 0
+    )
     capsys.readouterr()
     rc, report = doctor(hgx.root, capsys, cfg, opener=opener_for(hgx_nvml))
     checks = by_id(report)

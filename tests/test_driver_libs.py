@@ -29,8 +29,11 @@ def _tree(root: Path, libdir: str, conf: dict[str, str]) -> Host:
 
 
 def test_driver_outside_the_loader_path_fails_and_names_the_fix(tmp_path: Path) -> None:
-    host = _tree(tmp_path, NV, {"/etc/ld.so.conf": "include /etc/ld.so.conf.d/*.conf\n",
-                                "/etc/ld.so.conf.d/libc.conf": "/usr/local/lib\n"})
+    host = _tree(
+        tmp_path,
+        NV,
+        {"/etc/ld.so.conf": "include /etc/ld.so.conf.d/*.conf\n", "/etc/ld.so.conf.d/libc.conf": "/usr/local/lib\n"},
+    )
     v = driver_libs.check(host, {}, {"LD_LIBRARY_PATH": f"/usr/local/cuda/lib64:{NV}"})
     assert v.status == "fail"
     assert "libcuda.so.1: not found" in v.current
@@ -45,9 +48,15 @@ def test_vllm_env_ld_library_path_passes(tmp_path: Path) -> None:
 
 
 def test_registered_with_ld_so_conf_include_passes(tmp_path: Path) -> None:
-    host = _tree(tmp_path, NV, {"/etc/ld.so.conf": "# comment\ninclude ld.so.conf.d/*.conf\n",
-                                "/etc/ld.so.conf.d/nvidia.conf": f"{NV}  # driver\n",
-                                "/etc/ld.so.conf.d/other.txt": "/nowhere\n"})
+    host = _tree(
+        tmp_path,
+        NV,
+        {
+            "/etc/ld.so.conf": "# comment\ninclude ld.so.conf.d/*.conf\n",
+            "/etc/ld.so.conf.d/nvidia.conf": f"{NV}  # driver\n",
+            "/etc/ld.so.conf.d/other.txt": "/nowhere\n",
+        },
+    )
     assert driver_libs.ld_so_conf_dirs(host) == [NV]
     v = driver_libs.check(host, {}, {})
     assert v.status == "pass" and "(ld.so.conf)" in v.current
@@ -68,8 +77,9 @@ def test_include_loop_terminates(tmp_path: Path) -> None:
     assert driver_libs.ld_so_conf_dirs(host) == ["/opt/x"]
 
 
-def test_doctor_reports_it_on_the_replayed_h100(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_reports_it_on_the_replayed_h100(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The recorded H100 tree has no driver files: doctor shows the check (warn) once [vllm] launches something."""
     import json
 

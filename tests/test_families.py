@@ -26,29 +26,39 @@ from vllm_nodeagent.topology import discover
 STATE = "/var/lib/vllm-nodeagent"
 HERE = Path(__file__).parent
 # The config tests/journals/v2-hgx.json was written with (etc/config.toml, irq affinity on, mq-deadline).
-V2_CONFIG = ((HERE.parent / "etc/config.toml").read_text()
-             .replace('irqbalance = "keep"', 'irqbalance = "ignore"').replace("affinity = false", "affinity = true")
-             .replace('scheduler = "none"', 'scheduler = "mq-deadline"'))
+V2_CONFIG = (
+    (HERE.parent / "etc/config.toml")
+    .read_text()
+    .replace('irqbalance = "keep"', 'irqbalance = "ignore"')
+    .replace("affinity = false", "affinity = true")
+    .replace('scheduler = "none"', 'scheduler = "mq-deadline"')
+)
 
 
 def files(root: Path) -> dict[str, bytes]:
     """Every kernel file of a fake root (the state dir left out), as the kernel reads it back (no final newline)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes().rstrip(b"\n") for p in root.rglob("*")
-            if p.is_file() and not p.is_symlink() and not p.relative_to(root).as_posix().startswith("var/")}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes().rstrip(b"\n")
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink() and not p.relative_to(root).as_posix().startswith("var/")
+    }
 
 
-def run(root: Path, capsys: pytest.CaptureFixture[str], *args: str,
-        nvml: NvmlDouble | None = None) -> tuple[int, str]:
+def run(root: Path, capsys: pytest.CaptureFixture[str], *args: str, nvml: NvmlDouble | None = None) -> tuple[int, str]:
     cfg = root / "cfg.toml"
     cfg.write_text("")
     cfg.chmod(0o600)
-    rc = cli.main(["--root", str(root), "--config", str(cfg), *args],
-                  nvml_opener=opener_for(nvml) if nvml else None, host_cls=SysfsHost)
+    rc = cli.main(
+        ["--root", str(root), "--config", str(cfg), *args],
+        nvml_opener=opener_for(nvml) if nvml else None,
+        host_cls=SysfsHost,
+    )
     return rc, capsys.readouterr().out
 
 
-def test_a_new_family_is_one_module_and_one_line(hgx: FakeHost, capsys: pytest.CaptureFixture[str],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_family_is_one_module_and_one_line(
+    hgx: FakeHost, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     hgx.write(demo_family.PATH, "off")
     # Without the line, nothing knows the family: a journal entry naming it is not restorable.
     assert all(f.name != "demo" for f in families.FAMILIES)
@@ -63,11 +73,17 @@ def test_a_new_family_is_one_module_and_one_line(hgx: FakeHost, capsys: pytest.C
 
     rc, out = run(hgx.root, capsys, "apply", "--json")
     assert rc == 0 and json.loads(out)["results"] == [
-        {"id": "demo.knob", "status": "changed", "current": "on", "desired": "on", "message": "", "previous": "off"}]
+        {"id": "demo.knob", "status": "changed", "current": "on", "desired": "on", "message": "", "previous": "off"}
+    ]
     assert (hgx.root / demo_family.PATH.lstrip("/")).read_text() == "on"
     [line] = (hgx.root / STATE.lstrip("/") / JOURNAL_NAME).read_text().splitlines()[1:]
     assert {k: v for k, v in json.loads(line).items() if k != "recorded_at"} == {
-        "id": "demo.knob", "family": "demo", "params": {"knob": "knob"}, "original": "off", "written": "on"}
+        "id": "demo.knob",
+        "family": "demo",
+        "params": {"knob": "knob"},
+        "original": "off",
+        "written": "on",
+    }
 
     rc, out = run(hgx.root, capsys, "doctor", "--json")
     assert [c["status"] for c in json.loads(out)["checks"] if c["id"] == "demo.knob"] == ["pass"]
@@ -93,15 +109,19 @@ def test_family_names_are_unique_and_every_setting_carries_its_family(hgx: FakeH
             assert (type(again), again.params()) == (type(t), t.params())
 
 
-@pytest.mark.parametrize(("family", "id", "params", "why"), [
-    ("irq", "irq.gpu0.affinity", {"device": "gpu0", "irqs": "1 ../2"}, "bad irqs"),
-    ("irq", "irq.gpu1.affinity", {"device": "gpu0", "irqs": "100"}, "does not match"),
-    ("irq", "irq.gpu0.affinity", {"device": "gpu0", "irqs": "100", "path": "/etc/shadow"}, "unexpected parameter"),
-    ("cpu", "cpu.governor", {"policy0": "/etc/shadow"}, "outside cpufreq"),
-    ("file", "x", {"path": "/etc/shadow"}, "unknown family"),
-])
-def test_rebuild_refuses_params_its_family_never_writes(hgx: FakeHost, family: str, id: str,
-                                                        params: dict[str, str], why: str) -> None:
+@pytest.mark.parametrize(
+    ("family", "id", "params", "why"),
+    [
+        ("irq", "irq.gpu0.affinity", {"device": "gpu0", "irqs": "1 ../2"}, "bad irqs"),
+        ("irq", "irq.gpu1.affinity", {"device": "gpu0", "irqs": "100"}, "does not match"),
+        ("irq", "irq.gpu0.affinity", {"device": "gpu0", "irqs": "100", "path": "/etc/shadow"}, "unexpected parameter"),
+        ("cpu", "cpu.governor", {"policy0": "/etc/shadow"}, "outside cpufreq"),
+        ("file", "x", {"path": "/etc/shadow"}, "unknown family"),
+    ],
+)
+def test_rebuild_refuses_params_its_family_never_writes(
+    hgx: FakeHost, family: str, id: str, params: dict[str, str], why: str
+) -> None:
     with pytest.raises(ValueError, match=why):
         families.rebuild(family, id, params, SysfsHost(hgx.root), None)
 
@@ -134,5 +154,9 @@ def test_a_version_2_journal_of_the_previous_release_reverts_everything(hgx: Fak
     header, kept = path.read_text().splitlines()
     assert json.loads(header) == {"version": FORMAT_VERSION}
     assert {k: v for k, v in json.loads(kept).items() if k != "recorded_at"} == {
-        "id": "irqbalance", "family": "irqbalance", "params": {}, "original": "active/enabled",
-        "written": "inactive/disabled"}
+        "id": "irqbalance",
+        "family": "irqbalance",
+        "params": {},
+        "original": "active/enabled",
+        "written": "inactive/disabled",
+    }

@@ -62,8 +62,11 @@ def snapshot(root: Path) -> dict[str, bytes]:
     """Every host file except the state dir and the config, byte for byte (a kernel attribute reads back with a
     trailing newline whatever was written: compared without it)."""
     state = root / STATE.lstrip("/")
-    return {str(p.relative_to(root)): p.read_bytes().rstrip(b"\n") for p in root.rglob("*")
-            if p.is_file() and not p.is_symlink() and state not in p.parents and p.name != "cfg.toml"}
+    return {
+        str(p.relative_to(root)): p.read_bytes().rstrip(b"\n")
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink() and state not in p.parents and p.name != "cfg.toml"
+    }
 
 
 def run(root: Path, capsys: pytest.CaptureFixture[str], *args: str, config: str = CONFIG) -> tuple[int, str, str]:
@@ -99,8 +102,12 @@ def tmpfs_state(host: FakeHost) -> Iterator[Callable[[int], Path]]:
     def mount(pages: int) -> Path:
         while mounted:
             subprocess.run(["umount", str(mounted.pop())], check=True)
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={pages * PAGE},mode=0700", "tmpfs",
-                               str(target)], capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={pages * PAGE},mode=0700", "tmpfs", str(target)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
         mounted.append(target)
@@ -112,8 +119,9 @@ def tmpfs_state(host: FakeHost) -> Iterator[Callable[[int], Path]]:
 
 
 @requires_root
-def test_tmpfs_sweep_full_to_ample_apply_then_revert(host: FakeHost, tmpfs_state: Callable[[int], Path],
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_tmpfs_sweep_full_to_ample_apply_then_revert(
+    host: FakeHost, tmpfs_state: Callable[[int], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """A state fs of every size from full to ample: a setting is changed only once its original is on disk;
     revert then leaves the host byte-for-byte as it began."""
     # Many IRQs per GPU make the journal span several pages, so the sweep also meets part-journaled states.
@@ -200,17 +208,21 @@ def applied(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> list[str]:
     return journal_file(host.root).read_text().splitlines()
 
 
-@pytest.mark.parametrize("damage", [
-    pytest.param(lambda e: {k: v for k, v in e.items() if k != "original"}, id="missing-key"),
-    pytest.param(lambda e: {**e, "original": 65530}, id="int-for-string"),
-    pytest.param(lambda e: {**e, "params": {"name": [[[[1]]]]}}, id="nested-params"),
-    pytest.param(lambda e: "[" * 100000 + "]" * 100000, id="recursion-bomb"),
-    pytest.param(lambda e: {**e, "family": "file", "params": {"path": "/etc/shadow"}}, id="file-write-primitive"),
-    pytest.param(lambda e: {**e, "params": {"name": "vm.../../../etc/passwd"}}, id="path-escape"),
-    pytest.param(lambda e: {**e, "id": "sysctl.kernel.modprobe"}, id="id-not-its-params"),
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda e: {k: v for k, v in e.items() if k != "original"}, id="missing-key"),
+        pytest.param(lambda e: {**e, "original": 65530}, id="int-for-string"),
+        pytest.param(lambda e: {**e, "params": {"name": [[[[1]]]]}}, id="nested-params"),
+        pytest.param(lambda e: "[" * 100000 + "]" * 100000, id="recursion-bomb"),
+        pytest.param(lambda e: {**e, "family": "file", "params": {"path": "/etc/shadow"}}, id="file-write-primitive"),
+        pytest.param(lambda e: {**e, "params": {"name": "vm.../../../etc/passwd"}}, id="path-escape"),
+        pytest.param(lambda e: {**e, "id": "sysctl.kernel.modprobe"}, id="id-not-its-params"),
+    ],
+)
 def test_bad_journal_entry_is_skipped_and_the_rest_restored(
-        host: FakeHost, capsys: pytest.CaptureFixture[str], damage: Callable[[dict[str, object]], object]) -> None:
+    host: FakeHost, capsys: pytest.CaptureFixture[str], damage: Callable[[dict[str, object]], object]
+) -> None:
     before = snapshot(host.root)
     lines = applied(host, capsys)
     bad_index = next(i for i, line in enumerate(lines) if '"sysctl.vm.max_map_count"' in line)
@@ -242,8 +254,9 @@ def test_the_daemon_drift_tick_survives_a_recursion_bomb(host: FakeHost) -> None
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o722])
-def test_group_or_world_writable_state_is_refused(host: FakeHost, capsys: pytest.CaptureFixture[str],
-                                                  mode: int) -> None:
+def test_group_or_world_writable_state_is_refused(
+    host: FakeHost, capsys: pytest.CaptureFixture[str], mode: int
+) -> None:
     applied(host, capsys)
     state = host.root / STATE.lstrip("/")
     target = state if mode != 0o722 else journal_file(host.root)
@@ -281,15 +294,20 @@ def test_minus_five_as_int_and_as_string_are_the_same_value() -> None:
     assert as_int.sysctl == as_str.sysctl
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ('"lots"', "vm.max_map_count takes integers (the kernel has 65530), not 'lots'"),
-    ('"1 2"', "vm.max_map_count takes 1 integer field(s)"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"lots"', "vm.max_map_count takes integers (the kernel has 65530), not 'lots'"),
+        ('"1 2"', "vm.max_map_count takes 1 integer field(s)"),
+    ],
+)
 def test_value_the_sysctl_cannot_take_is_refused_before_the_journal(
-        host: FakeHost, capsys: pytest.CaptureFixture[str], value: str, message: str) -> None:
+    host: FakeHost, capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
     before = snapshot(host.root)
-    rc, out, err = run(host.root, capsys, "apply", config=f"[agent]\nstate_dir = '{STATE}'\n"
-                                                          f"[sysctl]\n'vm.max_map_count' = {value}\n")
+    rc, out, err = run(
+        host.root, capsys, "apply", config=f"[agent]\nstate_dir = '{STATE}'\n[sysctl]\n'vm.max_map_count' = {value}\n"
+    )
     assert rc == 1 and "Traceback" not in err
     assert out.startswith("not-changed  sysctl.vm.max_map_count  65530  (") and message in out
     assert snapshot(host.root) == before and not journal_file(host.root).exists()
@@ -297,8 +315,12 @@ def test_value_the_sysctl_cannot_take_is_refused_before_the_journal(
 
 def test_tcp_triple_with_two_fields_is_refused(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
     before = snapshot(host.root)
-    rc, out, _ = run(host.root, capsys, "apply", config=f"[agent]\nstate_dir = '{STATE}'\n"
-                                                        "[sysctl]\n'net.ipv4.tcp_rmem' = '4096 87380'\n")
+    rc, out, _ = run(
+        host.root,
+        capsys,
+        "apply",
+        config=f"[agent]\nstate_dir = '{STATE}'\n[sysctl]\n'net.ipv4.tcp_rmem' = '4096 87380'\n",
+    )
     assert rc == 1 and "takes 3 integer field(s) (the kernel has 4096 131072 6291456), got 2" in out
     assert snapshot(host.root) == before and not journal_file(host.root).exists()
 
@@ -313,7 +335,8 @@ def test_unknown_sysctl_fails_apply_and_doctor_strict(host: FakeHost, capsys: py
 
 
 def test_doctor_hint_shows_what_apply_would_write_and_the_config(
-        host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    host: FakeHost, capsys: pytest.CaptureFixture[str]
+) -> None:
     host.sysctl("net.ipv4.tcp_rmem", "4096\t262144\t6291456")  # the default field is above the floor's
     cfg = f"[agent]\nstate_dir = '{STATE}'\n[sysctl]\n'net.ipv4.tcp_rmem' = '4096 87380 134217728'\n"
     _, out, _ = run(host.root, capsys, "doctor", "--json", config=cfg)
@@ -420,8 +443,9 @@ def test_state_dir_that_is_a_file(host: FakeHost, capsys: pytest.CaptureFixture[
     for command in ("apply", "revert"):
         rc, out, err = run(host.root, capsys, command)
         assert rc == 3 and out == ""
-        assert one_line(err) == (f"vllm-nodeagent: {command}: {STATE}: the state dir is not a directory; "
-                                 "set [agent] state_dir")
+        assert one_line(err) == (
+            f"vllm-nodeagent: {command}: {STATE}: the state dir is not a directory; set [agent] state_dir"
+        )
     assert snapshot(host.root) == before and state.read_text() == "not a dir"
 
 
@@ -466,13 +490,17 @@ def test_config_symlink_loop(host: FakeHost, capsys: pytest.CaptureFixture[str],
         assert one_line(err) == f"vllm-nodeagent: config error: {loop}: cannot read: Too many levels of symbolic links"
 
 
-@pytest.mark.parametrize(("path", "text"), [
-    ("/sys/devices/system/node/node0/cpulist", "garbage!"),
-    ("/sys/devices/system/node/node0/meminfo", "Node 0 MemTotal: lots kB"),
-    ("/sys/devices/pci0000:00/0000:17:00.0/local_cpulist", "x-y"),
-])
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        ("/sys/devices/system/node/node0/cpulist", "garbage!"),
+        ("/sys/devices/system/node/node0/meminfo", "Node 0 MemTotal: lots kB"),
+        ("/sys/devices/pci0000:00/0000:17:00.0/local_cpulist", "x-y"),
+    ],
+)
 def test_malformed_sysfs_text_is_not_the_end_of_any_command(
-        host: FakeHost, capsys: pytest.CaptureFixture[str], path: str, text: str) -> None:
+    host: FakeHost, capsys: pytest.CaptureFixture[str], path: str, text: str
+) -> None:
     host.write(path, text)
     for command in ("topology", "doctor", "apply", "revert"):
         rc, _, err = run(host.root, capsys, command)
@@ -490,8 +518,9 @@ def test_link_loop_in_sys_block(host: FakeHost, capsys: pytest.CaptureFixture[st
 
 
 # --- class 6: waits and hangs ---------------------------------------------------------------------------------
-def test_lock_wait_names_the_holder_and_gives_up(host: FakeHost, capsys: pytest.CaptureFixture[str],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lock_wait_names_the_holder_and_gives_up(
+    host: FakeHost, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import fcntl
 
     from vllm_nodeagent.settings import journal as journal_mod
@@ -508,17 +537,16 @@ def test_lock_wait_names_the_holder_and_gives_up(host: FakeHost, capsys: pytest.
             rc, out, err = run(host.root, capsys, command)
             assert rc == 3 and out == "" and "Traceback" not in err
             waiting, gave_up = err.splitlines()
-            assert waiting == (f"vllm-nodeagent: waiting for {STATE}/lock, held by pid 4242 "
-                               "(giving up after 0.3 s)")
-            assert gave_up.startswith(f"vllm-nodeagent: {command}: {STATE}/lock is held by pid 4242; "
-                                      "gave up after 0.3 s")
+            assert waiting == (f"vllm-nodeagent: waiting for {STATE}/lock, held by pid 4242 (giving up after 0.3 s)")
+            assert gave_up.startswith(
+                f"vllm-nodeagent: {command}: {STATE}/lock is held by pid 4242; gave up after 0.3 s"
+            )
     finally:
         os.close(fd)
     assert snapshot(host.root) == before and not journal_file(host.root).exists()
 
 
-def test_systemctl_that_hangs_fails_the_setting_not_the_caller(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_systemctl_that_hangs_fails_the_setting_not_the_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from vllm_nodeagent.host import Host
     from vllm_nodeagent.settings import irqbalance
     from vllm_nodeagent.settings.base import TunableError
@@ -534,7 +562,8 @@ def test_systemctl_that_hangs_fails_the_setting_not_the_caller(tmp_path: Path,
 
 
 def test_daemon_component_failure_is_logged_and_the_others_go_on(
-        host: FakeHost, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import sys
 
     from vllm_nodeagent import log
@@ -558,8 +587,7 @@ def test_daemon_component_failure_is_logged_and_the_others_go_on(
     monkeypatch.setattr(loop.metrics, "write", lambda: ran.append("metrics"))
     loop.tick(loop.clock())
     assert ran == ["readiness", "metrics"]
-    [event] = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-               if '"component_failed"' in line]
+    [event] = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"component_failed"' in line]
     assert event["component"] == "settings" and event["error"] == "RuntimeError: a bug in drift"
     assert "Traceback (most recent call last)" in event["traceback"] and "broken_drift" in event["traceback"]
 
@@ -567,8 +595,7 @@ def test_daemon_component_failure_is_logged_and_the_others_go_on(
 # --- class 7: output that misleads ----------------------------------------------------------------------------
 def test_result_lines_are_plain_and_elided() -> None:
     long = "x" * 500
-    line = render_outcome(engine.Outcome("sysctl.a.b", engine.CHANGED, "4096\t87380\t" + long, "1",
-                                                previous=None))
+    line = render_outcome(engine.Outcome("sysctl.a.b", engine.CHANGED, "4096\t87380\t" + long, "1", previous=None))
     assert line.startswith("changed      sysctl.a.b  - → 4096 87380 xxx") and line.endswith("…")
     assert "\t" not in line and "None" not in line and "'" not in line and len(line) < 120
     line = render_outcome(engine.Outcome("thp.enabled", engine.FAILED, None, "madvise", "EINVAL\n(x)"))
@@ -584,24 +611,43 @@ def test_apply_prints_each_result_once_and_logs_nothing(host: FakeHost, capsys: 
 
 
 def test_launch_plan_error_is_one_plain_line(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = run(host.root, capsys, "launch", "--dry-run", "--gpus", "7",
-                       config=f"[agent]\nstate_dir = '{STATE}'\n[vllm]\nmodel = 'm'\n")
+    rc, out, err = run(
+        host.root,
+        capsys,
+        "launch",
+        "--dry-run",
+        "--gpus",
+        "7",
+        config=f"[agent]\nstate_dir = '{STATE}'\n[vllm]\nmodel = 'm'\n",
+    )
     assert rc == 1 and out == ""
     line = one_line(err)
     assert line.startswith("vllm-nodeagent: launch: ") and "{" not in line
 
 
-@pytest.mark.parametrize(("command", "says"), [
-    ("/nonexistent/vllm", "cannot start vLLM: /nonexistent/vllm: No such file or directory"),
-    ("/bin/false", "ended before it was ready: exit status 1"),
-])
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        ("/nonexistent/vllm", "cannot start vLLM: /nonexistent/vllm: No such file or directory"),
+        ("/bin/false", "ended before it was ready: exit status 1"),
+    ],
+)
 def test_launch_start_failure_is_one_plain_line(
-    host: FakeHost, capsys: pytest.CaptureFixture[str], command: str, says: str,
+    host: FakeHost,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    says: str,
 ) -> None:
     """A vLLM that cannot start, or dies while loading, ends `launch` with one plain line (not only log events)."""
-    rc, out, err = run(host.root, capsys, "--log-format", "json", "launch",
-                       config=f"[agent]\nstate_dir = '{STATE}'\n[vllm]\nmodel = 'm'\nuser = 'nobody'\n"
-                              f"command = ['{command}', 'serve']\nstart_timeout_s = 30\nnuma = 'none'\n")
+    rc, out, err = run(
+        host.root,
+        capsys,
+        "--log-format",
+        "json",
+        "launch",
+        config=f"[agent]\nstate_dir = '{STATE}'\n[vllm]\nmodel = 'm'\nuser = 'nobody'\n"
+        f"command = ['{command}', 'serve']\nstart_timeout_s = 30\nnuma = 'none'\n",
+    )
     assert rc == 1 and out == ""
     line = one_line(err)
     assert line.startswith("vllm-nodeagent: launch: ") and says in line, line
@@ -609,7 +655,9 @@ def test_launch_start_failure_is_one_plain_line(
 
 # --- a bug: still one line, exit 4, the traceback only on request ------------------------------------------------
 def test_a_bug_is_one_line_and_exit_4_without_a_traceback(
-    host: FakeHost, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    host: FakeHost,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from vllm_nodeagent import topology
 
@@ -621,8 +669,10 @@ def test_a_bug_is_one_line_and_exit_4_without_a_traceback(
     rc, out, err = run(host.root, capsys, "topology")
     assert rc == 4 and out == ""
     assert "Traceback" not in err
-    assert one_line(err) == ("vllm-nodeagent: topology: internal error: RuntimeError: a bug in discovery (a bug; "
-                             "rerun with VLLM_NODEAGENT_DEBUG=1 for the traceback, please report it)")
+    assert one_line(err) == (
+        "vllm-nodeagent: topology: internal error: RuntimeError: a bug in discovery (a bug; "
+        "rerun with VLLM_NODEAGENT_DEBUG=1 for the traceback, please report it)"
+    )
 
     monkeypatch.setenv(cli.DEBUG_ENV, "1")
     rc, out, err = run(host.root, capsys, "topology")

@@ -40,7 +40,11 @@ def test_replayed_h100_without_nvml_agrees_with_nvml() -> None:
     (gpu,) = topo["gpus"]
     want = recorded["gpus"][0]
     assert (gpu["pci_bus_id"], gpu["numa_node"], gpu["local_cpus"], gpu["source"]) == (
-        want["pci_bus_id"], want["numa_node"], want["local_cpus"], "sysfs")
+        want["pci_bus_id"],
+        want["numa_node"],
+        want["local_cpus"],
+        "sysfs",
+    )
 
 
 def test_replayed_h100_doctor_matches_the_real_run(capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,8 +53,15 @@ def test_replayed_h100_doctor_matches_the_real_run(capsys: pytest.CaptureFixture
     cfg = Path(__file__).resolve().parent.parent / "etc/config.toml"
     cli.main(["--root", str(H100 / "root"), "--config", str(cfg), "doctor", "--json"], nvml_opener=opener_for(double))
     replay = {c["id"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
-    for cid in ("nvml", "topology.gpu_numa", "gpu.0.persistence_mode", "sysctl.vm.max_map_count", "thp.enabled",
-                "sysctl.net.ipv4.tcp_rmem", "cpu.governor"):
+    for cid in (
+        "nvml",
+        "topology.gpu_numa",
+        "gpu.0.persistence_mode",
+        "sysctl.vm.max_map_count",
+        "thp.enabled",
+        "sysctl.net.ipv4.tcp_rmem",
+        "cpu.governor",
+    ):
         assert (replay[cid]["status"], replay[cid]["current"]) == (recorded[cid]["status"], recorded[cid]["current"])
     # The lent host's max_map_count is 31x the recommended floor: it passes and is never lowered.
     assert recorded["sysctl.vm.max_map_count"]["current"] == "8249672"

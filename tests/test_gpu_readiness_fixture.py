@@ -26,8 +26,7 @@ GPU = Path(__file__).parent / "gpu"
 RUN = GPU / "h100-2026-11-25-vllm"
 H100_ROOT = GPU / "h100-2026-11-25" / "root"  # the same lent machine's sysfs (issue 7)
 CONFIG = Path(__file__).resolve().parent.parent / "etc/config.toml"  # what the real doctor ran with
-GPU_IDS = ("gpu.memory_health", "gpu.foreign_processes", "gpu.compute_mode", "gpu.mig", "gpu.pcie_link",
-           "gpu.throttle")
+GPU_IDS = ("gpu.memory_health", "gpu.foreign_processes", "gpu.compute_mode", "gpu.mig", "gpu.pcie_link", "gpu.throttle")
 
 
 def recorded() -> dict[str, dict[str, str]]:
@@ -40,8 +39,9 @@ def replay(tmp_path: Path, areas: tuple[str, ...]) -> dict[str, CheckResult]:
     cfg.chmod(0o600)
     host = Host(H100_ROOT)
     nvml = Nvml.open(lambda: NvmlDouble.from_file(RUN / "nvml-issue16.json"))
-    probe = Probe(host, load_config(str(cfg), Path("/nonexistent")), discover(host, nvml), nvml,
-                  sleep=lambda _s: None)  # throttle's sampling window: the recorded answers do not change
+    probe = Probe(
+        host, load_config(str(cfg), Path("/nonexistent")), discover(host, nvml), nvml, sleep=lambda _s: None
+    )  # throttle's sampling window: the recorded answers do not change
     return {r.id: r for r in run_all(probe, areas)}
 
 
@@ -89,8 +89,7 @@ def test_the_replay_is_not_vacuous(tmp_path: Path) -> None:
     cfg.chmod(0o600)
     host = Host(H100_ROOT)
     nvml = Nvml.open(lambda: NvmlDouble.from_file(path))
-    probe = Probe(host, load_config(str(cfg), Path("/nonexistent")), discover(host, nvml), nvml,
-                  sleep=lambda _s: None)
+    probe = Probe(host, load_config(str(cfg), Path("/nonexistent")), discover(host, nvml), nvml, sleep=lambda _s: None)
     got = {r.id: r.status for r in run_all(probe, ("gpu", "link"))}
     real = recorded()
     for cid in ("gpu.memory_health", "gpu.compute_mode", "gpu.pcie_link"):

@@ -65,9 +65,17 @@ def _replayed_plan(tmp_path: Path) -> Any:
     cmd = dry["argv"][3:6]  # numactl --cpunodebind=0 --membind=0 | python -m module
     cfg_text = (
         f'[vllm]\ncommand = {json.dumps(cmd)}\nmodel = "/var/tmp/llama8b"\n'
-        f"args = {json.dumps(dry['argv'][8:])}\nuser = \"vllm\"\n[vllm.env]\n"
-        + "".join(f'{k} = "{env[k]}"\n' for k in ("PYTHONPATH", "LD_LIBRARY_PATH", "VLLM_USE_FLASHINFER_SAMPLER",
-                                                   "HF_HUB_OFFLINE", "VLLM_NO_USAGE_STATS"))
+        f'args = {json.dumps(dry["argv"][8:])}\nuser = "vllm"\n[vllm.env]\n'
+        + "".join(
+            f'{k} = "{env[k]}"\n'
+            for k in (
+                "PYTHONPATH",
+                "LD_LIBRARY_PATH",
+                "VLLM_USE_FLASHINFER_SAMPLER",
+                "HF_HUB_OFFLINE",
+                "VLLM_NO_USAGE_STATS",
+            )
+        )
     )
     cfg_path = tmp_path / "c.toml"
     cfg_path.write_text(cfg_text)
@@ -76,24 +84,38 @@ def _replayed_plan(tmp_path: Path) -> Any:
     assert cfg is not None
     topo = discover(Host(H100 / "root"), Nvml.open(lambda: NvmlDouble.from_file(H100 / "nvml.json")))
     who = RunAs("vllm", 999, 999, [999, 44], env["HOME"], switch=True)
-    return dry, topo, plan(cfg, topo, run_as=who, numactl=dry["argv"][0], source_env={},
-                           cache_dir="/var/cache/vllm-nodeagent/vllm")
+    return (
+        dry,
+        topo,
+        plan(cfg, topo, run_as=who, numactl=dry["argv"][0], source_env={}, cache_dir="/var/cache/vllm-nodeagent/vllm"),
+    )
 
 
 def test_plan_replayed_on_the_h100_topology_is_what_launch_ran(tmp_path: Path) -> None:
     dry, _, p = _replayed_plan(tmp_path)
     assert p.argv == dry["argv"]
     # (HOME is left out: it depends on whether the user's home exists on the machine replaying this)
-    for key in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTHONPATH", "LD_LIBRARY_PATH",
-                "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "VLLM_CACHE_ROOT"):
+    for key in (
+        "CUDA_VISIBLE_DEVICES",
+        "CUDA_DEVICE_ORDER",
+        "PYTHONPATH",
+        "LD_LIBRARY_PATH",
+        "TORCHINDUCTOR_CACHE_DIR",
+        "TRITON_CACHE_DIR",
+        "VLLM_CACHE_ROOT",
+    ):
         assert p.env[key] == dry["env"][key], key
     assert (p.binding, p.numa_nodes, p.cpus, p.gpus) == (dry["binding"], dry["numa_nodes"], dry["cpus"], dry["gpus"])
 
 
-@pytest.mark.parametrize("run,row", [(run, r) for run, r in all_rows() if r.get("serving")],
-                         ids=lambda x: x.name if isinstance(x, Path) else f"{x['case']}-{x['n']}")
-def test_every_real_vllm_process_is_bound_and_on_the_planned_gpu(tmp_path: Path, run: Path,
-                                                                 row: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "run,row",
+    [(run, r) for run, r in all_rows() if r.get("serving")],
+    ids=lambda x: x.name if isinstance(x, Path) else f"{x['case']}-{x['n']}",
+)
+def test_every_real_vllm_process_is_bound_and_on_the_planned_gpu(
+    tmp_path: Path, run: Path, row: dict[str, Any]
+) -> None:
     dry, topo, p = _replayed_plan(tmp_path)
     if run == RUN2:
         assert row["plan"]["argv"] == dry["argv"]  # the re-run launched what the first run's dry run planned

@@ -17,12 +17,20 @@ from hwloc_peer import LSTOPO, compare, hwloc_bitmap, lstopo_xml, parse_view
 
 from vllm_nodeagent import cli
 
-pytestmark = pytest.mark.skipif(shutil.which(LSTOPO) is None,
-                                reason=f"{LSTOPO} not installed (Debian/Ubuntu: apt-get install hwloc-nox)")
+pytestmark = pytest.mark.skipif(
+    shutil.which(LSTOPO) is None, reason=f"{LSTOPO} not installed (Debian/Ubuntu: apt-get install hwloc-nox)"
+)
 
 # Fixtures with node directories (hwloc needs them, and per-CPU topology directories, to read a tree).
-TREES = ["two_socket_8gpu", "slurm_cgroup_v2_job", "offline_cpus_with_cxl", "cpumap_only", "gh200_like",
-         "no_pci_locality", "trailing_nul_arm64"]
+TREES = [
+    "two_socket_8gpu",
+    "slurm_cgroup_v2_job",
+    "offline_cpus_with_cxl",
+    "cpumap_only",
+    "gh200_like",
+    "no_pci_locality",
+    "trailing_nul_arm64",
+]
 
 
 def agent_json(root: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:

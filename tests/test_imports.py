@@ -74,9 +74,24 @@ def run_child(tmp_path: Path, *argv: str, model: str = "") -> tuple[subprocess.C
     cfg.chmod(0o600)
     mods = tmp_path / "modules.json"
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD.format(tests=str(TESTS)), str(mods),
-         "--root", str(root), "--config", str(cfg), "--log-format", "json", *argv],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-c",
+            CHILD.format(tests=str(TESTS)),
+            str(mods),
+            "--root",
+            str(root),
+            "--config",
+            str(cfg),
+            "--log-format",
+            "json",
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     return proc, set(json.loads(mods.read_text()))
 
 

@@ -29,8 +29,17 @@ NUMACTL = "/usr/bin/numactl"
 
 def two_socket() -> Topology:
     nodes = [NumaNode(0, list(range(0, 8)), 1 << 30), NumaNode(1, list(range(8, 16)), 1 << 30)]
-    gpus = [Gpu(i, f"0000:{i:02x}:00.0", 0 if i < 2 else 1, list(range(0, 8)) if i < 2 else list(range(8, 16)),
-                "H100", "nvml") for i in range(4)]
+    gpus = [
+        Gpu(
+            i,
+            f"0000:{i:02x}:00.0",
+            0 if i < 2 else 1,
+            list(range(0, 8)) if i < 2 else list(range(8, 16)),
+            "H100",
+            "nvml",
+        )
+        for i in range(4)
+    ]
     return Topology(nodes, gpus, [], [])
 
 
@@ -55,7 +64,7 @@ def test_span_uses_vllm_numa_bind_nodes_when_the_parser_has_it() -> None:
     assert p.argv[0] == "vllm"  # no outer numactl: vLLM would skip its own binding under one
     i = p.argv.index("--numa-bind-nodes")
     assert "--numa-bind" in p.argv
-    assert p.argv[i + 1:i + 4] == ["1", "0", "1"]  # CUDA_VISIBLE_DEVICES order
+    assert p.argv[i + 1 : i + 4] == ["1", "0", "1"]  # CUDA_VISIBLE_DEVICES order
     assert p.env["CUDA_VISIBLE_DEVICES"] == "3,0,2"
     assert p.env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
     assert p.binding == "vllm"
@@ -155,7 +164,10 @@ def test_prepare_cache_dir_owned_by_the_user_and_refuses_links(tmp_path: Path) -
 def test_static_findings() -> None:
     found = vllm_args.static_findings(["--speculative_model=x", "--enforce-eager", "--swap-space", "4", "--port", "1"])
     assert [(f.flag, f.kind) for f in found] == [
-        ("--speculative-model", "removed"), ("--enforce-eager", "risky"), ("--swap-space", "removed")]
+        ("--speculative-model", "removed"),
+        ("--enforce-eager", "risky"),
+        ("--swap-space", "removed"),
+    ]
 
 
 def test_resolve_python_from_shebang(tmp_path: Path) -> None:
@@ -176,21 +188,21 @@ def test_resolve_python_from_shebang(tmp_path: Path) -> None:
     assert vllm_args.resolve_python(["no-such-vllm-cmd"], path_env=str(tmp_path))[1].endswith("not found on PATH")
 
 
-FAKE_CLI_ARGS = '''
+FAKE_CLI_ARGS = """
 def make_arg_parser(parser):
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--speculative-config")
     parser.add_argument("--numa-bind", action="store_true")
     parser.add_argument("--numa-bind-nodes", type=int, nargs="+")
     return parser
-'''
+"""
 
 
-PERMISSIVE_CLI_ARGS = '''
+PERMISSIVE_CLI_ARGS = """
 def make_arg_parser(parser):
     parser.parse_args = lambda args=None, ns=None: parser.parse_known_args(args, ns)[0]
     return parser
-'''
+"""
 
 
 def fake_vllm_site(base: Path, home: str = "entrypoints/openai", cli_args: str = FAKE_CLI_ARGS) -> str:
@@ -208,7 +220,8 @@ def fake_vllm_site(base: Path, home: str = "entrypoints/openai", cli_args: str =
     (pkg / home / "cli_args.py").write_text(textwrap.dedent(cli_args))
     (pkg / "utils" / "__init__.py").write_text("")
     (pkg / "utils" / "argparse_utils.py").write_text(
-        "import argparse\nclass FlexibleArgumentParser(argparse.ArgumentParser):\n    pass\n")
+        "import argparse\nclass FlexibleArgumentParser(argparse.ArgumentParser):\n    pass\n"
+    )
     for d in site.rglob("*"):
         d.chmod(0o755 if d.is_dir() else 0o644)
     site.chmod(0o755)
@@ -262,8 +275,12 @@ def test_probe_runs_as_the_vllm_user_never_root(tmp_path: Path) -> None:
 
 
 # -- the CLI ------------------------------------------------------------------------------------------------------
-def run_cli(args: list[str], tmp_path: Path, config: str, env: dict[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str],
+    tmp_path: Path,
+    config: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     cfg_file = tmp_path / "config.toml"
     cfg_file.write_text(config)
     cfg_file.chmod(0o600)
@@ -272,9 +289,24 @@ def run_cli(args: list[str], tmp_path: Path, config: str, env: dict[str, str] | 
     node.mkdir(parents=True, exist_ok=True)
     (node / "cpulist").write_text("0-1\n")
     full = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(root), "--config",
-                           str(cfg_file), "--log-format", "json", *args],
-                          capture_output=True, text=True, env=full, timeout=60)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vllm_nodeagent.cli",
+            "--root",
+            str(root),
+            "--config",
+            str(cfg_file),
+            "--log-format",
+            "json",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=60,
+    )
 
 
 @pytest.mark.skipif(not shutil.which("numactl"), reason="numactl not installed")
@@ -299,7 +331,7 @@ def test_launch_dry_run_json(tmp_path: Path) -> None:
 
 
 def test_launch_with_nothing_to_launch_is_a_usage_error(tmp_path: Path) -> None:
-    r = run_cli(["launch", "--dry-run"], tmp_path, "[vllm]\nmodel = \"\"\n")
+    r = run_cli(["launch", "--dry-run"], tmp_path, '[vllm]\nmodel = ""\n')
     assert r.returncode == 2 and r.stderr.startswith("vllm-nodeagent: launch: nothing to launch: set [vllm] model")
     assert r.stderr.count("\n") == 1  # one plain line, not a JSON log event
 
@@ -314,7 +346,7 @@ def test_launch_rejects_args_vllm_refuses(tmp_path: Path) -> None:
         numa = "none"
         user = "root"
         [vllm.env]
-        PYTHONPATH = "{env['PYTHONPATH']}"
+        PYTHONPATH = "{env["PYTHONPATH"]}"
         """)
     r = run_cli(["launch", "--dry-run", "--json"], tmp_path, conf)
     assert r.returncode == 1
@@ -328,8 +360,9 @@ def test_doctor_checks(tmp_path: Path) -> None:
 
     state = tmp_path / "state"
     state.mkdir()
-    vcfg = VllmConfig(model="m", user="root", args=["--speculative-model", "x"], command=[sys.executable, "-c", ""],
-                      nodes=[0])
+    vcfg = VllmConfig(
+        model="m", user="root", args=["--speculative-model", "x"], command=[sys.executable, "-c", ""], nodes=[0]
+    )
     ctx = Context(Host("/"), Config(path="t", agent=AgentConfig(state_dir=str(state)), vllm=vcfg), None, "json")
     topo = Topology([NumaNode(0, sorted(os.sched_getaffinity(0)), 1)], [], [], [])
     checks = {c.id: c.to_json() for c in serving_checks.doctor_checks(ctx, topo)}
@@ -340,8 +373,10 @@ def test_doctor_checks(tmp_path: Path) -> None:
     # A live process bound as planned passes; one without the binding fails.
     numactl = shutil.which("numactl")
     if numactl:
-        for cmd, want in (([numactl, "--cpunodebind=0", "--membind=0", "sleep", "30"], "pass"),
-                          (["sleep", "30"], "fail")):
+        for cmd, want in (
+            ([numactl, "--cpunodebind=0", "--membind=0", "sleep", "30"], "pass"),
+            (["sleep", "30"], "fail"),
+        ):
             proc = subprocess.Popen(cmd)
             try:
                 (state / "vllm.pid").write_text(f"{proc.pid}\n")

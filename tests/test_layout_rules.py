@@ -22,8 +22,10 @@ MAX_LINES = 450
 
 def modules() -> dict[str, ast.Module]:
     """Every module of the package by its path relative to the package (``commands/doctor.py``)."""
-    return {p.relative_to(PACKAGE).as_posix(): ast.parse(p.read_text(encoding="utf-8"), str(p))
-            for p in sorted(PACKAGE.rglob("*.py"))}
+    return {
+        p.relative_to(PACKAGE).as_posix(): ast.parse(p.read_text(encoding="utf-8"), str(p))
+        for p in sorted(PACKAGE.rglob("*.py"))
+    }
 
 
 def is_command_layer(rel: str) -> bool:
@@ -50,15 +52,20 @@ def above_the_library(name: str) -> bool:
 
 
 def test_the_library_never_imports_the_cli_or_the_commands() -> None:
-    offenders = {rel: sorted(n for n in imported_names(tree, rel) if above_the_library(n))
-                 for rel, tree in modules().items() if not is_command_layer(rel)}
+    offenders = {
+        rel: sorted(n for n in imported_names(tree, rel) if above_the_library(n))
+        for rel, tree in modules().items()
+        if not is_command_layer(rel)
+    }
     assert {rel: names for rel, names in offenders.items() if names} == {}
 
 
 def test_the_import_reader_sees_lazy_relative_and_from_package_imports() -> None:
     """The rule above could pass by reading nothing: the reader must see each form an upward import can take."""
-    tree = ast.parse("def f():\n    from vllm_nodeagent import cli\n    from ..commands import doctor\n"
-                     "import vllm_nodeagent.commands.topology\n")
+    tree = ast.parse(
+        "def f():\n    from vllm_nodeagent import cli\n    from ..commands import doctor\n"
+        "import vllm_nodeagent.commands.topology\n"
+    )
     names = imported_names(tree, "checks/base.py")
     assert {"vllm_nodeagent.cli", "vllm_nodeagent.commands.doctor", "vllm_nodeagent.commands.topology"} <= names
     assert all(above_the_library(n) for n in ("vllm_nodeagent.cli", "vllm_nodeagent.commands.doctor"))
@@ -68,9 +75,15 @@ def test_the_import_reader_sees_lazy_relative_and_from_package_imports() -> None
 def test_the_serving_package_never_imports_the_daemon() -> None:
     """The old daemon <-> launcher <-> supervisor cycle: serving/ is what the daemon's serve keeper uses, so
     nothing in it may import vllm_nodeagent.daemon (lazily included) back."""
-    offenders = {rel: sorted(n for n in imported_names(tree, rel)
-                             if n == "vllm_nodeagent.daemon" or n.startswith("vllm_nodeagent.daemon."))
-                 for rel, tree in modules().items() if rel.startswith("serving/")}
+    offenders = {
+        rel: sorted(
+            n
+            for n in imported_names(tree, rel)
+            if n == "vllm_nodeagent.daemon" or n.startswith("vllm_nodeagent.daemon.")
+        )
+        for rel, tree in modules().items()
+        if rel.startswith("serving/")
+    }
     assert any(rel.startswith("serving/") for rel in modules())  # the rule reads the package it guards
     assert {rel: names for rel, names in offenders.items() if names} == {}
 
@@ -84,32 +97,45 @@ def output_calls(tree: ast.Module) -> list[str]:
         f = node.func
         if isinstance(f, ast.Name) and f.id == "print":
             found.append(f"{node.lineno}: print")
-        elif (isinstance(f, ast.Attribute) and f.attr == "write" and isinstance(f.value, ast.Attribute)
-              and f.value.attr in ("stdout", "stderr") and isinstance(f.value.value, ast.Name)
-              and f.value.value.id == "sys"):
+        elif (
+            isinstance(f, ast.Attribute)
+            and f.attr == "write"
+            and isinstance(f.value, ast.Attribute)
+            and f.value.attr in ("stdout", "stderr")
+            and isinstance(f.value.value, ast.Name)
+            and f.value.value.id == "sys"
+        ):
             found.append(f"{node.lineno}: sys.{f.value.attr}.write")
     return sorted(found, key=lambda call: int(call.split(":")[0]))
 
 
 def test_only_the_command_layer_prints() -> None:
-    offenders = {rel: output_calls(tree) for rel, tree in modules().items()
-                 if not is_command_layer(rel) and rel != OUTPUT_HELPER}
+    offenders = {
+        rel: output_calls(tree) for rel, tree in modules().items() if not is_command_layer(rel) and rel != OUTPUT_HELPER
+    }
     assert {rel: calls for rel, calls in offenders.items() if calls} == {}
 
 
 def test_only_the_command_layer_uses_the_output_helper() -> None:
-    offenders = sorted(rel for rel, tree in modules().items() if not is_command_layer(rel)
-                       and "vllm_nodeagent.context.print_json" in imported_names(tree, rel))
+    offenders = sorted(
+        rel
+        for rel, tree in modules().items()
+        if not is_command_layer(rel) and "vllm_nodeagent.context.print_json" in imported_names(tree, rel)
+    )
     assert offenders == []
 
 
 def test_the_output_reader_sees_print_and_stream_writes() -> None:
-    tree = ast.parse("import sys\nprint('x')\nsys.stdout.write('y')\nsys.stderr.write('z')\n"
-                     "s = 'print(1)'\nstream.write('log line')\n")
+    tree = ast.parse(
+        "import sys\nprint('x')\nsys.stdout.write('y')\nsys.stderr.write('z')\n"
+        "s = 'print(1)'\nstream.write('log line')\n"
+    )
     assert output_calls(tree) == ["2: print", "3: sys.stdout.write", "4: sys.stderr.write"]
 
 
 def test_no_module_is_over_the_line_limit() -> None:
-    lengths = {p.relative_to(PACKAGE).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
-               for p in sorted(PACKAGE.rglob("*.py"))}
+    lengths = {
+        p.relative_to(PACKAGE).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
+        for p in sorted(PACKAGE.rglob("*.py"))
+    }
     assert {rel: n for rel, n in lengths.items() if n > MAX_LINES} == {}

@@ -69,13 +69,23 @@ def test_readiness_checks_and_heartbeat_in_the_textfile(hgx: FakeHost, hgx_nvml:
     assert 'vllm_nodeagent_check_status{id="kernel.numa_balancing"} 1.0' in text  # warn
     assert 'vllm_nodeagent_check_status{id="gpu.memory_health"} 0.0' in text  # pass
     assert 'vllm_nodeagent_check_status{id="limits.vllm"} -1.0' in text  # skip
-    first = float(next(line.split()[1] for line in text.splitlines()
-                       if line.startswith("vllm_nodeagent_last_check_timestamp_seconds ")))
+    first = float(
+        next(
+            line.split()[1]
+            for line in text.splitlines()
+            if line.startswith("vllm_nodeagent_last_check_timestamp_seconds ")
+        )
+    )
     assert first > 1.7e9
     loop.metrics.last_check.set(0)
     prom.write_text("")
     host._readiness()
     loop.metrics.write()  # nothing else changed: the heartbeat alone makes it write
-    second = float(next(line.split()[1] for line in prom.read_text().splitlines()
-                        if line.startswith("vllm_nodeagent_last_check_timestamp_seconds ")))
+    second = float(
+        next(
+            line.split()[1]
+            for line in prom.read_text().splitlines()
+            if line.startswith("vllm_nodeagent_last_check_timestamp_seconds ")
+        )
+    )
     assert second >= first

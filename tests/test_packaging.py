@@ -58,8 +58,19 @@ def sample_config() -> dict[str, Any]:
 def test_unit_keeps_what_the_daemon_writes_writable() -> None:
     s = unit_settings()
     # /proc/sys and /sys stay writable, /dev/nvidia* reachable, JIT allowed.
-    for forbidden in ("ProtectKernelTunables", "PrivateDevices", "DeviceAllow", "DevicePolicy", "ProtectClock",
-                      "MemoryDenyWriteExecute", "ProtectProc", "ProcSubset", "PrivateUsers", "User", "DynamicUser"):
+    for forbidden in (
+        "ProtectKernelTunables",
+        "PrivateDevices",
+        "DeviceAllow",
+        "DevicePolicy",
+        "ProtectClock",
+        "MemoryDenyWriteExecute",
+        "ProtectProc",
+        "ProcSubset",
+        "PrivateUsers",
+        "User",
+        "DynamicUser",
+    ):
         assert forbidden not in s, f"{forbidden}= would break the agent (see docs/packaging.md)"
     assert s["ProtectSystem"] == ["strict"]
     assert s["Type"] == ["notify"]
@@ -94,13 +105,21 @@ def test_unit_capabilities_and_sockets_cover_the_daemon() -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_unit_security_exposure_at_most_5() -> None:
-    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNIT)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", proc.stdout)
     assert match, proc.stdout + proc.stderr
     assert float(match.group(1)) <= 5.0
-    gate = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=50", str(UNIT)],
-                          capture_output=True, text=True, check=False)
+    gate = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=50", str(UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert gate.returncode == 0
 
 
@@ -128,8 +147,12 @@ def test_serve_unit_is_vllm_sandbox_with_gpus_and_no_privileges() -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_serve_unit_security_exposure_at_most_3() -> None:
-    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(SERVE_UNIT)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(SERVE_UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", proc.stdout)
     assert match, proc.stdout + proc.stderr
     assert float(match.group(1)) <= 3.0
@@ -147,14 +170,24 @@ def fake_wheel(house: Path, name: str, version: str, tag: str, requires: list[st
 
 
 def check_wheelhouse(house: Path, *versions: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(PACKAGING / "check_wheelhouse.py"), str(house), "x86_64", *versions],
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, str(PACKAGING / "check_wheelhouse.py"), str(house), "x86_64", *versions],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def test_check_wheelhouse_catches_a_marker_dependency_missing_for_old_pythons(tmp_path: Path) -> None:
     pytest.importorskip("packaging")
-    fake_wheel(tmp_path, "vllm-nodeagent", "0.1.0", "py3-none-any",
-               ["psutil>=5.9", 'tomli>=2.0; python_version < "3.11"', 'vllm; extra == "vllm"'], ">=3.9")
+    fake_wheel(
+        tmp_path,
+        "vllm-nodeagent",
+        "0.1.0",
+        "py3-none-any",
+        ["psutil>=5.9", 'tomli>=2.0; python_version < "3.11"', 'vllm; extra == "vllm"'],
+        ">=3.9",
+    )
     fake_wheel(tmp_path, "psutil", "7.2.2", "cp36-abi3-manylinux2014_x86_64", [])
     ok = check_wheelhouse(tmp_path, "3.11", "3.12")
     assert ok.returncode == 0, ok.stderr
@@ -203,15 +236,21 @@ def test_role_defaults_render_the_sample_config() -> None:
 
 
 def test_role_renders_exact_sysctls_and_drops_empty_sections() -> None:
-    text = render_role_config({
-        "vllm_nodeagent_sysctl": {"vm.swappiness": {"value": 10, "mode": "exact"},
-                                  "kernel.numa_balancing": {"value": 0, "mode": "exact"}},
-        "vllm_nodeagent_irq": {},
-        "vllm_nodeagent_vllm": {"model": 'org/model "quoted"', "args": ["--max-model-len", "8192"]},
-    })
+    text = render_role_config(
+        {
+            "vllm_nodeagent_sysctl": {
+                "vm.swappiness": {"value": 10, "mode": "exact"},
+                "kernel.numa_balancing": {"value": 0, "mode": "exact"},
+            },
+            "vllm_nodeagent_irq": {},
+            "vllm_nodeagent_vllm": {"model": 'org/model "quoted"', "args": ["--max-model-len", "8192"]},
+        }
+    )
     doc = tomllib.loads(text)
-    assert doc["sysctl"] == {"vm.swappiness": {"value": 10, "mode": "exact"},
-                             "kernel.numa_balancing": {"value": 0, "mode": "exact"}}
+    assert doc["sysctl"] == {
+        "vm.swappiness": {"value": 10, "mode": "exact"},
+        "kernel.numa_balancing": {"value": 0, "mode": "exact"},
+    }
     from vllm_nodeagent.config import parse_config
 
     parse_config(text, "rendered")  # and the agent takes it (a bare 0 would be a floor that never binds)
@@ -244,10 +283,23 @@ def test_built_wheelhouse_installs_offline_on_each_python(tmp_path: Path) -> Non
     for python in pythons:
         venv = tmp_path / python.parent.parent.name
         subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
-                        "--find-links", str(house), "vllm-nodeagent"], check=True)
-        out = subprocess.run([str(venv / "bin" / "vllm-nodeagent"), "--version"], check=True,
-                             capture_output=True, text=True)
+        subprocess.run(
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-index",
+                "--find-links",
+                str(house),
+                "vllm-nodeagent",
+            ],
+            check=True,
+        )
+        out = subprocess.run(
+            [str(venv / "bin" / "vllm-nodeagent"), "--version"], check=True, capture_output=True, text=True
+        )
         assert out.stdout.startswith("vllm-nodeagent "), (python, out.stdout)
         # the venv belongs to the interpreter it was made with, not to the build machine's
         assert (venv / "bin" / "python").resolve() == python.resolve()

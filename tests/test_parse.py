@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vllm_nodeagent.parse import (
+from vllm_nodeagent.host.parse import (
     ParseError,
     format_cpulist,
     normalize_pci_bus_id,
@@ -44,8 +44,13 @@ def test_cpumask_agrees_with_cpulist(cpus: set[int]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "cpus"),
-    [("0-3,8-11", [0, 1, 2, 3, 8, 9, 10, 11]), ("", []), ("5", [5]), ("0-11:2/4", [0, 1, 4, 5, 8, 9]),
-     (" 1,1,0 \n", [0, 1])],
+    [
+        ("0-3,8-11", [0, 1, 2, 3, 8, 9, 10, 11]),
+        ("", []),
+        ("5", [5]),
+        ("0-11:2/4", [0, 1, 4, 5, 8, 9]),
+        (" 1,1,0 \n", [0, 1]),
+    ],
 )
 def test_cpulist_examples(text: str, cpus: list[int]) -> None:
     assert parse_cpulist(text) == cpus
@@ -75,8 +80,14 @@ def test_bracket_list_without_current_and_double_current() -> None:
         parse_bracket_list("[none] [bfq]")
 
 
-@given(st.dictionaries(st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,12}", fullmatch=True),
-                       st.integers(min_value=0, max_value=2**40), min_size=1, max_size=20))
+@given(
+    st.dictionaries(
+        st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,12}", fullmatch=True),
+        st.integers(min_value=0, max_value=2**40),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_meminfo_round_trips_kb(values: dict[str, int]) -> None:
     text = "\n".join(f"{k}:{' ' * 8}{v} kB" for k, v in values.items())
     assert parse_meminfo(text) == {k: v * 1024 for k, v in values.items()}
@@ -114,8 +125,10 @@ def test_pci_bus_id_rejects() -> None:
 
 
 def test_interrupts_by_name() -> None:
-    text = ("           CPU0       CPU1\n 24:  1  2  PCI-MSI 1-edge  nvidia\n 25: 0 0 PCI-MSI eth0-rx-0\n"
-            " 26: 0 0 PCI-MSI eth01\nNMI: 0 0 Non-maskable interrupts\n")
+    text = (
+        "           CPU0       CPU1\n 24:  1  2  PCI-MSI 1-edge  nvidia\n 25: 0 0 PCI-MSI eth0-rx-0\n"
+        " 26: 0 0 PCI-MSI eth01\nNMI: 0 0 Non-maskable interrupts\n"
+    )
     # "eth0-rx-0" is one of eth0's queues; "eth01" is another interface
     assert parse_interrupts_for(text, ["eth0"]) == [25]
     assert parse_interrupts_for(text, ["nvidia"]) == [24]

@@ -66,8 +66,7 @@ def fake_root(tmp_path: Path, mem_available_kb: int = 8 * 1024 * 1024) -> Host:
     root = tmp_path / "root"
     (root / "proc").mkdir(parents=True)
     (root / "proc" / "meminfo").write_text(
-        f"MemTotal:       {2 * mem_available_kb} kB\nMemFree:        1000 kB\n"
-        f"MemAvailable:   {mem_available_kb} kB\n"
+        f"MemTotal:       {2 * mem_available_kb} kB\nMemFree:        1000 kB\nMemAvailable:   {mem_available_kb} kB\n"
     )
     return Host(root)
 
@@ -264,9 +263,14 @@ def test_prewarm_makes_cold_files_resident(tmp_path: Path, method: str, design: 
     write_file(model / "notes.txt", 4096)  # not read
     cold(a, b, c)
     seen: list[tuple[int, int]] = []
-    r = prewarm([str(model)], host=fake_root(tmp_path), budget_bytes=None, residency=method,
-                reader=ReaderOptions(threads=3, buffer_bytes=MIB, segment_bytes=2 * MIB, method=design),
-                progress=lambda done, total: seen.append((done, total)))
+    r = prewarm(
+        [str(model)],
+        host=fake_root(tmp_path),
+        budget_bytes=None,
+        residency=method,
+        reader=ReaderOptions(threads=3, buffer_bytes=MIB, segment_bytes=2 * MIB, method=design),
+        progress=lambda done, total: seen.append((done, total)),
+    )
     total = 7 * MIB + 123 + 4096
     assert r.errors == []
     assert (r.files, r.total_bytes) == (3, total)
@@ -314,8 +318,12 @@ def test_budget_from_meminfo_fraction(tmp_path: Path) -> None:
 def test_bad_targets_are_reported_and_the_rest_is_warmed(tmp_path: Path) -> None:
     good = write_file(tmp_path / "good.safetensors", MIB)
     cold(good)
-    r = prewarm([str(tmp_path / "missing.bin"), "acme/unknown-model", str(good)], host=fake_root(tmp_path),
-                budget_bytes=None, hf_cache=str(tmp_path / "empty-cache"))
+    r = prewarm(
+        [str(tmp_path / "missing.bin"), "acme/unknown-model", str(good)],
+        host=fake_root(tmp_path),
+        budget_bytes=None,
+        hf_cache=str(tmp_path / "empty-cache"),
+    )
     assert r.paths == [str(good)] and r.resident_after_bytes == MIB
     assert len(r.errors) == 2
     assert "missing.bin: no such file or directory" in r.errors[0]
@@ -332,8 +340,13 @@ def test_file_shrinking_mid_read_is_reported(tmp_path: Path) -> None:
         if path == str(big):
             os.truncate(path, MIB)
 
-    r = prewarm([str(tmp_path / "m")], host=fake_root(tmp_path), budget_bytes=None, _file_hook=hook,
-                reader=ReaderOptions(threads=1, segment_bytes=0, buffer_bytes=MIB))
+    r = prewarm(
+        [str(tmp_path / "m")],
+        host=fake_root(tmp_path),
+        budget_bytes=None,
+        _file_hook=hook,
+        reader=ReaderOptions(threads=1, segment_bytes=0, buffer_bytes=MIB),
+    )
     assert len(r.errors) == 1 and "a.safetensors" in r.errors[0] and "shrank" in r.errors[0]
     assert r.paths == [str(small)]
     assert r.resident_after_bytes == 2 * MIB == resident(small)
@@ -349,8 +362,13 @@ def test_file_vanishing_before_its_turn_is_reported(tmp_path: Path) -> None:
         if path == str(big):
             gone.unlink()
 
-    r = prewarm([str(tmp_path / "m")], host=fake_root(tmp_path), budget_bytes=None, _file_hook=hook,
-                reader=ReaderOptions(threads=1, segment_bytes=0))
+    r = prewarm(
+        [str(tmp_path / "m")],
+        host=fake_root(tmp_path),
+        budget_bytes=None,
+        _file_hook=hook,
+        reader=ReaderOptions(threads=1, segment_bytes=0),
+    )
     assert r.errors == [f"{gone}: vanished before it was read"]
     assert r.paths == [str(big), str(last)]
     assert r.total_bytes == r.resident_after_bytes == 3 * MIB + 1000

@@ -30,7 +30,8 @@ def make_root(tmp_path: Path, mem_available_kb: int = 8 * 1024 * 1024, config: s
     root = tmp_path / "root"
     (root / "proc").mkdir(parents=True)
     (root / "proc" / "meminfo").write_text(
-        f"MemTotal:       {2 * mem_available_kb} kB\nMemAvailable:   {mem_available_kb} kB\n")
+        f"MemTotal:       {2 * mem_available_kb} kB\nMemAvailable:   {mem_available_kb} kB\n"
+    )
     if config:
         etc = root / "etc" / "vllm-nodeagent"
         etc.mkdir(parents=True)
@@ -74,8 +75,9 @@ def test_missing_path_fails_but_warms_the_rest(tmp_path: Path, capsys: pytest.Ca
     assert f"vllm-nodeagent: prewarm: {tmp_path / 'nope'}: no such file or directory" in cap.err
 
 
-def test_unknown_model_id_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_model_id_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     assert run(make_root(tmp_path), "acme/absent") == 1
     err = capsys.readouterr().err
@@ -134,8 +136,7 @@ def test_targets_from_config_with_vllm_env_hf_home(tmp_path: Path, capsys: pytes
     (repo / "snapshots" / "r1").mkdir(parents=True)
     (repo / "snapshots" / "r1" / "model.safetensors").symlink_to("../../blobs/abc")
     extra = write_file(tmp_path / "extra" / "tokenizer.json", 5000)
-    config = (f'[prewarm]\npaths = ["{extra.parent}"]\n'
-              f'[vllm]\nmodel = "acme/tiny"\nenv = {{ HF_HOME = "{hf_home}" }}\n')
+    config = f'[prewarm]\npaths = ["{extra.parent}"]\n[vllm]\nmodel = "acme/tiny"\nenv = {{ HF_HOME = "{hf_home}" }}\n'
     assert run(make_root(tmp_path, config=config), "--json") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["files"] == 2 and out["total_bytes"] == 2 * MIB + 5000
@@ -147,9 +148,23 @@ def test_lock_holds_until_sigterm(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from vllm_nodeagent.cli import main; sys.exit(main())"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--root", str(root), "--log-format", "json", "prewarm", "--json", "--lock",
-         str(f)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            code,
+            "--root",
+            str(root),
+            "--log-format",
+            "json",
+            "prewarm",
+            "--json",
+            "--lock",
+            str(f),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None and proc.stdout is not None
         lines = []

@@ -19,21 +19,21 @@ from test_daemon import REPO, Bed, bed, pid_alive, wait_until  # noqa: F401
 from test_launcher import fake_vllm_site
 
 # vLLM's parser as far as the bed's args go: it knows the stand-in's flags, not the removed --swap-space
-BED_CLI_ARGS = '''
+BED_CLI_ARGS = """
 def make_arg_parser(parser):
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--record")
     return parser
-'''
+"""
 
-WAITING_INIT = '''
+WAITING_INIT = """
 import os, time
 __version__ = "0.99.0"
 _deadline = time.monotonic() + 20.0  # the stand-in starts within this; if it never does, answer anyway
 while not os.path.exists({record!r}) and time.monotonic() < _deadline:
     time.sleep(0.05)
 open({marker!r}, "w").write("probed after the start" if os.path.exists({record!r}) else "probed first")
-'''
+"""
 
 
 def probe_waits_for_the_start(bed: Bed) -> tuple[str, Path]:
@@ -41,7 +41,8 @@ def probe_waits_for_the_start(bed: Bed) -> tuple[str, Path]:
     site = fake_vllm_site(bed.base, cli_args=BED_CLI_ARGS)
     marker = bed.base / "share" / "probe-order"
     (Path(site) / "vllm" / "__init__.py").write_text(
-        textwrap.dedent(WAITING_INIT).format(record=str(bed.record), marker=str(marker)))
+        textwrap.dedent(WAITING_INIT).format(record=str(bed.record), marker=str(marker))
+    )
     return site, marker
 
 
@@ -66,9 +67,24 @@ def test_launch_prints_the_same_one_line_error(bed: Bed) -> None:
     bed.write_config(vllm={"env": {"PYTHONPATH": site}}, standin_args=["--swap-space", "4"])
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     r = subprocess.run(
-        [sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(bed.root), "--config", str(bed.config),
-         "--log-format", "json", "launch"],
-        env=dict(env, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120, cwd=str(REPO))
+        [
+            sys.executable,
+            "-m",
+            "vllm_nodeagent.cli",
+            "--root",
+            str(bed.root),
+            "--config",
+            str(bed.config),
+            "--log-format",
+            "json",
+            "launch",
+        ],
+        env=dict(env, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO),
+    )
     assert r.returncode == 1
     assert marker.read_text() == "probed after the start"
     plain = [line for line in r.stderr.splitlines() if line.startswith("vllm-nodeagent: ")]

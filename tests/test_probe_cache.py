@@ -58,7 +58,11 @@ def test_second_probe_is_a_hit_and_runs_no_child(bed: Bed) -> None:
     second = bed.probe()
     assert second.cached and bed.runs() == 1
     assert (second.version, second.accepts, second.parser, second.error) == (
-        first.version, first.accepts, first.parser, first.error)
+        first.version,
+        first.accepts,
+        first.parser,
+        first.error,
+    )
     rejected = bed.probe(("--port", "9000", "--speculative-model", "x"))  # args changed: a miss
     assert not rejected.cached and "--speculative-model" in rejected.error and bed.runs() == 2
     assert bed.probe(("--port", "9000", "--speculative-model", "x")).error == rejected.error and bed.runs() == 2
@@ -92,13 +96,15 @@ def test_another_user_or_environment_misses(bed: Bed) -> None:
     hit, why = probe_cache.lookup(str(bed.cache), other_user)
     assert hit is None and why == "inputs changed: uid"
     assert not probe_cache.cached_probe(str(bed.cache), other_user, run).cached and bed.runs() == 2
-    moved = probe_cache.probe_inputs(sys.executable, ["--port", "1"], PROBE_FLAGS,
-                                     dict(bed.env, PYTHONPATH="/elsewhere"), other_user["uid"])
+    moved = probe_cache.probe_inputs(
+        sys.executable, ["--port", "1"], PROBE_FLAGS, dict(bed.env, PYTHONPATH="/elsewhere"), other_user["uid"]
+    )
     assert probe_cache.lookup(str(bed.cache), moved) == (None, "inputs changed: env")
 
 
-@pytest.mark.parametrize("damage", [b"", b"{not json", b'{"inputs": {}}', b'{"inputs": 1, "stamps": [], "result": 2}',
-                                    b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "damage", [b"", b"{not json", b'{"inputs": {}}', b'{"inputs": 1, "stamps": [], "result": 2}', b"\xff\xfe"]
+)
 def test_a_damaged_cache_file_is_a_miss(bed: Bed, damage: bytes) -> None:
     bed.probe()
     bed.cache_file().write_bytes(damage)

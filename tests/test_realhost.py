@@ -18,7 +18,7 @@ from conftest import requires_root
 
 from vllm_nodeagent.config import SysctlSetting
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.parse import parse_bracket_list
+from vllm_nodeagent.host.parse import parse_bracket_list
 from vllm_nodeagent.settings import engine
 from vllm_nodeagent.settings.base import Tunable
 from vllm_nodeagent.settings.block import BlockScheduler
@@ -112,7 +112,8 @@ def test_apply_drift_revert_on_real_kernel(tmp_path: Path, restore: Callable[...
     assert sorted(o.id for o in engine.drift(tunables, journal)) == sorted(["thp.enabled", f"block.{dev}.scheduler"])
     reapplied = engine.apply(tunables, journal)
     assert sorted(o.id for o in reapplied if o.status == engine.CHANGED) == sorted(
-        ["thp.enabled", f"block.{dev}.scheduler"])
+        ["thp.enabled", f"block.{dev}.scheduler"]
+    )
     assert engine.drift(tunables, journal) == []
 
     # Revert: every value exactly as the kernel printed it before, and the journal gone.
@@ -146,8 +147,10 @@ def test_cli_apply_and_revert_real_kernel(tmp_path: Path, restore: Callable[...,
     before = {p: raw(p) for p in ("/proc/sys/net/core/wmem_max", f"{THP}/enabled")}
     want_thp = other_choice(f"{THP}/enabled")
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[agent]\nstate_dir = "{tmp_path}/state"\n[sysctl]\n"net.core.wmem_max" = '
-                   f'{int(before["/proc/sys/net/core/wmem_max"]) + 1}\n[thp]\nenabled = "{want_thp}"\n')
+    cfg.write_text(
+        f'[agent]\nstate_dir = "{tmp_path}/state"\n[sysctl]\n"net.core.wmem_max" = '
+        f'{int(before["/proc/sys/net/core/wmem_max"]) + 1}\n[thp]\nenabled = "{want_thp}"\n'
+    )
     cfg.chmod(0o600)
     base = [sys.executable, "-m", "vllm_nodeagent.cli", "--config", str(cfg), "--log-format", "json"]
     res = subprocess.run([*base, "apply", "--json"], capture_output=True, text=True, check=False)

@@ -43,8 +43,19 @@ def test_recording_the_double_gives_back_its_answers(monkeypatch: pytest.MonkeyP
     with redirect_stdout(out):
         assert record_nvml.main() == 0
     rec = json.loads(out.getvalue())
-    for key in ("remapped_rows", "ecc_uncorrected_volatile", "ecc_corrected_volatile", "field_values",
-                "compute_mode", "mig_mode", "memory", "compute_processes", "pcie", "utilization_gpu", "fabric"):
+    for key in (
+        "remapped_rows",
+        "ecc_uncorrected_volatile",
+        "ecc_corrected_volatile",
+        "field_values",
+        "compute_mode",
+        "mig_mode",
+        "memory",
+        "compute_processes",
+        "pcie",
+        "utilization_gpu",
+        "fabric",
+    ):
         assert [d[key] for d in rec["devices"]] == [d[key] for d in fed["devices"]], key
     assert rec["devices"][0]["clocks_event_reasons"] == [1, 1, 1]
     assert rec["p2p_read"] == fed["p2p_read"] and rec["cuda_driver_version"] == 13000

@@ -56,8 +56,7 @@ def test_serve_exits_nonzero_when_vllm_dies_after_ready_and_does_not_restart_it(
 
 
 def test_serve_exits_nonzero_after_failed_health_checks_and_stops_vllm(bed: Bed) -> None:
-    bed.write_config(vllm={"health_interval_s": 0.2, "unhealthy_after": 2},
-                     standin_args=["--hold-file", str(bed.hold)])
+    bed.write_config(vllm={"health_interval_s": 0.2, "unhealthy_after": 2}, standin_args=["--hold-file", str(bed.hold)])
     bed.start(command=("serve",))
     bed.notify.wait_for("READY=1")
     pid = bed.records()[0]["pid"]
@@ -78,8 +77,21 @@ def test_serve_with_nothing_to_serve_is_ready_then_exits_zero(bed: Bed) -> None:
 def test_serve_configured_answers_without_starting_anything(bed: Bed) -> None:
     def configured() -> int:
         return subprocess.run(
-            [sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(bed.root), "--config", str(bed.config),
-             "serve", "--configured"], cwd=str(REPO), capture_output=True, check=False, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "vllm_nodeagent.cli",
+                "--root",
+                str(bed.root),
+                "--config",
+                str(bed.config),
+                "serve",
+                "--configured",
+            ],
+            cwd=str(REPO),
+            capture_output=True,
+            check=False,
+            timeout=60,
         ).returncode
 
     bed.write_config(vllm={"user": "vllm"})
@@ -104,12 +116,15 @@ def test_run_split_layout_does_host_work_only(bed: Bed) -> None:
     assert bed.records() == []
 
 
-@pytest.mark.parametrize(("answers", "want"), [
-    ({"is-enabled": "enabled", "is-active": "inactive"}, "split"),
-    ({"is-enabled": "disabled", "is-active": "active"}, "split"),
-    ({"is-enabled": "disabled", "is-active": "inactive"}, "single"),
-    ({"is-enabled": "", "is-active": ""}, "single"),  # not installed / systemctl cannot answer
-])
+@pytest.mark.parametrize(
+    ("answers", "want"),
+    [
+        ({"is-enabled": "enabled", "is-active": "inactive"}, "split"),
+        ({"is-enabled": "disabled", "is-active": "active"}, "split"),
+        ({"is-enabled": "disabled", "is-active": "inactive"}, "single"),
+        ({"is-enabled": "", "is-active": ""}, "single"),  # not installed / systemctl cannot answer
+    ],
+)
 def test_layout_auto_follows_the_serve_unit(tmp_path: Path, answers: dict[str, str], want: str) -> None:
     asked: list[tuple[str, str]] = []
 

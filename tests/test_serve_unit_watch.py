@@ -34,11 +34,15 @@ def test_up_and_restarts_follow_the_serve_unit(tmp_path: Path) -> None:
     loop = Loop(ctx, topology=cast(Any, object()), clock=lambda: now[0])
     textfile = tmp_path / "agent.prom"
     loop.metrics = Metrics(str(textfile))
-    answers = iter(["ActiveState=activating\nNRestarts=2\n",  # start: loading, restarts counted from here
-                    "ActiveState=active\nNRestarts=2\n",
-                    "ActiveState=activating\nNRestarts=4\n",  # two restarts since
-                    "",  # systemd did not answer: the last values stay
-                    "ActiveState=active\nNRestarts=0\n"])  # an operator restarted it: the count resets
+    answers = iter(
+        [
+            "ActiveState=activating\nNRestarts=2\n",  # start: loading, restarts counted from here
+            "ActiveState=active\nNRestarts=2\n",
+            "ActiveState=activating\nNRestarts=4\n",  # two restarts since
+            "",  # systemd did not answer: the last values stay
+            "ActiveState=active\nNRestarts=0\n",
+        ]
+    )  # an operator restarted it: the count resets
     watch = ServeUnitWatch(loop, show=lambda: next(answers))
     expect = [(0, 0), (1, 0), (0, 2), (0, 2), (1, 2)]
     watch.start()

@@ -13,8 +13,17 @@ from vllm_nodeagent.prewarm.warm import prewarm
 from vllm_nodeagent.storage import storage_of
 
 
-def disk(root: Path, devnum: str, syspath: str, *, rot: int, nr: int, queues: int, driver: Optional[str] = None,
-         partition_of: Optional[str] = None) -> None:
+def disk(
+    root: Path,
+    devnum: str,
+    syspath: str,
+    *,
+    rot: int,
+    nr: int,
+    queues: int,
+    driver: Optional[str] = None,
+    partition_of: Optional[str] = None,
+) -> None:
     """/sys/dev/block/<devnum> -> <syspath>, a disk with a queue (or a partition under ``partition_of``)."""
     d = root / syspath.lstrip("/")
     d.mkdir(parents=True, exist_ok=True)
@@ -38,14 +47,28 @@ def disk(root: Path, devnum: str, syspath: str, *, rot: int, nr: int, queues: in
 
 
 def test_virtio_disk_reported_rotational_still_reads_in_parallel(tmp_path: Path) -> None:
-    disk(tmp_path, "254:0", "/sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda", rot=1, nr=256, queues=1,
-         driver="virtio/drivers/virtio_blk")
+    disk(
+        tmp_path,
+        "254:0",
+        "/sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda",
+        rot=1,
+        nr=256,
+        queues=1,
+        driver="virtio/drivers/virtio_blk",
+    )
     st = storage_of(Host(tmp_path), os.makedev(254, 0))
     assert (st.kind, st.name, st.rotational, st.nr_requests, st.hw_queues) == ("virtio", "vda", True, 256, 1)
     assert reader_for(st) == PARALLEL_READER  # the hypervisor serves many requests at once (measured)
     # the same device named otherwise: the driver link still says virtio
-    disk(tmp_path, "254:16", "/sys/devices/pci0000:00/0000:00:03.0/virtio2/block/xvdb", rot=1, nr=256, queues=1,
-         driver="virtio/drivers/virtio_blk")
+    disk(
+        tmp_path,
+        "254:16",
+        "/sys/devices/pci0000:00/0000:00:03.0/virtio2/block/xvdb",
+        rot=1,
+        nr=256,
+        queues=1,
+        driver="virtio/drivers/virtio_blk",
+    )
     assert storage_of(Host(tmp_path), os.makedev(254, 16)).kind == "virtio"
 
 
@@ -60,8 +83,14 @@ def test_nvme_partition_reads_in_parallel(tmp_path: Path) -> None:
 
 def test_md_raid_takes_its_members_kind(tmp_path: Path) -> None:
     for i in range(2):
-        disk(tmp_path, f"259:{i}", f"/sys/devices/pci0000:40/0000:4{i}:00.0/nvme/nvme{i}/nvme{i}n1", rot=0, nr=1023,
-             queues=8)
+        disk(
+            tmp_path,
+            f"259:{i}",
+            f"/sys/devices/pci0000:40/0000:4{i}:00.0/nvme/nvme{i}/nvme{i}n1",
+            rot=0,
+            nr=1023,
+            queues=8,
+        )
     disk(tmp_path, "9:0", "/sys/devices/virtual/block/md0", rot=0, nr=128, queues=0)
     slaves = tmp_path / "sys/devices/virtual/block/md0/slaves"
     slaves.mkdir()
@@ -94,7 +123,8 @@ def test_network_and_memory_filesystems_from_mountinfo(tmp_path: Path) -> None:
         "97 29 0:52 / /models rw,relatime shared:50 - nfs4 filer:/export/models rw,vers=4.2\n"
         "98 29 0:53 / /s3 rw,nosuid shared:51 - fuse.mountpoint-s3 mountpoint-s3 rw,user_id=0\n"
         "99 29 0:54 / /dev/shm rw,nosuid,nodev shared:52 - tmpfs tmpfs rw\n"
-        "100 29 0:55 / /ovl rw shared:53 - overlay overlay rw,lowerdir=/a\n")
+        "100 29 0:55 / /ovl rw shared:53 - overlay overlay rw,lowerdir=/a\n"
+    )
     h = Host(tmp_path)
     nfs, s3, shm, ovl = (storage_of(h, os.makedev(0, m)) for m in (52, 53, 54, 55))
     assert (nfs.kind, nfs.name, nfs.parallel) == ("network", "nfs4", True)

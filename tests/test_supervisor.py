@@ -27,19 +27,34 @@ def test_exit_describe() -> None:
 
 
 def _plan(argv: list[str]) -> LaunchPlan:
-    return LaunchPlan(argv=argv, env={"PATH": "/usr/bin:/bin"}, numa_nodes=[], cpus=[], gpus=[], gpu_nodes=[],
-                      binding="none", policy="none", mempolicy="default", user="root", uid=0, gid=0, groups=[],
-                      switch_user=False)
+    return LaunchPlan(
+        argv=argv,
+        env={"PATH": "/usr/bin:/bin"},
+        numa_nodes=[],
+        cpus=[],
+        gpus=[],
+        gpu_nodes=[],
+        binding="none",
+        policy="none",
+        mempolicy="default",
+        user="root",
+        uid=0,
+        gid=0,
+        groups=[],
+        switch_user=False,
+    )
 
 
 def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
-    code = ("import os, signal, subprocess, sys, time\n"
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "subprocess.Popen([sys.executable, '-c', 'import signal, time; "
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN); open(sys.argv[1], \"w\").close(); time.sleep(60)', "
-            "sys.argv[1]])\n"
-            "time.sleep(60)\n")
+    code = (
+        "import os, signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        'signal.signal(signal.SIGTERM, signal.SIG_IGN); open(sys.argv[1], "w").close(); time.sleep(60)\', '
+        "sys.argv[1]])\n"
+        "time.sleep(60)\n"
+    )
     child = Child(_plan([sys.executable, "-c", code.replace("'import signal", "'import sys, signal"), str(ready)]))
     for _ in range(500):  # until the grandchild has ignored SIGTERM too
         if ready.exists():

@@ -11,7 +11,7 @@ from nvml_double import NvmlDouble, hgx_8gpu_recording
 
 from vllm_nodeagent import cli
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.parse import parse_cpulist
+from vllm_nodeagent.host.parse import parse_cpulist
 from vllm_nodeagent.topology import discover
 
 
@@ -28,8 +28,15 @@ def test_8gpu_with_nvml(hgx: FakeHost, hgx_nvml: NvmlDouble, capsys: pytest.Capt
     assert topo["numa_nodes"][0]["memory_total_bytes"] == 1056 * 2**30
     gpus = topo["gpus"]
     assert [g["pci_bus_id"] for g in gpus] == [
-        "0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0",
-        "0000:9a:00.0", "0000:ab:00.0", "0000:ba:00.0", "0000:db:00.0"]
+        "0000:18:00.0",
+        "0000:2a:00.0",
+        "0000:3a:00.0",
+        "0000:5d:00.0",
+        "0000:9a:00.0",
+        "0000:ab:00.0",
+        "0000:ba:00.0",
+        "0000:db:00.0",
+    ]
     assert [g["index"] for g in gpus] == list(range(8))
     assert [g["numa_node"] for g in gpus] == [0] * 4 + [1] * 4
     assert all(g["source"] == "nvml" and g["name"] == "NVIDIA H100 80GB HBM3" for g in gpus)
@@ -64,8 +71,9 @@ def test_workstation_numa_minus_one(tmp_path: Path, capsys: pytest.CaptureFixtur
     root = tmp_path / "ws"
     HOSTS["workstation"](root)
     topo = topology_json(root, capsys)
-    assert topo["numa_nodes"] == [{"id": 0, "cpus": list(range(16)), "memory_total_bytes": 64 * 2**30,
-                                   "kind": "cpu", "gpu": ""}]
+    assert topo["numa_nodes"] == [
+        {"id": 0, "cpus": list(range(16)), "memory_total_bytes": 64 * 2**30, "kind": "cpu", "gpu": ""}
+    ]
     assert len(topo["gpus"]) == 1
     assert topo["gpus"][0]["numa_node"] == 0 and topo["gpus"][0]["local_cpus"] == list(range(16))
     assert topo["nics"][0]["numa_node"] == 0
@@ -129,8 +137,9 @@ def test_host_seam_never_leaves_root(tmp_path: Path) -> None:
     assert host.read("/sys/abs") == "inside"
 
 
-def test_gpu_link_matrix_nvswitch_and_pcie(hgx: FakeHost, hgx_nvml: NvmlDouble,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_gpu_link_matrix_nvswitch_and_pcie(
+    hgx: FakeHost, hgx_nvml: NvmlDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
     topo = topology_json(hgx.root, capsys, opener_for(hgx_nvml))
     links = topo["gpu_links"]
     assert len(links) == 8 and all(links[i][i] == "X" for i in range(8))

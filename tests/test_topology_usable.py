@@ -19,7 +19,7 @@ from nvml_double import NvmlDouble
 from vllm_nodeagent import cli
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.parse import (
+from vllm_nodeagent.host.parse import (
     normalize_pci_bus_id,
     parse_cpulist,
     parse_cpumask,
@@ -53,8 +53,9 @@ def doctor(h: FakeHost, capsys: pytest.CaptureFixture[str], opener: object = una
     cfg = h.root / "doctor.toml"
     cfg.write_text(CONFIG)
     cfg.chmod(0o600)
-    rc = cli.main(["--root", str(h.root), "--config", str(cfg), "doctor", "--json"],
-                  nvml_opener=opener, host_cls=SysfsHost)  # type: ignore[arg-type]
+    rc = cli.main(
+        ["--root", str(h.root), "--config", str(cfg), "doctor", "--json"], nvml_opener=opener, host_cls=SysfsHost
+    )  # type: ignore[arg-type]
     assert rc in (0, 1)  # a verdict, never a crash
     return {c["id"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
 
@@ -147,7 +148,10 @@ def test_cgroup_v2_controller_enabled_only_higher_up(tmp_path: Path) -> None:
 def test_offline_cpus_left_out_and_cxl_node_is_memory_only(tmp_path: Path) -> None:
     topo = topo_of(build("offline_cpus_with_cxl", tmp_path))
     assert [(n.id, n.kind, n.cpus) for n in topo.numa_nodes] == [
-        (0, "cpu", [0, 1, 2, 3, 4, 5]), (1, "cpu", [8, 9, 10, 11, 12, 13]), (2, "memory", [])]
+        (0, "cpu", [0, 1, 2, 3, 4, 5]),
+        (1, "cpu", [8, 9, 10, 11, 12, 13]),
+        (2, "memory", []),
+    ]
     (off,) = topo.excluded
     assert off.ids == [6, 7, 14, 15] and off.reason.startswith("offline")
     assert [g.local_cpus for g in topo.gpus] == [[0, 1, 2, 3, 4, 5], [8, 9, 10, 11, 12, 13]]
@@ -182,10 +186,19 @@ def test_gh200_link_from_nvml_when_the_driver_file_is_absent(tmp_path: Path) -> 
     h = build("gh200_like", tmp_path)
     (h.root / "proc/driver/nvidia/gpus/0009:01:00.0/numa_status").unlink()
     assert topo_of(h).numa_nodes[1].kind == "memory"  # nothing says whose memory it is
-    rec = {"driver_version": "580.82.07", "devices": [{
-        "bus_id": "00000009:01:00.0", "name": "NVIDIA GH200 480GB", "uuid": "GPU-gh200",
-        "memory_affinity_nodes": [0, 1],  # the GPU-memory node is never taken for the GPU's locality
-        "cpu_affinity": list(range(72)), "gpu_memory_node": 1}]}
+    rec = {
+        "driver_version": "580.82.07",
+        "devices": [
+            {
+                "bus_id": "00000009:01:00.0",
+                "name": "NVIDIA GH200 480GB",
+                "uuid": "GPU-gh200",
+                "memory_affinity_nodes": [0, 1],  # the GPU-memory node is never taken for the GPU's locality
+                "cpu_affinity": list(range(72)),
+                "gpu_memory_node": 1,
+            }
+        ],
+    }
     with cli_nvml(rec) as nvml:
         topo = discover(Host(h.root), nvml)
     assert topo.numa_nodes[1].kind == "gpu-memory" and topo.numa_nodes[1].gpu == "0009:01:00.0"
@@ -211,9 +224,18 @@ def test_no_pci_locality_is_none_not_node_0(tmp_path: Path, capsys: pytest.Captu
 
 def test_nvml_affinity_spanning_nodes_is_no_locality(tmp_path: Path) -> None:
     h = build("no_pci_locality", tmp_path)
-    rec = {"driver_version": "580.82.07", "devices": [{
-        "bus_id": "00000000:41:00.0", "name": "NVIDIA L40S", "uuid": "GPU-l40s",
-        "memory_affinity_nodes": [0, 1], "cpu_affinity": list(range(16))}]}
+    rec = {
+        "driver_version": "580.82.07",
+        "devices": [
+            {
+                "bus_id": "00000000:41:00.0",
+                "name": "NVIDIA L40S",
+                "uuid": "GPU-l40s",
+                "memory_affinity_nodes": [0, 1],
+                "cpu_affinity": list(range(16)),
+            }
+        ],
+    }
     with cli_nvml(rec) as nvml:
         (gpu,) = discover(Host(h.root), nvml).gpus
     assert gpu.numa_node == -1 and "spans nodes 0-1" in gpu.no_locality
@@ -298,8 +320,13 @@ def test_no_command_dies_on_malformed_sysfs(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(repo))
     codes = {}
     for argv in (["topology"], ["topology", "--json"], ["doctor"], ["apply"], ["launch", "--dry-run", "--json"]):
-        r = subprocess.run([sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(h.root), "--config",
-                            str(conf), *argv], capture_output=True, text=True, env=env, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(h.root), "--config", str(conf), *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert "Traceback" not in r.stderr + r.stdout, (argv, r.stderr)
         codes[argv[0] + ("-json" if "--json" in argv else "")] = r.returncode
         if argv[0] == "launch":

@@ -99,6 +99,7 @@ def test_kernel_refusal_fails_that_setting_only(host: Host, hgx: FakeHost, journ
 
 def test_written_but_kernel_reports_other(host: Host, hgx: FakeHost, journal: Journal) -> None:
     """Verify means read back: a kernel that clamps a value must not count as applied."""
+
     class Clamping(Sysctl):
         def write(self, value: str) -> None:
             super().write("100000")
@@ -139,7 +140,9 @@ def test_block_scheduler_not_offered_is_skip(host: Host, hgx: FakeHost, journal:
 def test_block_globs_and_no_match(host: Host) -> None:
     cfg = parse_config("[block]\ndevices = ['nvme*']\nscheduler = 'mq-deadline'\n", "c")
     assert [t.id for t in build_tunables(cfg, discover(host), host)] == [
-        "block.nvme0n1.scheduler", "block.nvme1n1.scheduler"]
+        "block.nvme0n1.scheduler",
+        "block.nvme1n1.scheduler",
+    ]
     cfg = parse_config("[block]\ndevices = ['xvd*']\nscheduler = 'none'\n", "c")
     (only,) = engine.verify(build_tunables(cfg, discover(host), host))
     assert only.status == engine.SKIPPED and "no block device matches xvd*" in only.message
@@ -189,8 +192,7 @@ def test_persistence_mode_via_nvml(host: Host, hgx_nvml: NvmlDouble, journal: Jo
     assert all(v == 0 for v in hgx_nvml.persistence.values())
 
 
-def test_persistence_owned_by_persistenced(host: Host, hgx: FakeHost, hgx_nvml: NvmlDouble,
-                                           journal: Journal) -> None:
+def test_persistence_owned_by_persistenced(host: Host, hgx: FakeHost, hgx_nvml: NvmlDouble, journal: Journal) -> None:
     hgx.write("/proc/4242/comm", "nvidia-persistenced")
     nvml = Nvml.open(lambda: hgx_nvml)
     t = PersistenceMode(host, nvml, 0, "0000:18:00.0", True)
@@ -206,6 +208,7 @@ def test_persistence_without_nvml_is_skip(host: Host, journal: Journal) -> None:
 
 def test_persistence_set_refused(host: Host, journal: Journal) -> None:
     from nvml_double import hgx_8gpu_recording
+
     rec = hgx_8gpu_recording()
     rec["devices"][0]["set_persistence_error"] = "Insufficient Permissions"
     nvml = Nvml.open(lambda: NvmlDouble(rec))
@@ -284,8 +287,13 @@ def test_drift_detected_and_reapplied(host: Host, hgx: FakeHost, journal: Journa
 
 
 # --- CLI --------------------------------------------------------------------------------------------------
-def run_cli(root: Path, capsys: pytest.CaptureFixture[str], *args: str, nvml: NvmlDouble | None = None,
-            config: str | None = None) -> tuple[int, str]:
+def run_cli(
+    root: Path,
+    capsys: pytest.CaptureFixture[str],
+    *args: str,
+    nvml: NvmlDouble | None = None,
+    config: str | None = None,
+) -> tuple[int, str]:
     argv = ["--root", str(root)]
     if config:
         cfg = root / "cfg.toml"
@@ -315,8 +323,13 @@ def test_cli_apply_only_and_revert(hgx: FakeHost, capsys: pytest.CaptureFixture[
     rc, out = run_cli(hgx.root, capsys, "apply", "--only", "sysctl", "--json", config=cfg)
     assert rc == 0
     ids = {r["id"] for r in json.loads(out)["results"]}
-    assert ids == {"sysctl.vm.max_map_count", "sysctl.net.core.rmem_max", "sysctl.net.core.wmem_max",
-                   "sysctl.net.ipv4.tcp_rmem", "sysctl.net.ipv4.tcp_wmem"}
+    assert ids == {
+        "sysctl.vm.max_map_count",
+        "sysctl.net.core.rmem_max",
+        "sysctl.net.core.wmem_max",
+        "sysctl.net.ipv4.tcp_rmem",
+        "sysctl.net.ipv4.tcp_wmem",
+    }
     assert read(hgx, "/proc/sys/net/core/rmem_max") == "134217728"
     rc, out = run_cli(hgx.root, capsys, "revert", config=cfg)
     assert rc == 0 and out.count("restored") == 5
@@ -337,5 +350,3 @@ def test_cli_apply_exit_1_when_something_fails(hgx: FakeHost, capsys: pytest.Cap
 def test_cli_only_matching_nothing(hgx: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
     rc, out = run_cli(hgx.root, capsys, "apply", "--only", "nosuch", config="[thp]\nenabled = 'never'\n")
     assert rc == 2 and "matches no configured setting" in out
-
-

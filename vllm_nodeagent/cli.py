@@ -34,8 +34,11 @@ def parse_gpu_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vllm-nodeagent", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--root", default=os.environ.get("VLLM_NODEAGENT_ROOT", "/"),
-                   help="host root for every /sys, /proc, /etc, /var path (default: / or $VLLM_NODEAGENT_ROOT)")
+    p.add_argument(
+        "--root",
+        default=os.environ.get("VLLM_NODEAGENT_ROOT", "/"),
+        help="host root for every /sys, /proc, /etc, /var path (default: / or $VLLM_NODEAGENT_ROOT)",
+    )
     p.add_argument("--config", default=None, help=f"config file (default: {DEFAULT_CONFIG_PATH} under the root)")
     p.add_argument("--log-format", choices=("console", "json"), default=None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -69,14 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--gpus", type=parse_gpu_list, default=None, help="GPU indices, e.g. 2,3")
 
     ru = sub.add_parser("run", help="the daemon: apply, prewarm, launch, supervise, watch drift")
-    ru.add_argument("--layout", choices=("auto", "split", "single"), default="auto",
-                    help="split: host work only, vLLM runs in vllm-nodeagent-serve.service; single: also "
-                         "launch vLLM; auto (default): split when that unit is enabled or active")
+    ru.add_argument(
+        "--layout",
+        choices=("auto", "split", "single"),
+        default="auto",
+        help="split: host work only, vLLM runs in vllm-nodeagent-serve.service; single: also "
+        "launch vLLM; auto (default): split when that unit is enabled or active",
+    )
 
     se = sub.add_parser("serve", help="vLLM's own unit: prewarm, launch, READY when serving, exit when it fails")
     se.add_argument("--gpus", type=parse_gpu_list, default=None, help="GPU indices, e.g. 2,3")
-    se.add_argument("--configured", action="store_true",
-                    help="start nothing; exit 0 when [vllm] has something to serve as user vllm, 1 when not")
+    se.add_argument(
+        "--configured",
+        action="store_true",
+        help="start nothing; exit 0 when [vllm] has something to serve as user vllm, 1 when not",
+    )
     return p
 
 
@@ -149,15 +159,18 @@ def internal_error(command: str, exc: BaseException) -> int:
 
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     message = " ".join(str(exc).split()) or "(no message)"
-    print(f"vllm-nodeagent: {command}: internal error: {type(exc).__name__}: {message} (a bug; rerun with "
-          f"{DEBUG_ENV}=1 for the traceback, please report it)", file=sys.stderr)
+    print(
+        f"vllm-nodeagent: {command}: internal error: {type(exc).__name__}: {message} (a bug; rerun with "
+        f"{DEBUG_ENV}=1 for the traceback, please report it)",
+        file=sys.stderr,
+    )
     return EXIT_INTERNAL
 
 
 def host_fault(exc: BaseException) -> Optional[str]:
     """One line for a fault of the host or the state dir; None for anything else (a bug: see internal_error)."""
     from vllm_nodeagent.host import HostError
-    from vllm_nodeagent.parse import ParseError
+    from vllm_nodeagent.host.parse import ParseError
     from vllm_nodeagent.settings.journal import JournalError
 
     if isinstance(exc, (JournalError, HostError)):

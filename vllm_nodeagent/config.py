@@ -29,9 +29,7 @@ DEFAULT_CONFIG_PATH = "/etc/vllm-nodeagent/config.toml"
 class ConfigError(Exception):
     """Bad configuration: one line naming the file, the line where known, the key and the value."""
 
-    def __init__(
-        self, file: str, message: str, key: str = "", value: Any = None, line: Optional[int] = None
-    ) -> None:
+    def __init__(self, file: str, message: str, key: str = "", value: Any = None, line: Optional[int] = None) -> None:
         self.file = file
         self.key = key
         self.value = value
@@ -150,8 +148,12 @@ class VllmConfig:
     restart_backoff_max_s: float = spec("float", 300.0, minimum=1, maximum=86400)
     healthy_reset_s: float = spec("float", 600.0, minimum=1, maximum=86400)
     python: str = spec("path", "", doc="interpreter that runs vLLM, for argument checks; empty = derive")
-    readiness: str = spec("str", "completion", choices=("completion", "health"),
-                          doc="READY=1 after /health 200 and a one-token completion, or after /health alone")
+    readiness: str = spec(
+        "str",
+        "completion",
+        choices=("completion", "health"),
+        doc="READY=1 after /health 200 and a one-token completion, or after /health alone",
+    )
     smoke_timeout_s: float = spec("float", 120.0, minimum=1, maximum=3600, doc="the readiness completion's timeout")
 
 
@@ -188,13 +190,27 @@ _SYSCTL_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+")
 _INT_VECTOR = re.compile(r"-?[0-9]+( -?[0-9]+)*")  # ASCII digits: \\d would take "٣"
 _SYSCTL_MIN, _SYSCTL_MAX = -(2**63), 2**64 - 1  # the widest kernel sysctl types (long, unsigned long)
 # Sysctls whose numbers select a mode (or a bitmask), not an amount: "at least N" means nothing for them.
-MODE_SYSCTLS = frozenset({
-    "kernel.numa_balancing", "vm.overcommit_memory", "vm.zone_reclaim_mode", "kernel.randomize_va_space",
-    "vm.oom_kill_allocating_task", "vm.panic_on_oom", "kernel.panic_on_oops", "kernel.nmi_watchdog",
-    "kernel.watchdog", "kernel.sched_autogroup_enabled", "net.ipv4.ip_forward", "net.ipv4.tcp_timestamps",
-    "net.ipv4.tcp_sack", "net.ipv4.tcp_window_scaling", "net.ipv4.tcp_slow_start_after_idle",
-    "net.ipv4.tcp_mtu_probing", "net.ipv4.tcp_no_metrics_save",
-})
+MODE_SYSCTLS = frozenset(
+    {
+        "kernel.numa_balancing",
+        "vm.overcommit_memory",
+        "vm.zone_reclaim_mode",
+        "kernel.randomize_va_space",
+        "vm.oom_kill_allocating_task",
+        "vm.panic_on_oom",
+        "kernel.panic_on_oops",
+        "kernel.nmi_watchdog",
+        "kernel.watchdog",
+        "kernel.sched_autogroup_enabled",
+        "net.ipv4.ip_forward",
+        "net.ipv4.tcp_timestamps",
+        "net.ipv4.tcp_sack",
+        "net.ipv4.tcp_window_scaling",
+        "net.ipv4.tcp_slow_start_after_idle",
+        "net.ipv4.tcp_mtu_probing",
+        "net.ipv4.tcp_no_metrics_save",
+    }
+)
 
 
 class _Ctx:
@@ -380,7 +396,9 @@ def parse_config(text: str, file: str) -> Config:
             raise ctx.error("vllm", "health_url", vllm.health_url, "expected an http:// or https:// URL")
         if vllm.restart_backoff_initial_s > vllm.restart_backoff_max_s:
             raise ctx.error(
-                "vllm", "restart_backoff_initial_s", vllm.restart_backoff_initial_s,
+                "vllm",
+                "restart_backoff_initial_s",
+                vllm.restart_backoff_initial_s,
                 "must not exceed restart_backoff_max_s",
             )
     return Config(path=file, **kwargs)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Optional
 
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, STATUSES, WARN, CheckResult
 from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK
+from vllm_nodeagent.host.parse import format_cpulist
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
-from vllm_nodeagent.parse import format_cpulist
 from vllm_nodeagent.settings import engine
 from vllm_nodeagent.settings.base import Tunable
 from vllm_nodeagent.settings.families import build_tunables
@@ -17,6 +17,7 @@ from vllm_nodeagent.topology import Topology, discover
 
 if TYPE_CHECKING:
     from vllm_nodeagent.context import Context
+
 
 def setting_checks(tunables: list[Tunable], config_arg: Optional[str] = None) -> list[CheckResult]:
     """``config_arg``: the --config in use, so a hint's command acts on the same config."""
@@ -52,28 +53,48 @@ def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: 
         except NvmlCallError as exc:
             checks.append(CheckResult("nvml", FAIL, str(exc), "usable", "check the NVIDIA driver (nvidia-smi)"))
     elif topo.gpus and sysfs_gpus:
-        checks.append(CheckResult("nvml", FAIL, nvml_error or "unavailable", "usable",
-                            "install the NVIDIA driver (libnvidia-ml.so.1) and nvidia-ml-py",
-                            "NVIDIA GPUs are on the PCI bus but NVML does not answer"))
+        checks.append(
+            CheckResult(
+                "nvml",
+                FAIL,
+                nvml_error or "unavailable",
+                "usable",
+                "install the NVIDIA driver (libnvidia-ml.so.1) and nvidia-ml-py",
+                "NVIDIA GPUs are on the PCI bus but NVML does not answer",
+            )
+        )
     else:
-        checks.append(CheckResult("nvml", SKIP, nvml_error or "unavailable", "usable", "",
-                                  "no NVIDIA GPU on this host"))
+        checks.append(
+            CheckResult("nvml", SKIP, nvml_error or "unavailable", "usable", "", "no NVIDIA GPU on this host")
+        )
 
     checks.append(numa_check(topo))
     if topo.gpus:
         unplaced = [g for g in topo.gpus if g.numa_node < 0]
-        current = ", ".join(f"GPU{g.index}:node{g.numa_node}/{format_cpulist(g.local_cpus) or '-'}"
-                            for g in topo.gpus)
+        current = ", ".join(f"GPU{g.index}:node{g.numa_node}/{format_cpulist(g.local_cpus) or '-'}" for g in topo.gpus)
         if unplaced:
             # No locality is a fact of the board, not a fault: the launcher runs such GPUs unbound.
-            checks.append(CheckResult("topology.gpu_numa", WARN, current, "every GPU on a NUMA node",
-                                "check firmware NUMA (SRAT/ACPI proximity) settings",
-                                "; ".join(f"GPU{g.index} is launched without a NUMA binding: {g.no_locality}"
-                                          for g in unplaced)))
+            checks.append(
+                CheckResult(
+                    "topology.gpu_numa",
+                    WARN,
+                    current,
+                    "every GPU on a NUMA node",
+                    "check firmware NUMA (SRAT/ACPI proximity) settings",
+                    "; ".join(f"GPU{g.index} is launched without a NUMA binding: {g.no_locality}" for g in unplaced),
+                )
+            )
         elif topo.warnings:
-            checks.append(CheckResult("topology.gpu_numa", WARN, current, "NVML and sysfs agree",
-                                "compare nvidia-smi topo -m with /sys/bus/pci/devices/*/numa_node",
-                                "; ".join(topo.warnings)))
+            checks.append(
+                CheckResult(
+                    "topology.gpu_numa",
+                    WARN,
+                    current,
+                    "NVML and sysfs agree",
+                    "compare nvidia-smi topo -m with /sys/bus/pci/devices/*/numa_node",
+                    "; ".join(topo.warnings),
+                )
+            )
         else:
             checks.append(CheckResult("topology.gpu_numa", PASS, current, "NVML and sysfs agree"))
     else:
@@ -89,15 +110,27 @@ def numa_check(topo: Topology) -> CheckResult:
             parts.append(f"node{n.id}:gpu-memory({n.gpu})")
         else:
             parts.append(f"node{n.id}:{n.kind}" + (f"/{format_cpulist(n.cpus)}" if n.cpus else ""))
-    excluded = "; ".join(f"excluded {'CPUs' if e.what == 'cpu' else 'nodes'} {format_cpulist(e.ids)}: {e.reason}"
-                         for e in topo.excluded)
+    excluded = "; ".join(
+        f"excluded {'CPUs' if e.what == 'cpu' else 'nodes'} {format_cpulist(e.ids)}: {e.reason}" for e in topo.excluded
+    )
     if topo.problems:
-        return CheckResult("topology.numa", WARN, ", ".join(parts), "readable sysfs",
-                     "the files named were skipped; check the kernel and its sysfs",
-                     "; ".join(topo.problems + ([excluded] if excluded else [])))
+        return CheckResult(
+            "topology.numa",
+            WARN,
+            ", ".join(parts),
+            "readable sysfs",
+            "the files named were skipped; check the kernel and its sysfs",
+            "; ".join(topo.problems + ([excluded] if excluded else [])),
+        )
     if not topo.cpu_nodes():
-        return CheckResult("topology.numa", FAIL, ", ".join(parts) or "none", "a usable CPU node",
-                     "check the cgroup cpuset and CPU hotplug (cpu/online)", excluded)
+        return CheckResult(
+            "topology.numa",
+            FAIL,
+            ", ".join(parts) or "none",
+            "a usable CPU node",
+            "check the cgroup cpuset and CPU hotplug (cpu/online)",
+            excluded,
+        )
     return CheckResult("topology.numa", PASS, ", ".join(parts), "usable CPU nodes", "", excluded)
 
 
@@ -141,8 +174,9 @@ def driver_libs_check(ctx: Context) -> CheckResult:
 
     vllm_env = dict(ctx.config.vllm.env if ctx.config.vllm else {})
     v = driver_libs.check(ctx.host, vllm_env, os.environ)
-    return CheckResult("vllm.driver_libs", v.status, v.current, "libcuda.so.1, libnvidia-ml.so.1 loadable by vLLM",
-                 v.hint)
+    return CheckResult(
+        "vllm.driver_libs", v.status, v.current, "libcuda.so.1, libnvidia-ml.so.1 loadable by vLLM", v.hint
+    )
 
 
 def run_checks(ctx: Context) -> list[CheckResult]:
@@ -150,8 +184,12 @@ def run_checks(ctx: Context) -> list[CheckResult]:
     try:
         topo = discover(ctx.host, nvml, why)
         tunables = build_tunables(ctx.config, topo, ctx.host, nvml, why)
-        checks = [*host_checks(ctx, topo, nvml, why), layout_check(ctx), *setting_checks(tunables, ctx.config_arg),
-                  *vllm_checks(ctx, topo)]
+        checks = [
+            *host_checks(ctx, topo, nvml, why),
+            layout_check(ctx),
+            *setting_checks(tunables, ctx.config_arg),
+            *vllm_checks(ctx, topo),
+        ]
         checks += readiness_checks(ctx, topo, nvml)
     finally:
         if nvml is not None:

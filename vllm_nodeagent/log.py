@@ -26,8 +26,7 @@ class _Settings:
     applied_to: Optional[TextIO] = None  # the stream structlog.configure() last ran with
 
 
-def configure(fmt: str = "auto", stream: Optional[TextIO] = None, level: int = INFO,
-              structured: bool = False) -> None:
+def configure(fmt: str = "auto", stream: Optional[TextIO] = None, level: int = INFO, structured: bool = False) -> None:
     """``fmt``: auto (console on a TTY, else JSON), console, or json. Logs go to ``stream`` (default: sys.stderr as
     it is when a line is logged); stdout is for results. ``structured``: render through structlog (the daemon)."""
     _Settings.fmt = fmt
@@ -44,8 +43,9 @@ def _use_json(stream: TextIO) -> bool:
 def _apply_structlog(stream: TextIO) -> None:
     import structlog
 
-    renderer: Any = (structlog.processors.JSONRenderer() if _use_json(stream)
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if _use_json(stream) else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.parse import (
+from vllm_nodeagent.host.parse import (
     ParseError,
     format_cpulist,
     normalize_pci_bus_id,
@@ -140,8 +140,10 @@ def cgroup_allowed(host: Host, warnings: list[str]) -> tuple[Allowed, Allowed]:
             names = (("cpuset.cpus.effective",), ("cpuset.mems.effective",))
             mount = v2_mount
         elif "cpuset" in controllers.split(",") and v1_mount:
-            names = (("cpuset.effective_cpus", "effective_cpus", "cpuset.cpus", "cpus"),
-                     ("cpuset.effective_mems", "effective_mems", "cpuset.mems", "mems"))
+            names = (
+                ("cpuset.effective_cpus", "effective_cpus", "cpuset.cpus", "cpus"),
+                ("cpuset.effective_mems", "effective_mems", "cpuset.mems", "mems"),
+            )
             mount = v1_mount
         else:
             continue
@@ -151,8 +153,9 @@ def cgroup_allowed(host: Host, warnings: list[str]) -> tuple[Allowed, Allowed]:
     return none
 
 
-def _cgroup_files(host: Host, mount: str, path: str, names: tuple[tuple[str, ...], tuple[str, ...]],
-                  warnings: list[str]) -> tuple[Allowed, Allowed]:
+def _cgroup_files(
+    host: Host, mount: str, path: str, names: tuple[tuple[str, ...], tuple[str, ...]], warnings: list[str]
+) -> tuple[Allowed, Allowed]:
     # v2 has the cpuset files only where the controller is enabled: the nearest ancestor's are the bound.
     rel = path.strip("/")
     while True:
@@ -213,8 +216,9 @@ def _machine_nodes(host: Host, warnings: list[str]) -> tuple[dict[int, Optional[
     # never from the running machine).
     every = read_list(host, f"{CPU_DIR}/online", warnings) or read_list(host, f"{CPU_DIR}/possible", warnings)
     if every is None:
-        every = sorted(int(p.rsplit("cpu", 1)[1]) for p in host.glob(CPU_DIR, "cpu[0-9]*")
-                       if p.rsplit("cpu", 1)[1].isdigit())
+        every = sorted(
+            int(p.rsplit("cpu", 1)[1]) for p in host.glob(CPU_DIR, "cpu[0-9]*") if p.rsplit("cpu", 1)[1].isdigit()
+        )
     return {0: every}, {0: _memory(host, "/proc/meminfo", warnings)}
 
 
@@ -228,8 +232,9 @@ def discover_usable(host: Host) -> UsableNuma:
     cg_cpus, cg_mems = cgroup_allowed(host, warnings)
     for own, cg, what in ((aff_cpus, cg_cpus, "CPUs"), (aff_mems, cg_mems, "nodes")):
         if own.ids is not None and cg.ids is not None and not own.ids <= cg.ids:
-            warnings.append(f"{what}: {own.source} is not within {cg.source}: the cgroup read may not be this "
-                            "process's; using both")
+            warnings.append(
+                f"{what}: {own.source} is not within {cg.source}: the cgroup read may not be this process's; using both"
+            )
     gpu_mem = nvidia_gpu_memory_nodes(host, warnings)
 
     def cpu_reason(cpu: int) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Optional, Union
 
-from vllm_nodeagent.parse import ParseError, normalize_pci_bus_id
+from vllm_nodeagent.host.parse import ParseError, normalize_pci_bus_id
 
 # nvml.h: NVML_AFFINITY_SCOPE_NODE = 0 (NUMA node), NVML_AFFINITY_SCOPE_SOCKET = 1.
 AFFINITY_SCOPE_NODE = 0
@@ -116,9 +116,7 @@ class Nvml:
         return self._call("nvmlDeviceGetHandleByIndex", self._lib.nvmlDeviceGetHandleByIndex, index)
 
     def handle_by_bus_id(self, pci_bus_id: str) -> Any:
-        return self._call(
-            "nvmlDeviceGetHandleByPciBusId", self._lib.nvmlDeviceGetHandleByPciBusId, pci_bus_id
-        )
+        return self._call("nvmlDeviceGetHandleByPciBusId", self._lib.nvmlDeviceGetHandleByPciBusId, pci_bus_id)
 
     def gpus(self, cpu_count: int, node_count: int) -> list[NvmlGpu]:
         """Every GPU NVML sees, with its NUMA affinity."""
@@ -139,7 +137,10 @@ class Nvml:
             )
             cpus = self._call(
                 "nvmlDeviceGetCpuAffinityWithinScope",
-                lib.nvmlDeviceGetCpuAffinityWithinScope, h, cpu_words, AFFINITY_SCOPE_NODE,
+                lib.nvmlDeviceGetCpuAffinityWithinScope,
+                h,
+                cpu_words,
+                AFFINITY_SCOPE_NODE,
             )
             out.append(
                 NvmlGpu(
@@ -191,8 +192,12 @@ class Nvml:
                 if direct or switched:
                     row.append(f"NV{direct + switched}")
                     continue
-                level = self._call("nvmlDeviceGetTopologyCommonAncestor",
-                                   self._lib.nvmlDeviceGetTopologyCommonAncestor, handles[a], handles[b])
+                level = self._call(
+                    "nvmlDeviceGetTopologyCommonAncestor",
+                    self._lib.nvmlDeviceGetTopologyCommonAncestor,
+                    handles[a],
+                    handles[b],
+                )
                 row.append(TOPOLOGY_LABELS.get(int(level), str(level)))
             matrix.append(row)
         return matrix
@@ -214,16 +219,12 @@ class Nvml:
 
     def set_persistence_mode(self, pci_bus_id: str, enabled: bool) -> None:
         h = self.handle_by_bus_id(pci_bus_id)
-        self._call(
-            "nvmlDeviceSetPersistenceMode", self._lib.nvmlDeviceSetPersistenceMode, h, 1 if enabled else 0
-        )
+        self._call("nvmlDeviceSetPersistenceMode", self._lib.nvmlDeviceSetPersistenceMode, h, 1 if enabled else 0)
 
     def compute_pids(self, pci_bus_id: str) -> list[int]:
         """PIDs with a compute context on the GPU (maps vLLM workers to their GPU)."""
         h = self.handle_by_bus_id(pci_bus_id)
-        procs = self._call(
-            "nvmlDeviceGetComputeRunningProcesses", self._lib.nvmlDeviceGetComputeRunningProcesses, h
-        )
+        procs = self._call("nvmlDeviceGetComputeRunningProcesses", self._lib.nvmlDeviceGetComputeRunningProcesses, h)
         return sorted({int(p.pid) for p in procs})
 
     # -- read-only queries for doctor's readiness checks (vllm_nodeagent/checks/) -----------------------------

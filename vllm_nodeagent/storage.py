@@ -18,8 +18,24 @@ from typing import Optional
 from vllm_nodeagent.host import Host, HostError
 
 # Filesystems whose reads each wait for a network round trip: parallel streams multiply throughput.
-NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
-                        "9p", "virtiofs", "afs", "orangefs", "pvfs2"})
+NETWORK_FS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ceph",
+        "glusterfs",
+        "9p",
+        "virtiofs",
+        "afs",
+        "orangefs",
+        "pvfs2",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -39,9 +55,16 @@ class Storage:
         return self.kind not in ("rotational", "memory")
 
     def describe(self) -> str:
-        facts = [f"{k}={v}" for k, v in (("rotational", None if self.rotational is None else int(self.rotational)),
-                                         ("nr_requests", self.nr_requests), ("hw_queues", self.hw_queues),
-                                         ("read_ahead_kb", self.read_ahead_kb)) if v is not None]
+        facts = [
+            f"{k}={v}"
+            for k, v in (
+                ("rotational", None if self.rotational is None else int(self.rotational)),
+                ("nr_requests", self.nr_requests),
+                ("hw_queues", self.hw_queues),
+                ("read_ahead_kb", self.read_ahead_kb),
+            )
+            if v is not None
+        ]
         return " ".join([f"{self.name} ({self.kind})", *facts])
 
 

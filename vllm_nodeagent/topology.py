@@ -8,15 +8,24 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from vllm_nodeagent import log
 from vllm_nodeagent.host import Host
+from vllm_nodeagent.host.parse import ParseError, clean_attr, format_cpulist, parse_bracket_list
 from vllm_nodeagent.numa import CPU, GPU_MEMORY, MEMORY, Excluded, NumaNode, UsableNuma, discover_usable, read_list
 from vllm_nodeagent.nvml import Nvml, NvmlCallError, NvmlGpu
-from vllm_nodeagent.parse import ParseError, clean_attr, format_cpulist, parse_bracket_list
 
 if TYPE_CHECKING:
     from vllm_nodeagent.context import Context
 
-__all__ = ["BlockDevice", "Excluded", "Gpu", "Nic", "NumaNode", "Topology", "discover", "discover_with_nvml",
-           "render_table"]
+__all__ = [
+    "BlockDevice",
+    "Excluded",
+    "Gpu",
+    "Nic",
+    "NumaNode",
+    "Topology",
+    "discover",
+    "discover_with_nvml",
+    "render_table",
+]
 
 NVIDIA_VENDOR = "0x10de"
 # PCI class 0x0300xx = VGA controller, 0x0302xx = 3D controller (datacenter GPUs). 0x0403 (HDA audio) is not a GPU.
@@ -124,11 +133,15 @@ def pci_numa(host: Host, dev_path: str, numa: UsableNuma, warnings: list[str]) -
         elif len(touched) == 1 and (inside or not numa.unreadable):
             node, why = _usable_node(numa, touched[0], "its local CPUs' node")
         elif numa.unreadable and not touched:
-            why = (f"numa_node is -1, no local CPUs, and node(s) {format_cpulist(numa.unreadable)} could not be "
-                   "read: no locality")
+            why = (
+                f"numa_node is -1, no local CPUs, and node(s) {format_cpulist(numa.unreadable)} could not be "
+                "read: no locality"
+            )
         elif touched:
-            why = (f"numa_node is -1 and its local CPUs {format_cpulist(local)} span nodes "
-                   f"{format_cpulist(touched)}: no locality")
+            why = (
+                f"numa_node is -1 and its local CPUs {format_cpulist(local)} span nodes "
+                f"{format_cpulist(touched)}: no locality"
+            )
         else:
             why = "numa_node is -1 and it lists no local CPUs: no locality"
     cpus = sorted(set(local) & usable_cpus)
@@ -195,8 +208,16 @@ def merge_nvml_gpus(host: Host, numa: UsableNuma, nvml_gpus: list[NvmlGpu], warn
         else:
             warnings.append(f"GPU {g.pci_bus_id}: NVML lists it but sysfs has no {dev}")
         out.append(
-            Gpu(index=i, pci_bus_id=g.pci_bus_id, numa_node=node, local_cpus=cpus,
-                name=g.name, source="nvml", uuid=g.uuid, no_locality=why)
+            Gpu(
+                index=i,
+                pci_bus_id=g.pci_bus_id,
+                numa_node=node,
+                local_cpus=cpus,
+                name=g.name,
+                source="nvml",
+                uuid=g.uuid,
+                no_locality=why,
+            )
         )
     return out
 
@@ -307,8 +328,10 @@ def render_table(topo: Topology) -> str:
 
     lines = table(
         ["NUMA", "Kind", "CPUs", "Memory"],
-        [[str(n.id), _node_label(n), format_cpulist(n.cpus) or "-", f"{n.memory_total_bytes / 2**30:.1f} GiB"]
-         for n in topo.numa_nodes],
+        [
+            [str(n.id), _node_label(n), format_cpulist(n.cpus) or "-", f"{n.memory_total_bytes / 2**30:.1f} GiB"]
+            for n in topo.numa_nodes
+        ],
     )
     for e in topo.excluded:
         what = "CPUs" if e.what == "cpu" else ("nodes" if len(e.ids) > 1 else "node")
@@ -317,15 +340,26 @@ def render_table(topo: Topology) -> str:
     if topo.gpus:
         lines += table(
             ["GPU", "PCI bus id", "NUMA Affinity", "CPU Affinity", "Name", "Source"],
-            [[f"GPU{g.index}", g.pci_bus_id, str(g.numa_node) if g.numa_node >= 0 else "N/A",
-              format_cpulist(g.local_cpus) or "N/A", g.name, g.source] for g in topo.gpus],
+            [
+                [
+                    f"GPU{g.index}",
+                    g.pci_bus_id,
+                    str(g.numa_node) if g.numa_node >= 0 else "N/A",
+                    format_cpulist(g.local_cpus) or "N/A",
+                    g.name,
+                    g.source,
+                ]
+                for g in topo.gpus
+            ],
         )
     else:
         lines.append("no NVIDIA GPU found")
     if topo.gpu_links:
         lines.append("")
-        lines += table([""] + [f"GPU{g.index}" for g in topo.gpus],
-                       [[f"GPU{g.index}", *row] for g, row in zip(topo.gpus, topo.gpu_links)])
+        lines += table(
+            [""] + [f"GPU{g.index}" for g in topo.gpus],
+            [[f"GPU{g.index}", *row] for g, row in zip(topo.gpus, topo.gpu_links)],
+        )
     if topo.nics:
         lines.append("")
         lines += table(["NIC", "PCI bus id", "NUMA"], [[n.name, n.pci_bus_id, str(n.numa_node)] for n in topo.nics])
@@ -333,8 +367,10 @@ def render_table(topo: Topology) -> str:
         lines.append("")
         lines += table(
             ["Disk", "Scheduler", "Available", "Rotational"],
-            [[b.name, b.scheduler or "?", " ".join(b.available_schedulers), "yes" if b.rotational else "no"]
-             for b in topo.block_devices],
+            [
+                [b.name, b.scheduler or "?", " ".join(b.available_schedulers), "yes" if b.rotational else "no"]
+                for b in topo.block_devices
+            ],
         )
     for w in topo.problems + topo.warnings:
         lines.append(f"warning: {w}")

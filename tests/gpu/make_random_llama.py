@@ -23,8 +23,9 @@ SHARD_BYTES = 5_000_000_000  # Hugging Face's default max_shard_size ("5GB"): an
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>"]
 
 
-def tensor_shapes(layers: int, hidden: int, mlp: int, heads: int, kv_heads: int,
-                  vocab: int) -> Iterator[tuple[str, tuple[int, ...]]]:
+def tensor_shapes(
+    layers: int, hidden: int, mlp: int, heads: int, kv_heads: int, vocab: int
+) -> Iterator[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every LlamaForCausalLM tensor, in checkpoint order."""
     kv = hidden // heads * kv_heads
     yield "model.embed_tokens.weight", (vocab, hidden)
@@ -58,13 +59,26 @@ def write_tokenizer(out: str, vocab: int) -> int:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus(60000), trainer=trainer)
     tok.save(os.path.join(out, "tokenizer.json"))
     with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as fh:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": SPECIALS[0], "eos_token": SPECIALS[1],
-                   "model_max_length": 8192, "clean_up_tokenization_spaces": False}, fh, indent=1)
+        json.dump(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": SPECIALS[0],
+                "eos_token": SPECIALS[1],
+                "model_max_length": 8192,
+                "clean_up_tokenization_spaces": False,
+            },
+            fh,
+            indent=1,
+        )
     with open(os.path.join(out, "special_tokens_map.json"), "w", encoding="utf-8") as fh:
         json.dump({"bos_token": SPECIALS[0], "eos_token": SPECIALS[1]}, fh, indent=1)
     return int(tok.get_vocab_size())
@@ -79,8 +93,12 @@ def main() -> int:
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=128256)
-    ap.add_argument("--tokenizer-vocab", type=int, default=32000,
-                    help="BPE vocabulary trained here (ids above it decode to nothing; the model keeps --vocab)")
+    ap.add_argument(
+        "--tokenizer-vocab",
+        type=int,
+        default=32000,
+        help="BPE vocabulary trained here (ids above it decode to nothing; the model keeps --vocab)",
+    )
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -93,12 +111,26 @@ def main() -> int:
     tok_vocab = write_tokenizer(a.out, a.tokenizer_vocab)
     t_tok = time.monotonic() - t0
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16",
-        "hidden_size": a.hidden, "intermediate_size": a.mlp, "num_hidden_layers": a.layers,
-        "num_attention_heads": a.heads, "num_key_value_heads": a.kv_heads, "head_dim": a.hidden // a.heads,
-        "vocab_size": a.vocab, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-        "hidden_act": "silu", "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
-        "initializer_range": 0.02, "bos_token_id": 0, "eos_token_id": 1,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "torch_dtype": "bfloat16",
+        "hidden_size": a.hidden,
+        "intermediate_size": a.mlp,
+        "num_hidden_layers": a.layers,
+        "num_attention_heads": a.heads,
+        "num_key_value_heads": a.kv_heads,
+        "head_dim": a.hidden // a.heads,
+        "vocab_size": a.vocab,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "initializer_range": 0.02,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
     }
     with open(os.path.join(a.out, "config.json"), "w", encoding="utf-8") as fh:
         json.dump(config, fh, indent=1)
@@ -140,9 +172,21 @@ def main() -> int:
         del tensors
     with open(os.path.join(a.out, "model.safetensors.index.json"), "w", encoding="utf-8") as fh:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=1)
-    print(json.dumps({"dir": a.out, "bytes": total, "shards": len(shards), "tensors": len(shapes),
-                      "tokenizer_vocab": tok_vocab, "tokenizer_s": round(t_tok, 2), "generate_s": round(t_gen, 2),
-                      "write_s": round(t_write, 2), "write_gbps": round(total / 1e9 / max(t_write, 1e-9), 2)}))
+    print(
+        json.dumps(
+            {
+                "dir": a.out,
+                "bytes": total,
+                "shards": len(shards),
+                "tensors": len(shapes),
+                "tokenizer_vocab": tok_vocab,
+                "tokenizer_s": round(t_tok, 2),
+                "generate_s": round(t_gen, 2),
+                "write_s": round(t_write, 2),
+                "write_gbps": round(total / 1e9 / max(t_write, 1e-9), 2),
+            }
+        )
+    )
     return 0
 
 

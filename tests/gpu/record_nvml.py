@@ -28,26 +28,36 @@ def record_readiness(pynvml: Any, h: Any, dev: dict[str, Any]) -> None:
     dev["ecc_corrected_volatile"] = answer(lambda: int(pynvml.nvmlDeviceGetTotalEccErrors(h, 0, 0)))
     fields = {}
     for fid in (230,):  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
+
         def field(fid: int = fid) -> Any:
             (v,) = pynvml.nvmlDeviceGetFieldValues(h, [fid])
             return {"error": f"nvmlReturn {v.nvmlReturn}"} if v.nvmlReturn else int(v.value.uiVal)
+
         fields[str(fid)] = answer(field)
     dev["field_values"] = fields
     dev["compute_mode"] = answer(lambda: int(pynvml.nvmlDeviceGetComputeMode(h)))
     dev["mig_mode"] = answer(lambda: [int(x) for x in pynvml.nvmlDeviceGetMigMode(h)])
-    dev["memory"] = answer(lambda: [int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
-                                    int(pynvml.nvmlDeviceGetMemoryInfo(h).used)])
-    dev["compute_processes"] = answer(lambda: [[int(p.pid), int(p.usedGpuMemory or 0)]
-                                               for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)])
-    dev["pcie"] = answer(lambda: {"curr_width": int(pynvml.nvmlDeviceGetCurrPcieLinkWidth(h)),
-                                  "max_width": int(pynvml.nvmlDeviceGetMaxPcieLinkWidth(h)),
-                                  "curr_gen": int(pynvml.nvmlDeviceGetCurrPcieLinkGeneration(h)),
-                                  "max_gen": int(pynvml.nvmlDeviceGetMaxPcieLinkGeneration(h))})
+    dev["memory"] = answer(
+        lambda: [int(pynvml.nvmlDeviceGetMemoryInfo(h).total), int(pynvml.nvmlDeviceGetMemoryInfo(h).used)]
+    )
+    dev["compute_processes"] = answer(
+        lambda: [[int(p.pid), int(p.usedGpuMemory or 0)] for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)]
+    )
+    dev["pcie"] = answer(
+        lambda: {
+            "curr_width": int(pynvml.nvmlDeviceGetCurrPcieLinkWidth(h)),
+            "max_width": int(pynvml.nvmlDeviceGetMaxPcieLinkWidth(h)),
+            "curr_gen": int(pynvml.nvmlDeviceGetCurrPcieLinkGeneration(h)),
+            "max_gen": int(pynvml.nvmlDeviceGetMaxPcieLinkGeneration(h)),
+        }
+    )
     dev["utilization_gpu"] = answer(lambda: int(pynvml.nvmlDeviceGetUtilizationRates(h).gpu))
     samples = []
     for _ in range(3):  # the short window the throttle check samples
-        reasons = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
-            pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        reasons = (
+            getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+            or pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        )
         samples.append(answer(lambda fn=reasons: int(fn(h))))
         time.sleep(0.05)
     dev["clocks_event_reasons"] = samples if all(isinstance(s, int) for s in samples) else samples[0]
@@ -56,6 +66,7 @@ def record_readiness(pynvml: Any, h: Any, dev: dict[str, Any]) -> None:
         info = pynvml.c_nvmlGpuFabricInfo_t()
         pynvml.nvmlDeviceGetGpuFabricInfo(h, pynvml.byref(info))  # pynvml re-exports ctypes.byref
         return [int(info.state), int(info.status)]
+
     dev["fabric"] = answer(fabric)
 
 
@@ -64,8 +75,11 @@ def main() -> int:
 
     pynvml.nvmlInit()
     try:
-        out: dict[str, Any] = {"driver_version": pynvml.nvmlSystemGetDriverVersion(), "devices": [],
-                               "nvml_version": pynvml.nvmlSystemGetNVMLVersion()}
+        out: dict[str, Any] = {
+            "driver_version": pynvml.nvmlSystemGetDriverVersion(),
+            "devices": [],
+            "nvml_version": pynvml.nvmlSystemGetNVMLVersion(),
+        }
         words = 4  # 256 CPUs / nodes: plenty for the lent machines
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)

@@ -136,9 +136,15 @@ def nvml_state() -> list[dict[str, Any]]:
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
             procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
-            out.append({"index": i, "bus_id": pynvml.nvmlDeviceGetPciInfo(h).busId,
-                        "uuid": pynvml.nvmlDeviceGetUUID(h), "used_mib": mem.used // (1 << 20),
-                        "procs": [{"pid": p.pid, "used_mib": (p.usedGpuMemory or 0) // (1 << 20)} for p in procs]})
+            out.append(
+                {
+                    "index": i,
+                    "bus_id": pynvml.nvmlDeviceGetPciInfo(h).busId,
+                    "uuid": pynvml.nvmlDeviceGetUUID(h),
+                    "used_mib": mem.used // (1 << 20),
+                    "procs": [{"pid": p.pid, "used_mib": (p.usedGpuMemory or 0) // (1 << 20)} for p in procs],
+                }
+            )
         return out
     finally:
         pynvml.nvmlShutdown()
@@ -198,8 +204,12 @@ class NotifyLog:
 
 def completion(port: int, model: str, timeout: float = 120) -> tuple[bool, str]:
     body = json.dumps({"model": model, "prompt": "The quick brown fox", "max_tokens": 16, "temperature": 0})
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body.encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/completions",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             data = json.loads(resp.read())
@@ -251,10 +261,12 @@ def gpu_files_open(pid: int) -> list[str]:
     return sorted(found)
 
 
-TORCH_BUS = ("import json, torch; p = torch.cuda.get_device_properties(0); "
-             "print(json.dumps({'count': torch.cuda.device_count(), 'uuid': str(p.uuid), "
-             "'bus': '%08X:%02X:%02X.0' % (getattr(p, 'pci_domain_id', 0), getattr(p, 'pci_bus_id', -1), "
-             "getattr(p, 'pci_device_id', -1))}))")
+TORCH_BUS = (
+    "import json, torch; p = torch.cuda.get_device_properties(0); "
+    "print(json.dumps({'count': torch.cuda.device_count(), 'uuid': str(p.uuid), "
+    "'bus': '%08X:%02X:%02X.0' % (getattr(p, 'pci_domain_id', 0), getattr(p, 'pci_bus_id', -1), "
+    "getattr(p, 'pci_device_id', -1))}))"
+)
 
 
 def serving_facts(agent_pid: int, cfg: str, plan: dict[str, Any], topo: dict[str, Any]) -> dict[str, Any]:
@@ -268,19 +280,32 @@ def serving_facts(agent_pid: int, cfg: str, plan: dict[str, Any], topo: dict[str
         try:
             env = _environ(c.pid)
             b = process_binding(c.pid)
-            procs.append({"pid": c.pid, "ppid": c.ppid(), "uids": list(c.uids()), "name": c.name(),
-                          "cmd": " ".join(c.cmdline())[:160], "cpus": b["cpus"], "mems": b["mems"],
-                          "mempolicy": b["mempolicy"], "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES"),
-                          "CUDA_DEVICE_ORDER": env.get("CUDA_DEVICE_ORDER"), "HOME": env.get("HOME"),
-                          "LD_LIBRARY_PATH": env.get("LD_LIBRARY_PATH"), "gpu_files": gpu_files_open(c.pid)})
+            procs.append(
+                {
+                    "pid": c.pid,
+                    "ppid": c.ppid(),
+                    "uids": list(c.uids()),
+                    "name": c.name(),
+                    "cmd": " ".join(c.cmdline())[:160],
+                    "cpus": b["cpus"],
+                    "mems": b["mems"],
+                    "mempolicy": b["mempolicy"],
+                    "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES"),
+                    "CUDA_DEVICE_ORDER": env.get("CUDA_DEVICE_ORDER"),
+                    "HOME": env.get("HOME"),
+                    "LD_LIBRARY_PATH": env.get("LD_LIBRARY_PATH"),
+                    "gpu_files": gpu_files_open(c.pid),
+                }
+            )
         except (psutil.Error, OSError):
             continue
     facts["procs"] = procs
     minors = nvidia_minors()
     facts["nvidia_minor_bus"] = {str(k): v for k, v in minors.items()}
     facts["gpu_files_by_bus_id"] = {
-        minors.get(int(f[len("/dev/nvidia"):]), f): [q["pid"] for q in procs if f in q["gpu_files"]]
-        for f in sorted({f for q in procs for f in q["gpu_files"]})}
+        minors.get(int(f[len("/dev/nvidia") :]), f): [q["pid"] for q in procs if f in q["gpu_files"]]
+        for f in sorted({f for q in procs for f in q["gpu_files"]})
+    }
     gpus = nvml_state()
     facts["nvml"] = gpus
     vpids = {p["pid"] for p in procs}
@@ -293,10 +318,24 @@ def serving_facts(agent_pid: int, cfg: str, plan: dict[str, Any], topo: dict[str
     if worker is not None:
         env = _environ(worker)
         st = os.stat(f"/proc/{worker}")
-        p = subprocess.run([sys.executable, "-c", TORCH_BUS], env=env, capture_output=True, text=True,
-                           timeout=120, user=st.st_uid, group=st.st_gid, check=False, cwd="/")
-        facts["torch_in_worker_env"] = {"pid": worker, "uid": st.st_uid, "rc": p.returncode,
-                                        "out": p.stdout.strip(), "err": p.stderr.strip()[-500:]}
+        p = subprocess.run(
+            [sys.executable, "-c", TORCH_BUS],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            user=st.st_uid,
+            group=st.st_gid,
+            check=False,
+            cwd="/",
+        )
+        facts["torch_in_worker_env"] = {
+            "pid": worker,
+            "uid": st.st_uid,
+            "rc": p.returncode,
+            "out": p.stdout.strip(),
+            "err": p.stderr.strip()[-500:],
+        }
     rc, doc, err = agent_json(cfg, "doctor", "--json")
     facts["doctor_rc"] = rc
     facts["doctor"] = [c for c in (doc or {}).get("checks", []) if c["id"].startswith(("vllm", "nvml", "topology"))]
@@ -333,8 +372,9 @@ def stop_and_check(proc: subprocess.Popen[bytes], vpids: list[int], port: int, b
 
 
 # -- one case --------------------------------------------------------------------------------------------------
-def serve_as_unit(a: argparse.Namespace, cfg: str, argv: list[str],
-                  env: dict[str, str]) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+def serve_as_unit(
+    a: argparse.Namespace, cfg: str, argv: list[str], env: dict[str, str]
+) -> tuple[list[str], dict[str, str], dict[str, Any]]:
     """``serve`` as the serve unit runs it: as the vLLM user, reading a private copy of the config
     (LoadCredential), with RUNTIME_DIRECTORY (the pid file doctor reads) and the user's HOME."""
     import pwd
@@ -358,8 +398,14 @@ def serve_as_unit(a: argparse.Namespace, cfg: str, argv: list[str],
 
 
 def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> dict[str, Any]:
-    cfg = {"warmup": a.launch_cfg, "cold": a.launch_cfg, "prewarmed": a.launch_cfg, "in_start": a.run_cfg,
-           "vllm_prefetch": a.prefetch_cfg, "compiled": a.compiled_cfg}[case]
+    cfg = {
+        "warmup": a.launch_cfg,
+        "cold": a.launch_cfg,
+        "prewarmed": a.launch_cfg,
+        "in_start": a.run_cfg,
+        "vllm_prefetch": a.prefetch_cfg,
+        "compiled": a.compiled_cfg,
+    }[case]
     mode = {"in_start": "serve", "compiled": "run"}.get(case, "launch")
     files = model_files(a.model)
     r: dict[str, Any] = {"case": case, "n": n, "mode": mode, "config": os.path.basename(cfg)}
@@ -375,16 +421,26 @@ def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> 
         r["prewarm_wall_s"] = round(time.monotonic() - t, 2)
         r["prewarm_rc"] = rc
         if data:
-            r["prewarm"] = {k: data.get(k) for k in ("files", "total_bytes", "read_bytes", "seconds", "gbps",
-                                                      "resident_after_bytes", "skipped")}
+            r["prewarm"] = {
+                k: data.get(k)
+                for k in ("files", "total_bytes", "read_bytes", "seconds", "gbps", "resident_after_bytes", "skipped")
+            }
         else:
             r["prewarm_err"] = err
     res, _ = resident(files)
     r["resident_at_start"] = round(res / total, 4)
     base = nvml_state()
     baseline = sum(g["used_mib"] for g in base)
-    plan = json.loads(subprocess.run([*AGENT, "--config", cfg, "launch", "--dry-run", "--json"], capture_output=True,
-                                     text=True, check=False, timeout=300).stdout or "{}")
+    plan = json.loads(
+        subprocess.run(
+            [*AGENT, "--config", cfg, "launch", "--dry-run", "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        ).stdout
+        or "{}"
+    )
     r["plan"] = {k: plan.get(k) for k in ("argv", "gpus", "binding", "cpus", "numa_nodes", "user")}
     r["plan_env"] = {k: v for k, v in (plan.get("env") or {}).items() if k != "PATH"}
     os.makedirs(os.path.join(a.out, "logs"), exist_ok=True)
@@ -399,8 +455,9 @@ def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> 
     if as_user:
         os.chown(NOTIFY, as_user["user"], as_user["group"])  # the unit's user sends sd_notify
     with open(logpath, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
-                                **as_user)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL, **as_user
+        )
         deadline = t0 + a.timeout
         while notify.ready_at is None and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -432,12 +489,29 @@ def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> 
         text = fh.read()
     r["vllm"] = vllm_timings(text)
     ev = agent_events(text)
-    keep = ("prewarm_done", "vllm_started", "vllm_healthy", "ready", "vllm_args_ok", "vllm_args_unchecked",
-            "vllm_binding", "vllm_binding_mismatch", "vllm_stopped", "vllm_failed_start", "vllm_start_failed",
-            "daemon_started", "smoke_ok", "smoke_failed", "vllm_ready", "readiness")
-    r["agent_events"] = [{k: v for k, v in e.items() if k not in ("level",)} for e in ev
-                         if e.get("event") in keep
-                         or any(w in str(e.get("event")) for w in ("smoke", "ready", "probe", "prewarm"))]
+    keep = (
+        "prewarm_done",
+        "vllm_started",
+        "vllm_healthy",
+        "ready",
+        "vllm_args_ok",
+        "vllm_args_unchecked",
+        "vllm_binding",
+        "vllm_binding_mismatch",
+        "vllm_stopped",
+        "vllm_failed_start",
+        "vllm_start_failed",
+        "daemon_started",
+        "smoke_ok",
+        "smoke_failed",
+        "vllm_ready",
+        "readiness",
+    )
+    r["agent_events"] = [
+        {k: v for k, v in e.items() if k not in ("level",)}
+        for e in ev
+        if e.get("event") in keep or any(w in str(e.get("event")) for w in ("smoke", "ready", "probe", "prewarm"))
+    ]
     r["mem_after"] = meminfo()
     return r
 
@@ -460,8 +534,11 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=0, help="skip cases that would start after this many s")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    topo = json.loads(subprocess.run([*AGENT, "--config", a.launch_cfg, "topology", "--json"], capture_output=True,
-                                     text=True, check=True).stdout)
+    topo = json.loads(
+        subprocess.run(
+            [*AGENT, "--config", a.launch_cfg, "topology", "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     t_start = time.monotonic()
     counts: dict[str, int] = {}
     for case in [c for c in a.cases.split(",") if c]:
@@ -474,8 +551,19 @@ def main() -> int:
         r = run_case(case, n, a, topo)
         with open(os.path.join(a.out, "results.jsonl"), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(r) + "\n")
-        short = {k: r.get(k) for k in ("case", "n", "resident_at_start", "prewarm_wall_s", "ready_s",
-                                       "first_completion_s", "completion_ok", "failed")}
+        short = {
+            k: r.get(k)
+            for k in (
+                "case",
+                "n",
+                "resident_at_start",
+                "prewarm_wall_s",
+                "ready_s",
+                "first_completion_s",
+                "completion_ok",
+                "failed",
+            )
+        }
         short.update({k: r["vllm"].get(k) for k in ("weights_s", "model_load_s", "init_engine_s", "compile_s")})
         short.update({k: r["stop"].get(k) for k in ("agent_exit", "stop_s", "vllm_left", "gpu_free_s", "port_free")})
         print(json.dumps(short), flush=True)

@@ -59,19 +59,38 @@ def _fmt(values: list[float]) -> str:
 
 def _row(label: str, rs: list[dict[str, Any]]) -> str:
     pw = [v for v in (prewarm_s(r) for r in rs) if v is not None]
-    return "| " + " | ".join([
-        label, str(len(rs)), _fmt(pw), _fmt([v for v in (vllm_started_s(r) for r in rs) if v is not None]),
-        _fmt([r["vllm"]["weights_s"] for r in rs if "weights_s" in r["vllm"]]),
-        _fmt([r["vllm"]["model_load_s"] for r in rs if "model_load_s" in r["vllm"]]),
-        _fmt([r["ready_s"] for r in rs]), _fmt([r["first_completion_s"] for r in rs if r.get("first_completion_s")]),
-        "/".join(f"{100 * r['resident_at_start']:.0f}%" for r in rs),
-    ]) + " |"
+    return (
+        "| "
+        + " | ".join(
+            [
+                label,
+                str(len(rs)),
+                _fmt(pw),
+                _fmt([v for v in (vllm_started_s(r) for r in rs) if v is not None]),
+                _fmt([r["vllm"]["weights_s"] for r in rs if "weights_s" in r["vllm"]]),
+                _fmt([r["vllm"]["model_load_s"] for r in rs if "model_load_s" in r["vllm"]]),
+                _fmt([r["ready_s"] for r in rs]),
+                _fmt([r["first_completion_s"] for r in rs if r.get("first_completion_s")]),
+                "/".join(f"{100 * r['resident_at_start']:.0f}%" for r in rs),
+            ]
+        )
+        + " |"
+    )
 
 
 def table(all_rows: list[dict[str, Any]]) -> str:
     rows = [r for r in all_rows if not r.get("invalid")]
-    cols = ["case", "n", "prewarm s", "vLLM started s", "vLLM weights s", "vLLM model load s", "READY s",
-            "1st completion s", "resident at start"]
+    cols = [
+        "case",
+        "n",
+        "prewarm s",
+        "vLLM started s",
+        "vLLM weights s",
+        "vLLM model load s",
+        "READY s",
+        "1st completion s",
+        "resident at start",
+    ]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     ready: dict[str, list[float]] = {}
     for case in CASES:
@@ -91,8 +110,10 @@ def table(all_rows: list[dict[str, Any]]) -> str:
         wc = [r["vllm"]["weights_s"] for r in rows if r["case"] == "cold" and "weights_s" in r["vllm"]]
         wp = [r["vllm"]["weights_s"] for r in rows if r["case"] == other and "weights_s" in r["vllm"]]
         if wc and wp:
-            lines.append(f"vLLM weight load, cold / {other} (median): {statistics.median(wc):.1f} / "
-                         f"{statistics.median(wp):.1f} s = {statistics.median(wc) / statistics.median(wp):.2f}x")
+            lines.append(
+                f"vLLM weight load, cold / {other} (median): {statistics.median(wc):.1f} / "
+                f"{statistics.median(wp):.1f} s = {statistics.median(wc) / statistics.median(wp):.2f}x"
+            )
     failed = [f"{r['case']} #{r['n']}: {r.get('failed')}" for r in all_rows if r.get("ready_s") is None]
     lines += [f"not READY: {f}" for f in failed]
     return "\n".join(lines)

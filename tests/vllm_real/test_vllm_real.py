@@ -67,8 +67,9 @@ def port_free(port: int) -> bool:
 
 def complete(port: int, prompt: str = "Hello", max_tokens: int = 8) -> dict[str, Any]:
     body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/completions", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=120) as resp:
         return dict(json.loads(resp.read()))
 
@@ -96,8 +97,12 @@ def model_dir() -> Iterator[str]:
     base = tempfile.mkdtemp(prefix="vna-tiny-")
     os.chmod(base, 0o755)  # noqa: S103 - nobody (vLLM) reads the model
     out = os.path.join(base, "tiny-llama")
-    subprocess.run([f"{VENV}/bin/python", str(Path(__file__).with_name("tiny_llama.py")), out], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [f"{VENV}/bin/python", str(Path(__file__).with_name("tiny_llama.py")), out],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     for name in os.listdir(out):
         os.chmod(os.path.join(out, name), 0o644)  # vLLM runs as nobody
     os.chmod(out, 0o755)  # noqa: S103 - nobody (vLLM) reads the model
@@ -116,9 +121,13 @@ def test_probe_real_parser_tables_and_numa_bind() -> None:
     probe_flags = (*vllm_args.REMOVED_FLAGS, *vllm_args.RISKY_FLAGS, *vllm_args.PROBE_FLAGS)
     interp, why = vllm_args.resolve_python(command)
     assert interp == f"{VENV}/bin/python", why
-    r = vllm_args.probe(interp, ["--port", "8000", *risky], probe_flags=probe_flags,
-                        env={"PATH": f"{VENV}/bin:/usr/bin:/bin", "HOME": "/", "VLLM_CACHE_ROOT": "/tmp"},
-                        run_as=nobody)
+    r = vllm_args.probe(
+        interp,
+        ["--port", "8000", *risky],
+        probe_flags=probe_flags,
+        env={"PATH": f"{VENV}/bin:/usr/bin:/bin", "HOME": "/", "VLLM_CACHE_ROOT": "/tmp"},
+        run_as=nobody,
+    )
     assert r.available, r.reason
     assert r.uid == nobody.uid  # vLLM's code ran as nobody, not root
     assert r.error == "", r.error  # the risky flags parse
@@ -135,9 +144,13 @@ def test_probe_console_script_resolves_and_rejects_a_removed_flag() -> None:
     script = f"{VENV}/bin/vllm"
     if not os.path.exists(script):
         pytest.skip("no vllm console script in this venv")
-    r = vllm_args.probe_for([script, "serve"], ["--swap-space", "4"], path_env=f"{VENV}/bin:/usr/bin",
-                            env={"PATH": f"{VENV}/bin:/usr/bin:/bin", "HOME": "/tmp"},
-                            run_as=resolve_user("nobody"))
+    r = vllm_args.probe_for(
+        [script, "serve"],
+        ["--swap-space", "4"],
+        path_env=f"{VENV}/bin:/usr/bin",
+        env={"PATH": f"{VENV}/bin:/usr/bin:/bin", "HOME": "/tmp"},
+        run_as=resolve_user("nobody"),
+    )
     assert r.available, r.reason
     assert "--swap-space" in r.error
 
@@ -168,18 +181,43 @@ class Agent:
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
     def write_config(self, extra_args: tuple[str, ...] = ()) -> None:
-        args = ["--port", str(self.port), "--max-model-len", "256", "--dtype", "bfloat16",
-                "--gpu-memory-utilization", "0.3", "--served-model-name", "tiny", *extra_args]
-        self.config.write_text("\n".join([
-            "[agent]", 'state_dir = "/var/lib/vllm-nodeagent"', "drift_interval_s = 60",
-            'metrics_textfile = "/var/lib/node_exporter/metrics.prom"',
-            "[vllm]",
-            f"command = {json.dumps([f'{VENV}/bin/python', '-m', 'vllm.entrypoints.openai.api_server'])}",
-            f"model = {json.dumps(self.model)}", f"args = {json.dumps(args)}", 'user = "nobody"', "nodes = [0]",
-            f'health_url = "http://127.0.0.1:{self.port}/health"', f"start_timeout_s = {int(START_S)}",
-            f"stop_timeout_s = {STOP_TIMEOUT_S}", "health_interval_s = 2", "unhealthy_after = 2",
-            "restart_backoff_initial_s = 1", "healthy_reset_s = 3600",
-        ]) + "\n")
+        args = [
+            "--port",
+            str(self.port),
+            "--max-model-len",
+            "256",
+            "--dtype",
+            "bfloat16",
+            "--gpu-memory-utilization",
+            "0.3",
+            "--served-model-name",
+            "tiny",
+            *extra_args,
+        ]
+        self.config.write_text(
+            "\n".join(
+                [
+                    "[agent]",
+                    'state_dir = "/var/lib/vllm-nodeagent"',
+                    "drift_interval_s = 60",
+                    'metrics_textfile = "/var/lib/node_exporter/metrics.prom"',
+                    "[vllm]",
+                    f"command = {json.dumps([f'{VENV}/bin/python', '-m', 'vllm.entrypoints.openai.api_server'])}",
+                    f"model = {json.dumps(self.model)}",
+                    f"args = {json.dumps(args)}",
+                    'user = "nobody"',
+                    "nodes = [0]",
+                    f'health_url = "http://127.0.0.1:{self.port}/health"',
+                    f"start_timeout_s = {int(START_S)}",
+                    f"stop_timeout_s = {STOP_TIMEOUT_S}",
+                    "health_interval_s = 2",
+                    "unhealthy_after = 2",
+                    "restart_backoff_initial_s = 1",
+                    "healthy_reset_s = 3600",
+                ]
+            )
+            + "\n"
+        )
         self.config.chmod(0o600)
 
     def start(self) -> None:
@@ -187,9 +225,24 @@ class Agent:
         env.update({"NOTIFY_SOCKET": self.notify_path, "PYTHONPATH": str(REPO)})
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.t_start = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(self.root),
-                                      "--config", str(self.config), "--log-format", "json", "run"],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vllm_nodeagent.cli",
+                "--root",
+                str(self.root),
+                "--config",
+                str(self.config),
+                "--log-format",
+                "json",
+                "run",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO),
+        )
 
     def notify(self) -> list[str]:
         while True:
@@ -274,9 +327,23 @@ def test_g_doctor_sees_version_and_live_binding(agent: Agent) -> None:
     agent.wait_line("READY=1")
     cache = agent.root / "var/lib/vllm-nodeagent/vllm-probe-cache.json"
     before = cache.stat()
-    r = subprocess.run([sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(agent.root), "--config",
-                        str(agent.config), "doctor", "--json"], capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vllm_nodeagent.cli",
+            "--root",
+            str(agent.root),
+            "--config",
+            str(agent.config),
+            "doctor",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     # doctor's probe was the daemon's, from the cache: no second vLLM import, the entry not rewritten
     assert (cache.stat().st_ino, cache.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     checks = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
@@ -294,8 +361,11 @@ def test_c_kill_engine_core_restarts_with_backoff(agent: Agent) -> None:
     assert engine, vllm_processes(old_pid)
     os.kill(engine[0]["pid"], signal.SIGKILL)
     exited = agent.wait_line("STATUS=vLLM exited 1x in a row", after=first, timeout=120)
-    text = wait_until(lambda: "vllm_nodeagent_vllm_restarts_total 1.0" in agent.metrics.read_text()
-                      and agent.metrics.read_text(), "the restart in the metrics textfile", 60)
+    text = wait_until(
+        lambda: "vllm_nodeagent_vllm_restarts_total 1.0" in agent.metrics.read_text() and agent.metrics.read_text(),
+        "the restart in the metrics textfile",
+        60,
+    )
     assert "vllm_nodeagent_vllm_up 0.0" in text
     again = agent.wait_line("READY=1", after=exited)
     assert agent.notify()[again + 1].startswith("STATUS=serving")

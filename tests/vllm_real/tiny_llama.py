@@ -19,17 +19,30 @@ def main(out: str) -> int:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<s>", "</s>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    text = ["Hello world, the quick brown fox jumps over the lazy dog.", "vLLM serves tokens on NUMA nodes.",
-            "One two three four five six seven eight nine ten."] * 50
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<s>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    text = [
+        "Hello world, the quick brown fox jumps over the lazy dog.",
+        "vLLM serves tokens on NUMA nodes.",
+        "One two three four five six seven eight nine ten.",
+    ] * 50
     tok.train_from_iterator(text, trainer)
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}  # token names, not secrets
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
     fast.save_pretrained(out)
-    cfg = LlamaConfig(vocab_size=fast.vocab_size if fast.vocab_size >= 512 else 512, hidden_size=256,
-                      intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, bos_token_id=0, eos_token_id=1, torch_dtype="bfloat16")
+    cfg = LlamaConfig(
+        vocab_size=fast.vocab_size if fast.vocab_size >= 512 else 512,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=0,
+        eos_token_id=1,
+        torch_dtype="bfloat16",
+    )
     model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     model.save_pretrained(out)
     return 0

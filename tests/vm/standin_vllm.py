@@ -89,8 +89,14 @@ def _handler(state: _State, argv: list[str]) -> type[http.server.BaseHTTPRequest
             elif not state.healthy():
                 self._send(503, {"error": {"message": "loading"}})
             else:
-                self._send(200, {"object": "text_completion", "model": "standin",
-                                 "choices": [{"index": 0, "text": " world", "finish_reason": "length"}]})
+                self._send(
+                    200,
+                    {
+                        "object": "text_completion",
+                        "model": "standin",
+                        "choices": [{"index": 0, "text": " world", "finish_reason": "length"}],
+                    },
+                )
 
         def log_message(self, format: str, *args: Any) -> None:
             return

@@ -114,8 +114,9 @@ def test_11_package_upgrade_migrates_to_the_serve_unit(bed: Bed) -> None:
     t0 = time.monotonic()
     install(g, "/root/vllm-nodeagent.deb")  # a reinstall is an upgrade to the scripts ("configure <old>")
     assert g.out(["systemctl", "is-enabled", SERVE]) == "enabled"
-    served = wait_for("the serve unit to become active", lambda: active(g, SERVE), START_TIMEOUT,
-                      explain=lambda: diag(g))
+    served = wait_for(
+        "the serve unit to become active", lambda: active(g, SERVE), START_TIMEOUT, explain=lambda: diag(g)
+    )
     timings["migration_to_serve_active_s"] = time.monotonic() - t0
     pid = wait_for("the stand-in", lambda: standin_pid(g), 60)
     assert unit_of(g, pid) == SERVE
@@ -165,6 +166,7 @@ def test_14_start_returns_only_after_ready(bed: Bed) -> None:
     assert props(g, SERVE, "ActiveState")["ActiveState"] == "activating"
     assert g.out("cat /root/start.out") == ""  # systemctl start is still waiting for READY
     g.ssh(["rm", "-f", HOLD_FILE])
+
     def returned() -> Optional[str]:
         text = g.out("cat /root/start.out")
         return text if len(text.splitlines()) >= 2 else None

@@ -291,14 +291,30 @@ class VM:
     # ---- ssh ----------------------------------------------------------------------------------
     # Options shared by ssh and scp: a throwaway guest with a per-run key, never prompting.
     SSH_OPTIONS = (
-        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-        "-o", "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "BatchMode=yes",
     )
 
     def ssh_base(self) -> list[str]:
         return [
-            "ssh", "-i", str(self.key), "-p", str(self.port), *self.SSH_OPTIONS,
-            "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=6",
+            "ssh",
+            "-i",
+            str(self.key),
+            "-p",
+            str(self.port),
+            *self.SSH_OPTIONS,
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "ServerAliveInterval=10",
+            "-o",
+            "ServerAliveCountMax=6",
             "root@127.0.0.1",
         ]
 
@@ -329,8 +345,17 @@ class VM:
     def put(self, local: Path, remote: str, mode: str = "0644") -> None:
         """Copy a file in (scp)."""
         subprocess.run(
-            ["scp", "-q", "-i", str(self.key), "-P", str(self.port), *self.SSH_OPTIONS, str(local),
-             f"root@127.0.0.1:{remote}"],
+            [
+                "scp",
+                "-q",
+                "-i",
+                str(self.key),
+                "-P",
+                str(self.port),
+                *self.SSH_OPTIONS,
+                str(local),
+                f"root@127.0.0.1:{remote}",
+            ],
             stdin=subprocess.DEVNULL,
             check=True,
             timeout=300,

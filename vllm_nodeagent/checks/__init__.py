@@ -26,8 +26,11 @@ def run_all(probe: Probe, areas: tuple[str, ...] = AREAS) -> list[CheckResult]:
             fn: Callable[[Probe], list[CheckResult]] = importlib.import_module(f"{__name__}.{area}").checks
             results.extend(fn(probe))
         except (OSError, ValueError, LookupError, ArithmeticError) as exc:  # a host fault, reported, not raised
-            results.append(CheckResult(area, WARN, None, None, f"report this: the {area} checks failed",
-                                  f"{type(exc).__name__}: {exc}"))
+            results.append(
+                CheckResult(
+                    area, WARN, None, None, f"report this: the {area} checks failed", f"{type(exc).__name__}: {exc}"
+                )
+            )
     return results
 
 

@@ -43,9 +43,14 @@ def checks(probe: Probe) -> list[CheckResult]:
     want = "completed, status success"
     if bad:
         shown = "; ".join(f"GPU{i}: {STATES.get(s, s)}, status {st}" for i, (s, st) in bad.items())
-        state = CheckResult("fabric.state", FAIL if any(s != 2 for s, _ in bad.values()) else WARN, shown, want,
-                       "systemctl start nvidia-fabricmanager; journalctl -u nvidia-fabricmanager",
-                       "CUDA fails with error 802 until the fabric is registered")
+        state = CheckResult(
+            "fabric.state",
+            FAIL if any(s != 2 for s, _ in bad.values()) else WARN,
+            shown,
+            want,
+            "systemctl start nvidia-fabricmanager; journalctl -u nvidia-fabricmanager",
+            "CUDA fails with error 802 until the fabric is registered",
+        )
     else:
         state = CheckResult("fabric.state", PASS, f"{len(states)} GPU(s) completed", want)
     pid = probe.running(FM_COMM)
@@ -59,8 +64,13 @@ def checks(probe: Probe) -> list[CheckResult]:
     if pid is None:
         manager = CheckResult("fabric.manager", FAIL, shown, want_fm, "systemctl enable --now nvidia-fabricmanager")
     elif version and driver and version != driver:
-        manager = CheckResult("fabric.manager", FAIL, shown, want_fm,
-                         f"install nvidia-fabricmanager {driver} (it must match the driver exactly)")
+        manager = CheckResult(
+            "fabric.manager",
+            FAIL,
+            shown,
+            want_fm,
+            f"install nvidia-fabricmanager {driver} (it must match the driver exactly)",
+        )
     else:
         manager = CheckResult("fabric.manager", PASS, shown, want_fm, "", "" if version else "version not in dpkg")
     return [state, manager]

@@ -15,8 +15,16 @@ from vllm_nodeagent.nvml import Nvml, NvmlCallError
 
 GIB = 1 << 30
 FIELD_RECOVERY_ACTION = 230  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
-RECOVERY_ACTIONS = {0: "none", 1: "GPU reset", 2: "node reboot", 3: "drain P2P", 4: "drain and reset",
-                    5: "recover IMEX domain", 6: "bus reset", 7: "system reboot"}
+RECOVERY_ACTIONS = {
+    0: "none",
+    1: "GPU reset",
+    2: "node reboot",
+    3: "drain P2P",
+    4: "drain and reset",
+    5: "recover IMEX domain",
+    6: "bus reset",
+    7: "system reboot",
+}
 ECC_UNCORRECTED, ECC_CORRECTED, ECC_VOLATILE = 1, 0, 0
 COMPUTE_MODES = {0: "Default", 1: "Exclusive_Thread", 2: "Prohibited", 3: "Exclusive_Process"}
 UNEXPLAINED_MEMORY = 1 * GIB  # used memory no visible process accounts for (idle GPUs report a few MiB)
@@ -61,8 +69,10 @@ def memory_health_check(probe: Probe, nvml: Nvml) -> CheckResult:
     per = {g.index: memory_health(nvml, g.pci_bus_id) for g in probe.topo.gpus}
     status = worst([s for s, _ in per.values()])
     current = "; ".join(f"GPU{i}: {w}" for i, (s, w) in per.items() if s != PASS) or f"{len(per)} GPU(s) ok"
-    hint = {FAIL: "drain the node; nvidia-smi -q -d ROW_REMAPPER,ECC; reset the GPU or RMA it",
-            WARN: "drain, then reset the GPU (nvidia-smi -r) so the pending remap takes effect"}.get(status, "")
+    hint = {
+        FAIL: "drain the node; nvidia-smi -q -d ROW_REMAPPER,ECC; reset the GPU or RMA it",
+        WARN: "drain, then reset the GPU (nvidia-smi -r) so the pending remap takes effect",
+    }.get(status, "")
     return CheckResult("gpu.memory_health", status, current, "no pending remaps, no uncorrectable ECC", hint)
 
 
@@ -95,9 +105,14 @@ def foreign_check(probe: Probe, nvml: Nvml) -> CheckResult:
     want = "only vLLM's processes on the planned GPUs"
     if status in (PASS, SKIP):
         return CheckResult(cid, status, f"{len(gpus)} planned GPU(s) free" if status == PASS else None, want)
-    return CheckResult(cid, status, "; ".join(problems), want,
-                  "stop the leftover processes (nvidia-smi --query-compute-apps=pid,name --format=csv)",
-                  "vLLM sizes its KV cache from free memory and fails to start when others hold it")
+    return CheckResult(
+        cid,
+        status,
+        "; ".join(problems),
+        want,
+        "stop the leftover processes (nvidia-smi --query-compute-apps=pid,name --format=csv)",
+        "vLLM sizes its KV cache from free memory and fails to start when others hold it",
+    )
 
 
 def mode_checks(probe: Probe, nvml: Nvml) -> list[CheckResult]:
@@ -115,8 +130,14 @@ def mode_checks(probe: Probe, nvml: Nvml) -> list[CheckResult]:
         compute = CheckResult("gpu.compute_mode", SKIP, None, "Default", "", "not reported")
     elif bad:
         status = FAIL if 2 in bad.values() else WARN
-        compute = CheckResult("gpu.compute_mode", status, current, "Default", "nvidia-smi -c DEFAULT -i <gpu>",
-                         "Prohibited: no CUDA context at all; Exclusive: one process per GPU")
+        compute = CheckResult(
+            "gpu.compute_mode",
+            status,
+            current,
+            "Default",
+            "nvidia-smi -c DEFAULT -i <gpu>",
+            "Prohibited: no CUDA context at all; Exclusive: one process per GPU",
+        )
     else:
         compute = CheckResult("gpu.compute_mode", PASS, current, "Default")
     known_mig = {i: m for i, m in migs.items() if m is not None}
@@ -125,12 +146,22 @@ def mode_checks(probe: Probe, nvml: Nvml) -> list[CheckResult]:
     if not known_mig:
         mig_r = CheckResult("gpu.mig", SKIP, None, "disabled, nothing pending", "", "not MIG-capable")
     elif pending:
-        mig_r = CheckResult("gpu.mig", WARN, ", ".join(f"GPU{i}: {m[0]}->{m[1]} pending" for i, m in pending.items()),
-                       "disabled, nothing pending", "drain, then reset the GPU (nvidia-smi -r) to apply the MIG change")
+        mig_r = CheckResult(
+            "gpu.mig",
+            WARN,
+            ", ".join(f"GPU{i}: {m[0]}->{m[1]} pending" for i, m in pending.items()),
+            "disabled, nothing pending",
+            "drain, then reset the GPU (nvidia-smi -r) to apply the MIG change",
+        )
     elif enabled:
-        mig_r = CheckResult("gpu.mig", WARN, ", ".join(f"GPU{i}: enabled" for i in enabled), "disabled",
-                       "nvidia-smi -mig 0 -i <gpu>, or give vLLM MIG device UUIDs",
-                       "a MIG-enabled GPU offers only its MIG instances to CUDA")
+        mig_r = CheckResult(
+            "gpu.mig",
+            WARN,
+            ", ".join(f"GPU{i}: enabled" for i in enabled),
+            "disabled",
+            "nvidia-smi -mig 0 -i <gpu>, or give vLLM MIG device UUIDs",
+            "a MIG-enabled GPU offers only its MIG instances to CUDA",
+        )
     else:
         mig_r = CheckResult("gpu.mig", PASS, "disabled", "disabled, nothing pending")
     return [compute, mig_r]
@@ -140,7 +171,8 @@ def checks(probe: Probe) -> list[CheckResult]:
     if not probe.topo.gpus:
         return []  # a host without GPUs has no GPU checks (as for the gpu.* settings)
     if probe.nvml is None:
-        return [CheckResult(cid, SKIP, None, None, "", "NVML unavailable")
-                for cid in ("gpu.memory_health", "gpu.foreign_processes", "gpu.compute_mode", "gpu.mig")]
-    return [memory_health_check(probe, probe.nvml), foreign_check(probe, probe.nvml),
-            *mode_checks(probe, probe.nvml)]
+        return [
+            CheckResult(cid, SKIP, None, None, "", "NVML unavailable")
+            for cid in ("gpu.memory_health", "gpu.foreign_processes", "gpu.compute_mode", "gpu.mig")
+        ]
+    return [memory_health_check(probe, probe.nvml), foreign_check(probe, probe.nvml), *mode_checks(probe, probe.nvml)]

@@ -31,9 +31,14 @@ def numa_balancing_check(probe: Probe) -> CheckResult:
     nodes = len(probe.topo.numa_nodes)
     if nodes <= 1:
         return CheckResult(cid, PASS, value.strip(), "0", "", "one NUMA node: balancing has nothing to move")
-    return CheckResult(cid, WARN, value.strip(), "0",
-                  "add to [sysctl]: 'kernel.numa_balancing' = { value = 0, mode = \"exact\" }",
-                  f"{nodes} NUMA nodes: balancing migrates the bound engine's pages (page faults, no gain)")
+    return CheckResult(
+        cid,
+        WARN,
+        value.strip(),
+        "0",
+        "add to [sysctl]: 'kernel.numa_balancing' = { value = 0, mode = \"exact\" }",
+        f"{nodes} NUMA nodes: balancing migrates the bound engine's pages (page faults, no gain)",
+    )
 
 
 def parse_sysctl_conf(text: str) -> dict[str, str]:
@@ -87,9 +92,14 @@ def sysctl_d_check(probe: Probe) -> CheckResult:
                 (agreeing if accepts(s.value, s.mode, conf[s.name]) else conflicts).append(entry)
     want = "no other file sets a managed key to another value"
     if conflicts:
-        return CheckResult(cid, WARN, "; ".join(conflicts), want,
-                      "remove the key from that file or make it agree with [sysctl]",
-                      "systemd-sysctl writes it at boot, the agent writes it back: two owners")
+        return CheckResult(
+            cid,
+            WARN,
+            "; ".join(conflicts),
+            want,
+            "remove the key from that file or make it agree with [sysctl]",
+            "systemd-sysctl writes it at boot, the agent writes it back: two owners",
+        )
     return CheckResult(cid, PASS, "; ".join(agreeing) or f"{len(files)} file(s), none set a managed key", want)
 
 
@@ -100,14 +110,25 @@ def tuned_check(probe: Probe) -> CheckResult:
     pid = probe.running("tuned")
     profile = (probe.host.read_or("/etc/tuned/active_profile", "") or "").strip()
     if pid is None:
-        return CheckResult(cid, PASS, "tuned not running", "one owner per setting", "",
-                      f"profile file names {profile!r} but tuned is stopped" if profile else "")
+        return CheckResult(
+            cid,
+            PASS,
+            "tuned not running",
+            "one owner per setting",
+            "",
+            f"profile file names {profile!r} but tuned is stopped" if profile else "",
+        )
     current = f"tuned pid {pid}, profile {profile or '(none)'}"
     if not manages:
         return CheckResult(cid, PASS, current, "one owner per setting", "", "the agent manages no kernel setting")
-    return CheckResult(cid, WARN, current, "one owner per setting",
-                  "tuned-adm off (or a profile without sysctl/vm/disk/cpu), or drop those sections from the config",
-                  "tuned re-applies its profile over the agent's values: drift flaps")
+    return CheckResult(
+        cid,
+        WARN,
+        current,
+        "one owner per setting",
+        "tuned-adm off (or a profile without sysctl/vm/disk/cpu), or drop those sections from the config",
+        "tuned re-applies its profile over the agent's values: drift flaps",
+    )
 
 
 def power_profiles_check(probe: Probe) -> CheckResult:
@@ -123,9 +144,14 @@ def power_profiles_check(probe: Probe) -> CheckResult:
             break
     if owner is None:
         return CheckResult(cid, PASS, "no power-profiles daemon", "one owner of the CPU governor")
-    return CheckResult(cid, WARN, f"{name} pid {owner}", "one owner of the CPU governor",
-                  f"systemctl disable --now {name}.service",
-                  "it rewrites the governor on every profile or power-source change")
+    return CheckResult(
+        cid,
+        WARN,
+        f"{name} pid {owner}",
+        "one owner of the CPU governor",
+        f"systemctl disable --now {name}.service",
+        "it rewrites the governor on every profile or power-source change",
+    )
 
 
 def checks(probe: Probe) -> list[CheckResult]:

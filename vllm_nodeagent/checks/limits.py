@@ -13,11 +13,16 @@ import re
 from typing import Optional
 
 from vllm_nodeagent.checks.base import PASS, SKIP, WARN, CheckResult, Probe
-from vllm_nodeagent.parse import ini_assignments
+from vllm_nodeagent.host.parse import ini_assignments
 
 UNITS = ("vllm-nodeagent-serve.service", "vllm-nodeagent.service")  # the serving unit when split, else the one
-UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
-             "/usr/lib/systemd/system", "/lib/systemd/system")  # systemd's search order: first wins
+UNIT_DIRS = (
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+)  # systemd's search order: first wins
 NOFILE_MIN = 65536
 INFINITY = -1
 _SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -89,8 +94,9 @@ def find_unit(probe: Probe) -> Optional[tuple[str, list[str]]]:
         for d in reversed(UNIT_DIRS):  # /etc wins over /run over /usr/lib for a drop-in of the same name
             for p in probe.host.glob(f"{d}/{unit}.d", "*.conf"):
                 dropins[os.path.basename(p)] = p
-        texts = [probe.host.read_or(path, "") or ""] + [probe.host.read_or(dropins[n], "") or ""
-                                                       for n in sorted(dropins)]
+        texts = [probe.host.read_or(path, "") or ""] + [
+            probe.host.read_or(dropins[n], "") or "" for n in sorted(dropins)
+        ]
         return path, texts
     return None
 
@@ -109,8 +115,14 @@ def unit_check(probe: Probe) -> CheckResult:
     memlock = parse_unit_limit(limits["LimitMEMLOCK"]) if "LimitMEMLOCK" in limits else None
     status, current, detail = judge(nofile, memlock)
     unit = os.path.basename(path)
-    return CheckResult("limits.unit", status, current, WANT, HINT.replace("UNIT", unit) if status != PASS else "",
-                  f"{path}: {detail}" if detail else path)
+    return CheckResult(
+        "limits.unit",
+        status,
+        current,
+        WANT,
+        HINT.replace("UNIT", unit) if status != PASS else "",
+        f"{path}: {detail}" if detail else path,
+    )
 
 
 def process_check(probe: Probe) -> CheckResult:
@@ -122,8 +134,14 @@ def process_check(probe: Probe) -> CheckResult:
         return CheckResult("limits.vllm", SKIP, f"pid {pid}", WANT, "", f"/proc/{pid}/limits unreadable")
     parsed = parse_proc_limits(text)
     status, current, detail = judge(parsed.get("Max open files"), parsed.get("Max locked memory"))
-    return CheckResult("limits.vllm", status, f"pid {pid}: {current}", WANT, HINT.replace("UNIT", UNITS[-1])
-                  if status != PASS else "", detail)
+    return CheckResult(
+        "limits.vllm",
+        status,
+        f"pid {pid}: {current}",
+        WANT,
+        HINT.replace("UNIT", UNITS[-1]) if status != PASS else "",
+        detail,
+    )
 
 
 def checks(probe: Probe) -> list[CheckResult]:

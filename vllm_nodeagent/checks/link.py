@@ -18,8 +18,13 @@ BUSY_PERCENT = 30  # utilization from which a downshifted generation means somet
 SAMPLE_GAP_S = 0.05  # one gap for all GPUs: doctor stays fast
 IDLE, SW_POWER_CAP, HW_SLOWDOWN = 0x1, 0x4, 0x8
 SW_THERMAL, HW_THERMAL, HW_POWER_BRAKE = 0x20, 0x40, 0x80
-REASONS = {SW_POWER_CAP: "SW power cap", HW_SLOWDOWN: "HW slowdown", SW_THERMAL: "SW thermal slowdown",
-           HW_THERMAL: "HW thermal slowdown", HW_POWER_BRAKE: "HW power brake"}
+REASONS = {
+    SW_POWER_CAP: "SW power cap",
+    HW_SLOWDOWN: "HW slowdown",
+    SW_THERMAL: "SW thermal slowdown",
+    HW_THERMAL: "HW thermal slowdown",
+    HW_POWER_BRAKE: "HW power brake",
+}
 HARDWARE = HW_SLOWDOWN | HW_THERMAL | HW_POWER_BRAKE
 
 
@@ -65,10 +70,22 @@ def pcie_check(probe: Probe) -> CheckResult:
         return CheckResult("gpu.pcie_link", SKIP, None, None, "", "no GPU")
     bad = [f"GPU{i}: {w}" for i, (s, w) in per.items() if s == WARN]
     first = next(iter(per.values()))[1]
-    current = "; ".join(bad) if bad else (f"all {len(per)}: {first}" if len({w for _, w in per.values()}) == 1
-                                          else "; ".join(f"GPU{i}: {w}" for i, (_, w) in per.items()))
-    return CheckResult("gpu.pcie_link", status, current, "full width; full generation under load",
-                  "reseat the GPU or riser, check the slot's bifurcation in the BIOS" if status == WARN else "")
+    current = (
+        "; ".join(bad)
+        if bad
+        else (
+            f"all {len(per)}: {first}"
+            if len({w for _, w in per.values()}) == 1
+            else "; ".join(f"GPU{i}: {w}" for i, (_, w) in per.items())
+        )
+    )
+    return CheckResult(
+        "gpu.pcie_link",
+        status,
+        current,
+        "full width; full generation under load",
+        "reseat the GPU or riser, check the slot's bifurcation in the BIOS" if status == WARN else "",
+    )
 
 
 def reasons(nvml: Nvml, bus: str) -> Optional[int]:
@@ -119,8 +136,10 @@ def throttle_check(probe: Probe) -> CheckResult:
     bad = [f"GPU{i}: {w}" for i, (s, w) in per.items() if s != PASS]
     current = "; ".join(bad) or ", ".join(sorted({w for _, w in per.values()}))
     want = "no hardware, thermal or power-brake slowdown"
-    hint = {FAIL: "check cooling, power cables and PSU (nvidia-smi -q -d PERFORMANCE); drain until fixed",
-            WARN: "watch it: nvidia-smi -q -d PERFORMANCE,TEMPERATURE"}.get(status, "")
+    hint = {
+        FAIL: "check cooling, power cables and PSU (nvidia-smi -q -d PERFORMANCE); drain until fixed",
+        WARN: "watch it: nvidia-smi -q -d PERFORMANCE,TEMPERATURE",
+    }.get(status, "")
     return CheckResult(cid, status, current, want, hint)
 
 

@@ -18,8 +18,15 @@ from vllm_nodeagent.nvml import NvmlCallError
 BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
 EXT_CAP_START, ACS_CAP_ID = 0x100, 0x000D
 ACS_RR, ACS_CR, ACS_EC = 1 << 2, 1 << 3, 1 << 5  # P2P request redirect, completion redirect, egress control
-P2P_STATUS = {0: "OK", 1: "chipset not supported", 2: "GPU not supported", 3: "IOH topology not supported",
-              4: "disabled by regkey", 5: "not supported", 6: "unknown"}
+P2P_STATUS = {
+    0: "OK",
+    1: "chipset not supported",
+    2: "GPU not supported",
+    3: "IOH topology not supported",
+    4: "disabled by regkey",
+    5: "not supported",
+    6: "unknown",
+}
 
 
 def acs_control(config: bytes) -> Optional[int]:
@@ -29,11 +36,11 @@ def acs_control(config: bytes) -> Optional[int]:
         return None
     off, hops = EXT_CAP_START, 0
     while off and EXT_CAP_START <= off <= len(config) - 8 and hops < 64:
-        header = int.from_bytes(config[off:off + 4], "little")
+        header = int.from_bytes(config[off : off + 4], "little")
         if header in (0, 0xFFFFFFFF):
             return 0
         if header & 0xFFFF == ACS_CAP_ID:
-            return int.from_bytes(config[off + 6:off + 8], "little")
+            return int.from_bytes(config[off + 6 : off + 8], "little")
         off, hops = header >> 20, hops + 1
     return 0
 
@@ -41,7 +48,7 @@ def acs_control(config: bytes) -> Optional[int]:
 def upstream_bridges(probe: Probe, bus: str) -> dict[str, str]:
     """The PCI bridges between a device and its root complex (address -> sysfs directory), from its sysfs path."""
     parts = probe.host.realpath(f"/sys/bus/pci/devices/{bus}").split("/")
-    return {p: "/".join(parts[:i + 1]) for i, p in enumerate(parts) if BDF.fullmatch(p) and p != bus}
+    return {p: "/".join(parts[: i + 1]) for i, p in enumerate(parts) if BDF.fullmatch(p) and p != bus}
 
 
 def pcie_pairs(probe: Probe) -> list[tuple[int, int, str]]:
@@ -75,9 +82,14 @@ def status_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> CheckResult
     if not known:
         return CheckResult(cid, SKIP, None, "OK", "", "P2P status not reported")
     if bad:
-        return CheckResult(cid, WARN, "; ".join(bad[:4]) + (f"; +{len(bad) - 4} more" if len(bad) > 4 else ""), "OK",
-                      "check ACS/IOMMU below; nvidia-smi topo -p2p r",
-                      "NCCL falls back to copies through host memory: slower tensor parallelism")
+        return CheckResult(
+            cid,
+            WARN,
+            "; ".join(bad[:4]) + (f"; +{len(bad) - 4} more" if len(bad) > 4 else ""),
+            "OK",
+            "check ACS/IOMMU below; nvidia-smi topo -p2p r",
+            "NCCL falls back to copies through host memory: slower tensor parallelism",
+        )
     return CheckResult(cid, PASS, f"{known} PCIe pair(s) OK", "OK")
 
 
@@ -98,16 +110,22 @@ def acs_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> CheckResult:
         if ctrl is None:
             unreadable += 1
         elif ctrl & (ACS_RR | ACS_CR | ACS_EC):
-            flags = [n for bit, n in ((ACS_RR, "ReqRedir"), (ACS_CR, "CmpltRedir"), (ACS_EC, "EgressCtrl"))
-                     if ctrl & bit]
+            flags = [
+                n for bit, n in ((ACS_RR, "ReqRedir"), (ACS_CR, "CmpltRedir"), (ACS_EC, "EgressCtrl")) if ctrl & bit
+            ]
             redirecting.append(f"{br}: {'+'.join(flags)}")
     want = "no ACS redirect between GPUs"
     if not bridges:
         return CheckResult(cid, PASS, "no bridge between the GPUs", want)
     if redirecting:
-        return CheckResult(cid, WARN, "; ".join(redirecting), want,
-                      "disable ACS in the BIOS (or setpci -s BRIDGE ECAP_ACS+6.w=0 at boot)",
-                      "peer-to-peer traffic is redirected through the root complex: NCCL hangs or slows")
+        return CheckResult(
+            cid,
+            WARN,
+            "; ".join(redirecting),
+            want,
+            "disable ACS in the BIOS (or setpci -s BRIDGE ECAP_ACS+6.w=0 at boot)",
+            "peer-to-peer traffic is redirected through the root complex: NCCL hangs or slows",
+        )
     if unreadable == len(bridges):
         return CheckResult(cid, SKIP, None, want, "", "bridge config space unreadable (run doctor as root)")
     return CheckResult(cid, PASS, f"{len(bridges)} bridge(s), none redirect", want)
@@ -125,8 +143,14 @@ def iommu_check(probe: Probe) -> CheckResult:
     current = f"{shown}" + (f" (cmdline: {cmdline})" if cmdline else "")
     want = "passthrough (identity) or off"
     if translated:
-        return CheckResult(cid, WARN, current, want, "boot with iommu=pt (intel_iommu=on iommu=pt on Intel)",
-                      "a translating IOMMU breaks or slows GPU peer-to-peer over PCIe")
+        return CheckResult(
+            cid,
+            WARN,
+            current,
+            want,
+            "boot with iommu=pt (intel_iommu=on iommu=pt on Intel)",
+            "a translating IOMMU breaks or slows GPU peer-to-peer over PCIe",
+        )
     return CheckResult(cid, PASS, current, want)
 
 

@@ -11,7 +11,7 @@ import os
 from typing import Optional
 
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
-from vllm_nodeagent.parse import ini_assignments
+from vllm_nodeagent.host.parse import ini_assignments
 
 GIB, MIB = 1 << 30, 1 << 20
 SHM_RECOMMENDED = 1 * GIB  # below: warn (vLLM's docs run containers with --ipc=host or a large --shm-size)
@@ -57,8 +57,14 @@ def shm_size_check(space: Optional[tuple[int, int]]) -> CheckResult:
     cid = "shm.size"
     want = f"size >= {SHM_RECOMMENDED // GIB} GiB, free >= {SHM_FREE_MINIMUM // MIB} MiB"
     if space is None:
-        return CheckResult(cid, FAIL, "no /dev/shm", want, "mount a tmpfs on /dev/shm (fstab: tmpfs /dev/shm tmpfs "
-                      "defaults 0 0)", "vLLM and NCCL need POSIX shared memory")
+        return CheckResult(
+            cid,
+            FAIL,
+            "no /dev/shm",
+            want,
+            "mount a tmpfs on /dev/shm (fstab: tmpfs /dev/shm tmpfs defaults 0 0)",
+            "vLLM and NCCL need POSIX shared memory",
+        )
     size, free = space
     current = f"size {size // MIB} MiB, free {free // MIB} MiB"
     hint = "mount -o remount,size=16G /dev/shm (and the same size= in fstab); in a container: --ipc=host"
@@ -67,8 +73,9 @@ def shm_size_check(space: Optional[tuple[int, int]]) -> CheckResult:
     if size < SHM_RECOMMENDED:
         return CheckResult(cid, WARN, current, want, hint, "small for tensor-parallel message queues")
     if free < SHM_FREE_MINIMUM:
-        return CheckResult(cid, WARN, current, want, "remove stale files in /dev/shm (leftovers of killed runs)",
-                      "nearly full")
+        return CheckResult(
+            cid, WARN, current, want, "remove stale files in /dev/shm (leftovers of killed runs)", "nearly full"
+        )
     return CheckResult(cid, PASS, current, want)
 
 
@@ -88,10 +95,15 @@ def remove_ipc_check(probe: Probe) -> CheckResult:
     want = f"RemoveIPC=no, or a system user (uid <= {sys_max})"
     if not effective or acct.uid <= sys_max:
         return CheckResult(cid, PASS, current, want)
-    return CheckResult(cid, WARN, current, want,
-                  "printf '[Login]\\nRemoveIPC=no\\n' > /etc/systemd/logind.conf.d/vllm.conf, or recreate the user "
-                  "with useradd --system",
-                  f"logind deletes {acct.name}'s /dev/shm files when its last session ends")
+    return CheckResult(
+        cid,
+        WARN,
+        current,
+        want,
+        "printf '[Login]\\nRemoveIPC=no\\n' > /etc/systemd/logind.conf.d/vllm.conf, or recreate the user "
+        "with useradd --system",
+        f"logind deletes {acct.name}'s /dev/shm files when its last session ends",
+    )
 
 
 SHM = "/dev/shm"  # noqa: S108 - inspected (statvfs), never written

@@ -86,11 +86,23 @@ def cuda_check(probe: Probe) -> CheckResult:
     current += f", torch built for CUDA {wheel[0]}.{wheel[1]}"
     want = "driver CUDA >= the wheel's"
     if drv[0] < wheel[0]:
-        return CheckResult(cid, FAIL, current, want, "upgrade the NVIDIA driver or install a wheel built for this CUDA",
-                      f"{where}: CUDA fails at init (error 35/803/804)")
+        return CheckResult(
+            cid,
+            FAIL,
+            current,
+            want,
+            "upgrade the NVIDIA driver or install a wheel built for this CUDA",
+            f"{where}: CUDA fails at init (error 35/803/804)",
+        )
     if drv < wheel:
-        return CheckResult(cid, WARN, current, want, "upgrade the driver to the wheel's CUDA minor",
-                      "minor-version compatibility: runs, but kernels needing newer PTX JIT fail")
+        return CheckResult(
+            cid,
+            WARN,
+            current,
+            want,
+            "upgrade the driver to the wheel's CUDA minor",
+            "minor-version compatibility: runs, but kernels needing newer PTX JIT fail",
+        )
     return CheckResult(cid, PASS, current, want, "", where)
 
 
@@ -101,9 +113,16 @@ def modules_checks(probe: Probe) -> list[CheckResult]:
     mods = parse_modules(text)
     out = []
     if "nouveau" in mods:
-        out.append(CheckResult("stack.nouveau", FAIL, "nouveau loaded", "nouveau absent",
-                          "blacklist nouveau (modprobe.d), update the initramfs, reboot",
-                          "nouveau holds the GPUs: the NVIDIA driver cannot bind"))
+        out.append(
+            CheckResult(
+                "stack.nouveau",
+                FAIL,
+                "nouveau loaded",
+                "nouveau absent",
+                "blacklist nouveau (modprobe.d), update the initramfs, reboot",
+                "nouveau holds the GPUs: the NVIDIA driver cannot bind",
+            )
+        )
     else:
         out.append(CheckResult("stack.nouveau", PASS, "not loaded", "nouveau absent"))
     uvm_loaded = "nvidia_uvm" in mods
@@ -124,9 +143,16 @@ def modules_checks(probe: Probe) -> list[CheckResult]:
             if (st.st_mode >> shift) & 6 != 6:
                 problems.append(f"{UVM} mode {stat.S_IMODE(st.st_mode):o} denies {acct.name}")
     current = "; ".join(problems) or f"loaded, {UVM} present"
-    out.append(CheckResult("stack.nvidia_uvm", FAIL if problems else PASS, current, "loaded, device usable",
-                      "modprobe nvidia-uvm && nvidia-modprobe -u -c=0 (or install nvidia-modprobe)" if problems
-                      else "", "CUDA needs unified memory: cuInit fails without it" if problems else ""))
+    out.append(
+        CheckResult(
+            "stack.nvidia_uvm",
+            FAIL if problems else PASS,
+            current,
+            "loaded, device usable",
+            "modprobe nvidia-uvm && nvidia-modprobe -u -c=0 (or install nvidia-modprobe)" if problems else "",
+            "CUDA needs unified memory: cuInit fails without it" if problems else "",
+        )
+    )
     return out
 
 
@@ -141,18 +167,30 @@ def libcuda_check(probe: Probe) -> CheckResult:
     if len(paths) == 1:
         return CheckResult(cid, PASS, paths[0], "one libcuda.so.1")
     if not paths:
-        return CheckResult(cid, FAIL, "none", "one libcuda.so.1", "install the driver's libraries, then ldconfig",
-                      "CUDA cannot find the driver library")
+        return CheckResult(
+            cid,
+            FAIL,
+            "none",
+            "one libcuda.so.1",
+            "install the driver's libraries, then ldconfig",
+            "CUDA cannot find the driver library",
+        )
     builds = {libcuda_build(probe, p) for p in paths}
     if len(builds) == 1 and "" not in builds:
         # Seen on the lent H100: /lib and /usr/local/nvidia/lib64 both hold 580.159.04's library. Copies of one
         # build are harmless, whichever comes first.
-        return CheckResult(cid, PASS, f"{len(paths)} copies of libcuda.so.{builds.pop()}", "one libcuda build",
-                      detail=", ".join(paths))
+        return CheckResult(
+            cid, PASS, f"{len(paths)} copies of libcuda.so.{builds.pop()}", "one libcuda build", detail=", ".join(paths)
+        )
     found = ", ".join(f"{p} ({libcuda_build(probe, p) or 'build unknown'})" for p in paths)
-    return CheckResult(cid, WARN, found, "one libcuda build",
-                  "remove the stale copy (cuda-compat or an old driver) and run ldconfig",
-                  "the first in the cache wins: it may not match the loaded kernel module")
+    return CheckResult(
+        cid,
+        WARN,
+        found,
+        "one libcuda build",
+        "remove the stale copy (cuda-compat or an old driver) and run ldconfig",
+        "the first in the cache wins: it may not match the loaded kernel module",
+    )
 
 
 def libcuda_build(probe: Probe, path: str) -> str:
@@ -162,7 +200,7 @@ def libcuda_build(probe: Probe, path: str) -> str:
     except (OSError, HostError):  # a link loop: the build is unknown
         return ""
     prefix = "libcuda.so."
-    build = name[len(prefix):] if name.startswith(prefix) else ""
+    build = name[len(prefix) :] if name.startswith(prefix) else ""
     return "" if build in ("", "1") else build
 
 

@@ -15,16 +15,38 @@ import stat
 from typing import Optional
 
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Account, CheckResult, Probe
-from vllm_nodeagent.parse import ParseError, parse_meminfo
+from vllm_nodeagent.host.parse import ParseError, parse_meminfo
 
 GIB = 1 << 30
 FREE_MINIMUM = 10 * GIB  # compile caches and a download's temporary files
-NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "beegfs", "gpfs",
-                        "9p", "afs", "virtiofs", "davfs", "sshfs", "ocfs2", "gfs2", "orangefs", "pvfs2"})
+NETWORK_FS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "beegfs",
+        "gpfs",
+        "9p",
+        "afs",
+        "virtiofs",
+        "davfs",
+        "sshfs",
+        "ocfs2",
+        "gfs2",
+        "orangefs",
+        "pvfs2",
+    }
+)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 RESIDENT_MINIMUM = 0.90  # below this share of the weights in the page cache, the first load reads from storage
-PREWARM_HINT = ("run `vllm-nodeagent prewarm` before launch ([prewarm] include_model = true) or copy the model to "
-                "local NVMe")
+PREWARM_HINT = (
+    "run `vllm-nodeagent prewarm` before launch ([prewarm] include_model = true) or copy the model to local NVMe"
+)
 
 
 def parse_mountinfo(text: str) -> list[tuple[str, str, str]]:
@@ -51,7 +73,7 @@ def mount_of(mounts: list[tuple[str, str, str]], path: str) -> Optional[tuple[st
 
 
 def fs_class(fstype: str) -> str:
-    """"network", "fuse", "overlay" or "local"."""
+    """ "network", "fuse", "overlay" or "local"."""
     if fstype in NETWORK_FS:
         return "network"
     if fstype == "fuse" or fstype.startswith(("fuse.", "fuseblk")):
@@ -85,6 +107,7 @@ def expand(value: str, home: str) -> str:
 
 def cache_dirs(probe: Probe, acct: Account) -> dict[str, str]:
     """The caches vLLM, huggingface_hub, torch and Triton write for this user, as their defaults pick them."""
+
     def env(key: str) -> Optional[str]:
         v = probe.vllm_env(key)
         return expand(v, acct.home) if v else None
@@ -125,8 +148,9 @@ def model_dir(probe: Probe, model: str, acct: Optional[Account]) -> tuple[Option
     if model.startswith("/"):
         return (model if probe.host.is_dir(model) else None), model
     home = acct.home if acct else "/root"
-    hub = (probe.vllm_env("HF_HUB_CACHE") or (f"{probe.vllm_env('HF_HOME')}/hub" if probe.vllm_env("HF_HOME")
-                                                 else f"{home}/.cache/huggingface/hub"))
+    hub = probe.vllm_env("HF_HUB_CACHE") or (
+        f"{probe.vllm_env('HF_HOME')}/hub" if probe.vllm_env("HF_HOME") else f"{home}/.cache/huggingface/hub"
+    )
     hub = expand(hub, home)
     repo = f"{hub}/models--{model.partition('@')[0].replace('/', '--')}"
     return (repo if probe.host.is_dir(repo) else None), hub
@@ -171,8 +195,16 @@ def checks(probe: Probe) -> list[CheckResult]:
     results.append(residency_check(probe, cfg.model, found, where))
     results.append(free_check(probe, found or where))
     if acct is None:
-        results.append(CheckResult("storage.cache_writable", SKIP, f"user {cfg.user} not in /etc/passwd", None, "",
-                              "cannot judge an unknown user"))
+        results.append(
+            CheckResult(
+                "storage.cache_writable",
+                SKIP,
+                f"user {cfg.user} not in /etc/passwd",
+                None,
+                "",
+                "cannot judge an unknown user",
+            )
+        )
     else:
         results += writable_checks(probe, acct)
     return results
@@ -190,9 +222,14 @@ def fs_check(probe: Probe, path: str, present: bool) -> CheckResult:
     note = "" if present else "model not downloaded yet: this is where it will go"
     if kind == "local":
         return CheckResult(cid, PASS, current, "local filesystem", "", note)
-    return CheckResult(cid, WARN, current, "local filesystem", PREWARM_HINT,
-                  f"{kind} filesystem: the first load reads at its speed and can stall workers" + (
-                      f"; {note}" if note else ""))
+    return CheckResult(
+        cid,
+        WARN,
+        current,
+        "local filesystem",
+        PREWARM_HINT,
+        f"{kind} filesystem: the first load reads at its speed and can stall workers" + (f"; {note}" if note else ""),
+    )
 
 
 def memory_check(probe: Probe, size: int, found: Optional[str]) -> CheckResult:
@@ -207,9 +244,14 @@ def memory_check(probe: Probe, size: int, found: Optional[str]) -> CheckResult:
         return CheckResult(cid, SKIP, None, None, "", "no MemAvailable in /proc/meminfo")
     current = f"weights {size / GIB:.1f} GiB, MemAvailable {avail / GIB:.1f} GiB"
     if size > avail:
-        return CheckResult(cid, WARN, current, "weights fit in MemAvailable",
-                      "add memory or accept disk-speed loads ([prewarm] cannot hold what does not fit)",
-                      "the page cache cannot hold the weights: every restart reads them from storage")
+        return CheckResult(
+            cid,
+            WARN,
+            current,
+            "weights fit in MemAvailable",
+            "add memory or accept disk-speed loads ([prewarm] cannot hold what does not fit)",
+            "the page cache cannot hold the weights: every restart reads them from storage",
+        )
     return CheckResult(cid, PASS, current, "weights fit in MemAvailable")
 
 
@@ -235,19 +277,33 @@ def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) ->
         return CheckResult(cid, SKIP, None, want, "", f"weights not readable: {exc}")
     if any(r == HIDDEN for _, r in counted):
         # The kernel reports every page as cached to a caller that neither owns nor may write the file.
-        return CheckResult(cid, SKIP, None, want, "run doctor as root",
-                      "the kernel hides these files' page-cache residency from this user")
+        return CheckResult(
+            cid,
+            SKIP,
+            None,
+            want,
+            "run doctor as root",
+            "the kernel hides these files' page-cache residency from this user",
+        )
     sized = [(f.size, r) for f, r in counted if r is not None]  # None: the file went away meanwhile
     total = sum(s for s, _ in sized)
     if total == 0:
         return CheckResult(cid, SKIP, None, want, "", "no weight files found locally")
     resident = sum(r for _, r in sized)
     share = resident / total
-    current = (f"{share:.1%} of {len(sized)} weight file(s) resident ({resident / GIB:.1f} of {total / GIB:.1f} "
-               f"GiB, {res.method})")
+    current = (
+        f"{share:.1%} of {len(sized)} weight file(s) resident ({resident / GIB:.1f} of {total / GIB:.1f} "
+        f"GiB, {res.method})"
+    )
     if share < RESIDENT_MINIMUM:
-        return CheckResult(cid, WARN, current, want, f"vllm-nodeagent prewarm {shlex.quote(model)}",
-                      "vLLM's first load reads the rest from storage")
+        return CheckResult(
+            cid,
+            WARN,
+            current,
+            want,
+            f"vllm-nodeagent prewarm {shlex.quote(model)}",
+            "vLLM's first load reads the rest from storage",
+        )
     return CheckResult(cid, PASS, current, want)
 
 
@@ -262,8 +318,14 @@ def free_check(probe: Probe, path: str) -> CheckResult:
     current = f"{space[1] / GIB:.1f} GiB free of {space[0] / GIB:.1f} GiB at {probe_at}"
     want = f">= {FREE_MINIMUM // GIB} GiB free"
     if space[1] < FREE_MINIMUM:
-        return CheckResult(cid, WARN, current, want, "free space where the model and caches live",
-                      "downloads and compile caches fail with ENOSPC mid-load")
+        return CheckResult(
+            cid,
+            WARN,
+            current,
+            want,
+            "free space where the model and caches live",
+            "downloads and compile caches fail with ENOSPC mid-load",
+        )
     return CheckResult(cid, PASS, current, want)
 
 
@@ -275,7 +337,14 @@ def writable_checks(probe: Probe, acct: Account) -> list[CheckResult]:
         if ok:
             out.append(CheckResult(cid, PASS, f"{path} ({why})", f"writable by {acct.name}"))
         else:
-            out.append(CheckResult(cid, FAIL, f"{path} ({why})", f"writable by {acct.name}",
-                              f"install -d -o {acct.name} -g {acct.gid} {path}  (or set {key} in [vllm.env])",
-                              f"vLLM running as {acct.name} fails when it writes there"))
+            out.append(
+                CheckResult(
+                    cid,
+                    FAIL,
+                    f"{path} ({why})",
+                    f"writable by {acct.name}",
+                    f"install -d -o {acct.name} -g {acct.gid} {path}  (or set {key} in [vllm.env])",
+                    f"vLLM running as {acct.name} fails when it writes there",
+                )
+            )
     return out

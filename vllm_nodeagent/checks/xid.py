@@ -77,7 +77,7 @@ def read_kmsg(probe: Probe) -> Optional[str]:
 
 def read_journal(argv: list[str], timeout_s: float = JOURNAL_TIMEOUT_S) -> Optional[str]:
     """The kernel messages of this boot from the journal (``journalctl -k -b``); None when it cannot answer."""
-    from vllm_nodeagent import subp
+    from vllm_nodeagent.host import subp
 
     try:
         result = subp.run(argv, timeout_s)
@@ -143,7 +143,15 @@ def checks(probe: Probe) -> list[CheckResult]:
         statuses.append(status)
         shown.append(f"{kind} {code} x{n} on {pci}: {what}")
     status = FAIL if FAIL in statuses else WARN
-    return [CheckResult(cid, status, "; ".join(shown[:6]) + (f"; +{len(shown) - 6} more" if len(shown) > 6 else ""),
-                   want, "dmesg | grep -E 'S?Xid'; act on the catalog's resolution, then reboot to clear the log"
-                   if status == FAIL else "application faults: check the vLLM logs at those times",
-                   f"{len(events)} event(s) in the kernel log ({source})")]
+    return [
+        CheckResult(
+            cid,
+            status,
+            "; ".join(shown[:6]) + (f"; +{len(shown) - 6} more" if len(shown) > 6 else ""),
+            want,
+            "dmesg | grep -E 'S?Xid'; act on the catalog's resolution, then reboot to clear the log"
+            if status == FAIL
+            else "application faults: check the vLLM logs at those times",
+            f"{len(events)} event(s) in the kernel log ({source})",
+        )
+    ]

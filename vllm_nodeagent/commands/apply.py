@@ -51,8 +51,10 @@ def cmd_apply(ctx: Context, args: argparse.Namespace) -> int:
 
 def need_root(ctx: Context, command: str) -> None:
     if ctx.host.is_real and os.geteuid() != 0:
-        raise JournalError(f"{command} changes kernel settings and the journal in {ctx.config.agent.state_dir}: "
-                           f"run it as root (sudo vllm-nodeagent {command})")
+        raise JournalError(
+            f"{command} changes kernel settings and the journal in {ctx.config.agent.state_dir}: "
+            f"run it as root (sudo vllm-nodeagent {command})"
+        )
 
 
 def tell_wait(message: str) -> None:

@@ -32,9 +32,18 @@ def cmd_launch(ctx: Context, args: argparse.Namespace) -> int:
             print(f"vllm-nodeagent: launch: {' '.join(str(exc).split())}", file=sys.stderr)
             return EXIT_FAILED
         if args.json:
-            print_json({"argv": launch_plan.argv, "env": launch_plan.env, "numa_nodes": launch_plan.numa_nodes,
-                        "cpus": launch_plan.cpus, "gpus": launch_plan.gpus, "binding": launch_plan.binding,
-                        "user": launch_plan.user, "notes": launch_plan.notes})
+            print_json(
+                {
+                    "argv": launch_plan.argv,
+                    "env": launch_plan.env,
+                    "numa_nodes": launch_plan.numa_nodes,
+                    "cpus": launch_plan.cpus,
+                    "gpus": launch_plan.gpus,
+                    "binding": launch_plan.binding,
+                    "user": launch_plan.user,
+                    "notes": launch_plan.notes,
+                }
+            )
         else:
             print(" ".join(launch_plan.argv))
             for k, v in sorted(launch_plan.env.items()):

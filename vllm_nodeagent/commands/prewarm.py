@@ -17,7 +17,7 @@ from vllm_nodeagent import log
 from vllm_nodeagent.config import PrewarmConfig
 from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, print_json
 from vllm_nodeagent.host import HostError
-from vllm_nodeagent.parse import ParseError
+from vllm_nodeagent.host.parse import ParseError
 from vllm_nodeagent.prewarm.targets import BudgetError, budget_from_config, config_targets, hf_cache_dir, parse_budget
 from vllm_nodeagent.prewarm.warm import prewarm
 
@@ -49,14 +49,17 @@ class ProgressReporter:
         if self.tty:
             width = 30
             filled = int(width * done / total) if total else width
-            self.stream.write(f"\rprewarm [{'#' * filled}{'.' * (width - filled)}] {_human(done)}/{_human(total)}"
-                              f"  {rate / 1e9:.2f} GB/s  ETA {eta:.0f}s ")
+            self.stream.write(
+                f"\rprewarm [{'#' * filled}{'.' * (width - filled)}] {_human(done)}/{_human(total)}"
+                f"  {rate / 1e9:.2f} GB/s  ETA {eta:.0f}s "
+            )
             self.stream.flush()
             self._drawn = True
         elif now - self._last_log >= self.log_interval or done >= total:
             self._last_log = now
-            log.get().info("prewarm.progress", done_bytes=done, total_bytes=total, gbps=round(rate / 1e9, 3),
-                           eta_s=round(eta, 1))
+            log.get().info(
+                "prewarm.progress", done_bytes=done, total_bytes=total, gbps=round(rate / 1e9, 3), eta_s=round(eta, 1)
+            )
 
     def close(self) -> None:
         if self._drawn:
@@ -92,8 +95,10 @@ def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
     if not targets:
         targets, env = config_targets(ctx.config)
         if not targets:
-            print("vllm-nodeagent: prewarm: no TARGET given and none configured ([prewarm] paths, [vllm] model)",
-                  file=sys.stderr)
+            print(
+                "vllm-nodeagent: prewarm: no TARGET given and none configured ([prewarm] paths, [vllm] model)",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
     threads = args.threads if args.threads is not None else cfg.threads
     if threads < 0:
@@ -112,30 +117,46 @@ def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     bar = ProgressReporter()
     try:
-        result = prewarm(targets, host=ctx.host, budget_bytes=budget, threads=threads, lock=args.lock,
-                         progress=bar, hf_cache=hf_cache_dir(env))
+        result = prewarm(
+            targets,
+            host=ctx.host,
+            budget_bytes=budget,
+            threads=threads,
+            lock=args.lock,
+            progress=bar,
+            hf_cache=hf_cache_dir(env),
+        )
     finally:
         bar.close()
     for err in result.errors:
         print(f"vllm-nodeagent: prewarm: {err}", file=sys.stderr)
     if result.skipped:
-        print(f"vllm-nodeagent: prewarm: budget {_human(budget)}: {len(result.skipped)} file(s), "
-              f"{_human(result.skipped_bytes)} not warmed (largest first, what fits)", file=sys.stderr)
+        print(
+            f"vllm-nodeagent: prewarm: budget {_human(budget)}: {len(result.skipped)} file(s), "
+            f"{_human(result.skipped_bytes)} not warmed (largest first, what fits)",
+            file=sys.stderr,
+        )
     if args.json:
         print_json(result.to_json())
     else:
-        print(f"files {result.files}  total {_human(result.total_bytes)}  "
-              f"resident before {_human(result.resident_before_bytes)}  "
-              f"after {_human(result.resident_after_bytes)} ({100 * result.resident_fraction:.1f}%)  "
-              f"read {_human(result.read_bytes)} in {result.seconds:.2f}s ({result.gbps:.2f} GB/s)")
+        print(
+            f"files {result.files}  total {_human(result.total_bytes)}  "
+            f"resident before {_human(result.resident_before_bytes)}  "
+            f"after {_human(result.resident_after_bytes)} ({100 * result.resident_fraction:.1f}%)  "
+            f"read {_human(result.read_bytes)} in {result.seconds:.2f}s ({result.gbps:.2f} GB/s)"
+        )
     sys.stdout.flush()
     code = EXIT_OK if result.ok else EXIT_FAILED
     if args.lock and result.locked is not None:
         locked = result.locked
 
         def announce() -> None:
-            print(f"vllm-nodeagent: prewarm: locked {_human(locked.bytes)} in {locked.files} file(s); "
-                  "holding until SIGINT/SIGTERM", file=sys.stderr, flush=True)
+            print(
+                f"vllm-nodeagent: prewarm: locked {_human(locked.bytes)} in {locked.files} file(s); "
+                "holding until SIGINT/SIGTERM",
+                file=sys.stderr,
+                flush=True,
+            )
 
         try:
             hold_until_signal(announce)

@@ -77,8 +77,9 @@ class HostKeeper:
 
         if self.loop.topo is None:
             return False
-        self.tunables = build_tunables(self.ctx.config, self.loop.topo, self.ctx.host, self.loop.nvml,
-                                       self.loop.nvml_error)
+        self.tunables = build_tunables(
+            self.ctx.config, self.loop.topo, self.ctx.host, self.loop.nvml, self.loop.nvml_error
+        )
         self.journal = Journal(self.ctx.host, self.ctx.config.agent.state_dir)
         try:
             with self.journal.locked(on_wait=self._lock_wait):
@@ -90,8 +91,12 @@ class HostKeeper:
             if o.status in (OK, CHANGED, FAILED):
                 self.loop.metrics.set_compliance(o.id, o.status != FAILED)
         failed = [o.id for o in outcomes if o.status in FAILURES]
-        self.log.info("settings_applied", total=len(outcomes), failed=len(failed),
-                      changed=sum(1 for o in outcomes if o.status == CHANGED))
+        self.log.info(
+            "settings_applied",
+            total=len(outcomes),
+            failed=len(failed),
+            changed=sum(1 for o in outcomes if o.status == CHANGED),
+        )
         return not failed
 
     def _drift(self) -> None:

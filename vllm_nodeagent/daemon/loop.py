@@ -136,8 +136,13 @@ class Loop:
             return True
         except Exception as exc:
             self.failures[boundary] = self.failures.get(boundary, 0) + 1
-            self.log.error("component_failed", component=boundary, error=f"{type(exc).__name__}: {exc}",
-                           failures=self.failures[boundary], traceback=traceback.format_exc())
+            self.log.error(
+                "component_failed",
+                component=boundary,
+                error=f"{type(exc).__name__}: {exc}",
+                failures=self.failures[boundary],
+                traceback=traceback.format_exc(),
+            )
             with contextlib.suppress(Exception):  # counting must not become a second failure
                 self.metrics.add_component_failure(boundary)
             return False

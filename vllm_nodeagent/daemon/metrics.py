@@ -23,26 +23,46 @@ class Metrics:
 
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.compliant = Gauge("vllm_nodeagent_setting_compliant", "1 when the managed setting holds its desired "
-                               "value, 0 when not", ["id"], registry=r)
-        self.drift = Counter("vllm_nodeagent_drift_events", "Settings found changed behind the agent's back",
-                             ["id"], registry=r)
+        self.compliant = Gauge(
+            "vllm_nodeagent_setting_compliant",
+            "1 when the managed setting holds its desired value, 0 when not",
+            ["id"],
+            registry=r,
+        )
+        self.drift = Counter(
+            "vllm_nodeagent_drift_events", "Settings found changed behind the agent's back", ["id"], registry=r
+        )
         self.drift_total = Counter("vllm_nodeagent_drift", "Drift events, all settings", registry=r)
-        self.prewarm_bytes = Gauge("vllm_nodeagent_prewarm_resident_bytes",
-                                   "Bytes of the prewarm targets resident in the page cache after prewarm",
-                                   registry=r)
+        self.prewarm_bytes = Gauge(
+            "vllm_nodeagent_prewarm_resident_bytes",
+            "Bytes of the prewarm targets resident in the page cache after prewarm",
+            registry=r,
+        )
         self.restarts = Counter("vllm_nodeagent_vllm_restarts", "vLLM restarts after unexpected exits", registry=r)
         self.up = Gauge("vllm_nodeagent_vllm_up", "1 while vLLM runs and passed the readiness gate", registry=r)
-        self.ready_seconds = Gauge("vllm_nodeagent_vllm_ready_seconds",
-                                   "Seconds from the last vLLM start to passing the readiness gate", registry=r)
-        self.check_status = Gauge("vllm_nodeagent_check_status", "Readiness check result (doctor's checks): "
-                                  "0 pass, 1 warn, 2 fail, -1 skip", ["id"], registry=r)
-        self.component_failures = Counter("vllm_nodeagent_component_failures", "Errors caught at a daemon "
-                                          "component's failure boundary (logged as component_failed)",
-                                          ["component"], registry=r)
+        self.ready_seconds = Gauge(
+            "vllm_nodeagent_vllm_ready_seconds",
+            "Seconds from the last vLLM start to passing the readiness gate",
+            registry=r,
+        )
+        self.check_status = Gauge(
+            "vllm_nodeagent_check_status",
+            "Readiness check result (doctor's checks): 0 pass, 1 warn, 2 fail, -1 skip",
+            ["id"],
+            registry=r,
+        )
+        self.component_failures = Counter(
+            "vllm_nodeagent_component_failures",
+            "Errors caught at a daemon component's failure boundary (logged as component_failed)",
+            ["component"],
+            registry=r,
+        )
         # A heartbeat: the file's mtime freezes while nothing changes, so a dead agent would look alive.
-        self.last_check = Gauge("vllm_nodeagent_last_check_timestamp_seconds", "Unix time of the agent's last "
-                                "drift and readiness check", registry=r)
+        self.last_check = Gauge(
+            "vllm_nodeagent_last_check_timestamp_seconds",
+            "Unix time of the agent's last drift and readiness check",
+            registry=r,
+        )
 
     @property
     def enabled(self) -> bool:

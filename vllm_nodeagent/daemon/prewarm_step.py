@@ -34,15 +34,28 @@ def prewarm_before_start(loop: Loop) -> Any:
 
     try:
         budget = budget_from_config(ctx.host, pcfg.memory_budget_fraction)
-        result = prewarm(targets, host=ctx.host, budget_bytes=budget, threads=pcfg.threads,
-                         lock=pcfg.lock, progress=progress, hf_cache=hf_cache_dir(env))
+        result = prewarm(
+            targets,
+            host=ctx.host,
+            budget_bytes=budget,
+            threads=pcfg.threads,
+            lock=pcfg.lock,
+            progress=progress,
+            hf_cache=hf_cache_dir(env),
+        )
     except Exception as exc:  # a failed prewarm must not stop serving; it is logged
         loop.log.error("prewarm_failed", error=f"{type(exc).__name__}: {exc}")
         return None
     loop.metrics.set_prewarm_bytes(result.resident_after_bytes)
     for err in result.errors:
         loop.log.warning("prewarm_error", detail=err)
-    loop.log.info("prewarm_done", files=result.files, total_bytes=result.total_bytes,
-                  resident_bytes=result.resident_after_bytes, gbps=round(result.gbps, 3),
-                  skipped_bytes=result.skipped_bytes, locked=result.locked is not None)
+    loop.log.info(
+        "prewarm_done",
+        files=result.files,
+        total_bytes=result.total_bytes,
+        resident_bytes=result.resident_after_bytes,
+        gbps=round(result.gbps, 3),
+        skipped_bytes=result.skipped_bytes,
+        locked=result.locked is not None,
+    )
     return result.locked

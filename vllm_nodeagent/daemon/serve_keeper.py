@@ -43,8 +43,15 @@ EXIT_VLLM_FAILED = 1  # the serve unit: systemd's Restart=on-failure restarts it
 class ServeKeeper:
     name = "vllm"
 
-    def __init__(self, loop: Loop, *, prewarm: bool = True, gpus: Optional[list[int]] = None,
-                 exit_on_failure: bool = False, pid_dir: str = "") -> None:
+    def __init__(
+        self,
+        loop: Loop,
+        *,
+        prewarm: bool = True,
+        gpus: Optional[list[int]] = None,
+        exit_on_failure: bool = False,
+        pid_dir: str = "",
+    ) -> None:
         """``exit_on_failure``: the serve unit — after READY a vLLM that is gone ends the daemon (systemd owns
         restarts and their backoff). ``pid_dir``: where vllm.pid and the plan go (default: the state dir)."""
         self.loop = loop
@@ -153,8 +160,9 @@ class ServeKeeper:
         if self.phase == "backoff":
             n = self.backoff.failures
             loop = " (crash loop)" if n >= CRASH_LOOP_AFTER else ""
-            return Status(f"vLLM exited {n}x in a row{loop}; restarting in {self.restart_at - self.clock():.0f}s",
-                          alone=True)
+            return Status(
+                f"vLLM exited {n}x in a row{loop}; restarting in {self.restart_at - self.clock():.0f}s", alone=True
+            )
         return Status("watching" if self.phase in ("watching", "init") else "serving")
 
     def reload(self, old: Config, new: Config) -> None:
@@ -229,8 +237,15 @@ class ServeKeeper:
         self.next_health = now
         self.next_extend = now
         self.next_pin = now + PIN_POLL_S
-        self.log.info("vllm_started", pid=self.child.pid, argv=self.plan.argv, user=self.plan.user,
-                      binding=self.plan.binding, numa_nodes=self.plan.numa_nodes, gpus=self.plan.gpus)
+        self.log.info(
+            "vllm_started",
+            pid=self.child.pid,
+            argv=self.plan.argv,
+            user=self.plan.user,
+            binding=self.plan.binding,
+            numa_nodes=self.plan.numa_nodes,
+            gpus=self.plan.gpus,
+        )
         for note in self.plan.notes:
             self.log.info("vllm_binding_note", pid=self.child.pid, detail=note)
         self.loop.status_now()
@@ -253,8 +268,10 @@ class ServeKeeper:
             self.child = None
             self.smoke = None
             if not self.loop.ready_sent:
-                self.loop.fail(f"vLLM was not ready within [vllm] start_timeout_s = "
-                               f"{self.vcfg.start_timeout_s:g} s: raise it, or see vLLM's output above")
+                self.loop.fail(
+                    f"vLLM was not ready within [vllm] start_timeout_s = "
+                    f"{self.vcfg.start_timeout_s:g} s: raise it, or see vLLM's output above"
+                )
             else:
                 self._schedule_restart(now, "start timeout")
             return
@@ -334,8 +351,13 @@ class ServeKeeper:
         self.next_liveness = now + self.vcfg.health_interval_s
         self.loop.metrics.set_up(True)
         self.loop.metrics.set_ready_seconds(now - self.child.started_at)
-        self.log.info("vllm_healthy", pid=self.child.pid, load_s=round(now - self.child.started_at, 3),
-                      url=self.vcfg.health_url, gate=gate)
+        self.log.info(
+            "vllm_healthy",
+            pid=self.child.pid,
+            load_s=round(now - self.child.started_at, 3),
+            url=self.vcfg.health_url,
+            gate=gate,
+        )
         self._verify_binding()
         self.loop.component_ready()
 
@@ -348,8 +370,13 @@ class ServeKeeper:
             self.health_failures = 0
             return
         self.health_failures += 1
-        self.log.warning("vllm_health_failed", pid=self.child.pid, url=self.vcfg.health_url,
-                         failures=self.health_failures, limit=self.vcfg.unhealthy_after)
+        self.log.warning(
+            "vllm_health_failed",
+            pid=self.child.pid,
+            url=self.vcfg.health_url,
+            failures=self.health_failures,
+            limit=self.vcfg.unhealthy_after,
+        )
         if self.health_failures < self.vcfg.unhealthy_after:
             return
         pid = self.child.pid

@@ -12,8 +12,8 @@ from __future__ import annotations
 import shutil
 from typing import TYPE_CHECKING, Callable, Optional
 
-from vllm_nodeagent import subp
 from vllm_nodeagent.daemon.loop import Status
+from vllm_nodeagent.host import subp
 from vllm_nodeagent.serving.layout import SERVE_UNIT, SYSTEMCTL_TIMEOUT_S
 
 if TYPE_CHECKING:

@@ -27,8 +27,14 @@ def libc() -> ctypes.CDLL:
         if _libc_obj is None:
             lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
             lib.mmap.restype = ctypes.c_void_p
-            lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                 ctypes.c_long]
+            lib.mmap.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_size_t,
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.c_long,
+            ]
             lib.munmap.restype = ctypes.c_int
             lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
             lib.mincore.restype = ctypes.c_int
@@ -58,4 +64,3 @@ def map_shared_readonly(fd: int, length: int) -> int:
 def unmap(addr: int, length: int) -> None:
     if libc().munmap(ctypes.c_void_p(addr), length) != 0:
         raise errno_error("munmap")
-

@@ -57,5 +57,7 @@ def lock_failure_message(path: str, exc: OSError) -> str:
 
     soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
-    return (f"{path}: mlock failed: {os.strerror(exc.errno or 0)}; RLIMIT_MEMLOCK is {limit} — raise it "
-            "(LimitMEMLOCK=infinity in the unit, ulimit -l) or grant CAP_IPC_LOCK")
+    return (
+        f"{path}: mlock failed: {os.strerror(exc.errno or 0)}; RLIMIT_MEMLOCK is {limit} — raise it "
+        "(LimitMEMLOCK=infinity in the unit, ulimit -l) or grant CAP_IPC_LOCK"
+    )

@@ -78,8 +78,10 @@ def main_storage(host: Host, files: Sequence[WarmFile]) -> Storage:
 def describe_reader(opts: ReaderOptions) -> str:
     layout = f"{opts.segment_bytes >> 20} MiB segments" if opts.segment_bytes else "whole files"
     ahead = f", WILLNEED {opts.ahead_bytes >> 20} MiB ahead" if opts.ahead_bytes else ""
-    return (f"{opts.method}, {default_threads(opts.threads)} thread(s), {layout}, "
-            f"{opts.buffer_bytes >> 20} MiB calls, fadvise {opts.fadvise}{ahead}")
+    return (
+        f"{opts.method}, {default_threads(opts.threads)} thread(s), {layout}, "
+        f"{opts.buffer_bytes >> 20} MiB calls, fadvise {opts.fadvise}{ahead}"
+    )
 
 
 # -- the reader -----------------------------------------------------------------------------------------
@@ -238,8 +240,12 @@ def read_files(
             try:
                 fd = os.open(seg.file.real, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
-                fail(seg.file, "vanished before it was read" if exc.errno == errno.ENOENT else
-                     f"cannot open: {exc.strerror or exc}")
+                fail(
+                    seg.file,
+                    "vanished before it was read"
+                    if exc.errno == errno.ENOENT
+                    else f"cannot open: {exc.strerror or exc}",
+                )
                 continue
             try:
                 if opts.fadvise != "none" and seg.length > 0:
@@ -258,8 +264,7 @@ def read_files(
                 if got < 0:
                     got = _read_pread(fd, seg, buffer(), prog, opts.ahead_bytes)
                 if got < seg.length:
-                    fail(seg.file, f"file shrank during read (ends before byte {seg.start + got} "
-                                   f"of {seg.file.size})")
+                    fail(seg.file, f"file shrank during read (ends before byte {seg.start + got} of {seg.file.size})")
                 with idx_lock:
                     total[0] += got
             except (OSError, ValueError) as exc:

@@ -50,8 +50,9 @@ def cachestat_pages(fd: int) -> int:
     """Pages of the file in the page cache, by ``cachestat(2)`` (Linux >= 6.5); raises OSError (ENOSYS...)."""
     rng = _CachestatRange(0, 0)  # len 0 = to the end of the file
     cs = _Cachestat()
-    rc = libc().syscall(ctypes.c_long(SYS_CACHESTAT), ctypes.c_int(fd), ctypes.byref(rng), ctypes.byref(cs),
-                        ctypes.c_uint(0))
+    rc = libc().syscall(
+        ctypes.c_long(SYS_CACHESTAT), ctypes.c_int(fd), ctypes.byref(rng), ctypes.byref(cs), ctypes.c_uint(0)
+    )
     if rc != 0:
         raise errno_error("cachestat")
     return int(cs.nr_cache)
@@ -102,7 +103,7 @@ def _cachestat_available(fd: int) -> bool:
 
 
 def resolve_method(method: Optional[str] = None) -> str:
-    """"auto", "cachestat" or "mincore"; ``None`` reads ``$VLLM_NODEAGENT_RESIDENCY`` (default auto)."""
+    """ "auto", "cachestat" or "mincore"; ``None`` reads ``$VLLM_NODEAGENT_RESIDENCY`` (default auto)."""
     chosen = (method or os.environ.get(ENV_METHOD) or "auto").strip().lower()
     if chosen not in ("auto", "cachestat", "mincore"):
         raise ValueError(f"residency method must be auto, cachestat or mincore, got {chosen!r}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from vllm_nodeagent.host import Host, HostError
-from vllm_nodeagent.parse import ParseError, parse_meminfo
+from vllm_nodeagent.host.parse import ParseError, parse_meminfo
 
 if TYPE_CHECKING:
     from vllm_nodeagent.config import Config
@@ -186,8 +186,11 @@ def resolve_hf(model_id: str, cache: str) -> tuple[str, str]:
     elif _COMMIT.fullmatch(rev):
         commit = rev
     else:
-        snaps = sorted(os.listdir(os.path.join(repo, "snapshots"))) if os.path.isdir(
-            os.path.join(repo, "snapshots")) else []
+        snaps = (
+            sorted(os.listdir(os.path.join(repo, "snapshots")))
+            if os.path.isdir(os.path.join(repo, "snapshots"))
+            else []
+        )
         if not revision and len(snaps) == 1:
             commit = snaps[0]
         else:
@@ -241,4 +244,3 @@ def apply_budget(files: list[WarmFile], budget: Optional[int]) -> tuple[list[War
         else:
             skipped.append(f)
     return taken, skipped
-

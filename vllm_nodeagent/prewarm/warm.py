@@ -122,8 +122,13 @@ def prewarm(
     taken, skipped = apply_budget(files, budget_bytes)
     result.skipped = [(f.path, f.size) for f in skipped]
     if skipped:
-        logger.warning("prewarm.budget", budget_bytes=budget_bytes, skipped_files=len(skipped),
-                       skipped_bytes=result.skipped_bytes, warmed_bytes=sum(f.size for f in taken))
+        logger.warning(
+            "prewarm.budget",
+            budget_bytes=budget_bytes,
+            skipped_files=len(skipped),
+            skipped_bytes=result.skipped_bytes,
+            warmed_bytes=sum(f.size for f in taken),
+        )
     file_errors: dict[str, str] = {}
     before: dict[str, int] = {}
     hidden: set[str] = set()
@@ -141,9 +146,13 @@ def prewarm(
             r = 0
         before[f.path] = r
     if hidden:
-        logger.warning("prewarm.residency_hidden", files=len(hidden), uid=os.geteuid(),
-                       detail="the kernel reports files this user neither owns nor may write as fully cached: "
-                              "read in full, residency not measured")
+        logger.warning(
+            "prewarm.residency_hidden",
+            files=len(hidden),
+            uid=os.geteuid(),
+            detail="the kernel reports files this user neither owns nor may write as fully cached: "
+            "read in full, residency not measured",
+        )
     to_read = [f for f in taken if f.path in before and before[f.path] < f.size]
     storage = main_storage(host, [f for f in taken if f.path in before])
     opts = reader or reader_for(storage)
@@ -198,9 +207,16 @@ def prewarm(
                 break
         else:
             result.locked = locked
-    logger.info("prewarm.done", files=result.files, total_bytes=result.total_bytes,
-                resident_before_bytes=result.resident_before_bytes,
-                resident_after_bytes=result.resident_after_bytes, seconds=round(result.seconds, 3),
-                gbps=round(result.gbps, 3), errors=len(result.errors), method=result.residency_method,
-                reader=result.reader)
+    logger.info(
+        "prewarm.done",
+        files=result.files,
+        total_bytes=result.total_bytes,
+        resident_before_bytes=result.resident_before_bytes,
+        resident_after_bytes=result.resident_after_bytes,
+        seconds=round(result.seconds, 3),
+        gbps=round(result.gbps, 3),
+        errors=len(result.errors),
+        method=result.residency_method,
+        reader=result.reader,
+    )
     return result

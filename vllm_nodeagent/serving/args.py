@@ -21,12 +21,12 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vllm_nodeagent import subp
+from vllm_nodeagent.host import subp
 from vllm_nodeagent.serving.env import RunAs, popen_user_kwargs
 
 # Flags that vLLM removed or replaced. Value: what to write instead.
 REMOVED_FLAGS: dict[str, str] = {
-    "--speculative-model": "removed; use --speculative-config '{\"model\": ..., \"num_speculative_tokens\": N}'",
+    "--speculative-model": 'removed; use --speculative-config \'{"model": ..., "num_speculative_tokens": N}\'',
     "--num-speculative-tokens": "removed; part of --speculative-config",
     "--speculative-draft-tensor-parallel-size": "removed; part of --speculative-config",
     "--speculative-max-model-len": "removed; part of --speculative-config",
@@ -232,8 +232,9 @@ def probe(
     request = json.dumps({"args": list(args), "probe": list(probe_flags)})
     child_env = dict(env) if env is not None else {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     try:
-        proc = subp.run([python, "-c", _PROBE_CODE, request], timeout, env=child_env, cwd="/",
-                        user=popen_user_kwargs(run_as))
+        proc = subp.run(
+            [python, "-c", _PROBE_CODE, request], timeout, env=child_env, cwd="/", user=popen_user_kwargs(run_as)
+        )
     except subp.CommandError as exc:
         return ProbeResult(False, reason=str(exc), python=python)
     line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
@@ -256,8 +257,12 @@ def probe(
 
 
 def probe_for(
-    command: list[str], args: list[str], python: str = "", path_env: Optional[str] = None,
-    env: Optional[dict[str, str]] = None, run_as: Optional[RunAs] = None,
+    command: list[str],
+    args: list[str],
+    python: str = "",
+    path_env: Optional[str] = None,
+    env: Optional[dict[str, str]] = None,
+    run_as: Optional[RunAs] = None,
 ) -> ProbeResult:
     """Resolve the interpreter, then probe; an unresolvable one is a skip with the reason."""
     interp, why = resolve_python(command, python, path_env)

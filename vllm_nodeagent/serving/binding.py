@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vllm_nodeagent.parse import format_cpulist, parse_cpulist
+from vllm_nodeagent.host.parse import format_cpulist, parse_cpulist
 from vllm_nodeagent.serving.plan import LaunchPlan
 
 

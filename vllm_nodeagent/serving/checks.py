@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Optional
 
 from vllm_nodeagent.checks.base import CheckResult
 from vllm_nodeagent.config import VllmConfig
-from vllm_nodeagent.parse import format_cpulist
+from vllm_nodeagent.host.parse import format_cpulist
 from vllm_nodeagent.serving.args import ProbeResult, static_findings
 from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
 from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, RunAs, resolve_user
@@ -33,13 +33,25 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
     launching = something_to_launch(ctx.config.vllm)
     numactl = shutil.which("numactl", path=SAFE_PATH) or shutil.which("numactl")
     needs_numactl = cfg.numa != "none"
-    checks.append(_check(
-        "vllm.numactl", "pass" if numactl else ("fail" if needs_numactl and launching else "warn"),
-        numactl or "missing", "numactl on PATH", "" if numactl else "apt install numactl / dnf install numactl",
-    ))
+    checks.append(
+        _check(
+            "vllm.numactl",
+            "pass" if numactl else ("fail" if needs_numactl and launching else "warn"),
+            numactl or "missing",
+            "numactl on PATH",
+            "" if numactl else "apt install numactl / dnf install numactl",
+        )
+    )
     if cfg.user == "root":
-        checks.append(_check("vllm.user", "warn", "root", "an unprivileged user",
-                             "vLLM serves a network API; run it as the 'vllm' system user"))
+        checks.append(
+            _check(
+                "vllm.user",
+                "warn",
+                "root",
+                "an unprivileged user",
+                "vLLM serves a network API; run it as the 'vllm' system user",
+            )
+        )
     else:
         try:
             who = resolve_user(cfg.user)
@@ -47,10 +59,15 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
         except LaunchError as exc:
             checks.append(_check("vllm.user", "fail" if launching else "warn", "unusable", cfg.user, str(exc)))
     for f in static_findings(list(cfg.args)):
-        checks.append(_check(
-            f"vllm.args.{f.flag.lstrip('-')}", "fail" if f.kind == "removed" else "warn", f.flag,
-            "not used" if f.kind == "risky" else "a flag current vLLM accepts", f.message,
-        ))
+        checks.append(
+            _check(
+                f"vllm.args.{f.flag.lstrip('-')}",
+                "fail" if f.kind == "removed" else "warn",
+                f.flag,
+                "not used" if f.kind == "risky" else "a flag current vLLM accepts",
+                f.message,
+            )
+        )
     if not launching:
         checks.append(_check("vllm.args", "skip", "", "", "nothing to launch ([vllm] model is empty)"))
     else:
@@ -61,8 +78,9 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
         if not pr.available:
             checks.append(_check("vllm.args", "skip", "", "accepted by vLLM's parser", pr.reason))
         elif pr.error:
-            checks.append(_check("vllm.args", "fail", pr.error, "accepted by vLLM's parser",
-                                 f"vLLM {pr.version} ({pr.python})"))
+            checks.append(
+                _check("vllm.args", "fail", pr.error, "accepted by vLLM's parser", f"vLLM {pr.version} ({pr.python})")
+            )
         else:
             checks.append(_check("vllm.args", "pass", f"vLLM {pr.version}", "accepted by vLLM's parser"))
     checks.append(_binding_check(ctx, cfg, topo, numactl))

@@ -24,8 +24,16 @@ if TYPE_CHECKING:
 
 DRIVER_LIBS = ("libcuda.so.1", "libnvidia-ml.so.1")
 # glibc's trusted directories (x86-64 and arm64, multiarch and not); ldconfig always scans them too.
-DEFAULT_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
-                "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu")
+DEFAULT_DIRS = (
+    "/lib",
+    "/usr/lib",
+    "/lib64",
+    "/usr/lib64",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+)
 _MAX_INCLUDES = 64
 
 
@@ -72,8 +80,11 @@ class Found:
 
 def find(host: Host, lib: str, ld_library_path: str, conf_dirs: list[str]) -> Found:
     """Where the loader would find ``lib`` for a process with ``ld_library_path``."""
-    for via, dirs in (("LD_LIBRARY_PATH", _split_path(ld_library_path)), ("ld.so.conf", conf_dirs),
-                      ("default", list(DEFAULT_DIRS))):
+    for via, dirs in (
+        ("LD_LIBRARY_PATH", _split_path(ld_library_path)),
+        ("ld.so.conf", conf_dirs),
+        ("default", list(DEFAULT_DIRS)),
+    ):
         for d in dirs:
             if host.exists(f"{d.rstrip('/')}/{lib}"):
                 return Found(lib, d, via)
@@ -100,14 +111,24 @@ def check(host: Host, vllm_env: Mapping[str, str], agent_env: Mapping[str, str])
     where = sorted({f.directory for f in agent if f.directory})
     if where:
         dirs = ":".join(where)
-        return Verdict("fail", current, (
-            f"{', '.join(missing)} only in {dirs}, which only the agent's own LD_LIBRARY_PATH names: vLLM starts "
-            f"with a clean environment. Add LD_LIBRARY_PATH = \"{dirs}\" to [vllm.env], or register it with the "
-            f"loader: echo {where[0]} > /etc/ld.so.conf.d/nvidia-driver.conf && ldconfig"))
-    return Verdict("warn", current, (
-        f"{', '.join(missing)} not found on the loader path (LD_LIBRARY_PATH of [vllm.env], /etc/ld.so.conf, "
-        f"{DEFAULT_DIRS[1]}, ...): is the NVIDIA driver installed? If it lives elsewhere, name its directory in "
-        "/etc/ld.so.conf.d/ (then ldconfig) or in [vllm.env] LD_LIBRARY_PATH"))
+        return Verdict(
+            "fail",
+            current,
+            (
+                f"{', '.join(missing)} only in {dirs}, which only the agent's own LD_LIBRARY_PATH names: vLLM starts "
+                f'with a clean environment. Add LD_LIBRARY_PATH = "{dirs}" to [vllm.env], or register it with the '
+                f"loader: echo {where[0]} > /etc/ld.so.conf.d/nvidia-driver.conf && ldconfig"
+            ),
+        )
+    return Verdict(
+        "warn",
+        current,
+        (
+            f"{', '.join(missing)} not found on the loader path (LD_LIBRARY_PATH of [vllm.env], /etc/ld.so.conf, "
+            f"{DEFAULT_DIRS[1]}, ...): is the NVIDIA driver installed? If it lives elsewhere, name its directory in "
+            "/etc/ld.so.conf.d/ (then ldconfig) or in [vllm.env] LD_LIBRARY_PATH"
+        ),
+    )
 
 
 __all__ = ["DEFAULT_DIRS", "DRIVER_LIBS", "Found", "Verdict", "check", "find", "ld_so_conf_dirs"]

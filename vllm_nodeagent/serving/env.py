@@ -52,7 +52,7 @@ def resolve_user(name: str) -> RunAs:
         ) from None
     euid = os.geteuid()
     if pw.pw_uid == 0 and name != "root":
-        raise LaunchError(f"[vllm] user {name!r} has uid 0; write user = \"root\" if you really mean root")
+        raise LaunchError(f'[vllm] user {name!r} has uid 0; write user = "root" if you really mean root')
     if euid == pw.pw_uid:
         return RunAs(name, pw.pw_uid, pw.pw_gid, os.getgroups(), pw.pw_dir, switch=False)
     if euid != 0:
@@ -105,7 +105,11 @@ def prepare_cache_dir(host: Host, base: str, run_as: RunAs) -> str:
 
 
 def child_env(
-    cfg: VllmConfig, run_as: RunAs, gpus: list[int], source: Optional[dict[str, str]] = None, cache_dir: str = "",
+    cfg: VllmConfig,
+    run_as: RunAs,
+    gpus: list[int],
+    source: Optional[dict[str, str]] = None,
+    cache_dir: str = "",
 ) -> dict[str, str]:
     """A clean environment: what vLLM needs, nothing of the agent's (no NOTIFY_SOCKET, no root's HOME).
     With ``cache_dir``: the compile caches go there, and so does HOME when the user's own is unusable.

@@ -18,8 +18,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from vllm_nodeagent import subp
-from vllm_nodeagent.host import Host
+from vllm_nodeagent.host import Host, subp
 
 HOST_UNIT = "vllm-nodeagent.service"
 SERVE_UNIT = "vllm-nodeagent-serve.service"

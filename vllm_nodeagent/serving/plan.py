@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from vllm_nodeagent import log
 from vllm_nodeagent.config import VllmConfig
-from vllm_nodeagent.parse import format_cpulist
+from vllm_nodeagent.host.parse import format_cpulist
 from vllm_nodeagent.serving.args import NUMA_BIND_FLAG, NUMA_BIND_NODES_FLAG, ProbeResult, static_findings
 from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, RunAs, child_env, resolve_user
 from vllm_nodeagent.serving.probe import ProbeBeside, probe_as_user, probe_beside
@@ -128,8 +128,10 @@ def plan(
     if cfg.nodes:
         bad = [n for n in cfg.nodes if n not in known_nodes]
         if bad:
-            raise LaunchError(f"[vllm] nodes: {_why_not_target(topo, bad[0])} (binding targets here: "
-                              f"{_nodes_arg(sorted(known_nodes)) or 'none'})")
+            raise LaunchError(
+                f"[vllm] nodes: {_why_not_target(topo, bad[0])} (binding targets here: "
+                f"{_nodes_arg(sorted(known_nodes)) or 'none'})"
+            )
         nodes = sorted(cfg.nodes)
     else:
         unplaced = [g for g in gpu_objs if g is not None and g.numa_node < 0]
@@ -184,9 +186,22 @@ def plan(
     if binding == "vllm":
         cpus = sorted({c for g in gpu_objs if g is not None for c in g.local_cpus})
     return LaunchPlan(
-        argv=prefix + command, env=env, numa_nodes=nodes if binding != "none" else [], cpus=cpus, gpus=gpus,
-        gpu_nodes=gpu_nodes, binding=binding, policy=policy, mempolicy=mempolicy, user=who.name, uid=who.uid,
-        gid=who.gid, groups=list(who.groups), switch_user=who.switch, pin=pin, notes=notes,
+        argv=prefix + command,
+        env=env,
+        numa_nodes=nodes if binding != "none" else [],
+        cpus=cpus,
+        gpus=gpus,
+        gpu_nodes=gpu_nodes,
+        binding=binding,
+        policy=policy,
+        mempolicy=mempolicy,
+        user=who.name,
+        uid=who.uid,
+        gid=who.gid,
+        groups=list(who.groups),
+        switch_user=who.switch,
+        pin=pin,
+        notes=notes,
     )
 
 
@@ -207,20 +222,31 @@ def _log_static_findings(cfg: VllmConfig) -> None:
 
 
 def build_plan(
-    ctx: Context, topo: Topology, gpus_override: Optional[list[int]] = None, prepare: bool = True,
+    ctx: Context,
+    topo: Topology,
+    gpus_override: Optional[list[int]] = None,
+    prepare: bool = True,
 ) -> tuple[LaunchPlan, ProbeResult]:
     """Plan + the vLLM probe (validating args). Raises LaunchError when vLLM rejects the args."""
     cfg = ctx.config.vllm or VllmConfig()
     _log_static_findings(cfg)
     who, cache, pr = probe_as_user(ctx, cfg, prepare=prepare)
-    launch_plan = plan(cfg, topo, gpus_override=gpus_override, run_as=who, cache_dir=cache,
-                       vllm_numa_bind=lambda: pr.accepts_flag(NUMA_BIND_NODES_FLAG))
+    launch_plan = plan(
+        cfg,
+        topo,
+        gpus_override=gpus_override,
+        run_as=who,
+        cache_dir=cache,
+        vllm_numa_bind=lambda: pr.accepts_flag(NUMA_BIND_NODES_FLAG),
+    )
     accept_args(pr)
     return launch_plan, pr
 
 
 def start_plan(
-    ctx: Context, topo: Topology, gpus_override: Optional[list[int]] = None,
+    ctx: Context,
+    topo: Topology,
+    gpus_override: Optional[list[int]] = None,
 ) -> tuple[LaunchPlan, Optional[ProbeBeside]]:
     """The daemon's plan for a start, with the argument probe (a vLLM import: 10-30 s on small hosts) running
     beside vLLM's start instead of before it when the plan does not need its answer (it does only for GPUs
@@ -230,8 +256,14 @@ def start_plan(
     cfg = ctx.config.vllm or VllmConfig()
     _log_static_findings(cfg)
     who, cache, pending = probe_beside(ctx, cfg)
-    launch_plan = plan(cfg, topo, gpus_override=gpus_override, run_as=who, cache_dir=cache,
-                       vllm_numa_bind=lambda: pending.wait().accepts_flag(NUMA_BIND_NODES_FLAG))
+    launch_plan = plan(
+        cfg,
+        topo,
+        gpus_override=gpus_override,
+        run_as=who,
+        cache_dir=cache,
+        vllm_numa_bind=lambda: pending.wait().accepts_flag(NUMA_BIND_NODES_FLAG),
+    )
     if pending.waited:
         accept_args(pending.wait())
         return launch_plan, None
@@ -245,4 +277,3 @@ def plan_from_json(data: dict[str, Any]) -> LaunchPlan:
     kw["env"] = {}
     kw["pin"] = {int(k): list(v) for k, v in dict(data.get("pin", {})).items()}
     return LaunchPlan(**kw)
-

@@ -28,12 +28,20 @@ _ENV_KEYS = ("HOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD")
 _ENV_PREFIXES = ("PYTHON", "VLLM_")
 
 
-def probe_inputs(python: str, args: list[str], probe_flags: tuple[str, ...], env: dict[str, str],
-                 uid: int) -> dict[str, Any]:
+def probe_inputs(
+    python: str, args: list[str], probe_flags: tuple[str, ...], env: dict[str, str], uid: int
+) -> dict[str, Any]:
     """What the probe's answer depends on, apart from the install itself (stamped separately)."""
     keys = sorted(k for k in env if k in _ENV_KEYS or k.startswith(_ENV_PREFIXES))
-    return {"format": FORMAT, "python": python, "python_real": os.path.realpath(python), "args": list(args),
-            "probe_flags": list(probe_flags), "uid": uid, "env": {k: env[k] for k in keys}}
+    return {
+        "format": FORMAT,
+        "python": python,
+        "python_real": os.path.realpath(python),
+        "args": list(args),
+        "probe_flags": list(probe_flags),
+        "uid": uid,
+        "env": {k: env[k] for k in keys},
+    }
 
 
 def _stamp(path: str) -> Optional[list[int]]:
@@ -45,7 +53,7 @@ def _stamp(path: str) -> Optional[list[int]]:
 
 
 def _private(st: os.stat_result) -> str:
-    """"" when only the running uid can have written it, else why not."""
+    """ "" when only the running uid can have written it, else why not."""
     if st.st_uid != os.geteuid():
         return f"owned by uid {st.st_uid}, not {os.geteuid()}"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -54,7 +62,7 @@ def _private(st: os.stat_result) -> str:
 
 
 def usable_dir(directory: str) -> str:
-    """"" when ``directory`` is a real directory only the running uid can write, else why not."""
+    """ "" when ``directory`` is a real directory only the running uid can write, else why not."""
     try:
         st = os.lstat(directory)
     except OSError as exc:
@@ -142,7 +150,8 @@ def cached_probe(directory: str, inputs: dict[str, Any], run: Callable[[], Probe
             logger.info("vllm_probe_cached", version=hit.version, file=os.path.join(directory, CACHE_FILE))
             return hit
         (logger.warning if "damaged" in why or "owned" in why or "writable" in why else logger.info)(
-            "vllm_probe_cache_miss", reason=why)
+            "vllm_probe_cache_miss", reason=why
+        )
     result = run()
     logger.info("vllm_probe_ran", available=result.available, version=result.version, uid=result.uid)
     if directory and result.available:

@@ -44,7 +44,8 @@ def _request(url: str, key: str, timeout: float, body: Optional[dict[str, Any]] 
         headers["Authorization"] = f"Bearer {key}"
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(  # noqa: S310 - health_url is validated as http(s)
-        url, data=data, headers=headers, method="POST" if body is not None else "GET")
+        url, data=data, headers=headers, method="POST" if body is not None else "GET"
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) URL from root's config
         return json.loads(resp.read().decode("utf-8", errors="replace"))
 
@@ -86,8 +87,9 @@ class SmokeCheck:
     def __init__(self, cfg: VllmConfig) -> None:
         self._result: Optional[tuple[bool, str]] = None
         base, key, timeout, hint = api_base(cfg.health_url), api_key(cfg), cfg.smoke_timeout_s, cfg.model
-        self._thread = threading.Thread(target=self._run, args=(base, key, timeout, hint), daemon=True,
-                                        name="vllm-smoke")
+        self._thread = threading.Thread(
+            target=self._run, args=(base, key, timeout, hint), daemon=True, name="vllm-smoke"
+        )
         self._thread.start()
 
     def _run(self, base: str, key: str, timeout: float, hint: str) -> None:

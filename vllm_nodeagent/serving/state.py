@@ -15,7 +15,6 @@ PID_FILE = "vllm.pid"
 PLAN_FILE = "vllm-plan.json"  # what the daemon chose; doctor reads it instead of re-planning
 
 
-
 def write_plan_file(state_dir: str, launch_plan: LaunchPlan, pid: int) -> None:
     """What the daemon chose for the running vLLM (doctor compares the live binding with this, not a re-plan)."""
     path = os.path.join(state_dir, PLAN_FILE)

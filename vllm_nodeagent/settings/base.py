@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional, Protocol, runtime_checkable
 
 from vllm_nodeagent.host import Host, HostError
-from vllm_nodeagent.parse import ParseError, parse_bracket_list
+from vllm_nodeagent.host.parse import ParseError, parse_bracket_list
 
 if TYPE_CHECKING:
     from vllm_nodeagent.config import Config

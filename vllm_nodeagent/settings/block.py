@@ -61,8 +61,14 @@ def build(inputs: BuildInputs) -> list[Tunable]:
         return []
     devices = matching_devices(inputs.host, block.devices)
     if not devices:
-        return [Unavailable(BlockScheduler.family, "block.scheduler", block.scheduler,
-                            f"no block device matches {' '.join(block.devices)}")]
+        return [
+            Unavailable(
+                BlockScheduler.family,
+                "block.scheduler",
+                block.scheduler,
+                f"no block device matches {' '.join(block.devices)}",
+            )
+        ]
     return [BlockScheduler(inputs.host, dev, block.scheduler) for dev in devices]
 
 

@@ -27,8 +27,9 @@ class CpuGovernor(MultiFileTunable):
     def read(self) -> str:
         if not self.paths:
             raise NotApplicable("no cpufreq policies (typical in VMs): the hypervisor owns frequency")
-        available = self.host.read_or(next(iter(self.paths.values())).replace(
-            "scaling_governor", "scaling_available_governors"))
+        available = self.host.read_or(
+            next(iter(self.paths.values())).replace("scaling_governor", "scaling_available_governors")
+        )
         if available is not None and self._desired and self._desired not in available.split():
             raise NotApplicable(f"governors offered: {available}; not {self._desired}")
         return super().read()

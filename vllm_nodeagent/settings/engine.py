@@ -15,7 +15,14 @@ from vllm_nodeagent.settings.journal import Entry, Journal, JournalError
 
 # Outcome statuses
 OK, CHANGED, WOULD_CHANGE, FAILED, SKIPPED, DRIFTED, RESTORED = (
-    "ok", "changed", "would-change", "failed", "skipped", "drifted", "restored")
+    "ok",
+    "changed",
+    "would-change",
+    "failed",
+    "skipped",
+    "drifted",
+    "restored",
+)
 NOT_CHANGED = "not-changed"  # refused before any write (no journal, a value the setting cannot take): a failure
 LEFT = "left"  # revert: someone changed it after the agent did; theirs is kept
 UNTOUCHED = "untouched"  # revert: found compliant at apply, never written, so nothing to restore
@@ -103,8 +110,13 @@ def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
     except (NotApplicable, TunableError) as exc:
         return Outcome(t.id, FAILED, None, t.desired(), f"written but unreadable: {exc}")
     if not t.compliant(after):
-        return Outcome(t.id, FAILED, after, t.desired(),
-                       f"wrote {show(value)} but the kernel reports {show(after)}; {_put_back(t, current)}")
+        return Outcome(
+            t.id,
+            FAILED,
+            after,
+            t.desired(),
+            f"wrote {show(value)} but the kernel reports {show(after)}; {_put_back(t, current)}",
+        )
     if not same(after, value):
         # The kernel normalised what we wrote: revert compares the live value with what it reports.
         try:
@@ -114,8 +126,7 @@ def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
     return Outcome(t.id, CHANGED, after, t.desired(), t.note(after), previous=current)
 
 
-def apply(tunables: list[Tunable], journal: Journal, dry_run: bool = False,
-          log_results: bool = True) -> list[Outcome]:
+def apply(tunables: list[Tunable], journal: Journal, dry_run: bool = False, log_results: bool = True) -> list[Outcome]:
     """``log_results``: the daemon logs each result; one-shot commands print them instead (once)."""
     logger = log.get()
     outcomes: list[Outcome] = []
@@ -174,8 +185,13 @@ def revert_one(entry: Entry, host: Host, nvml: Optional[Nvml]) -> Outcome:
         if same(live, entry.original):
             return Outcome(entry.id, RESTORED, live, entry.original, "already the original")
         if not entry.legacy and not same(live, entry.written):
-            return Outcome(entry.id, LEFT, live, entry.original,
-                           f"changed by someone else since apply (agent wrote {show(entry.written)}): left as is")
+            return Outcome(
+                entry.id,
+                LEFT,
+                live,
+                entry.original,
+                f"changed by someone else since apply (agent wrote {show(entry.written)}): left as is",
+            )
         t.write(entry.original)
         after = t.read()
     except (TunableError, NotApplicable) as exc:
@@ -190,22 +206,37 @@ def _revert_members(t: MultiFileTunable, entry: Entry) -> Outcome:
     try:
         original, written = t.split(entry.original), t.split(entry.written or "")
         live = t.read_each()
-        todo = {m: original[m] for m, v in live.items()
-                if m in original and not same(v, original[m]) and same(v, written.get(m))}
-        others = sorted(m for m, v in live.items()
-                        if m in original and not same(v, original[m]) and not same(v, written.get(m)))
+        todo = {
+            m: original[m]
+            for m, v in live.items()
+            if m in original and not same(v, original[m]) and same(v, written.get(m))
+        }
+        others = sorted(
+            m for m, v in live.items() if m in original and not same(v, original[m]) and not same(v, written.get(m))
+        )
         if todo:
             t.write(" ".join(f"{m}={v}" for m, v in todo.items()))
         after = t.read()
     except (TunableError, NotApplicable) as exc:
         return Outcome(entry.id, FAILED, None, entry.original, str(exc))
     if others:
-        return Outcome(entry.id, LEFT, after, entry.original,
-                       f"{', '.join(others)} changed by someone else since apply: left as is")
+        return Outcome(
+            entry.id,
+            LEFT,
+            after,
+            entry.original,
+            f"{', '.join(others)} changed by someone else since apply: left as is",
+        )
     if not same(after, entry.original):
         return Outcome(entry.id, FAILED, after, entry.original, "did not read back the original")
-    return Outcome(entry.id, RESTORED, after, entry.original, "" if todo else "already the original",
-                   previous=entry.written if todo else None)
+    return Outcome(
+        entry.id,
+        RESTORED,
+        after,
+        entry.original,
+        "" if todo else "already the original",
+        previous=entry.written if todo else None,
+    )
 
 
 def revert(host: Host, journal: Journal, nvml: Optional[Nvml] = None, log_results: bool = True) -> list[Outcome]:
@@ -231,7 +262,8 @@ def revert(host: Host, journal: Journal, nvml: Optional[Nvml] = None, log_result
         journal.keep_only(keep)
     for o in outcomes if log_results else ():
         (log.get().warning if o.status == FAILED else log.get().info)(
-            "revert", id=o.id, status=o.status, current=o.current, original=o.desired, detail=o.message)
+            "revert", id=o.id, status=o.status, current=o.current, original=o.desired, detail=o.message
+        )
     return outcomes
 
 

@@ -32,8 +32,9 @@ def running_process(host: Host, comm: str) -> Optional[int]:
 class PersistenceMode(ValueTunable):
     family = "gpu"
 
-    def __init__(self, host: Host, nvml: Optional[Nvml], index: int, pci_bus_id: str,
-                 desired: bool = True, nvml_error: str = "") -> None:
+    def __init__(
+        self, host: Host, nvml: Optional[Nvml], index: int, pci_bus_id: str, desired: bool = True, nvml_error: str = ""
+    ) -> None:
         self.host = host
         self.nvml = nvml
         self.id = f"gpu.{index}.persistence_mode"
@@ -78,8 +79,10 @@ def build(inputs: BuildInputs) -> list[Tunable]:
     gpu = inputs.config.gpu
     if gpu is None or gpu.persistence_mode is None:
         return []
-    return [PersistenceMode(inputs.host, inputs.nvml, g.index, g.pci_bus_id, gpu.persistence_mode, inputs.nvml_error)
-            for g in inputs.topology.gpus]
+    return [
+        PersistenceMode(inputs.host, inputs.nvml, g.index, g.pci_bus_id, gpu.persistence_mode, inputs.nvml_error)
+        for g in inputs.topology.gpus
+    ]
 
 
 _INDEX = re.compile(r"[0-9]{1,6}")

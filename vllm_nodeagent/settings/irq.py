@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.parse import ParseError, format_cpulist, parse_cpulist, parse_interrupts_for
+from vllm_nodeagent.host.parse import ParseError, format_cpulist, parse_cpulist, parse_interrupts_for
 from vllm_nodeagent.settings.base import (
     BuildInputs,
     Family,
@@ -74,8 +74,9 @@ def build(inputs: BuildInputs) -> list[Tunable]:
     irq, topology, host = inputs.config.irq, inputs.topology, inputs.host
     if irq is None or not irq.affinity:
         return []
-    out: list[Tunable] = [IrqAffinity(host, f"gpu{g.index}", device_irqs(host, g.pci_bus_id), g.local_cpus)
-                          for g in topology.gpus]
+    out: list[Tunable] = [
+        IrqAffinity(host, f"gpu{g.index}", device_irqs(host, g.pci_bus_id), g.local_cpus) for g in topology.gpus
+    ]
     for nic in topology.nics:
         node = topology.node(nic.numa_node)
         if node is not None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import shutil
 from typing import Optional
 
-from vllm_nodeagent import subp
-from vllm_nodeagent.host import Host
+from vllm_nodeagent.host import Host, subp
+from vllm_nodeagent.host.subp import CommandError, Result, without_notify
 from vllm_nodeagent.settings.base import BuildInputs, Family, NotApplicable, Tunable, TunableError, only_params
-from vllm_nodeagent.subp import CommandError, Result, without_notify
 
 SYSTEMCTL_TIMEOUT_S = 30
 
@@ -26,8 +25,9 @@ class Irqbalance:
         self.host = host
         self.id = "irqbalance"
         self.policy = policy
-        self.owner: Optional[str] = 'the operator ([irq] irqbalance = "keep": reported, never changed)' \
-            if policy == "keep" else None
+        self.owner: Optional[str] = (
+            'the operator ([irq] irqbalance = "keep": reported, never changed)' if policy == "keep" else None
+        )
 
     def params(self) -> dict[str, str]:
         return {}

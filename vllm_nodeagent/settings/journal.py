@@ -55,8 +55,14 @@ class Entry:
     legacy: bool = False  # a version-1 entry: what was written is unknown (revert restores unconditionally)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "family": self.family, "params": self.params, "original": self.original,
-                "written": self.written, "recorded_at": self.recorded_at}
+        return {
+            "id": self.id,
+            "family": self.family,
+            "params": self.params,
+            "original": self.original,
+            "written": self.written,
+            "recorded_at": self.recorded_at,
+        }
 
 
 def _str_ok(value: Any, limit: int = 65536) -> bool:
@@ -76,8 +82,11 @@ def parse_entry(doc: Any, version: int = FORMAT_VERSION) -> Entry:
     if not isinstance(doc[family_key], str) or not _PARAM_KEY.fullmatch(doc[family_key]):
         raise ValueError(f"{family_key} is not a name")
     params = doc["params"]
-    if not isinstance(params, dict) or len(params) > 4096 or not all(
-            isinstance(k, str) and _PARAM_KEY.fullmatch(k) and _str_ok(v, 4096) for k, v in params.items()):
+    if (
+        not isinstance(params, dict)
+        or len(params) > 4096
+        or not all(isinstance(k, str) and _PARAM_KEY.fullmatch(k) and _str_ok(v, 4096) for k, v in params.items())
+    ):
         raise ValueError("params is not a table of strings")
     if not _str_ok(doc["original"]):
         raise ValueError("original is not a string")
@@ -90,8 +99,15 @@ def parse_entry(doc: Any, version: int = FORMAT_VERSION) -> Entry:
     family, params = doc[family_key], dict(params)
     if version < 3 and family == "irq":
         params = _irq_params_before_v3(doc["id"], params)
-    return Entry(id=doc["id"], family=family, params=params, original=doc["original"],
-                 written=written, recorded_at=float(at), legacy=version == 1)
+    return Entry(
+        id=doc["id"],
+        family=family,
+        params=params,
+        original=doc["original"],
+        written=written,
+        recorded_at=float(at),
+        legacy=version == 1,
+    )
 
 
 def _irq_params_before_v3(id: str, params: dict[str, str]) -> dict[str, str]:
@@ -109,8 +125,10 @@ def _irq_params_before_v3(id: str, params: dict[str, str]) -> dict[str, str]:
 def check_private(path: str, st: os.stat_result, what: str) -> None:
     """Refuse a state dir or journal others could have written: revert runs as root and acts on it."""
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise JournalError(f"{path}: refusing a group- or world-writable {what} (mode {stat.S_IMODE(st.st_mode):04o});"
-                           f" make it root-only: chmod go-w {path}")
+        raise JournalError(
+            f"{path}: refusing a group- or world-writable {what} (mode {stat.S_IMODE(st.st_mode):04o});"
+            f" make it root-only: chmod go-w {path}"
+        )
     if os.geteuid() == 0 and st.st_uid != 0:
         raise JournalError(f"{path}: refusing a {what} not owned by root (uid {st.st_uid}); chown root {path}")
 
@@ -171,8 +189,10 @@ class Journal:
                 return self._parse_v1(whole)
         version = header.get("version") if isinstance(header, dict) else None
         if version not in (2, FORMAT_VERSION):
-            raise JournalError(f"{self.path}: not a journal of this agent (bad header line); refusing to guess "
-                               "originals: move it aside and restore by hand")
+            raise JournalError(
+                f"{self.path}: not a journal of this agent (bad header line); refusing to guess "
+                "originals: move it aside and restore by hand"
+            )
         out: dict[str, Entry] = {}
         for number, line in enumerate(lines[1:], 2):
             if not line.strip():
@@ -208,8 +228,9 @@ class Journal:
         except HostError as exc:
             raise JournalError(f"cannot write the journal {self.path}: {exc.strerror}") from None
 
-    def record(self, id: str, family: str, params: dict[str, str], original: str,
-               written: Optional[str] = None) -> bool:
+    def record(
+        self, id: str, family: str, params: dict[str, str], original: str, written: Optional[str] = None
+    ) -> bool:
         """Remember ``original`` unless one is already kept for ``id``, and ``written`` when given.
 
         Durable on return (fsynced), or JournalError: the caller must then not touch the setting. True when a
@@ -256,8 +277,9 @@ class Journal:
 
     # -- lock -----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self, timeout_s: Optional[float] = None,
-               on_wait: Optional[Callable[[str], None]] = None) -> Iterator[None]:
+    def locked(
+        self, timeout_s: Optional[float] = None, on_wait: Optional[Callable[[str], None]] = None
+    ) -> Iterator[None]:
         """One writer at a time (the daemon and an operator's `apply` must not interleave).
 
         When another process holds the lock, ``on_wait`` is told who (once); after ``timeout_s`` JournalError.
@@ -289,8 +311,10 @@ class Journal:
                     on_wait(f"waiting for {shown}, held by {holder} (giving up after {timeout_s:g} s)")
                     told = True
                 if time.monotonic() >= deadline:
-                    raise JournalError(f"{shown} is held by {holder}; gave up after {timeout_s:g} s "
-                                       "(another apply, revert or the daemon is working: try again)") from None
+                    raise JournalError(
+                        f"{shown} is held by {holder}; gave up after {timeout_s:g} s "
+                        "(another apply, revert or the daemon is working: try again)"
+                    ) from None
                 time.sleep(0.1)
         # Who holds it, for the next waiter's message. Best effort: a full state fs must not stop the work.
         with contextlib.suppress(OSError):

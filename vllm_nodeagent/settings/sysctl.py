@@ -7,7 +7,7 @@ from typing import Optional
 
 from vllm_nodeagent.config import SysctlSetting
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.parse import ParseError, parse_sysctl_vector
+from vllm_nodeagent.host.parse import ParseError, parse_sysctl_vector
 from vllm_nodeagent.settings.base import BuildInputs, Family, FileTunable, Tunable, UnknownSetting, only_params, param
 
 
@@ -48,8 +48,10 @@ class Sysctl(FileTunable):
         except ParseError:
             return f"{self.name} takes integers (the kernel has {' '.join(current.split())}), not {self._desired!r}"
         if len(want) != len(have):
-            return (f"{self.name} takes {len(have)} integer field(s) (the kernel has {' '.join(current.split())}), "
-                    f"got {len(want)}: {self._desired}")
+            return (
+                f"{self.name} takes {len(have)} integer field(s) (the kernel has {' '.join(current.split())}), "
+                f"got {len(want)}: {self._desired}"
+            )
         return ""
 
     def compliant(self, current: str) -> bool:
@@ -77,7 +79,7 @@ class Sysctl(FileTunable):
         # What apply would write from the value last read: a floor keeps fields already above it.
         current = self._current
         value = self.target(current) if current is not None and not self.invalid(current) else self._desired
-        return f"vllm-nodeagent apply --only {self.id}  (or: sysctl -w {self.name}=\"{value}\")"
+        return f'vllm-nodeagent apply --only {self.id}  (or: sysctl -w {self.name}="{value}")'
 
     def note(self, current: str) -> str:
         if self.mode == "floor" and self.compliant(current) and current.split() != self._desired.split():

@@ -29,7 +29,9 @@ class Thp(FileTunable):
     def hint(self) -> str:
         return (
             f"vllm-nodeagent apply --only {self.id}; to persist across reboots without the agent, "
-            f"boot with transparent_hugepage={self._desired}" if self.knob == "enabled" else super().hint()
+            f"boot with transparent_hugepage={self._desired}"
+            if self.knob == "enabled"
+            else super().hint()
         )
 
 
@@ -37,8 +39,11 @@ def build(inputs: BuildInputs) -> list[Tunable]:
     thp = inputs.config.thp
     if thp is None:
         return []
-    return [Thp(inputs.host, knob, value) for knob, value in (("enabled", thp.enabled), ("defrag", thp.defrag))
-            if value is not None]
+    return [
+        Thp(inputs.host, knob, value)
+        for knob, value in (("enabled", thp.enabled), ("defrag", thp.defrag))
+        if value is not None
+    ]
 
 
 def rebuild(host: Host, nvml: object, params: dict[str, str]) -> Tunable:

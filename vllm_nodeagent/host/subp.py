@@ -24,15 +24,27 @@ class Result:
     stderr: str
 
 
-def run(argv: Sequence[str], timeout_s: float, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
-        user: Optional[Mapping[str, object]] = None) -> Result:
+def run(
+    argv: Sequence[str],
+    timeout_s: float,
+    env: Optional[Mapping[str, str]] = None,
+    cwd: Optional[str] = None,
+    user: Optional[Mapping[str, object]] = None,
+) -> Result:
     """Run ``argv`` with no stdin, capturing text output; raises CommandError on a start failure or timeout.
     ``user``: subprocess's user/group/extra_groups, so the child drops privileges before exec (serving/env.py)."""
     name = os.path.basename(argv[0]) if argv else "?"
     try:
         proc = subprocess.run(  # type: ignore[call-overload]  # the user/group kwargs come as a mapping
-            list(argv), capture_output=True, text=True, timeout=timeout_s, check=False,
-            env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL, cwd=cwd, close_fds=True,
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            close_fds=True,
             **dict(user or {}),
         )
     except subprocess.TimeoutExpired:
