@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="audit settings and host facts (read-only)")
     d.add_argument("--json", action="store_true")
     d.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    d.add_argument(
+        "--slurm",
+        nargs="?",
+        const="health",
+        choices=("health", "prolog", "epilog"),
+        default=None,
+        help="run as Slurm's HealthCheckProgram (default), Prolog or Epilog: drain the node on a FAIL, resume "
+        "a node it drained once doctor passes (docs/slurm.md)",
+    )
+    d.add_argument("--node", default=None, help="--slurm: the Slurm node name (default: $SLURMD_NODENAME)")
+    d.add_argument("--drain-on-warn", action="store_true", help="--slurm: drain on a WARN too")
 
     a = sub.add_parser("apply", help="apply and verify configured settings, journaling originals")
     a.add_argument("--dry-run", action="store_true")

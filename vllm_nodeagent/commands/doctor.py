@@ -11,6 +11,10 @@ from vllm_nodeagent.doctor import exit_code, run_checks, summary
 
 
 def cmd_doctor(ctx: Context, args: argparse.Namespace) -> int:
+    if getattr(args, "slurm", None):
+        from vllm_nodeagent.commands.slurm import cmd_slurm
+
+        return cmd_slurm(ctx, args)
     checks = run_checks(ctx)
     if args.json:
         print_json({"checks": [c.to_json() for c in checks], "summary": summary(checks)})
