@@ -42,8 +42,10 @@ def user(h: FakeHost, name: str = "vllm", uid: int = 998, home: str = "/var/lib/
     h.write("/etc/group", f"root:x:0:\n{name}:x:{uid}:\nvideo:x:44:{name}\n")
 
 
-def live_vllm(h: FakeHost, pid: int = 4242, comm: str = "vllm", **files: Any) -> None:
+def live_vllm(h: FakeHost, pid: int = 4242, comm: str = "vllm", uid: int = 998, **files: Any) -> None:
     h.write("/var/lib/vllm-nodeagent/vllm.pid", str(pid))
     h.write(f"/proc/{pid}/comm", comm)
+    h.write(f"/proc/{pid}/status", f"Name:\t{comm}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+    h.write(f"/proc/{pid}/stat", f"{pid} ({comm}) S 1 {pid} {pid}")
     for name, text in files.items():
         h.write(f"/proc/{pid}/{name}", text)

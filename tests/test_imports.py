@@ -28,7 +28,7 @@ NOT_ON_ONE_SHOT_PATH = {
     "structlog": "the daemon's log backend; one-shot commands render their few lines themselves",
     "logging": "nothing here uses stdlib logging",
     "prometheus_client": "metrics textfile: the daemon only",
-    "psutil": "process trees: the daemon and launcher's pinning only",
+    "psutil": "not used: host/proc.py reads /proc itself",
     "cpuinfo": "py-cpuinfo is not used on any path",
     "pynvml": "NVML is injected (the replayed double); nothing may import the real binding behind its back",
     "sdnotify": "systemd notify: the daemon only",

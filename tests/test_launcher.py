@@ -412,6 +412,7 @@ def test_doctor_reads_the_daemons_plan_instead_of_replanning(tmp_path: Path) -> 
             assert replanned["status"] == "fail" and "re-plan" in replanned["desired"]
         chosen = plan(cfg(nodes=[0]), topo, run_as=WHO, numactl=NUMACTL)
         chosen.binding, chosen.mempolicy = "vllm", "default"
+        chosen.uid = os.getuid()  # the plan records who vLLM runs as: doctor audits only that process
         serving_state.write_plan_file(str(state), chosen, proc.pid)
         got = {c.id: c.to_json() for c in serving_checks.doctor_checks(ctx, topo)}["vllm.binding"]
         assert got["status"] == "pass" and "binding vllm, from the daemon's plan" in got["desired"], got

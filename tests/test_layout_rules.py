@@ -139,3 +139,63 @@ def test_no_module_is_over_the_line_limit() -> None:
         for p in sorted(PACKAGE.rglob("*.py"))
     }
     assert {rel: n for rel, n in lengths.items() if n > MAX_LINES} == {}
+
+
+# -- the ground floor (issue 22): processes are read through host/proc.py only ------------------------------------
+GROUND_FLOOR = "host/"
+OPENERS = {"open", "os.open", "io.open", "Path", "pathlib.Path", "os.listdir", "os.scandir", "os.readlink", "os.stat"}
+OPENERS |= {"os.lstat", "os.path.exists", "os.path.isdir", "os.path.islink"}
+
+
+def _dotted(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def _literal_prefix(node: ast.expr) -> str:
+    """The constant start of a str literal or f-string ("/proc/" of f"/proc/{pid}/stat")."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr) and node.values:
+        return _literal_prefix(node.values[0])  # type: ignore[arg-type]
+    return ""
+
+
+def proc_escapes(tree: ast.Module) -> list[str]:
+    """``line: what`` of every psutil import and every open/listdir/Path of a literal "/proc/..." path."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "psutil" for a in node.names):
+            found.append(f"{node.lineno}: import psutil")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "psutil":
+            found.append(f"{node.lineno}: from psutil")
+        elif (
+            isinstance(node, ast.Call)
+            and _dotted(node.func) in OPENERS
+            and node.args
+            and _literal_prefix(node.args[0]).startswith("/proc")
+        ):
+            found.append(f"{node.lineno}: {_dotted(node.func)} /proc")
+    return sorted(found, key=lambda s: int(s.split(":")[0]))
+
+
+def test_only_the_ground_floor_reads_proc_or_imports_psutil() -> None:
+    offenders = {rel: proc_escapes(tree) for rel, tree in modules().items() if not rel.startswith(GROUND_FLOOR)}
+    assert {rel: found for rel, found in offenders.items() if found} == {}
+
+
+def test_the_proc_reader_sees_psutil_and_literal_proc_opens() -> None:
+    tree = ast.parse(
+        "import psutil\nfrom psutil import Process\nopen(f'/proc/{pid}/stat')\nos.listdir('/proc')\n"
+        "open('/etc/passwd')\nos.open(f'/proc/{p}/status', 0)\nhost.read('/proc/meminfo')\n"
+    )
+    assert proc_escapes(tree) == [
+        "1: import psutil",
+        "2: from psutil",
+        "3: open /proc",
+        "4: os.listdir /proc",
+        "6: os.open /proc",
+    ]

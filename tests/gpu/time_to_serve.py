@@ -272,6 +272,7 @@ TORCH_BUS = (
 def serving_facts(agent_pid: int, cfg: str, plan: dict[str, Any], topo: dict[str, Any]) -> dict[str, Any]:
     import psutil
 
+    from vllm_nodeagent.host.proc import Procfs
     from vllm_nodeagent.serving.binding import process_binding
 
     facts: dict[str, Any] = {}
@@ -279,7 +280,7 @@ def serving_facts(agent_pid: int, cfg: str, plan: dict[str, Any], topo: dict[str
     for c in psutil.Process(agent_pid).children(recursive=True):
         try:
             env = _environ(c.pid)
-            b = process_binding(c.pid)
+            b = process_binding(Procfs(), c.pid)
             procs.append(
                 {
                     "pid": c.pid,

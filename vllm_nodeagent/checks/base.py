@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from vllm_nodeagent.host import Host
+from vllm_nodeagent.host.proc import Procfs
 
 if TYPE_CHECKING:
     from vllm_nodeagent.config import Config
     from vllm_nodeagent.nvml import Nvml
+    from vllm_nodeagent.serving.state import Running
     from vllm_nodeagent.topology import Gpu, Topology
 
 # What a check can say; doctor, its JSON, the textfile metrics and `doctor --strict` all use these.
@@ -80,17 +82,12 @@ class Probe:
     space_fn: Optional[SpaceFn] = None  # tests replace statvfs: a fake tree cannot fake a filesystem's size
     sleep: Callable[[float], None] = time.sleep  # between samples of a short window (tests: no real wait)
     _comms: Optional[dict[int, str]] = field(default=None, repr=False)
+    _running: Optional[Running] = field(default=None, repr=False)
 
     def processes(self) -> dict[int, str]:
         """pid -> comm of every process (one /proc scan per doctor run)."""
         if self._comms is None:
-            comms: dict[int, str] = {}
-            for name in self.host.listdir("/proc"):
-                if name.isdigit():
-                    comm = self.host.read_or(f"/proc/{name}/comm")
-                    if comm is not None:
-                        comms[int(name)] = comm.strip()
-            self._comms = comms
+            self._comms = Procfs(self.host).comms()
         return self._comms
 
     def running(self, comm: str) -> Optional[int]:
@@ -107,16 +104,20 @@ class Probe:
         return Account(name, uid, gid, home, frozenset(groups))
 
     def vllm_pid(self) -> Optional[int]:
-        """The live vLLM pid from its pid file (None when vLLM is not running): the root agent's state dir
-        (single layout) or the serve unit's runtime dir (split layout)."""
-        from vllm_nodeagent.serving.layout import SERVE_RUNTIME_DIR
-        from vllm_nodeagent.serving.state import PID_FILE
+        """The live vLLM pid from its pid file (None when vLLM is not running, or the file or the process is not
+        trusted: ``vllm_running().problem`` says why): the root agent's state dir (single layout) or the serve
+        unit's runtime dir (split layout)."""
+        return self.vllm_running().pid
 
-        for d in (self.config.agent.state_dir, SERVE_RUNTIME_DIR):
-            text = (self.host.read_or(os.path.join(d, PID_FILE)) or "").strip()
-            if text.isdigit() and self.host.exists(f"/proc/{text}"):
-                return int(text)
-        return None
+    def vllm_running(self) -> Running:
+        if self._running is None:
+            from vllm_nodeagent.serving.layout import SERVE_RUNTIME_DIR
+            from vllm_nodeagent.serving.state import find_running
+
+            dirs = [str(self.host.path(d)) for d in (self.config.agent.state_dir, SERVE_RUNTIME_DIR)]
+            acct = self.account(self.config.vllm.user) if self.config.vllm is not None else None
+            self._running = find_running(dirs, acct.uid if acct else None, Procfs(self.host))
+        return self._running
 
     def space(self, host_path: str) -> Optional[tuple[int, int]]:
         """(size, free for unprivileged users) in bytes of the filesystem holding ``host_path``; None = absent."""
@@ -139,30 +140,9 @@ def planned_gpus(probe: Probe) -> list[Gpu]:
     return [g for g in probe.topo.gpus if not want or g.index in want]
 
 
-def parent_pids(probe: Probe) -> dict[int, int]:
-    """pid -> parent pid from /proc/<pid>/stat (the comm field may hold spaces and parentheses)."""
-    out: dict[int, int] = {}
-    for pid in probe.processes():
-        stat = probe.host.read_or(f"/proc/{pid}/stat")
-        if stat and ")" in stat:
-            fields = stat.rsplit(")", 1)[1].split()
-            if len(fields) >= 2 and fields[1].isdigit():
-                out[pid] = int(fields[1])
-    return out
-
-
 def descendants(probe: Probe, root: int) -> set[int]:
     """``root`` and every process below it."""
-    parents = parent_pids(probe)
-    tree = {root}
-    grew = True
-    while grew:
-        grew = False
-        for pid, ppid in parents.items():
-            if ppid in tree and pid not in tree:
-                tree.add(pid)
-                grew = True
-    return tree
+    return {root, *Procfs(probe.host).descendants(root)}
 
 
 def worst(statuses: list[str]) -> str:

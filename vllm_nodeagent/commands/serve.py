@@ -27,9 +27,8 @@ SERVE_UNIT_USER = "vllm"  # systemd/vllm-nodeagent-serve.service's User=
 
 def _preload() -> None:
     """Import now what the loop imports lazily: a package upgrade replaces the venv under a running serve unit."""
-    import psutil  # noqa: F401
-
     from vllm_nodeagent import nvml  # noqa: F401
+    from vllm_nodeagent.host import proc  # noqa: F401
     from vllm_nodeagent.prewarm import warm  # noqa: F401
 
 

@@ -222,7 +222,7 @@ class ServeKeeper:
             pid_file = self._pid_file()
             self.child = Child(self.plan, pid_file, self.clock)
             if pid_file:
-                write_plan_file(os.path.dirname(pid_file), self.plan, self.child.pid)
+                write_plan_file(os.path.dirname(pid_file), self.plan, self.child.pid, self.child.start_time)
         except (LaunchError, OSError) as exc:
             self.log.error("vllm_start_failed", error=str(exc))
             if initial:

@@ -15,14 +15,13 @@ if TYPE_CHECKING:
 
 def pin_workers(plan: LaunchPlan, root_pid: int, topo: Topology, nvml: Nvml, pinned: set[int], log: Any) -> None:
     """Pin the workers of vLLM's process tree under ``root_pid`` not pinned yet; adds each pinned GPU to ``pinned``."""
-    import psutil
-
+    from vllm_nodeagent.host.proc import ProcError, Procfs
     from vllm_nodeagent.nvml import NvmlCallError
 
-    try:
-        tree = {root_pid} | {c.pid for c in psutil.Process(root_pid).children(recursive=True)}
-    except psutil.Error:
+    procfs = Procfs()  # the daemon's own children: the real /proc
+    if not procfs.exists(root_pid):
         return
+    tree = {root_pid, *procfs.descendants(root_pid)}
     for gpu_index, cpus in plan.pin.items():
         if gpu_index in pinned:
             continue
@@ -36,10 +35,10 @@ def pin_workers(plan: LaunchPlan, root_pid: int, topo: Topology, nvml: Nvml, pin
             continue
         for pid in pids:
             try:
-                tids = [t.id for t in psutil.Process(pid).threads()]
+                tids = procfs.threads(pid)
                 for tid in tids:
                     os.sched_setaffinity(tid, cpus)
-            except (psutil.Error, OSError) as exc:
+            except (ProcError, OSError) as exc:
                 log.warning("worker_pin_failed", pid=pid, gpu=gpu_index, error=str(exc))
                 continue
             log.info("worker_pinned", pid=pid, gpu=gpu_index, cpus=cpus, threads=len(tids))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Optional
+from typing import NamedTuple, Optional
 
 
 class ParseError(ValueError):
@@ -151,11 +151,7 @@ def parse_interrupts_for(text: str, names: Iterable[str]) -> list[int]:
 
 def status_field(text: str, key: str) -> Optional[str]:
     """The value of ``key`` in /proc/<pid>/status ("Cpus_allowed_list:\t0-5"), or None when absent."""
-    for line in text.splitlines():
-        name, sep, value = line.partition(":")
-        if sep and name.strip() == key:
-            return clean_attr(value)
-    return None
+    return parse_status(text).get(key)
 
 
 def parse_nvidia_numa_status(text: str) -> tuple[int, str]:
@@ -199,3 +195,58 @@ def ini_assignments(texts: Iterable[str], section: str) -> list[tuple[str, str]]
             if sep and current == section:
                 out.append((key.strip(), val.strip()))
     return out
+
+
+class StatFields(NamedTuple):
+    comm: str
+    state: str
+    ppid: int
+    pgid: int
+    sid: int
+    start_time: int  # clock ticks after boot (field 22)
+
+
+def parse_proc_stat(text: str) -> StatFields:
+    """/proc/<pid>/stat (proc(5)): "pid (comm) state ppid pgrp session ... starttime ...". The comm may hold
+    spaces and parentheses: it ends at the *last* ")". Fields after ppid that a recorded fixture left out are 0."""
+    head, sep, rest = text.rpartition(")")
+    if not sep or "(" not in head:
+        raise ParseError(f"no (comm) in stat {text[:80]!r}")
+    f = rest.split()
+    nums = [f[i] if i < len(f) else "0" for i in (1, 2, 3, 19)]
+    if len(f) < 2 or not all(_SYSCTL_INT.fullmatch(x) for x in nums):
+        raise ParseError(f"bad stat line {text[:80]!r}")
+    return StatFields(head.split("(", 1)[1], f[0], *(int(x) for x in nums))
+
+
+def parse_status(text: str) -> dict[str, str]:
+    """/proc/<pid>/status ("Name:\\tpython3", "Cpus_allowed_list:\\t0-5", ...) as key -> value (stripped)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            out.setdefault(name.strip(), clean_attr(value))
+    return out
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of [ and { in JSON text, strings skipped: checked before ``json.loads``, whose
+    recursion a deeply nested list (100,000 "[") would exhaust."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest

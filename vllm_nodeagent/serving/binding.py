@@ -4,55 +4,45 @@ what differs from the plan.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from vllm_nodeagent.host.parse import format_cpulist, parse_cpulist
+from vllm_nodeagent.host.proc import ProcError, Procfs
 from vllm_nodeagent.serving.plan import LaunchPlan
 
 
-def _status_field(pid: int, key: str) -> str:
-    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
-        for line in fh:
-            name, _, value = line.partition(":")
-            if name == key:
-                return value.strip()
-    return ""
-
-
-def mempolicy_of(pid: int) -> str:
+def mempolicy_of(numa_maps: str) -> str:
     """The process's dominant memory policy as /proc/<pid>/numa_maps shows it ("bind:0", "default", ...)."""
     counts: dict[str, int] = {}
-    with open(f"/proc/{pid}/numa_maps", encoding="ascii", errors="replace") as fh:
-        for line in fh:
-            parts = line.split(None, 2)
-            if len(parts) >= 2:
-                counts[parts[1]] = counts.get(parts[1], 0) + 1
+    for line in numa_maps.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2:
+            counts[parts[1]] = counts.get(parts[1], 0) + 1
     return max(counts, key=lambda k: counts[k]) if counts else ""
 
 
-def process_binding(pid: int) -> dict[str, Any]:
+def process_binding(procfs: Procfs, pid: int) -> dict[str, Any]:
+    """Raises ProcError (gone, not readable)."""
+    status = procfs.status(pid)
     return {
         "pid": pid,
-        "cpus": _status_field(pid, "Cpus_allowed_list"),
-        "mems": _status_field(pid, "Mems_allowed_list"),
-        "mempolicy": mempolicy_of(pid),
+        "cpus": status.get("Cpus_allowed_list", ""),
+        "mems": status.get("Mems_allowed_list", ""),
+        "mempolicy": mempolicy_of(procfs.numa_maps(pid)),
     }
 
 
-def live_binding(pid: int) -> list[dict[str, Any]]:
-    """Binding of ``pid`` and every descendant (vLLM's API server, engine core, workers)."""
-    import psutil
-
-    pids = [pid]
-    try:
-        pids += [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
+def live_binding(pid: int, procfs: Optional[Procfs] = None) -> list[dict[str, Any]]:
+    """Binding of ``pid`` and every descendant (vLLM's API server, engine core, workers). ``procfs``: the real
+    /proc by default (the daemon's own children); doctor passes the one of ``--root``."""
+    fs = procfs or Procfs()
+    if not fs.exists(pid):
         return []
     out: list[dict[str, Any]] = []
-    for p in pids:
+    for p in [pid, *fs.descendants(pid)]:
         try:
-            out.append(process_binding(p))
-        except OSError:
+            out.append(process_binding(fs, p))
+        except ProcError:
             continue  # exited meanwhile
     return out
 

@@ -15,7 +15,7 @@ from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
 from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, RunAs, resolve_user
 from vllm_nodeagent.serving.plan import plan, plan_from_json, something_to_launch
 from vllm_nodeagent.serving.probe import probe_as_user
-from vllm_nodeagent.serving.state import read_pid_file, read_plan_file
+from vllm_nodeagent.serving.state import find_running
 
 if TYPE_CHECKING:
     from vllm_nodeagent.context import Context
@@ -90,17 +90,21 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
 def _binding_check(ctx: Context, cfg: VllmConfig, topo: Topology, numactl: Optional[str]) -> CheckResult:
     """The live binding of every vLLM process against what the daemon chose (its plan file); a re-plan with
     this host's defaults only when the daemon wrote none (an older agent)."""
+    from vllm_nodeagent.checks.base import parse_passwd
+    from vllm_nodeagent.host.proc import Procfs
     from vllm_nodeagent.serving.layout import SERVE_RUNTIME_DIR
 
-    # single layout: the root agent's state dir; split: the serve unit's runtime dir (pid and plan side by side)
-    state = str(ctx.host.path(ctx.config.agent.state_dir))
-    pid = read_pid_file(state)
-    if pid is None:
-        state = str(ctx.host.path(SERVE_RUNTIME_DIR))
-        pid = read_pid_file(state)
+    # single layout: the root agent's state dir; split: the serve unit's runtime dir (pid and plan side by side),
+    # the vLLM user's: hostile input (state.find_running refuses what it cannot trust, in one line)
+    entry = parse_passwd(ctx.host.read_or("/etc/passwd", "") or "").get(cfg.user)
+    procfs = Procfs(ctx.host)
+    dirs = [str(ctx.host.path(d)) for d in (ctx.config.agent.state_dir, SERVE_RUNTIME_DIR)]
+    running = find_running(dirs, entry[0] if entry else None, procfs)
+    if running.problem:
+        return _check("vllm.binding", "warn", "", "", running.problem)
+    pid, saved = running.pid, running.plan
     if pid is None:
         return _check("vllm.binding", "skip", "", "", "vLLM is not running (no live pid file)")
-    saved = read_plan_file(state, pid)
     source = "the daemon's plan"
     if saved is not None:
         expected = plan_from_json(saved)
@@ -110,7 +114,7 @@ def _binding_check(ctx: Context, cfg: VllmConfig, topo: Topology, numactl: Optio
             expected = plan(cfg, topo, numactl=numactl or "numactl", run_as=RunAs(cfg.user, 0, 0, [], "/", False))
         except LaunchError as exc:
             return _check("vllm.binding", "warn", f"pid {pid}", "", f"cannot plan: {exc}")
-    procs = live_binding(pid)
+    procs = live_binding(pid, procfs)
     problems = binding_mismatches(expected, procs)
     current = "; ".join(f"{p['pid']}: cpus {p['cpus']} mems {p['mems']} {p['mempolicy']}" for p in procs)
     desired = f"cpus {format_cpulist(expected.cpus)} {expected.mempolicy}" if expected.cpus else "unbound"

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from vllm_nodeagent import log
+from vllm_nodeagent.host.proc import ProcError, Procfs
 from vllm_nodeagent.serving.plan import LaunchPlan
+from vllm_nodeagent.serving.state import StateFileError, read_pid, remove_state_file, write_pid_file
 
 Clock = Callable[[], float]
 
@@ -95,12 +97,13 @@ class Child:
                 self._pidfd = os.pidfd_open(self.pid)
             except OSError:
                 self._pidfd = -1
+        try:
+            self.start_time = Procfs().stat(self.pid).start_time  # with the pid: this process and no later one
+        except ProcError:
+            self.start_time = 0
         if pid_file:
             try:
-                tmp = f"{pid_file}.tmp"
-                with open(tmp, "w", encoding="ascii") as fh:
-                    fh.write(f"{self.pid}\n")
-                os.replace(tmp, pid_file)
+                write_pid_file(pid_file, self.pid)
             except OSError as exc:
                 log.get().warning("pid_file_write_failed", path=pid_file, error=str(exc))
 
@@ -121,12 +124,11 @@ class Child:
             self._pidfd = -1
         if self.pid_file:
             try:
-                with open(self.pid_file, encoding="ascii") as fh:
-                    mine = fh.read().strip() == str(self.pid)
-                if mine:
-                    os.unlink(self.pid_file)
-            except OSError:
-                return
+                mine = read_pid(self.pid_file) == self.pid
+            except StateFileError:
+                mine = False
+            if mine:
+                remove_state_file(self.pid_file)
 
     def signal_group(self, sig: int) -> bool:
         try:
@@ -164,18 +166,7 @@ class Child:
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of process group ``pgid``. Zombies do not count: a reaper that is not
     systemd (containers) may leave them around, and they hold no resources."""
-    members: list[int] = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(int(name))
-    return members
+    return Procfs().group_members(pgid)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -23,10 +23,9 @@ ON, OFF = "enabled", "disabled"
 
 def running_process(host: Host, comm: str) -> Optional[int]:
     """PID of a process whose /proc/<pid>/comm is ``comm``, or None."""
-    for entry in host.listdir("/proc"):
-        if entry.isdigit() and host.read_or(f"/proc/{entry}/comm") == comm:
-            return int(entry)
-    return None
+    from vllm_nodeagent.host.proc import Procfs
+
+    return next((pid for pid, c in Procfs(host).comms().items() if c == comm), None)
 
 
 class PersistenceMode(ValueTunable):
