@@ -18,7 +18,7 @@ from nvml_double import NvmlDouble
 from vllm_nodeagent import cli
 from vllm_nodeagent.config import parse_config
 from vllm_nodeagent.nvml import Nvml
-from vllm_nodeagent.settings import engine, families
+from vllm_nodeagent.settings import engine, families, restore
 from vllm_nodeagent.settings.base import BuildInputs
 from vllm_nodeagent.settings.journal import FORMAT_VERSION, JOURNAL_NAME, Journal
 from vllm_nodeagent.topology import discover
@@ -77,7 +77,7 @@ def test_a_new_family_is_one_module_and_one_line(
     ]
     assert (hgx.root / demo_family.PATH.lstrip("/")).read_text() == "on"
     [line] = (hgx.root / STATE.lstrip("/") / JOURNAL_NAME).read_text().splitlines()[1:]
-    assert {k: v for k, v in json.loads(line).items() if k != "recorded_at"} == {
+    assert {k: v for k, v in json.loads(line).items() if k not in ("recorded_at", "written_at")} == {
         "id": "demo.knob",
         "family": "demo",
         "params": {"knob": "knob"},
@@ -145,8 +145,10 @@ def test_a_version_2_journal_of_the_previous_release_reverts_everything(hgx: Fak
     assert {i: (e.family, e.params, e.original, e.written) for i, e in old.items() if i != "irqbalance"} == ours
     assert old["irq.gpu5.affinity"].params == {"device": "gpu5", "irqs": "122 123"}
 
-    outcomes = {o.id: o for o in engine.revert(host, journal, nvml, log_results=False)}
-    assert outcomes.pop("irqbalance").message == "no service manager under --root"  # a fake root has no systemd
+    outcomes = {o.id: o for o in restore.revert(host, journal, nvml, log_results=False)}
+    kept_out = outcomes.pop("irqbalance")  # a fake root has no systemd: not restorable here, kept, not a failure
+    assert kept_out.status == restore.UNRESTORABLE
+    assert kept_out.message.startswith("no service manager under --root; kept in the journal")
     assert {o.status for o in outcomes.values()} == {engine.RESTORED, engine.UNTOUCHED}
     assert len(outcomes) == len(ours) == 28
     assert files(hgx.root) == before and set(hgx_nvml.persistence.values()) == {0}
@@ -159,4 +161,5 @@ def test_a_version_2_journal_of_the_previous_release_reverts_everything(hgx: Fak
         "params": {},
         "original": "active/enabled",
         "written": "inactive/disabled",
+        "written_at": None,  # a version-2 entry did not keep when it was written
     }

@@ -23,6 +23,7 @@ from vllm_nodeagent.settings import engine
 from vllm_nodeagent.settings.base import Tunable
 from vllm_nodeagent.settings.block import BlockScheduler
 from vllm_nodeagent.settings.journal import Journal
+from vllm_nodeagent.settings.restore import revert
 from vllm_nodeagent.settings.sysctl import Sysctl
 from vllm_nodeagent.settings.thp import Thp
 
@@ -117,7 +118,7 @@ def test_apply_drift_revert_on_real_kernel(tmp_path: Path, restore: Callable[...
     assert engine.drift(tunables, journal) == []
 
     # Revert: every value exactly as the kernel printed it before, and the journal gone.
-    reverted = engine.revert(REAL, journal)
+    reverted = revert(REAL, journal)
     assert {o.status for o in reverted} == {engine.RESTORED} and len(reverted) == 6
     assert {k: raw(p) for k, p in paths.items()} == before
     assert journal.entries() == {}
@@ -137,7 +138,7 @@ def test_kernel_refusals_change_nothing(tmp_path: Path, restore: Callable[..., N
     assert "EINVAL" in outcomes[1].message and "EACCES" in outcomes[2].message
     assert "left as it was" in outcomes[1].message
     assert raw("/proc/sys/kernel/osrelease") != "9.9.9"
-    engine.revert(REAL, journal)
+    revert(REAL, journal)
     assert raw("/proc/sys/vm/max_map_count") == before
 
 

@@ -14,7 +14,7 @@ from vllm_nodeagent import cli
 from vllm_nodeagent.config import SysctlSetting, parse_config
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml
-from vllm_nodeagent.settings import engine
+from vllm_nodeagent.settings import engine, restore
 from vllm_nodeagent.settings.base import NotApplicable, TunableError
 from vllm_nodeagent.settings.block import BlockScheduler
 from vllm_nodeagent.settings.cpu import CpuGovernor
@@ -54,7 +54,7 @@ def test_sysctl_floor_never_lowers(host: Host, hgx: FakeHost, journal: Journal) 
     hgx.sysctl("vm.max_map_count", "1000")
     assert engine.apply_one(t, journal).status == engine.CHANGED
     assert read(hgx, "/proc/sys/vm/max_map_count") == "262144"
-    engine.revert(host, journal)
+    restore.revert(host, journal)
     assert read(hgx, "/proc/sys/vm/max_map_count") == "8249672"
 
 
@@ -156,7 +156,7 @@ def test_cpu_governor_every_policy_and_exact_revert(host: Host, hgx: FakeHost, j
     assert "policy7=performance" in before and "policy0=powersave" in before
     assert engine.apply_one(t, journal).status == engine.CHANGED
     assert t.read() == "performance"
-    assert [o.status for o in engine.revert(host, journal)] == [engine.RESTORED]
+    assert [o.status for o in restore.revert(host, journal)] == [engine.RESTORED]
     assert read(hgx, "/sys/devices/system/cpu/cpufreq/policy7/scaling_governor") == "performance"
     assert read(hgx, "/sys/devices/system/cpu/cpufreq/policy8/scaling_governor") == "powersave"
 
@@ -188,7 +188,7 @@ def test_persistence_mode_via_nvml(host: Host, hgx_nvml: NvmlDouble, journal: Jo
     outcomes = engine.apply(ts, journal)
     assert {o.status for o in outcomes} == {engine.CHANGED}
     assert len(hgx_nvml.set_calls) == 8 and all(m == 1 for _, m in hgx_nvml.set_calls)
-    engine.revert(host, journal, nvml)
+    restore.revert(host, journal, nvml)
     assert all(v == 0 for v in hgx_nvml.persistence.values())
 
 
@@ -226,7 +226,7 @@ def test_irq_affinity_pins_gpu_and_nic_irqs(host: Host, hgx: FakeHost, journal: 
     assert outcomes["irq.gpu5.affinity"].status == engine.CHANGED
     assert read(hgx, "/proc/irq/122/smp_affinity_list") == "56-111"  # gpu5's first vector
     assert read(hgx, "/proc/irq/200/smp_affinity_list") == "0-55"  # NIC on node 0
-    engine.revert(host, journal)
+    restore.revert(host, journal)
     assert read(hgx, "/proc/irq/122/smp_affinity_list") == "0-255"
 
 
@@ -247,7 +247,7 @@ def test_first_original_wins(host: Host, hgx: FakeHost, journal: Journal) -> Non
     hgx.sysctl("vm.max_map_count", "1000")  # drift
     engine.apply_one(t, journal)  # re-apply must not journal our own or the drifted value
     assert journal.entries()["sysctl.vm.max_map_count"].original == "65530"
-    engine.revert(host, journal)
+    restore.revert(host, journal)
     assert read(hgx, "/proc/sys/vm/max_map_count") == "65530"
     assert not (hgx.root / "var/lib/vllm-nodeagent/originals.json").exists()
 
@@ -268,7 +268,7 @@ def test_revert_after_config_changed(host: Host, hgx: FakeHost, journal: Journal
     before = {p: read(hgx, p) for p in ("/proc/sys/net/ipv4/tcp_wmem", "/sys/kernel/mm/transparent_hugepage/enabled")}
     engine.apply(build_tunables(cfg, discover(host), host), journal)
     assert read(hgx, "/sys/kernel/mm/transparent_hugepage/enabled") == "always [madvise] never"
-    outcomes = engine.revert(host, journal)
+    outcomes = restore.revert(host, journal)
     assert outcomes and all(o.status in (engine.RESTORED, engine.UNTOUCHED) for o in outcomes)
     assert {p: read(hgx, p) for p in before} == before
 

@@ -69,6 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("revert", help="restore every journaled original")
     r.add_argument("--json", action="store_true")
+    what = r.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true", help="say what revert would do; change nothing")
+    what.add_argument(
+        "--forget",
+        nargs="+",
+        metavar="ID",
+        default=None,
+        help="drop these entries from the journal without restoring them (one revert reports unrestorable)",
+    )
+
+    jo = sub.add_parser("journal", help="what apply wrote, when, and whether it still holds (read-only)")
+    jo_sub = jo.add_subparsers(dest="action", metavar="ACTION")
+    jo_sub.required = True
+    js = jo_sub.add_parser("show", help="every journaled setting: original, written, when, and its state now")
+    js.add_argument("--json", action="store_true")
 
     w = sub.add_parser("prewarm", help="read model files into the page cache and prove residency")
     w.add_argument("--json", action="store_true")
@@ -110,6 +125,7 @@ _COMMANDS: dict[str, str] = {
     "doctor": "vllm_nodeagent.commands.doctor:cmd_doctor",
     "apply": "vllm_nodeagent.commands.apply:cmd_apply",
     "revert": "vllm_nodeagent.commands.revert:cmd_revert",
+    "journal": "vllm_nodeagent.commands.journal:cmd_journal",
     "prewarm": "vllm_nodeagent.commands.prewarm:cmd_prewarm",
     "launch": "vllm_nodeagent.commands.launch:cmd_launch",
     "run": "vllm_nodeagent.commands.run:cmd_run",

@@ -21,6 +21,7 @@ from vllm_nodeagent.settings.engine import (
 )
 from vllm_nodeagent.settings.families import build_tunables
 from vllm_nodeagent.settings.journal import Journal, JournalError
+from vllm_nodeagent.settings.restore import UNRESTORABLE, WOULD_RESTORE
 from vllm_nodeagent.topology import discover
 
 
@@ -71,10 +72,12 @@ def print_outcomes(outcomes: list[Outcome], as_json: bool) -> None:
 
 def render_outcome(o: Outcome) -> str:
     """``changed  sysctl.vm.max_map_count  65530 → 262144`` — before → after where something moved."""
-    if o.status in (CHANGED, WOULD_CHANGE) or (o.status == RESTORED and o.previous is not None):
+    if o.status in (CHANGED, WOULD_CHANGE, WOULD_RESTORE) or (o.status == RESTORED and o.previous is not None):
         value = f"{show(o.previous)} → {show(o.current)}"
     elif o.status == RESTORED:
         value = show(o.current)
+    elif o.current is None and o.status == UNRESTORABLE:
+        value = f"(original {show(o.desired)})"
     elif o.current is None:
         value = f"(wants {show(o.desired)})" if o.desired is not None and o.status != UNTOUCHED else ""
     else:

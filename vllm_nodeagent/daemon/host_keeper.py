@@ -143,8 +143,8 @@ class HostKeeper:
         metrics.heartbeat(time.time())
 
     def _revert(self) -> None:
-        from vllm_nodeagent.settings.engine import revert
         from vllm_nodeagent.settings.journal import Journal, JournalError
+        from vllm_nodeagent.settings.restore import revert
 
         journal = self.journal or Journal(self.ctx.host, self.ctx.config.agent.state_dir)
         try:

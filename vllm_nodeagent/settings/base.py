@@ -7,7 +7,9 @@ A family of settings is one module in this package exposing a ``Family`` plus on
 
 from __future__ import annotations
 
+import errno
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional, Protocol, runtime_checkable
 
@@ -18,6 +20,11 @@ if TYPE_CHECKING:
     from vllm_nodeagent.config import Config
     from vllm_nodeagent.nvml import Nvml
     from vllm_nodeagent.topology import Topology
+
+
+# The most files one multi-file setting manages (a governor per cpufreq policy, an affinity per interrupt):
+# twice Linux's NR_CPUS ceiling (8192). The journal's limits and the families' rebuild patterns derive from it.
+MAX_MEMBERS = 16384
 
 
 class NotApplicable(Exception):
@@ -208,16 +215,30 @@ class MultiFileTunable(TunableDefaults):
     def params(self) -> dict[str, str]:
         return dict(self.paths)
 
-    def read_each(self) -> dict[str, str]:
+    def read_each(self, names: Optional[Iterable[str]] = None) -> dict[str, str]:
         if not self.paths:
             raise NotApplicable("no files to manage on this host")
         values: dict[str, str] = {}
+        for name in self.paths if names is None else names:
+            try:
+                values[name] = self.host.read(self.paths[name])
+            except HostError as exc:
+                raise TunableError(str(exc)) from None
+        return values
+
+    def read_members(self) -> tuple[dict[str, str], list[str]]:
+        """(the value of each member whose file exists, the members whose file is gone): revert restores what is
+        left after a policy or a device's interrupt went away."""
+        values: dict[str, str] = {}
+        gone: list[str] = []
         for name, path in self.paths.items():
             try:
                 values[name] = self.host.read(path)
             except HostError as exc:
-                raise TunableError(str(exc)) from None
-        return values
+                if exc.errno != errno.ENOENT:
+                    raise TunableError(str(exc)) from None
+                gone.append(name)
+        return values, gone
 
     def read(self) -> str:
         values = self.read_each()
@@ -249,10 +270,11 @@ class MultiFileTunable(TunableDefaults):
         return self._desired
 
     def write(self, value: str) -> None:
-        """Write every member; on a refusal, put back the members already written, then raise."""
-        before = self.read_each()
+        """Write every member named; on a refusal, put back the members already written, then raise."""
+        values = self.split(value)
+        before = self.read_each(values)
         done: list[str] = []
-        for name, new in self.split(value).items():
+        for name, new in values.items():
             try:
                 self.host.write(self.paths[name], new)
                 done.append(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.settings.base import BuildInputs, Family, MultiFileTunable, NotApplicable, Tunable
+from vllm_nodeagent.settings.base import MAX_MEMBERS, BuildInputs, Family, MultiFileTunable, NotApplicable, Tunable
 
 CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
 
@@ -50,6 +50,8 @@ _POLICY = re.compile(r"policy[0-9]{1,5}")
 
 def rebuild(host: Host, nvml: object, params: dict[str, str]) -> Tunable:
     """params: policy name -> its scaling_governor path (checked: nothing outside cpufreq)."""
+    if len(params) > MAX_MEMBERS:
+        raise ValueError(f"{len(params)} policies, more than the {MAX_MEMBERS} a setting manages")
     for name, path in params.items():
         if not _POLICY.fullmatch(name) or path != f"{CPUFREQ_DIR}/{name}/scaling_governor":
             raise ValueError(f"a path outside cpufreq: {path[:80]!r}")

@@ -8,10 +8,9 @@ from typing import Any, Optional
 
 from vllm_nodeagent import log
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.nvml import Nvml
-from vllm_nodeagent.settings.base import Check, MultiFileTunable, NotApplicable, Tunable, TunableError, UnknownSetting
+from vllm_nodeagent.settings.base import Check, NotApplicable, Tunable, TunableError, UnknownSetting
 from vllm_nodeagent.settings.families import rebuild
-from vllm_nodeagent.settings.journal import Entry, Journal, JournalError
+from vllm_nodeagent.settings.journal import Journal, JournalError
 
 # Outcome statuses
 OK, CHANGED, WOULD_CHANGE, FAILED, SKIPPED, DRIFTED, RESTORED = (
@@ -70,6 +69,19 @@ def _put_back(t: Tunable, before: str) -> str:
         return f"and putting back {show(before)} failed: {exc}"
 
 
+def unrevertable(t: Tunable) -> str:
+    """Why revert could not rebuild this setting's writer from what the journal keeps ("" when it can): checked
+    before journaling, so the agent never journals an entry it would refuse at revert (issue 22)."""
+    try:
+        rebuild(t.family, t.id, t.params(), _NOWHERE, None)  # rebuilders only construct: nothing is read
+    except ValueError as exc:
+        return f"not journaled: revert could not rebuild it from the journal ({exc})"
+    return ""
+
+
+_NOWHERE = Host("/")
+
+
 def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
     try:
         current = t.read()
@@ -87,6 +99,9 @@ def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
             # Journaled as found (never written): if it drifts later and we re-apply, the original to restore is
             # this value, not whatever someone changed it to in between. Revert writes nothing for it.
             try:
+                why = unrevertable(t)
+                if why:
+                    raise JournalError(why)
                 journal.record(t.id, t.family, t.params(), current)
             except JournalError as exc:
                 return Outcome(t.id, OK, current, t.desired(), f"compliant, but not journaled: {exc}")
@@ -96,6 +111,9 @@ def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
     value = t.target(current)
     if dry_run:
         return Outcome(t.id, WOULD_CHANGE, value, t.desired(), t.note(current), previous=current)
+    why = unrevertable(t)
+    if why:
+        return Outcome(t.id, NOT_CHANGED, current, t.desired(), why)
     try:
         journal.record(t.id, t.family, t.params(), current, written=value)
     except JournalError as exc:
@@ -168,103 +186,6 @@ def drift(tunables: list[Tunable], journal: Journal) -> list[Outcome]:
     """Settings the agent applied (journaled) that no longer hold. Read-only."""
     applied = set(journal.entries())
     return [o for o in verify([t for t in tunables if t.id in applied]) if o.status == DRIFTED]
-
-
-def revert_one(entry: Entry, host: Host, nvml: Optional[Nvml]) -> Outcome:
-    """Restore one entry if, and only if, the live value is still what the agent wrote."""
-    try:
-        t = rebuild(entry.family, entry.id, entry.params, host, nvml)
-    except ValueError as exc:
-        return Outcome(entry.id, FAILED, None, entry.original, f"journal entry not restorable: {exc}")
-    if entry.written is None and not entry.legacy:
-        return Outcome(entry.id, UNTOUCHED, None, entry.original, "found compliant at apply; never written")
-    if isinstance(t, MultiFileTunable) and not entry.legacy:
-        return _revert_members(t, entry)
-    try:
-        live = t.read()
-        if same(live, entry.original):
-            return Outcome(entry.id, RESTORED, live, entry.original, "already the original")
-        if not entry.legacy and not same(live, entry.written):
-            return Outcome(
-                entry.id,
-                LEFT,
-                live,
-                entry.original,
-                f"changed by someone else since apply (agent wrote {show(entry.written)}): left as is",
-            )
-        t.write(entry.original)
-        after = t.read()
-    except (TunableError, NotApplicable) as exc:
-        return Outcome(entry.id, FAILED, None, entry.original, str(exc))
-    if not same(after, entry.original):
-        return Outcome(entry.id, FAILED, after, entry.original, "did not read back the original")
-    return Outcome(entry.id, RESTORED, after, entry.original, "", previous=live)
-
-
-def _revert_members(t: MultiFileTunable, entry: Entry) -> Outcome:
-    """Per file (a governor per policy, an affinity per IRQ): a crash can leave some members written, some not."""
-    try:
-        original, written = t.split(entry.original), t.split(entry.written or "")
-        live = t.read_each()
-        todo = {
-            m: original[m]
-            for m, v in live.items()
-            if m in original and not same(v, original[m]) and same(v, written.get(m))
-        }
-        others = sorted(
-            m for m, v in live.items() if m in original and not same(v, original[m]) and not same(v, written.get(m))
-        )
-        if todo:
-            t.write(" ".join(f"{m}={v}" for m, v in todo.items()))
-        after = t.read()
-    except (TunableError, NotApplicable) as exc:
-        return Outcome(entry.id, FAILED, None, entry.original, str(exc))
-    if others:
-        return Outcome(
-            entry.id,
-            LEFT,
-            after,
-            entry.original,
-            f"{', '.join(others)} changed by someone else since apply: left as is",
-        )
-    if not same(after, entry.original):
-        return Outcome(entry.id, FAILED, after, entry.original, "did not read back the original")
-    return Outcome(
-        entry.id,
-        RESTORED,
-        after,
-        entry.original,
-        "" if todo else "already the original",
-        previous=entry.written if todo else None,
-    )
-
-
-def revert(host: Host, journal: Journal, nvml: Optional[Nvml] = None, log_results: bool = True) -> list[Outcome]:
-    """Restore what the agent wrote; keep in the journal only what could not be settled (failures)."""
-    entries = journal.entries()
-    outcomes = [Outcome("journal", FAILED, None, None, p) for p in journal.problems]
-    can_rewrite = True
-    if journal.problems:
-        try:
-            journal.set_aside()  # the damaged lines stay readable for a person; the good ones are handled below
-        except JournalError as exc:
-            # Without a copy, rewriting would lose the damaged lines: leave the file as it is. Entries restored
-            # now read "already the original" next time.
-            outcomes.append(Outcome("journal", FAILED, None, None, f"{exc}; journal left as it is"))
-            can_rewrite = False
-    keep: dict[str, Entry] = {}
-    for entry in entries.values():
-        o = revert_one(entry, host, nvml)
-        outcomes.append(o)
-        if o.status == FAILED:
-            keep[entry.id] = entry
-    if can_rewrite:
-        journal.keep_only(keep)
-    for o in outcomes if log_results else ():
-        (log.get().warning if o.status == FAILED else log.get().info)(
-            "revert", id=o.id, status=o.status, current=o.current, original=o.desired, detail=o.message
-        )
-    return outcomes
 
 
 def show(value: Optional[str], width: int = 48) -> str:

@@ -35,6 +35,10 @@ def build_tunables(
     return [t for family in FAMILIES for t in family.build(inputs)]
 
 
+class UnknownFamily(ValueError):
+    """A journal entry of a family this agent does not know (a newer release's, or a damaged name)."""
+
+
 def rebuild(family: str, id: str, params: dict[str, str], host: Host, nvml: Optional[Nvml]) -> Tunable:
     """A reader/writer for a journaled setting, independent of today's config (it may have changed).
 
@@ -44,7 +48,7 @@ def rebuild(family: str, id: str, params: dict[str, str], host: Host, nvml: Opti
     """
     found = next((f for f in FAMILIES if f.name == family), None)
     if found is None:
-        raise ValueError(f"unknown family {family[:40]!r}")
+        raise UnknownFamily(f"unknown family {family[:40]!r}")
     try:
         t = found.rebuild(host, nvml, params)
     except ValueError as exc:

@@ -7,6 +7,7 @@ import re
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.host.parse import ParseError, format_cpulist, parse_cpulist, parse_interrupts_for
 from vllm_nodeagent.settings.base import (
+    MAX_MEMBERS,
     BuildInputs,
     Family,
     MultiFileTunable,
@@ -85,7 +86,7 @@ def build(inputs: BuildInputs) -> list[Tunable]:
 
 
 _DEVICE = re.compile(r"[A-Za-z0-9_\-:]{1,64}")
-_IRQS = re.compile(r"[0-9]{1,6}( [0-9]{1,6}){0,4095}")
+_IRQS = re.compile(rf"[0-9]{{1,6}}( [0-9]{{1,6}}){{0,{MAX_MEMBERS - 1}}}")
 
 
 def rebuild(host: Host, nvml: object, params: dict[str, str]) -> Tunable:

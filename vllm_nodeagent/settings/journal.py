@@ -18,6 +18,7 @@ device only in the id); version 1 was one JSON document and did not keep what wa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -30,12 +31,29 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from vllm_nodeagent.host import Host, HostError
+from vllm_nodeagent.settings.base import MAX_MEMBERS
 
 JOURNAL_NAME = "originals.json"
 LOCK_NAME = "lock"
 FORMAT_VERSION = 3
-MAX_JOURNAL_BYTES = 4 << 20  # a few hundred settings take a few KiB: anything this large is not ours
 LOCK_TIMEOUT_S = 120.0
+DAMAGED_SUFFIX = ".damaged"
+FORGOTTEN_SUFFIX = ".forgotten"
+
+# Limits, derived from what apply can write (issue 22) and checked by ``record`` exactly as on load, so the journal
+# never refuses an entry the agent wrote: a value that would not load back is refused before the setting is
+# touched (not-changed), never found unreadable at revert.
+# - A multi-file setting has one member per cpufreq policy (at most NR_CPUS: 8192 is Linux's ceiling) or per
+#   interrupt of one device (at most 2048 MSI-X vectors per PCI function): MAX_MEMBERS is twice the larger.
+# - A value is one attribute (a page at most: 64 KiB on arm64) or the "member=value ..." form of a multi-file
+#   setting, MAX_MEMBERS members of up to 64 characters ("policy12345=performance", "123456=0-55,112-167").
+# - params name one member each (cpu: policy -> path), or list them (irq: up to MAX_MEMBERS numbers of 6 digits).
+# - The whole journal: the largest real host (8192 policies set per policy, 64 devices x 2048 vectors) takes
+#   about 7 MiB; ten times that is not a journal this agent wrote.
+MAX_VALUE_CHARS = 64 * MAX_MEMBERS
+MAX_PARAMS = MAX_MEMBERS + 16
+MAX_PARAM_CHARS = 8 * MAX_MEMBERS
+MAX_JOURNAL_BYTES = 64 << 20
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,200}")
 _PARAM_KEY = re.compile(r"[A-Za-z0-9_.:\-]{1,100}")
 
@@ -51,8 +69,9 @@ class Entry:
     params: dict[str, str]
     original: str
     written: Optional[str]  # what the agent last wrote; None = found compliant, never written
-    recorded_at: float
+    recorded_at: float  # when the original was recorded (the agent's first apply of it)
     legacy: bool = False  # a version-1 entry: what was written is unknown (revert restores unconditionally)
+    written_at: Optional[float] = None  # when the agent last wrote it; None: never, or an entry from before it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,11 +81,16 @@ class Entry:
             "original": self.original,
             "written": self.written,
             "recorded_at": self.recorded_at,
+            "written_at": self.written_at,
         }
 
 
-def _str_ok(value: Any, limit: int = 65536) -> bool:
+def _str_ok(value: Any, limit: int) -> bool:
     return isinstance(value, str) and len(value) <= limit and "\0" not in value
+
+
+def _time_ok(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1e11
 
 
 def parse_entry(doc: Any, version: int = FORMAT_VERSION) -> Entry:
@@ -84,18 +108,22 @@ def parse_entry(doc: Any, version: int = FORMAT_VERSION) -> Entry:
     params = doc["params"]
     if (
         not isinstance(params, dict)
-        or len(params) > 4096
-        or not all(isinstance(k, str) and _PARAM_KEY.fullmatch(k) and _str_ok(v, 4096) for k, v in params.items())
+        or len(params) > MAX_PARAMS
+        or not all(
+            isinstance(k, str) and _PARAM_KEY.fullmatch(k) and _str_ok(v, MAX_PARAM_CHARS) for k, v in params.items()
+        )
     ):
-        raise ValueError("params is not a table of strings")
-    if not _str_ok(doc["original"]):
-        raise ValueError("original is not a string")
+        raise ValueError(f"params is not a table of at most {MAX_PARAMS} strings of {MAX_PARAM_CHARS} characters")
+    if not _str_ok(doc["original"], MAX_VALUE_CHARS):
+        raise ValueError(f"original is not a string of at most {MAX_VALUE_CHARS} characters")
     written = doc.get("written")
-    if written is not None and not _str_ok(written):
-        raise ValueError("written is not a string or null")
-    at = doc["recorded_at"]
-    if isinstance(at, bool) or not isinstance(at, (int, float)):
-        raise ValueError("recorded_at is not a number")
+    if written is not None and not _str_ok(written, MAX_VALUE_CHARS):
+        raise ValueError(f"written is not a string of at most {MAX_VALUE_CHARS} characters, or null")
+    at, written_at = doc["recorded_at"], doc.get("written_at")
+    if not _time_ok(at):
+        raise ValueError("recorded_at is not a time")
+    if written_at is not None and not _time_ok(written_at):
+        raise ValueError("written_at is not a time or null")
     family, params = doc[family_key], dict(params)
     if version < 3 and family == "irq":
         params = _irq_params_before_v3(doc["id"], params)
@@ -107,6 +135,7 @@ def parse_entry(doc: Any, version: int = FORMAT_VERSION) -> Entry:
         written=written,
         recorded_at=float(at),
         legacy=version == 1,
+        written_at=None if written_at is None else float(written_at),
     )
 
 
@@ -223,8 +252,13 @@ class Journal:
     def _save(self, entries: dict[str, Entry]) -> None:
         lines = [json.dumps({"version": FORMAT_VERSION})]
         lines += [json.dumps(e.to_json(), sort_keys=True) for e in entries.values()]
+        data = ("\n".join(lines) + "\n").encode()
+        if len(data) > MAX_JOURNAL_BYTES:
+            raise JournalError(
+                f"cannot write the journal {self.path}: {len(data)} bytes is over its limit of {MAX_JOURNAL_BYTES}"
+            )
         try:
-            self.host.write_file_atomic(self.path, ("\n".join(lines) + "\n").encode())
+            self.host.write_file_atomic(self.path, data)
         except HostError as exc:
             raise JournalError(f"cannot write the journal {self.path}: {exc.strerror}") from None
 
@@ -233,29 +267,51 @@ class Journal:
     ) -> bool:
         """Remember ``original`` unless one is already kept for ``id``, and ``written`` when given.
 
-        Durable on return (fsynced), or JournalError: the caller must then not touch the setting. True when a
-        new original was recorded now.
+        Durable on return (fsynced), or JournalError: the caller must then not touch the setting. An entry that
+        would not load back (over a limit) is refused here, so revert never meets an entry it cannot read. True
+        when a new original was recorded now.
         """
         entries = self.entries()
         if self.problems:
             self.set_aside()  # rewriting drops the damaged lines: keep them readable beside the journal first
         old = entries.get(id)
+        now = time.time()
         if old is not None:
             if written is None or written == old.written:
                 return False
-            entries[id] = Entry(old.id, old.family, old.params, old.original, written, old.recorded_at, old.legacy)
+            new = dataclasses.replace(old, written=written, written_at=now)
         else:
-            entries[id] = Entry(id, family, dict(params), original, written, time.time())
+            new = Entry(id, family, dict(params), original, written, now, written_at=None if written is None else now)
+        try:
+            parse_entry(new.to_json())
+        except ValueError as exc:
+            raise JournalError(f"{id}: cannot be journaled so that revert reads it back: {exc}") from None
+        entries[id] = new
         self._save(entries)
         return old is None
 
-    def set_aside(self) -> None:
-        """Keep a copy of a journal with damaged entries beside it, for a person to read (revert rewrites it)."""
+    def set_aside(self) -> str:
+        """Keep a copy of a journal with damaged entries beside it, for a person to read (revert rewrites it).
+
+        Named by the time, never over an earlier copy: a second damaged journal keeps the first one's evidence.
+        Returns the copy's host path.
+        """
         try:
             raw = self.host.path(self.path).read_bytes()
-            self.host.write_file_atomic(f"{self.path}.damaged", raw)
+            return self._keep_beside(DAMAGED_SUFFIX, raw)
         except (OSError, HostError) as exc:
             raise JournalError(f"cannot keep a copy of the damaged journal {self.path}: {_why(exc)}") from None
+
+    def _keep_beside(self, suffix: str, data: bytes) -> str:
+        """Write ``data`` to a new ``<journal><suffix>.<UTC time>[.N]``; callers hold the lock, so no race."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        name = f"{self.path}{suffix}.{stamp}"
+        n = 1
+        while self.host.exists(name):
+            n += 1
+            name = f"{self.path}{suffix}.{stamp}.{n}"
+        self.host.write_file_atomic(name, data)
+        return name
 
     def keep_only(self, entries: dict[str, Entry]) -> None:
         """Replace the journal with ``entries`` (revert keeps those it could not settle)."""
@@ -264,10 +320,24 @@ class Journal:
         else:
             self.clear()
 
-    def forget(self, id: str) -> None:
+    def forget(self, ids: list[str]) -> tuple[list[Entry], str]:
+        """Drop entries on an operator's word (``revert --forget``): their lines are kept in a new
+        ``originals.json.forgotten.<time>`` first (restoring by hand stays possible), then the journal is
+        rewritten without them, durably. Returns (the entries dropped, the copy's host path); ids not in the
+        journal are left to the caller to report. Callers hold the lock."""
         entries = self.entries()
-        if entries.pop(id, None) is not None:
-            self.keep_only(entries)
+        dropped = [entries[i] for i in ids if i in entries]
+        if not dropped:
+            return [], ""
+        if self.problems:
+            self.set_aside()
+        lines = [json.dumps({"version": FORMAT_VERSION})] + [json.dumps(e.to_json(), sort_keys=True) for e in dropped]
+        try:
+            kept_at = self._keep_beside(FORGOTTEN_SUFFIX, ("\n".join(lines) + "\n").encode())
+        except HostError as exc:
+            raise JournalError(f"cannot keep the forgotten entries beside {self.path}: {exc.strerror}") from None
+        self.keep_only({i: e for i, e in entries.items() if i not in ids})
+        return dropped, kept_at
 
     def clear(self) -> None:
         try:
