@@ -412,7 +412,13 @@ def test_drift_is_reapplied_and_counted(bed: Bed) -> None:
     assert 'vllm_nodeagent_setting_compliant{id="sysctl.vm.max_map_count"} 1.0' in text
 
 
+def prom_text(bed: Bed) -> str:
+    return bed.metrics.read_text() if bed.metrics.exists() else ""
+
+
 def test_drift_audit_mode_only_reports(bed: Bed) -> None:
+    """Audit: reported, never re-applied; one event per change, not one per drift check (issue 25: the counter and
+    a warning grew at every interval); a second change is a second event, the way back is logged once."""
     bed.write_config(agent='mode = "audit"', extra='[sysctl]\n"vm.max_map_count" = 262144\n')
     bed.start()
     bed.notify.wait_for("READY=1")
@@ -421,9 +427,26 @@ def test_drift_audit_mode_only_reports(bed: Bed) -> None:
     wait_until(lambda: [e for e in bed.events() if e.get("event") == "drift"], "a drift event")
     bed.notify.wait_for("STATUS=watching; 1 drift")
     assert knob.read_text().strip() == "100"
-    text = wait_until(lambda: bed.metrics.exists() and bed.metrics.read_text(), "metrics")
-    wait_until(lambda: 'compliant{id="sysctl.vm.max_map_count"} 0.0' in bed.metrics.read_text(), "gauge 0")
-    assert "vllm_nodeagent_drift_total" in text
+    wait_until(lambda: 'compliant{id="sysctl.vm.max_map_count"} 0.0' in prom_text(bed), "gauge 0")
+
+    def checks_seen() -> float:
+        for line in prom_text(bed).splitlines():
+            if line.startswith("vllm_nodeagent_last_check_timestamp_seconds "):
+                return float(line.split()[1])
+        return 0.0
+
+    first = checks_seen()
+    wait_until(lambda: checks_seen() >= first + 3, "three more drift checks (drift_interval_s = 1)")
+    drifts = [e for e in bed.events() if e.get("event") == "drift"]
+    assert len(drifts) == 1, drifts
+    assert "vllm_nodeagent_drift_total 1.0" in prom_text(bed)
+    knob.write_text("200\n")  # a second change
+    wait_until(lambda: len([e for e in bed.events() if e.get("event") == "drift"]) == 2, "a second drift event")
+    wait_until(lambda: "vllm_nodeagent_drift_total 2.0" in prom_text(bed), "counter 2")
+    knob.write_text("262144\n")  # put back by hand
+    wait_until(lambda: [e for e in bed.events() if e.get("event") == "drift_resolved"], "drift_resolved")
+    wait_until(lambda: 'compliant{id="sysctl.vm.max_map_count"} 1.0' in prom_text(bed), "gauge 1")
+    assert len([e for e in bed.events() if e.get("event") == "drift"]) == 2
 
 
 def test_revert_on_stop(bed: Bed) -> None:

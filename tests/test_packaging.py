@@ -81,9 +81,13 @@ def test_unit_keeps_what_the_daemon_writes_writable() -> None:
     # Under ProtectSystem=strict the state dir and the metrics textfile's dir must be writable.
     agent = sample_config()["agent"]
     assert agent["state_dir"] == "/var/lib/" + s["StateDirectory"][0]
-    textfile_dir = os.path.dirname(agent["metrics_textfile"])
     rw = {p.lstrip("-") for p in words(s, "ReadWritePaths")}
-    assert textfile_dir in rw
+    if agent["metrics_textfile"] == "auto":  # either distro's node_exporter directory
+        from vllm_nodeagent.daemon.metrics import DEBIAN_DIR, GENERIC_DIR
+
+        assert {DEBIAN_DIR, GENERIC_DIR} <= rw
+    else:
+        assert os.path.dirname(agent["metrics_textfile"]) in rw
     hf_home = sample_config()["vllm"]["env"]["HF_HOME"]
     assert hf_home.startswith(agent["state_dir"] + "/"), "the HF cache must live somewhere writable"
 

@@ -79,7 +79,9 @@ class AgentConfig:
     mode: str = spec("str", "enforce", choices=("enforce", "audit"), doc="drift: re-apply or only report")
     drift_interval_s: int = spec("int", 60, minimum=1, maximum=86400)
     revert_on_stop: bool = spec("bool", False, doc="restore journaled originals when the daemon stops")
-    metrics_textfile: str = spec("path", "", doc="Prometheus textfile for node_exporter; empty = off")
+    metrics_textfile: str = spec(
+        "path", "", doc='Prometheus textfile for node_exporter; "auto" = this distro\'s directory; empty = off'
+    )
     log_format: str = spec("str", "auto", choices=("auto", "console", "json"))
 
 
@@ -270,7 +272,7 @@ def _check_value(ctx: _Ctx, section: str, key: str, raw: Any, meta: Mapping[str,
             raise bad("expected a string")
         if meta["choices"] and raw not in meta["choices"]:
             raise bad(f"expected one of {', '.join(meta['choices'])}")
-        if kind == "path" and raw and not raw.startswith("/"):
+        if kind == "path" and raw and not raw.startswith("/") and not (raw == "auto" and key == "metrics_textfile"):
             raise bad("expected an absolute path")
         if "\0" in raw:
             raise bad("NUL byte in string")

@@ -13,7 +13,7 @@ from typing import Callable
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, STATUSES, WARN, CheckResult, Probe
 
 # Area modules in the order doctor shows them.
-AREAS = ("shm", "limits", "kernel", "storage", "gpu", "link", "xid", "stack", "fabric", "p2p")
+AREAS = ("shm", "limits", "kernel", "storage", "gpu", "link", "xid", "stack", "fabric", "p2p", "metrics")
 
 # The textfile metric value of each status (vllm_nodeagent_check_status).
 STATUS_VALUE = {PASS: 0, WARN: 1, FAIL: 2, SKIP: -1}

@@ -5,13 +5,34 @@ audit reports), doctor's readiness checks and the heartbeat into the metrics tex
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from vllm_nodeagent.daemon.loop import Status
 
 if TYPE_CHECKING:
     from vllm_nodeagent.config import Config
     from vllm_nodeagent.daemon.loop import Loop
+
+
+SUMMARY_MAX = 160  # characters of a value in a log line (a governor value names every cpufreq policy)
+
+
+def summarize(value: Optional[str]) -> Optional[str]:
+    """A long per-member value ("policy0=performance policy1=powersave ...") as counts per value and a few
+    members: one short log line instead of ~5 KB on a 192-CPU host."""
+    if value is None or len(value) <= SUMMARY_MAX:
+        return value
+    groups: dict[str, list[str]] = {}
+    pairs = [p.partition("=") for p in value.split()]
+    if not all(sep for _, sep, _ in pairs):
+        return value[:SUMMARY_MAX] + f"... ({len(value)} chars)"
+    for member, _, v in pairs:
+        groups.setdefault(v, []).append(member)
+    parts = []
+    for v, members in sorted(groups.items(), key=lambda kv: len(kv[1])):
+        shown = " ".join(members[:3]) + (" ..." if len(members) > 3 else "")
+        parts.append(f"{v} x{len(members)} ({shown})")
+    return f"{len(pairs)} members: " + "; ".join(parts)
 
 
 class HostKeeper:
@@ -23,7 +44,8 @@ class HostKeeper:
         self.log = loop.log
         self.tunables: list[Any] = []
         self.journal: Any = None
-        self.drift_count = 0
+        self.drift_count = 0  # drift events (changes), not checks that found a setting drifted
+        self.drifted: dict[str, Optional[str]] = {}  # id -> the drifted value last reported
         self.next_drift = 0.0
         self.started = False
 
@@ -100,6 +122,8 @@ class HostKeeper:
         return not failed
 
     def _drift(self) -> None:
+        """A drift is an event once per change: a setting seen drifted again with the same value is not counted or
+        logged again (audit mode used to count and warn at every interval); its return is logged once."""
         if not self.tunables or self.journal is None:
             return
         from vllm_nodeagent.settings.engine import DRIFTED, FAILED, OK, apply, verify
@@ -111,12 +135,17 @@ class HostKeeper:
         for o in outcomes:
             if o.status == OK:
                 metrics.set_compliance(o.id, True)
+                if self.drifted.pop(o.id, None) is not None:
+                    self.log.info("drift_resolved", id=o.id, current=summarize(o.current))
         mode = self.ctx.config.agent.mode
+        new = [o for o in drifted if self.drifted.get(o.id) != o.current]
         for o in drifted:
+            metrics.set_compliance(o.id, False)
+            self.drifted[o.id] = o.current
+        for o in new:
             self.drift_count += 1
             metrics.add_drift(o.id)
-            metrics.set_compliance(o.id, False)
-            self.log.warning("drift", id=o.id, current=o.current, desired=o.desired, mode=mode)
+            self.log.warning("drift", id=o.id, current=summarize(o.current), desired=summarize(o.desired), mode=mode)
         if drifted and mode == "enforce":
             ids = {o.id for o in drifted}
             try:
@@ -127,7 +156,9 @@ class HostKeeper:
                 return
             for o in fixed:
                 metrics.set_compliance(o.id, o.status != FAILED)
-        if drifted:
+                if o.status != FAILED:
+                    self.drifted.pop(o.id, None)  # fixed: the next change is a new event
+        if new:
             self.loop.status_now()
 
     def _readiness(self) -> None:
@@ -140,7 +171,7 @@ class HostKeeper:
 
             results = run_all(Probe(self.ctx.host, self.ctx.config, self.loop.topo, self.loop.nvml))
             metrics.set_checks({r.id: STATUS_VALUE[r.status] for r in results})
-        metrics.heartbeat(time.time())
+        metrics.checked(time.time())
 
     def _revert(self) -> None:
         from vllm_nodeagent.settings.journal import Journal, JournalError

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Protocol
 
 from vllm_nodeagent import log
 from vllm_nodeagent.config import Config, ConfigError
-from vllm_nodeagent.daemon.metrics import Metrics
+from vllm_nodeagent.daemon.metrics import Metrics, resolve_textfile
 from vllm_nodeagent.daemon.notify import Notifier
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class Loop:
         self.clock = clock
         self.log = log.get()
         self.export_metrics = export_metrics  # False: the serve unit (the textfile is the root unit's)
-        self.metrics = Metrics(self._textfile(ctx.config.agent.metrics_textfile))
+        self.metrics = self._new_metrics(ctx.config)
         self.components: list[Component] = []
         self.nvml: Optional[Nvml] = None
         self.nvml_error = ""
@@ -119,8 +119,15 @@ class Loop:
         self.components.append(component)
 
     def _textfile(self, path: str) -> str:
-        """The metrics file is a /var path like any other: it goes through the host seam (--root)."""
-        return str(self.ctx.host.path(path)) if path and self.export_metrics else ""
+        """The metrics file as a host path ("auto": this distro's node_exporter directory); "" = none."""
+        return resolve_textfile(self.ctx.host, path) if path and self.export_metrics else ""
+
+    def _new_metrics(self, config: Config) -> Metrics:
+        from vllm_nodeagent.serving.plan import something_to_launch
+
+        metrics = Metrics(self._textfile(config.agent.metrics_textfile), self.ctx.host)
+        metrics.set_expected(something_to_launch(config.vllm))
+        return metrics
 
     # -- requests from outside the loop (tests, or another thread) -------------------------------------------------
     def request(self, sig: int) -> None:
@@ -297,6 +304,7 @@ class Loop:
                     self._held[c] = now + self.retry_after_failure_s
                 if self.exit_code is not None:
                     return
+        self.metrics.heartbeat(time.time())
         self.guarded("metrics", self.metrics.write)
 
     # -- reload / stop -----------------------------------------------------------------------------------------------
@@ -311,9 +319,12 @@ class Loop:
             return
         self.ctx.config = new
         self.log.info("config_reloaded", path=new.path)
-        textfile = self._textfile(new.agent.metrics_textfile)
-        if self.metrics.textfile != textfile:
-            self.metrics = Metrics(textfile)
+        if self.metrics.textfile != self._textfile(new.agent.metrics_textfile):
+            self.metrics = self._new_metrics(new)
+        else:
+            from vllm_nodeagent.serving.plan import something_to_launch
+
+            self.metrics.set_expected(something_to_launch(new.vllm))
         for c in self.components:
             self.guarded(c.name, functools.partial(c.reload, old, new))
         if not self.reload_pending:  # a component that restarted (vLLM) sends READY=1 once it is ready again

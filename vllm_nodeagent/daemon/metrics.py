@@ -1,140 +1,289 @@
-"""Prometheus textfile for node_exporter's textfile collector (``[agent] metrics_textfile``).
+"""Prometheus textfile for node_exporter's textfile collector (``[agent] metrics_textfile``); the contract is
+docs/metrics.md (a test compares that table with ``FAMILIES`` and with what ``render`` writes).
 
-Own CollectorRegistry (no process/platform collectors: node_exporter scrapes the file, not us); written
-atomically with ``write_to_textfile`` (temp file + rename). prometheus_client is imported only when a textfile
-is configured, so an agent without metrics does not pay for it.
+The text format is rendered here, from one table of families: no ``_created`` series (noise for a textfile),
+counters start at 0 so ``increase()`` sees the first event, and nothing of prometheus_client's default registry.
+The file is replaced atomically without following a link on the way (``host.dirfd``): on Debian the directory sits
+below ``/var/lib/prometheus``, which the ``prometheus`` user owns.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import platform
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from vllm_nodeagent import log
+from vllm_nodeagent import __version__, log
+from vllm_nodeagent.host import dirfd
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.host import Host
+
+FILE_NAME = "vllm_nodeagent.prom"
+DEBIAN_DIR = "/var/lib/prometheus/node-exporter"  # Debian/Ubuntu prometheus-node-exporter's built-in default
+GENERIC_DIR = "/var/lib/node_exporter/textfile_collector"  # upstream docs and RHEL-likes
+DIR_MODE = 0o755  # node_exporter (its own user) must list and read it
+FILE_MODE = 0o644
+
+
+class Family(NamedTuple):
+    name: str  # as exposed (counters with their _total)
+    type: str  # gauge | counter
+    unit: str
+    labels: tuple[str, ...]
+    help: str
+
+
+FAMILIES = (
+    Family("vllm_nodeagent_build_info", "gauge", "1", ("version", "python"), "Always 1; the agent build writing"),
+    Family(
+        "vllm_nodeagent_heartbeat_timestamp_seconds",
+        "gauge",
+        "seconds",
+        (),
+        "Unix time of the daemon loop's last round (every drift_interval_s at least); stale = agent dead or hung",
+    ),
+    Family(
+        "vllm_nodeagent_last_check_timestamp_seconds",
+        "gauge",
+        "seconds",
+        (),
+        "Unix time of the agent's last drift and readiness check",
+    ),
+    Family(
+        "vllm_nodeagent_setting_compliant",
+        "gauge",
+        "bool",
+        ("id",),
+        "1 when the managed setting holds its desired value, 0 when not (drifted or failed to apply)",
+    ),
+    Family(
+        "vllm_nodeagent_drift_events_total",
+        "counter",
+        "events",
+        ("id",),
+        "Drift events: a setting found changed behind the agent's back, once per change (not per check)",
+    ),
+    Family("vllm_nodeagent_drift_total", "counter", "events", (), "Drift events, all settings"),
+    Family(
+        "vllm_nodeagent_prewarm_resident_bytes",
+        "gauge",
+        "bytes",
+        (),
+        "Bytes of the prewarm targets resident in the page cache after prewarm",
+    ),
+    Family(
+        "vllm_nodeagent_prewarm_resident_ratio",
+        "gauge",
+        "ratio",
+        (),
+        "Resident fraction (0-1) of the prewarm targets after prewarm",
+    ),
+    Family("vllm_nodeagent_vllm_expected", "gauge", "bool", (), "1 when the config has vLLM to serve on this node"),
+    Family("vllm_nodeagent_vllm_up", "gauge", "bool", (), "1 while vLLM runs and passed the readiness gate"),
+    Family(
+        "vllm_nodeagent_vllm_phase",
+        "gauge",
+        "bool",
+        ("phase",),
+        "1 for vLLM's current phase (init, loading, gating, serving, backoff, watching, stopping, down), 0 others",
+    ),
+    Family(
+        "vllm_nodeagent_vllm_ready_seconds",
+        "gauge",
+        "seconds",
+        (),
+        "Seconds from the last vLLM start to passing the readiness gate (time to READY)",
+    ),
+    Family("vllm_nodeagent_vllm_restarts_total", "counter", "restarts", (), "vLLM restarts after unexpected exits"),
+    Family(
+        "vllm_nodeagent_vllm_gate_failures_total",
+        "counter",
+        "failures",
+        (),
+        "Readiness gate failures: a smoke completion that failed, or a start that timed out",
+    ),
+    Family(
+        "vllm_nodeagent_check_status",
+        "gauge",
+        "status",
+        ("id",),
+        "Doctor's readiness check result by id: 0 pass, 1 warn, 2 fail, -1 skip",
+    ),
+    Family(
+        "vllm_nodeagent_component_failures_total",
+        "counter",
+        "errors",
+        ("component",),
+        "Errors caught at a daemon component's failure boundary (logged as component_failed)",
+    ),
+)
+BY_NAME = {f.name: f for f in FAMILIES}
+PHASES = ("init", "loading", "gating", "serving", "backoff", "watching", "stopping", "down")
+ZERO_AT_START = (
+    "vllm_nodeagent_drift_total",
+    "vllm_nodeagent_vllm_restarts_total",
+    "vllm_nodeagent_vllm_gate_failures_total",
+    "vllm_nodeagent_vllm_up",
+    "vllm_nodeagent_vllm_expected",
+)
+
+Labels = tuple[str, ...]
+
+
+def default_textfile(host: Host) -> str:
+    """Where this distro's node_exporter reads textfiles: Debian and its derivatives (ID or ID_LIKE names debian)
+    use ``DEBIAN_DIR``, everyone else ``GENERIC_DIR``; read from /etc/os-release under the root."""
+    text = host.read_or("/etc/os-release") or host.read_or("/usr/lib/os-release") or ""
+    ids: set[str] = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() in ("ID", "ID_LIKE"):
+            ids.update(value.strip().strip("\"'").split())
+    return f"{DEBIAN_DIR if 'debian' in ids else GENERIC_DIR}/{FILE_NAME}"
+
+
+def resolve_textfile(host: Host, configured: str) -> str:
+    """``[agent] metrics_textfile``: "" = off, "auto" = this distro's directory, else the path given."""
+    return default_textfile(host) if configured == "auto" else configured
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class Metrics:
-    def __init__(self, textfile: str) -> None:
-        self.textfile = textfile
+    """``host_path``: the textfile as a host path (under ``host``'s root); "" = off."""
+
+    def __init__(self, host_path: str = "", host: Optional[Host] = None) -> None:
+        self.textfile = host_path
+        self.root = str(host.root) if host is not None else "/"
+        self._values: dict[str, dict[Labels, float]] = {f.name: {} for f in FAMILIES}
         self._write_failed = False
         self._dirty = False
-        if not textfile:
+        if not host_path:
             return
-        from prometheus_client import CollectorRegistry, Counter, Gauge
-
-        self.registry = CollectorRegistry(auto_describe=False)
-        r = self.registry
-        self.compliant = Gauge(
-            "vllm_nodeagent_setting_compliant",
-            "1 when the managed setting holds its desired value, 0 when not",
-            ["id"],
-            registry=r,
-        )
-        self.drift = Counter(
-            "vllm_nodeagent_drift_events", "Settings found changed behind the agent's back", ["id"], registry=r
-        )
-        self.drift_total = Counter("vllm_nodeagent_drift", "Drift events, all settings", registry=r)
-        self.prewarm_bytes = Gauge(
-            "vllm_nodeagent_prewarm_resident_bytes",
-            "Bytes of the prewarm targets resident in the page cache after prewarm",
-            registry=r,
-        )
-        self.restarts = Counter("vllm_nodeagent_vllm_restarts", "vLLM restarts after unexpected exits", registry=r)
-        self.up = Gauge("vllm_nodeagent_vllm_up", "1 while vLLM runs and passed the readiness gate", registry=r)
-        self.ready_seconds = Gauge(
-            "vllm_nodeagent_vllm_ready_seconds",
-            "Seconds from the last vLLM start to passing the readiness gate",
-            registry=r,
-        )
-        self.check_status = Gauge(
-            "vllm_nodeagent_check_status",
-            "Readiness check result (doctor's checks): 0 pass, 1 warn, 2 fail, -1 skip",
-            ["id"],
-            registry=r,
-        )
-        self.component_failures = Counter(
-            "vllm_nodeagent_component_failures",
-            "Errors caught at a daemon component's failure boundary (logged as component_failed)",
-            ["component"],
-            registry=r,
-        )
-        # A heartbeat: the file's mtime freezes while nothing changes, so a dead agent would look alive.
-        self.last_check = Gauge(
-            "vllm_nodeagent_last_check_timestamp_seconds",
-            "Unix time of the agent's last drift and readiness check",
-            registry=r,
-        )
+        self._set("vllm_nodeagent_build_info", 1, (__version__, platform.python_version()))
+        for name in ZERO_AT_START:
+            self._set(name, 0)
 
     @property
     def enabled(self) -> bool:
         return bool(self.textfile)
 
-    def set_compliance(self, setting_id: str, ok: bool) -> None:
+    # -- the values --------------------------------------------------------------------------------------------------
+    def _set(self, name: str, value: float, labels: Labels = ()) -> None:
         if self.textfile:
-            self.compliant.labels(id=setting_id).set(1 if ok else 0)
+            self._values[name][labels] = value
             self._dirty = True
+
+    def _inc(self, name: str, labels: Labels = (), by: float = 1) -> None:
+        if self.textfile:
+            series = self._values[name]
+            series[labels] = series.get(labels, 0) + by
+            self._dirty = True
+
+    def value(self, name: str, *labels: str) -> Optional[float]:
+        """The current value of one series (tests, the debug log)."""
+        return self._values[name].get(tuple(labels))
+
+    def set_compliance(self, setting_id: str, ok: bool) -> None:
+        self._set("vllm_nodeagent_setting_compliant", 1 if ok else 0, (setting_id,))
 
     def add_drift(self, setting_id: str) -> None:
-        if self.textfile:
-            self.drift.labels(id=setting_id).inc()
-            self.drift_total.inc()
-            self._dirty = True
+        """One drift event (a change of the setting, not a check that found it still changed)."""
+        self._inc("vllm_nodeagent_drift_events_total", (setting_id,))
+        self._inc("vllm_nodeagent_drift_total")
+
+    def set_prewarm(self, resident_bytes: int, ratio: float) -> None:
+        self._set("vllm_nodeagent_prewarm_resident_bytes", resident_bytes)
+        self._set("vllm_nodeagent_prewarm_resident_ratio", round(ratio, 4))
 
     def set_prewarm_bytes(self, value: int) -> None:
-        if self.textfile:
-            self.prewarm_bytes.set(value)
-            self._dirty = True
+        self._set("vllm_nodeagent_prewarm_resident_bytes", value)
 
     def add_restart(self) -> None:
-        if self.textfile:
-            self.restarts.inc()
-            self._dirty = True
+        self._inc("vllm_nodeagent_vllm_restarts_total")
+
+    def add_gate_failure(self) -> None:
+        self._inc("vllm_nodeagent_vllm_gate_failures_total")
 
     def add_component_failure(self, component: str) -> None:
-        if self.textfile:
-            self.component_failures.labels(component=component).inc()
-            self._dirty = True
+        self._inc("vllm_nodeagent_component_failures_total", (component,))
 
     def set_up(self, up: bool) -> None:
-        if self.textfile:
-            self.up.set(1 if up else 0)
-            self._dirty = True
+        self._set("vllm_nodeagent_vllm_up", 1 if up else 0)
+
+    def set_expected(self, expected: bool) -> None:
+        self._set("vllm_nodeagent_vllm_expected", 1 if expected else 0)
+
+    def set_phase(self, phase: str) -> None:
+        """A state set: every known phase is a series, the current one is 1 (so a dashboard can count them)."""
+        if phase not in PHASES:
+            phase = "init"
+        for p in PHASES:
+            self._set("vllm_nodeagent_vllm_phase", 1 if p == phase else 0, (p,))
 
     def set_ready_seconds(self, seconds: float) -> None:
-        if self.textfile:
-            self.ready_seconds.set(round(seconds, 3))
-            self._dirty = True
+        self._set("vllm_nodeagent_vllm_ready_seconds", round(seconds, 3))
 
     def set_checks(self, statuses: dict[str, int]) -> None:
         """Readiness check results by id (values from checks.STATUS_VALUE)."""
-        if self.textfile:
-            for cid, value in statuses.items():
-                self.check_status.labels(id=cid).set(value)
-            self._dirty = True
+        for cid, value in statuses.items():
+            self._set("vllm_nodeagent_check_status", value, (cid,))
+
+    def checked(self, unix_time: float) -> None:
+        """The drift and readiness checks ran."""
+        self._set("vllm_nodeagent_last_check_timestamp_seconds", unix_time)
 
     def heartbeat(self, unix_time: float) -> None:
-        if self.textfile:
-            self.last_check.set(unix_time)
-            self._dirty = True
+        """The loop went round (every round writes the file: a frozen value means the agent is gone)."""
+        self._set("vllm_nodeagent_heartbeat_timestamp_seconds", unix_time)
+
+    # -- the file ----------------------------------------------------------------------------------------------------
+    def render(self) -> str:
+        out: list[str] = []
+        for f in FAMILIES:
+            series = self._values[f.name]
+            if not series:
+                continue
+            out.append(f"# HELP {f.name} {f.help}")
+            out.append(f"# TYPE {f.name} {f.type}")
+            for labels, value in sorted(series.items()):
+                shown = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(f.labels, labels))
+                out.append(f"{f.name}{{{shown}}} {_fmt(value)}" if shown else f"{f.name} {_fmt(value)}")
+        return "\n".join(out) + "\n" if out else ""
 
     def write(self, force: bool = False) -> None:
-        """Write the file if anything changed (or ``force``); a failure is logged, never fatal."""
+        """Write the file if anything changed (or ``force``); a failure is logged once per outage, never fatal.
+        A missing directory is created (root, 0755); a link anywhere on the way is refused."""
         if not self.textfile or not (self._dirty or force):
             return
-        from prometheus_client import write_to_textfile
-
         try:
-            write_to_textfile(self.textfile, self.registry)
+            dirfd.write_file_nofollow(self.root, self.textfile, self.render().encode(), FILE_MODE, DIR_MODE)
             self._dirty = False
+            if self._write_failed:
+                log.get().info("metrics_write_resumed", path=self.textfile)
             self._write_failed = False
         except OSError as exc:
-            if not self._write_failed:  # once per outage, not once per loop turn
-                log.get().warning("metrics_write_failed", path=self.textfile, error=str(exc))
+            if not self._write_failed:
+                log.get().warning(
+                    "metrics_write_failed",
+                    path=self.textfile,
+                    at=exc.filename or self.textfile,
+                    error=exc.strerror or str(exc),
+                    hint="see doctor's agent.metrics_textfile check",
+                )
             self._write_failed = True
 
-    def sample(self) -> dict[str, Any]:
-        """The current values (for tests and the debug log)."""
-        if not self.textfile:
-            return {}
-        from prometheus_client import generate_latest
-
-        return {"text": generate_latest(self.registry).decode()}
+    def sample(self) -> dict[str, str]:
+        """The current text (for tests and the debug log)."""
+        return {"text": self.render()} if self.textfile else {}

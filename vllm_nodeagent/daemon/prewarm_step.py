@@ -46,7 +46,7 @@ def prewarm_before_start(loop: Loop) -> Any:
     except Exception as exc:  # a failed prewarm must not stop serving; it is logged
         loop.log.error("prewarm_failed", error=f"{type(exc).__name__}: {exc}")
         return None
-    loop.metrics.set_prewarm_bytes(result.resident_after_bytes)
+    loop.metrics.set_prewarm(result.resident_after_bytes, result.resident_fraction)
     for err in result.errors:
         loop.log.warning("prewarm_error", detail=err)
     loop.log.info(

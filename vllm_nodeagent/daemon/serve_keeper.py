@@ -66,6 +66,7 @@ class ServeKeeper:
         self.args_probe: Optional[ProbeBeside] = None  # the argument probe still running beside vLLM's start
         self.child: Optional[Child] = None
         self.backoff = self._new_backoff(self.ctx.config.vllm)
+        self._phase = ""
         self.phase = "init"
         self.smoke: Optional[SmokeCheck] = None
         self.next_gate = 0.0
@@ -79,6 +80,15 @@ class ServeKeeper:
         self.health_failures = 0
         self.pinned: set[int] = set()
         self._prewarm_locked: Any = None
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:  # exported (vllm_nodeagent_vllm_phase): the gate's progress per node
+        self._phase = value
+        self.loop.metrics.set_phase(value)
 
     @staticmethod
     def _new_backoff(cfg: Optional[VllmConfig]) -> Backoff:
@@ -263,6 +273,7 @@ class ServeKeeper:
                 self.loop.notify.extend_timeout(min(EXTEND_BY_S, remaining + 5.0))
             self.next_extend = now + EXTEND_EVERY_S
         if now >= self.load_deadline:
+            self.loop.metrics.add_gate_failure()
             self.log.error("vllm_start_timeout", pid=self.child.pid, start_timeout_s=self.vcfg.start_timeout_s)
             self.child.stop(self.vcfg.stop_timeout_s)
             self.child = None
@@ -338,6 +349,7 @@ class ServeKeeper:
             self._child_healthy(self.clock(), "health+completion")
             return
         # /health said 200 but no token came: not ready. Retry while it runs (a crash is noticed by its exit).
+        self.loop.metrics.add_gate_failure()
         self.log.warning("vllm_smoke_failed", pid=self.child.pid, detail=detail, retry_in_s=GATE_RETRY_S)
         self.next_gate = now + GATE_RETRY_S
 

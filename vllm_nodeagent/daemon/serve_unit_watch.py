@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 POLL_S = 15.0
 PROPERTIES = ("ActiveState", "NRestarts")
 
+# The serve unit's ActiveState as vllm_nodeagent_vllm_phase (its own phases are in its journal): "activating" is
+# prewarm + load + gate (READY=1 comes after the gate), and also systemd's restart wait.
+UNIT_PHASE = {"active": "serving", "activating": "loading", "reloading": "loading", "deactivating": "stopping"}
+
 # () -> systemctl show's "Key=value" lines for PROPERTIES ("" when systemd did not answer)
 UnitShow = Callable[[], str]
 
@@ -97,6 +101,7 @@ class ServeUnitWatch:
             self.loop.log.info("serve_unit_state", unit=SERVE_UNIT, state=state, was=self.state)
         self.state = state
         self.loop.metrics.set_up(state == "active")
+        self.loop.metrics.set_phase(UNIT_PHASE.get(state, "down"))
         try:
             restarts = int(props.get("NRestarts", ""))
         except ValueError:
