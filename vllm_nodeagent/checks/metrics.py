@@ -14,6 +14,7 @@ import os
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
 from vllm_nodeagent.host import dirfd
 from vllm_nodeagent.host.parse import ini_assignments
+from vllm_nodeagent.textfile import resolve_textfile
 
 CHECK_ID = "agent.metrics_textfile"
 UNIT = "vllm-nodeagent.service"
@@ -55,8 +56,6 @@ def covered(directory: str, paths: list[str]) -> bool:
 
 
 def checks(probe: Probe) -> list[CheckResult]:
-    from vllm_nodeagent.daemon.metrics import resolve_textfile
-
     configured = probe.config.agent.metrics_textfile
     if not configured:
         return [CheckResult(CHECK_ID, SKIP, "off", None, "", "[agent] metrics_textfile is empty: no metrics")]
