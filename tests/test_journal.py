@@ -370,6 +370,68 @@ def test_revert_dry_run_exit_1_when_revert_would_fail(host: FakeHost, capsys: py
     assert rc == 1 and out.startswith("failed       journal") and state_files(host.root) == state
 
 
+# --- journals of earlier releases -----------------------------------------------------------------------------
+def old_release_host(root: Path) -> FakeHost:
+    """The tree tests/journals/v{1,3}-small.json were written on (OLD_CONFIG applied by that release's CLI)."""
+    h = FakeHost(root)
+    h.cpus(4)
+    h.numa_node(0, [0, 1, 2, 3], 1024)
+    h.gpu("0000:17:00.0", 0, [0, 1], irqs=(40, 41))
+    h.block("nvme0n1", "[none] mq-deadline kyber", False, "0000:5e:00.0")
+    h.cpufreq(4, "powersave")
+    h.write(f"{CPUFREQ_DIR}/policy1/scaling_governor", "schedutil")
+    h.write("/proc/irq/41/smp_affinity_list", "2-3")
+    h.default_sysctls()
+    h.sysctl("vm.swappiness", "60")
+    h.thp("[always] madvise never", "always defer defer+madvise [madvise] never")
+    return h
+
+
+OLD_CONFIG = f"""
+[agent]
+state_dir = "{STATE}"
+[sysctl]
+"vm.max_map_count" = 262144
+"net.ipv4.tcp_rmem" = "4096 87380 134217728"
+[thp]
+enabled = "madvise"
+[block]
+devices = ["nvme*"]
+scheduler = "mq-deadline"
+[cpu]
+governor = "performance"
+[irq]
+irqbalance = "ignore"
+affinity = true
+"""
+
+
+@pytest.mark.parametrize(
+    ("fixture", "state"),
+    [
+        # 9145655 (format 1: one JSON document, no "written"): revert restores unconditionally
+        ("v1-small.json", "legacy"),
+        # d44b197 (format 3, before written_at): reads as written at the time it was recorded
+        ("v3-small.json", "holds"),
+    ],
+)
+def test_journals_of_earlier_releases_show_and_revert(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fixture: str, state: str
+) -> None:
+    h = old_release_host(tmp_path / "root")
+    before = kernel_files(h.root)
+    monkeypatch.setattr(sys.modules[__name__], "CONFIG", OLD_CONFIG)
+    assert run(h.root, capsys, "apply")[0] == 0  # the host as that release left it
+    (h.root / STATE.lstrip("/") / JOURNAL_NAME).write_text((Path(__file__).parent / "journals" / fixture).read_text())
+    rc, out, _ = run(h.root, capsys, "journal", "show", "--json")
+    rows = json.loads(out)["entries"]
+    assert rc == 0 and len(rows) == 6 and {r["state"] for r in rows} == {state}
+    assert all(r["written_at"] is None and r["recorded_at"].startswith("2026-12-02T") for r in rows)
+    rc, out, _ = run(h.root, capsys, "revert", "--json")
+    assert rc == 0 and {r["status"] for r in json.loads(out)["results"]} == {"restored"}, out
+    assert kernel_files(h.root) == before
+
+
 # --- on the real kernel ----------------------------------------------------------------------------------------
 @pytest.mark.realhost
 @requires_root

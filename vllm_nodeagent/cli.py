@@ -4,6 +4,9 @@ Exit codes: 0 ok; 1 a setting or check failed; 2 usage or config error; 3 a host
 state dir or journal unusable or refused, the journal lock not obtained, a host file unreadable); 4 an internal
 error (a bug in the agent: one line naming the exception; VLLM_NODEAGENT_DEBUG=1 adds the traceback); 130
 interrupted. No traceback reaches a user: the boundary in ``main`` turns every error into one line on stderr.
+``revert`` exits 0 once everything restorable was restored (entries it reports ``unrestorable`` are kept, not
+failures); ``revert --forget`` of an id not in the journal is 2; ``journal show`` is 1 when the journal has damaged
+lines.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def unrevertable(t: Tunable) -> str:
     try:
         rebuild(t.family, t.id, t.params(), _NOWHERE, None)  # rebuilders only construct: nothing is read
     except ValueError as exc:
-        return f"not journaled: revert could not rebuild it from the journal ({exc})"
+        return f"revert could not rebuild it from the journal ({exc})"
     return ""
 
 
@@ -113,7 +113,7 @@ def apply_one(t: Tunable, journal: Journal, dry_run: bool = False) -> Outcome:
         return Outcome(t.id, WOULD_CHANGE, value, t.desired(), t.note(current), previous=current)
     why = unrevertable(t)
     if why:
-        return Outcome(t.id, NOT_CHANGED, current, t.desired(), why)
+        return Outcome(t.id, NOT_CHANGED, current, t.desired(), f"not journaled: {why}")
     try:
         journal.record(t.id, t.family, t.params(), current, written=value)
     except JournalError as exc:

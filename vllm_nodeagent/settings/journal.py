@@ -6,7 +6,8 @@ crash at any point leaves the previous or the next complete journal, never a tor
 (a full state filesystem) is an error, and the setting it was for is then not touched.
 
 Format (version 3): a header line ``{"version": 3}``, then one JSON object per line per setting: its id, its
-family's name and the params that family's ``rebuild`` takes, the original, what was written. One line per entry
+family's name and the params that family's ``rebuild`` takes, the original, what was written, and when
+(``recorded_at``; ``written_at``, added within version 3 and null in older entries). One line per entry
 means a damaged entry is skipped on its own (reported), and the rest can still be restored. Entries are checked
 field by field on load: the journal is input too (anyone who can write the state dir writes it).
 
@@ -49,7 +50,7 @@ FORGOTTEN_SUFFIX = ".forgotten"
 #   setting, MAX_MEMBERS members of up to 64 characters ("policy12345=performance", "123456=0-55,112-167").
 # - params name one member each (cpu: policy -> path), or list them (irq: up to MAX_MEMBERS numbers of 6 digits).
 # - The whole journal: the largest real host (8192 policies set per policy, 64 devices x 2048 vectors) takes
-#   about 7 MiB; ten times that is not a journal this agent wrote.
+#   about 6 MiB; ten times that is not a journal this agent wrote.
 MAX_VALUE_CHARS = 64 * MAX_MEMBERS
 MAX_PARAMS = MAX_MEMBERS + 16
 MAX_PARAM_CHARS = 8 * MAX_MEMBERS
