@@ -12,12 +12,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakehost import (
     FakeHost,
+    cgroup2_dev_cgroup,
+    cgroup_v1_proc_cpuset,
     cpumap_only,
     gh200_like,
+    legacy_cpuset_fs,
+    memory_node_not_in_mems_allowed,
     no_pci_locality,
     nvml_absent_8gpu,
     offline_cpus_with_cxl,
+    per_cpu_offline,
+    same_cpumap_numa,
     slurm_cgroup_v2_job,
+    slurm_own_hierarchy,
     trailing_nul_arm64,
     two_socket_8gpu,
     vm_no_gpu,
@@ -39,6 +46,14 @@ HOSTS: dict[str, Callable[[Path], FakeHost]] = {
     "gh200_like": gh200_like,
     "no_pci_locality": no_pci_locality,
     "trailing_nul_arm64": trailing_nul_arm64,
+    # the classes of issue 24: cpusets outside /sys/fs/cgroup, per-CPU offline, buggy NUMA, late memory nodes
+    "legacy_cpuset_fs": legacy_cpuset_fs,
+    "cgroup_v1_proc_cpuset": cgroup_v1_proc_cpuset,
+    "slurm_own_hierarchy": slurm_own_hierarchy,
+    "cgroup2_dev_cgroup": cgroup2_dev_cgroup,
+    "per_cpu_offline": per_cpu_offline,
+    "same_cpumap_numa": same_cpumap_numa,
+    "memory_node_not_in_mems_allowed": memory_node_not_in_mems_allowed,
 }
 
 # No timed assertions (charter): hypothesis's default 200 ms per-example deadline failed on a loaded 2-core VM.

@@ -344,3 +344,152 @@ class SysfsHost(Host):
                 raise HostError("write", host_path, OSError(errno.EINVAL, os.strerror(errno.EINVAL)), value)
             value = " ".join(f"[{o}]" if o == value else o for o in offered)
         super().write(host_path, value)
+
+
+# -- where Slurm and older HPC installs keep the cpuset (issue 24) ------------------------------------------------
+def _job_box(root: Path) -> FakeHost:
+    """2 sockets x 8 CPUs, one GPU per socket; the job below is given CPUs 2-5 and memory node 0."""
+    h = FakeHost(root)
+    h.cpus(16)
+    h.numa_node(0, list(range(8)), 64 * 1024 * 1024)
+    h.numa_node(1, list(range(8, 16)), 64 * 1024 * 1024)
+    h.write("/sys/devices/system/node/online", "0-1")
+    h.meminfo(128 * 1024 * 1024, 100 * 1024 * 1024)
+    h.gpu("0000:17:00.0", 0, list(range(8)))
+    h.gpu("0000:b1:00.0", 1, list(range(8, 16)))
+    h.allowed("0-15", "0-1")  # a step whose affinity was not narrowed (task/cgroup without task/affinity)
+    return h
+
+
+def mount_table(h: FakeHost, lines: list[tuple[str, str, str, str]]) -> None:
+    """(source, point, fstype, options) as /proc/mounts and /proc/self/mountinfo list them (no /proc/self/mounts:
+    gathered trees hold the table the gatherer read)."""
+    h.write("/proc/mounts", "".join(f"{s} {p} {t} {o} 0 0\n" for s, p, t, o in lines))
+    h.write(
+        "/proc/self/mountinfo",
+        "".join(
+            f"{20 + i} 1 0:{30 + i} / {p} rw,relatime shared:{i} - {t} {s} {o}\n"
+            for i, (s, p, t, o) in enumerate(lines)
+        ),
+    )
+
+
+def legacy_cpuset_fs(root: Path) -> FakeHost:
+    """The cpuset filesystem of old HPC kernels at /dev/cpuset: fstype cpuset, files cpus/mems (no prefix), the
+    task's path only in /proc/self/cpuset."""
+    h = _job_box(root)
+    mount_table(h, [("sysfs", "/sys", "sysfs", "rw"), ("none", "/dev/cpuset", "cpuset", "rw")])
+    h.write("/proc/self/cpuset", "/slurm/uid_1000/job_42/step_0")
+    h.write("/dev/cpuset/cpus", "0-15")
+    h.write("/dev/cpuset/mems", "0-1")
+    h.write("/dev/cpuset/slurm/uid_1000/job_42/step_0/cpus", "2-5")
+    h.write("/dev/cpuset/slurm/uid_1000/job_42/step_0/mems", "0")
+    return h
+
+
+def cgroup_v1_proc_cpuset(root: Path) -> FakeHost:
+    """cgroup v1 cpuset at /sys/fs/cgroup/cpuset; the task's path from /proc/self/cpuset (its /proc/self/cgroup
+    names only the unified hierarchy, as a cgroup-namespaced task's may)."""
+    h = _job_box(root)
+    mount_table(
+        h,
+        [
+            ("cgroup2", "/sys/fs/cgroup/unified", "cgroup2", "rw,nosuid,nodev,noexec,relatime"),
+            ("cgroup", "/sys/fs/cgroup/cpuset", "cgroup", "rw,nosuid,nodev,noexec,relatime,cpuset"),
+        ],
+    )
+    h.write("/sys/fs/cgroup/unified/cgroup.controllers", "")
+    h.write("/proc/self/cgroup", "0::/")
+    h.write("/proc/self/cpuset", "/slurm/uid_1000/job_42/step_0")
+    base = "/sys/fs/cgroup/cpuset/slurm/uid_1000/job_42/step_0"
+    h.write("/sys/fs/cgroup/cpuset/cpuset.cpus", "0-15")
+    h.write("/sys/fs/cgroup/cpuset/cpuset.mems", "0-1")
+    h.write(f"{base}/cpuset.cpus", "2-5")
+    h.write(f"{base}/cpuset.mems", "0")
+    return h
+
+
+def slurm_own_hierarchy(root: Path) -> FakeHost:
+    """Slurm's own hierarchy (CgroupMountpoint=/cgroup): cgroup2 at /cgroup/unified holding the cpuset controller,
+    v1 freezer and memory at /cgroup/<name> with Slurm's release_agent, a job step path /uid_<uid>/job_<id>/step_<n>;
+    systemd's hybrid cgroup2 mount (/sys/fs/cgroup/unified, no controller in this tree) is listed first."""
+    h = _job_box(root)
+    agent = "release_agent=/etc/slurm/cgroup/release_"
+    mount_table(
+        h,
+        [
+            ("sysfs", "/sys", "sysfs", "rw"),
+            ("cgroup2", "/sys/fs/cgroup/unified", "cgroup2", "rw,nosuid,nodev,noexec,relatime,nsdelegate"),
+            ("cgroup2", "/cgroup/unified", "cgroup2", "rw,nosuid,nodev,noexec,relatime"),
+            ("cgroup", "/cgroup/freezer", "cgroup", f"rw,nosuid,nodev,noexec,relatime,freezer,{agent}freezer"),
+            ("cgroup", "/cgroup/memory", "cgroup", f"rw,nosuid,nodev,noexec,relatime,memory,{agent}memory"),
+        ],
+    )
+    step = "/uid_1000/job_42/step_0"
+    h.write("/sys/fs/cgroup/unified/cgroup.controllers", "")
+    h.write("/cgroup/unified/cgroup.controllers", "cpuset cpu io memory pids")
+    h.write("/proc/self/cgroup", f"3:memory:{step}/task_0\n2:freezer:{step}\n0::{step}\n")
+    h.write(f"/cgroup/unified{step}/cpuset.cpus.effective", "2-5")
+    h.write(f"/cgroup/unified{step}/cpuset.mems.effective", "0")
+    return h
+
+
+def cgroup2_dev_cgroup(root: Path) -> FakeHost:
+    """cgroup2 mounted at /dev/cgroup (no /sys/fs/cgroup), listed after a cgroup2 mount without cpuset."""
+    h = _job_box(root)
+    mount_table(
+        h,
+        [
+            ("cgroup2", "/sys/fs/cgroup/unified", "cgroup2", "rw,nosuid,nodev,noexec,relatime"),
+            ("cgroup2", "/dev/cgroup", "cgroup2", "rw,nosuid,nodev,noexec,relatime,nsdelegate"),
+        ],
+    )
+    h.write("/sys/fs/cgroup/unified/cgroup.controllers", "")
+    step = "/slurm/uid_1000/job_42/step_0"
+    h.write("/proc/self/cgroup", f"0::{step}/user/task_0")
+    h.write("/dev/cgroup/cgroup.controllers", "cpuset cpu io memory pids")
+    h.write(f"/dev/cgroup{step}/user/task_0/cpuset.cpus.effective", "2-5")
+    h.write(f"/dev/cgroup{step}/user/task_0/cpuset.mems.effective", "0")
+    return h
+
+
+def per_cpu_offline(root: Path) -> FakeHost:
+    """CPUs 2, 3 and 9 offlined through cpuN/online = 0; no global /sys/devices/system/cpu/online file."""
+    h = FakeHost(root)
+    h.numa_node(0, list(range(8)), 64 * 1024 * 1024)
+    h.numa_node(1, list(range(8, 16)), 64 * 1024 * 1024)
+    h.meminfo(128 * 1024 * 1024, 100 * 1024 * 1024)
+    for c in range(1, 16):  # cpu0 cannot be unplugged: it has no online file
+        h.write(f"/sys/devices/system/cpu/cpu{c}/online", "0" if c in (2, 3, 9) else "1")
+    h.write("/sys/devices/system/cpu/possible", "0-15")
+    h.gpu("0000:17:00.0", 0, list(range(8)))
+    return h
+
+
+def same_cpumap_numa(root: Path) -> FakeHost:
+    """Firmware that gives each of 4 nodes the same full cpumap: no locality at all (hwloc ignores the nodes)."""
+    h = FakeHost(root)
+    h.cpus(16)
+    for n in range(4):
+        h.numa_node(n, list(range(16)), 32 * 1024 * 1024)
+    h.write("/sys/devices/system/node/online", "0-3")
+    h.meminfo(128 * 1024 * 1024, 100 * 1024 * 1024)
+    h.gpu("0000:17:00.0", 2, list(range(16)))
+    return h
+
+
+def memory_node_not_in_mems_allowed(root: Path) -> FakeHost:
+    """A GPU's memory onlined as CPU-less node 2 after this process started: has_memory lists it, the process's
+    Mems_allowed_list does not (it was fixed at fork)."""
+    h = FakeHost(root)
+    h.cpus(16)
+    h.numa_node(0, list(range(8)), 64 * 1024 * 1024)
+    h.numa_node(1, list(range(8, 16)), 64 * 1024 * 1024)
+    h.numa_node(2, [], 96 * 1024 * 1024)
+    h.write("/sys/devices/system/node/online", "0-2")
+    h.write("/sys/devices/system/node/has_memory", "0-2")
+    h.write("/sys/devices/system/node/has_cpu", "0-1")
+    h.meminfo(224 * 1024 * 1024, 100 * 1024 * 1024)
+    h.allowed("0-15", "0-1")
+    h.gpu("0000:17:00.0", 0, list(range(8)))
+    return h

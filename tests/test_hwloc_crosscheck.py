@@ -30,6 +30,14 @@ TREES = [
     "gh200_like",
     "no_pci_locality",
     "trailing_nul_arm64",
+    # issue 24: cpusets outside /sys/fs/cgroup, per-CPU offline, buggy NUMA, a late memory node
+    "legacy_cpuset_fs",
+    "cgroup_v1_proc_cpuset",
+    "slurm_own_hierarchy",
+    "cgroup2_dev_cgroup",
+    "per_cpu_offline",
+    "same_cpumap_numa",
+    "memory_node_not_in_mems_allowed",
 ]
 
 

@@ -10,8 +10,9 @@ that one item and discovery goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
+from vllm_nodeagent.cpuset import Allowed, cgroup_allowed
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.host.parse import (
     ParseError,
@@ -52,18 +53,14 @@ class UsableNuma:
     excluded: list[Excluded] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     unreadable: list[int] = field(default_factory=list)  # nodes whose CPUs are unknown: locality may not guess
+    sources: dict[str, Any] = field(default_factory=dict)  # what was read: cpuset hierarchy, CPU online files
+    merged: dict[int, int] = field(default_factory=dict)  # ignored node -> the node whose CPUs it repeated
 
     def node(self, node_id: int) -> Optional[NumaNode]:
         return next((n for n in self.nodes if n.id == node_id), None)
 
     def why_excluded(self, node_id: int) -> Optional[str]:
         return next((e.reason for e in self.excluded if e.what == "node" and node_id in e.ids), None)
-
-
-@dataclass(frozen=True)
-class Allowed:
-    ids: Optional[frozenset[int]]  # None: nothing restricts (or the source could not be read)
-    source: str  # says where the set came from, for the exclusion reason
 
 
 def read_list(host: Host, path: str, warnings: list[str], mask_path: str = "") -> Optional[list[int]]:
@@ -103,80 +100,6 @@ def _status_allowed(host: Host, key: str, warnings: list[str]) -> Allowed:
     except ParseError as exc:
         warnings.append(f"/proc/self/status {key}: {exc}; ignored")
         return Allowed(None, "")
-
-
-def _cgroup_mounts(host: Host) -> tuple[Optional[str], Optional[str]]:
-    """(cgroup2 mount point, cgroup-v1 cpuset mount point) from /proc/self/mounts, else the usual places."""
-    v2: Optional[str] = None
-    v1: Optional[str] = None
-    for line in (host.read_or("/proc/self/mounts") or host.read_or("/proc/mounts") or "").splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        if fields[2] == "cgroup2" and v2 is None:
-            v2 = fields[1]
-        elif fields[2] == "cgroup" and "cpuset" in fields[3].split(",") and v1 is None:
-            v1 = fields[1]
-    if v2 is None and v1 is None:
-        v2 = "/sys/fs/cgroup" if host.exists("/sys/fs/cgroup/cgroup.controllers") else None
-        v1 = "/sys/fs/cgroup/cpuset" if host.exists("/sys/fs/cgroup/cpuset") else None
-    return v2, v1
-
-
-def cgroup_allowed(host: Host, warnings: list[str]) -> tuple[Allowed, Allowed]:
-    """(CPUs, mems) of the process's cgroup's effective cpuset, v1 or v2."""
-    none = (Allowed(None, ""), Allowed(None, ""))
-    text = host.read_or("/proc/self/cgroup")
-    if not text:
-        return none
-    v2_mount, v1_mount = _cgroup_mounts(host)
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        names: tuple[tuple[str, ...], tuple[str, ...]]
-        if controllers == "" and v2_mount:
-            names = (("cpuset.cpus.effective",), ("cpuset.mems.effective",))
-            mount = v2_mount
-        elif "cpuset" in controllers.split(",") and v1_mount:
-            names = (
-                ("cpuset.effective_cpus", "effective_cpus", "cpuset.cpus", "cpus"),
-                ("cpuset.effective_mems", "effective_mems", "cpuset.mems", "mems"),
-            )
-            mount = v1_mount
-        else:
-            continue
-        found = _cgroup_files(host, mount, path.strip(), names, warnings)
-        if found[0].ids is not None or found[1].ids is not None:
-            return found
-    return none
-
-
-def _cgroup_files(
-    host: Host, mount: str, path: str, names: tuple[tuple[str, ...], tuple[str, ...]], warnings: list[str]
-) -> tuple[Allowed, Allowed]:
-    # v2 has the cpuset files only where the controller is enabled: the nearest ancestor's are the bound.
-    rel = path.strip("/")
-    while True:
-        base = mount.rstrip("/") + ("/" + rel if rel else "")
-        out: list[Allowed] = []
-        for candidates in names:
-            got = Allowed(None, "")
-            for name in candidates:
-                raw = host.read_or(f"{base}/{name}")
-                if raw is None:
-                    continue
-                try:
-                    got = Allowed(frozenset(parse_cpulist(raw)), f"{base}/{name} = {raw.strip() or 'empty'}")
-                except ParseError as exc:
-                    warnings.append(f"{base}/{name}: {exc}; ignored")
-                break
-            out.append(got)
-        # An empty effective set does not happen for a live cgroup with tasks; treat it as "not set here".
-        if any(a.ids for a in out) or not rel:
-            return (out[0] if out[0].ids else Allowed(None, ""), out[1] if out[1].ids else Allowed(None, ""))
-        rel = rel.rsplit("/", 1)[0] if "/" in rel else ""
 
 
 # -- GPU memory exposed as nodes ---------------------------------------------------------------------------
@@ -222,14 +145,48 @@ def _machine_nodes(host: Host, warnings: list[str]) -> tuple[dict[int, Optional[
     return {0: every}, {0: _memory(host, "/proc/meminfo", warnings)}
 
 
+def overlapping_nodes(raw_cpus: dict[int, Optional[list[int]]]) -> dict[int, int]:
+    """node -> the lower node whose CPUs it shares. Firmware that gives several nodes the same CPUs (every node
+    the full cpumap) describes no locality; hwloc ignores such nodes ("buggy NUMA") and so does the agent."""
+    seen: dict[int, int] = {}  # cpu -> the node that has it
+    out: dict[int, int] = {}
+    for node in sorted(raw_cpus):
+        cpus = raw_cpus[node] or []
+        shared = next((seen[c] for c in cpus if c in seen), None)
+        if shared is not None:
+            out[node] = shared
+            continue
+        seen.update({c: node for c in cpus})
+    return out
+
+
+def cpu_offline(host: Host, cpus: list[int], warnings: list[str]) -> tuple[Optional[set[int]], str]:
+    """(offline CPUs, what said so): the global online list, else each cpuN/online (some kernels and trees have
+    only those; cpu0 often has none: it cannot be unplugged)."""
+    online = read_list(host, f"{CPU_DIR}/online", warnings)
+    if online is not None:
+        return set(cpus) - set(online), f"{CPU_DIR}/online = {format_cpulist(online)}"
+    off = {c for c in cpus if (host.read_or(f"{CPU_DIR}/cpu{c}/online") or "").strip().strip("\x00") == "0"}
+    return off, f"{CPU_DIR}/cpuN/online"
+
+
 def discover_usable(host: Host) -> UsableNuma:
     warnings: list[str] = []
     raw_cpus, memory = _machine_nodes(host, warnings)
-    online = read_list(host, f"{CPU_DIR}/online", warnings)
+    buggy = overlapping_nodes(raw_cpus)
+    every_cpu = sorted({c for cpus in raw_cpus.values() for c in cpus or []})
+    offline, online_source = cpu_offline(host, every_cpu, warnings)
     nodes_online = read_list(host, f"{NODE_DIR}/online", warnings) if host.exists(f"{NODE_DIR}/online") else None
+    has_memory = read_list(host, f"{NODE_DIR}/has_memory", warnings) if host.exists(f"{NODE_DIR}/has_memory") else None
     aff_cpus = _status_allowed(host, "Cpus_allowed_list", warnings)
     aff_mems = _status_allowed(host, "Mems_allowed_list", warnings)
-    cg_cpus, cg_mems = cgroup_allowed(host, warnings)
+    cg_cpus, cg_mems, cpuset_source = cgroup_allowed(host, warnings)
+    if buggy:
+        warnings.append(
+            f"node(s) {format_cpulist(sorted(buggy))} list the CPUs of node(s) "
+            f"{format_cpulist(sorted(set(buggy.values())))} (firmware NUMA information is inconsistent): "
+            "ignored, as hwloc does"
+        )
     for own, cg, what in ((aff_cpus, cg_cpus, "CPUs"), (aff_mems, cg_mems, "nodes")):
         if own.ids is not None and cg.ids is not None and not own.ids <= cg.ids:
             warnings.append(
@@ -238,8 +195,9 @@ def discover_usable(host: Host) -> UsableNuma:
     gpu_mem = nvidia_gpu_memory_nodes(host, warnings)
 
     def cpu_reason(cpu: int) -> str:
-        if online is not None and cpu not in online:
-            return f"offline ({CPU_DIR}/online = {format_cpulist(online)})"
+        if offline and cpu in offline:
+            per_cpu = online_source.endswith("cpuN/online")
+            return f"offline ({CPU_DIR}/cpu{cpu}/online = 0)" if per_cpu else f"offline ({online_source})"
         if cg_cpus.ids is not None and cpu not in cg_cpus.ids:
             return f"not in the cgroup's cpuset ({cg_cpus.source})"
         if aff_cpus.ids is not None and cpu not in aff_cpus.ids:
@@ -249,11 +207,16 @@ def discover_usable(host: Host) -> UsableNuma:
     def node_reason(node: int, cpus: Optional[list[int]]) -> str:
         if cpus is None:
             return "its CPU list could not be read (see warnings)"
+        if node in buggy:
+            return f"its CPUs are node {buggy[node]}'s (inconsistent firmware NUMA information, ignored as hwloc does)"
         if nodes_online is not None and node not in nodes_online:
             return f"offline ({NODE_DIR}/online = {format_cpulist(nodes_online)})"
         if cg_mems.ids is not None and node not in cg_mems.ids:
             return f"not in the cgroup's memory nodes ({cg_mems.source})"
-        if aff_mems.ids is not None and node not in aff_mems.ids:
+        # A CPU-less node onlined after this process started (a GPU's memory, CXL) is missing from its
+        # Mems_allowed but still a node of the machine (hwloc lists it; only the cgroup's mems bound it).
+        memory_only = not cpus and (has_memory is None or node in has_memory)
+        if aff_mems.ids is not None and node not in aff_mems.ids and not memory_only:
             return f"not in this process's allowed memory nodes ({aff_mems.source})"
         return ""
 
@@ -263,7 +226,7 @@ def discover_usable(host: Host) -> UsableNuma:
     for node in sorted(raw_cpus):
         cpus = raw_cpus[node]
         usable: list[int] = []
-        for cpu in cpus or []:
+        for cpu in [] if node in buggy else cpus or []:
             reason = cpu_reason(cpu)
             if reason:
                 by_reason.setdefault(reason, []).append(cpu)
@@ -272,7 +235,7 @@ def discover_usable(host: Host) -> UsableNuma:
         reason = node_reason(node, cpus)
         if reason:
             node_excl.setdefault(reason, []).append(node)
-            if usable:
+            if usable and node not in buggy:  # a buggy node's CPUs belong to the node that kept them
                 by_reason.setdefault(f"on node {node}, which is not usable", []).extend(usable)
             continue
         if cpus:
@@ -284,6 +247,15 @@ def discover_usable(host: Host) -> UsableNuma:
             nodes.append(NumaNode(node, [], memory[node], MEMORY))
     excluded = [Excluded("cpu", sorted(ids), r) for r, ids in by_reason.items()]
     excluded += [Excluded("node", ids, r) for r, ids in node_excl.items()]
-    machine = {n: list(c) for n, c in raw_cpus.items() if c}
+    machine = {n: list(c) for n, c in raw_cpus.items() if c and n not in buggy}
     unreadable = [n for n, c in raw_cpus.items() if c is None]
-    return UsableNuma(nodes=nodes, machine_cpus=machine, excluded=excluded, warnings=warnings, unreadable=unreadable)
+    sources: dict[str, Any] = {"cpuset": cpuset_source.to_json(), "cpu_online": online_source}
+    return UsableNuma(
+        nodes=nodes,
+        machine_cpus=machine,
+        excluded=excluded,
+        warnings=warnings,
+        unreadable=unreadable,
+        sources=sources,
+        merged=buggy,
+    )

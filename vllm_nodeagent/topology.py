@@ -73,6 +73,7 @@ class Topology:
     nvml_error: str = ""  # why NVML was not used ("" when it was, or when not asked)
     excluded: list[Excluded] = field(default_factory=list)  # CPUs and nodes left out, each with its reason
     problems: list[str] = field(default_factory=list)  # unreadable/malformed host files, each item skipped
+    sources: dict[str, Any] = field(default_factory=dict)  # what was read: cpuset hierarchy and files, CPU online
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -121,6 +122,7 @@ def pci_numa(host: Host, dev_path: str, numa: UsableNuma, warnings: list[str]) -
     local = read_list(host, f"{dev_path}/local_cpulist", warnings, f"{dev_path}/local_cpus") or []
     usable_cpus = {c for n in numa.nodes for c in n.cpus}
     why = ""
+    node = numa.merged.get(node, node)  # a node ignored for repeating another's CPUs: the device is that one's
     if node >= 0:
         node, why = _usable_node(numa, node, "its numa_node")
     else:
@@ -308,6 +310,7 @@ def discover(host: Host, nvml: Optional[Nvml] = None, nvml_error: str = "") -> T
         nvml_error=nvml_error,
         excluded=numa.excluded,
         problems=problems,
+        sources=numa.sources,
     )
 
 
