@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import unavailable_opener
+from conftest import opener_for, unavailable_opener
 from fakehost import FakeHost, SysfsHost, vm_no_gpu
+from nvml_double import NvmlDouble
 
 from vllm_nodeagent import cli
 from vllm_nodeagent.checks.base import FAIL, PASS, CheckResult
@@ -19,6 +20,7 @@ from vllm_nodeagent.slurm import REASON_MAX, failing_ids, job_gpus, make_reason,
 
 SAMPLE = '[sysctl]\n"vm.max_map_count" = 262144\n'
 HERE = Path(__file__).resolve().parent
+GIB = 1 << 30
 
 
 @pytest.fixture
@@ -180,3 +182,35 @@ def test_parse_node_and_reason() -> None:
     checks = [CheckResult("a", FAIL), CheckResult("b", "warn"), CheckResult("c", PASS)]
     assert failing_ids(checks, False) == ["a"] and failing_ids(checks, True) == ["a", "b"]
     assert job_gpus({"SLURM_JOB_GPUS": "2,0"}) == [0, 2] and job_gpus({}) is None
+
+
+def test_epilog_finds_what_the_job_left(
+    hgx: FakeHost,
+    hgx_nvml: NvmlDouble,
+    slurm: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hgx_nvml.rec["devices"][1]["compute_processes"] = [[777, 20 * GIB]]
+    hgx_nvml.rec["devices"][1]["memory"] = [80 * GIB, 20 * GIB]
+    hgx_nvml.rec["devices"][5]["memory"] = [80 * GIB, 3 * GIB]  # memory held, no process visible
+    cfg = hgx.root / "doctor.toml"
+    cfg.write_text(SAMPLE)
+    cfg.chmod(0o600)
+    argv = ["--root", str(hgx.root), "--config", str(cfg), "doctor", "--slurm", "epilog", "--node", "n1", "--json"]
+
+    def epilog(job_gpus: str) -> dict[str, Any]:
+        monkeypatch.setenv("SLURM_JOB_GPUS", job_gpus)
+        set_state(slurm, "MIXED")
+        cli.main(argv, nvml_opener=opener_for(hgx_nvml), host_cls=SysfsHost)
+        return {c["id"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+
+    checks = epilog("0,1")  # the job had GPUs 0 and 1: GPU1 still runs pid 777
+    assert checks["gpu.leftover_processes"]["status"] == "fail"
+    assert checks["gpu.leftover_processes"]["current"] == "GPU1: pid(s) 777"
+    assert state(slurm)["reason"] == "vllm-nodeagent: epilog: gpu.leftover_processes,gpu.leftover_memory"
+    checks = epilog("4,5")
+    assert checks["gpu.leftover_processes"]["status"] == "pass"
+    assert checks["gpu.leftover_memory"]["current"] == "GPU5: 3.0 GiB used"
+    checks = epilog("2,3")
+    assert {c["status"] for c in checks.values()} == {"pass"} and state(slurm)["state"] == "MIXED"

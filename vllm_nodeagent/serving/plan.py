@@ -14,6 +14,7 @@ that validates ``[vllm] args`` and says whether vLLM binds workers itself. Bindi
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -24,6 +25,7 @@ from vllm_nodeagent.host.parse import format_cpulist
 from vllm_nodeagent.serving.args import NUMA_BIND_FLAG, NUMA_BIND_NODES_FLAG, ProbeResult, static_findings
 from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, RunAs, child_env, resolve_user
 from vllm_nodeagent.serving.probe import ProbeBeside, probe_as_user, probe_beside
+from vllm_nodeagent.slurm_step import StepGpuError, StepGpus, step_gpus
 from vllm_nodeagent.topology import Topology
 
 if TYPE_CHECKING:
@@ -70,8 +72,16 @@ def find_numactl(path_env: str = SAFE_PATH) -> str:
     return found
 
 
-def select_gpus(cfg: VllmConfig, topo: Topology, override: Optional[list[int]]) -> list[int]:
+def select_gpus(
+    cfg: VllmConfig, topo: Topology, override: Optional[list[int]], step: Optional[StepGpus] = None
+) -> list[int]:
+    """--gpus, else [vllm] gpus, else every GPU; inside a Slurm step only the step's GPUs (slurm_step.py)."""
     wanted = list(override) if override else list(cfg.gpus)
+    if step is not None:
+        outside = [i for i in wanted if i not in step.indices]
+        if outside:
+            raise LaunchError(f"GPU {outside[0]} is not one of this Slurm step's GPUs ({step.source})")
+        return wanted or list(step.indices)
     if not wanted:
         return [g.index for g in topo.gpus]
     known = {g.index for g in topo.gpus}
@@ -119,7 +129,11 @@ def plan(
     """The launch plan. ``vllm_numa_bind`` answers whether the installed vLLM knows ``--numa-bind-nodes``
     (asked only when the GPUs span nodes, because it costs a vLLM import in a subprocess)."""
     who = run_as or resolve_user(cfg.user)
-    gpus = select_gpus(cfg, topo, gpus_override)
+    try:
+        step = step_gpus(os.environ if source_env is None else source_env, topo)
+    except StepGpuError as exc:
+        raise LaunchError(str(exc)) from None
+    gpus = select_gpus(cfg, topo, gpus_override, step)
     gpu_objs = [topo.gpu(i) for i in gpus]
     gpu_nodes = [g.numa_node if g is not None else -1 for g in gpu_objs]
     # Only CPU nodes the process may use are binding targets: never a GPU-memory or memory-only node.
@@ -140,6 +154,12 @@ def plan(
         for g in unplaced:
             notes.append(f"GPU{g.index} has no NUMA locality ({g.no_locality or 'unknown'}); not binding")
     env = child_env(cfg, who, gpus, source_env, cache_dir)
+    if step is not None:
+        by_uuid = step.by_uuid and all(g is not None and g.uuid for g in gpu_objs)
+        if by_uuid and "CUDA_VISIBLE_DEVICES" not in cfg.env:
+            # Slurm's device cgroup renumbers what CUDA sees from 0: a UUID names the same GPU either way.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in gpu_objs if g is not None)
+        notes.append(f"Slurm step: GPUs {','.join(map(str, gpus)) or 'none'} from {step.source}")
     command = vllm_command(cfg)
     prefix: list[str] = []
     pin: dict[int, list[int]] = {}
