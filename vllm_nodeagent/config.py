@@ -9,9 +9,9 @@ the same for that one setting.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
-import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -406,31 +406,25 @@ def parse_config(text: str, file: str) -> Config:
     return Config(path=file, **kwargs)
 
 
-def check_file_safety(path: Path, shown: str) -> None:
-    """Refuse a config others could have written: the agent runs as root and acts on it."""
-    st = path.stat()
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(shown, "not a regular file")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(shown, f"refusing a group- or world-writable config (mode {stat.S_IMODE(st.st_mode):04o})")
-    if os.geteuid() == 0 and st.st_uid != 0:
-        raise ConfigError(shown, f"refusing a config not owned by root (uid {st.st_uid}) while running as root")
-
-
 def load_config(explicit: Optional[str], default_path: Path, default_shown: str = DEFAULT_CONFIG_PATH) -> Config:
     """Load ``explicit`` (must exist) or the default file (missing = built-in defaults)."""
     path, shown = (Path(explicit), explicit) if explicit is not None else (default_path, default_shown)
+    # The agent runs as root and acts on the config: refuse one others could have written (host/fsafe).
+    from vllm_nodeagent.host import HostError
+    from vllm_nodeagent.host.fsafe import Refused, read_file
+
     try:
-        path.stat()
-    except FileNotFoundError:
-        if explicit is None:
-            return Config(path="(built-in defaults)")
-        raise ConfigError(shown, "no such file") from None
-    except OSError as exc:  # a link loop, a path through a non-directory, no permission
-        raise ConfigError(shown, f"cannot read: {exc.strerror}") from None
-    check_file_safety(path, shown)
+        raw = read_file("/", os.path.abspath(path), "config", follow=True)
+    except Refused as exc:
+        raise ConfigError(shown, str(exc)) from None
+    except HostError as exc:
+        if exc.errno == errno.ENOENT:
+            if explicit is None:
+                return Config(path="(built-in defaults)")
+            raise ConfigError(shown, "no such file") from None
+        raise ConfigError(shown, f"cannot read: {exc.strerror}") from None  # a link loop, a non-directory, EACCES
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(shown, f"cannot read: {exc}") from None
     return parse_config(text, shown)

@@ -5,6 +5,7 @@ everything else in the agent stands on this package. ``Host`` and ``HostError`` 
 every module names them.
 """
 
-from vllm_nodeagent.host.files import Host, HostError
+from vllm_nodeagent.host.errors import HostError
+from vllm_nodeagent.host.files import Host
 
 __all__ = ["Host", "HostError"]

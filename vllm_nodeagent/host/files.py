@@ -15,20 +15,10 @@ import stat
 from pathlib import Path
 from typing import Optional
 
+from vllm_nodeagent.host import fsafe
+from vllm_nodeagent.host.errors import HostError
+
 _MAX_LINK_FOLLOWS = 40
-
-
-class HostError(Exception):
-    """A host path could not be read or written; carries the host path and the OS error."""
-
-    def __init__(self, op: str, path: str, err: OSError, value: Optional[str] = None) -> None:
-        self.op = op
-        self.path = path
-        self.errno = err.errno
-        self.strerror = err.strerror or str(err)
-        self.value = value
-        shown = f" value {value!r}" if value is not None else ""
-        super().__init__(f"{op} {path}{shown}: {self.strerror} ({errno.errorcode.get(self.errno or 0, '?')})")
 
 
 class Host:
@@ -145,27 +135,88 @@ class Host:
         except OSError as exc:
             raise HostError("write", host_path, exc, value) from exc
 
-    def write_file_atomic(self, host_path: str, data: bytes, mode: int = 0o600) -> None:
-        """Replace a regular file so a crash leaves either the old or the new content, never half."""
-        target = self.path(host_path)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    def write_file_atomic(
+        self,
+        host_path: str,
+        data: bytes,
+        mode: int = 0o600,
+        what: str = "file",
+        owners: Optional[frozenset[int]] = None,
+    ) -> None:
+        """Replace a regular file so a crash leaves either the old or the new content, never half; through
+        checked directories only (fsafe.replace_file: random O_EXCL temp name, fsync file and dir, rename)."""
+        fsafe.replace_file(str(self.root), host_path, data, what, mode, owners)
+
+    def read_file(
+        self, host_path: str, what: str = "file", owners: Optional[frozenset[int]] = None, cap: int = fsafe.MAX_READ
+    ) -> bytes:
+        """A file root acts on (config, journal, state): reached through checked dirs, opened O_NOFOLLOW, owner
+        and mode checked on the fd, at most ``cap`` bytes. FileNotFoundError-backed HostError when missing."""
+        return fsafe.read_file(str(self.root), host_path, what, owners, cap)
+
+    def open_dir(
+        self,
+        host_path: str,
+        what: str = "directory",
+        owners: Optional[frozenset[int]] = None,
+        create: Optional[int] = None,
+    ) -> int:
+        """An fd of a checked directory (the caller closes it); see fsafe.open_dir."""
+        return fsafe.open_dir(str(self.root), host_path, what, owners, create)
+
+    def open_lock(self, host_path: str, what: str = "lock file") -> int:
+        """A lock file opened O_RDWR|O_CREAT|O_NOFOLLOW in its checked directory: a planted link is refused."""
+        parent, name = fsafe.split(host_path)
+        dfd = self.open_dir(parent, f"directory of the {what}", create=0o700)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            return fsafe.open_file_at(dfd, name, host_path, what, None, os.O_RDWR | os.O_CREAT, 0o600)
+        finally:
+            os.close(dfd)
+
+    def ensure_dir(
+        self,
+        host_path: str,
+        mode: int,
+        uid: int = -1,
+        gid: int = -1,
+        what: str = "directory",
+        owners: Optional[frozenset[int]] = None,
+    ) -> None:
+        """Create or fix a directory whose checked parent is root's, by fd only (fchown/fchmod after an
+        O_NOFOLLOW open): a link swapped in is refused, never chmod'ed through."""
+        parent, name = fsafe.split(host_path)
+        dfd = self.open_dir(parent, f"parent of the {what}", owners, create=0o755)
+        try:
+            fsafe.ensure_dir_at(dfd, name, host_path, mode, uid, gid, what)
+        finally:
+            os.close(dfd)
+
+    def stat(self, host_path: str, follow: bool = True) -> os.stat_result:
+        """stat (or lstat) of a host path; HostError when it cannot be had."""
+        try:
+            return os.stat(self.path(host_path), follow_symlinks=follow)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise HostError("write", host_path, exc) from exc
+            raise HostError("stat", host_path, exc) from exc
+
+    def statvfs(self, host_path: str) -> os.statvfs_result:
+        try:
+            return os.statvfs(self.path(host_path))
+        except OSError as exc:
+            raise HostError("statvfs", host_path, exc) from exc
+
+    def read_bytes(self, host_path: str, cap: int = fsafe.MAX_READ) -> bytes:
+        """At most ``cap`` bytes of a host file (kernel and library files: no owner check); HostError."""
+        try:
+            fd = os.open(self.path(host_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise HostError("read", host_path, exc) from exc
+        try:
+            try:
+                return os.read(fd, cap)
+            except OSError as exc:
+                raise HostError("read", host_path, exc) from exc
+        finally:
+            os.close(fd)
 
     def remove(self, host_path: str) -> None:
         try:
@@ -174,13 +225,3 @@ class Host:
             return
         except OSError as exc:
             raise HostError("remove", host_path, exc) from exc
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write every byte or raise: a nearly full filesystem takes part of a write and returns the count."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        view = view[n:]

@@ -62,6 +62,48 @@ def format_cpulist(cpus: Iterable[int]) -> str:
     return ",".join(ranges)
 
 
+def parse_passwd(text: str) -> list[tuple[str, int, int, str]]:
+    """(name, uid, gid, home) of each well-formed /etc/passwd line (passwd(5)); NIS "+"/"-" lines and damaged ones
+    are skipped, never guessed at."""
+    out: list[tuple[str, int, int, str]] = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) != 7 or not fields[0] or fields[0][0] in "+-#":
+            continue
+        if not fields[2].isdigit() or not fields[3].isdigit():
+            continue
+        out.append((fields[0], int(fields[2]), int(fields[3]), fields[5]))
+    return out
+
+
+def parse_group(text: str) -> list[tuple[str, int, list[str]]]:
+    """(name, gid, member names) of each well-formed /etc/group line (group(5))."""
+    out: list[tuple[str, int, list[str]]] = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) != 4 or not fields[0] or fields[0][0] in "+-#" or not fields[2].isdigit():
+            continue
+        out.append((fields[0], int(fields[2]), [m for m in fields[3].split(",") if m]))
+    return out
+
+
+def parse_proc_locks(text: str) -> list[tuple[str, int, tuple[int, int, int]]]:
+    """(kind, pid, (major, minor, inode)) of each lock in /proc/locks ("1: FLOCK  ADVISORY  WRITE 42
+    08:01:1234 0 EOF"; the device is hex, the inode decimal: fs/locks.c lock_get_status). Blocked waiters
+    ("1: -> FLOCK ...") are not holders and are skipped."""
+    out: list[tuple[str, int, tuple[int, int, int]]] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->":
+            continue
+        dev = fields[5].split(":")
+        try:
+            out.append((fields[1], int(fields[4]), (int(dev[0], 16), int(dev[1], 16), int(dev[2]))))
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
 def parse_cpumask(text: str) -> list[int]:
     """Parse a hex cpumask as sysfs prints it ("ffff,00000000" = 32-bit words, most significant first)."""
     words = clean_attr(text).split(",")

@@ -25,13 +25,13 @@ import fcntl
 import json
 import os
 import re
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from vllm_nodeagent.host import Host, HostError
+from vllm_nodeagent.host.fsafe import Refused, lock_holder
 from vllm_nodeagent.settings.base import MAX_MEMBERS
 
 JOURNAL_NAME = "originals.json"
@@ -152,17 +152,6 @@ def _irq_params_before_v3(id: str, params: dict[str, str]) -> dict[str, str]:
     return {"device": parts[1], "irqs": " ".join(sorted(params, key=int))}
 
 
-def check_private(path: str, st: os.stat_result, what: str) -> None:
-    """Refuse a state dir or journal others could have written: revert runs as root and acts on it."""
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise JournalError(
-            f"{path}: refusing a group- or world-writable {what} (mode {stat.S_IMODE(st.st_mode):04o});"
-            f" make it root-only: chmod go-w {path}"
-        )
-    if os.geteuid() == 0 and st.st_uid != 0:
-        raise JournalError(f"{path}: refusing a {what} not owned by root (uid {st.st_uid}); chown root {path}")
-
-
 class Journal:
     def __init__(self, host: Host, state_dir: str) -> None:
         self.host = host
@@ -172,40 +161,32 @@ class Journal:
 
     # -- load -----------------------------------------------------------------------------------------------
     def _check_dir(self) -> None:
+        """Refuse a state dir others could have written (revert runs as root and acts on it); missing is fine."""
         try:
-            st = os.stat(self.host.path(self.state_dir))
-        except FileNotFoundError:
-            return
-        except (OSError, HostError) as exc:
+            os.close(self.host.open_dir(self.state_dir, "state dir"))
+        except HostError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            if exc.errno == errno.ENOTDIR:
+                raise JournalError(
+                    f"{self.state_dir}: the state dir is not a directory; set [agent] state_dir"
+                ) from None
+            if isinstance(exc, Refused):
+                raise JournalError(str(exc)) from None
             raise JournalError(f"{self.state_dir}: cannot use the state dir: {_why(exc)}") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise JournalError(f"{self.state_dir}: the state dir is not a directory; set [agent] state_dir")
-        check_private(self.state_dir, st, "state dir")
 
     def entries(self) -> dict[str, Entry]:
         """Every valid entry; invalid ones are listed in ``self.problems`` and left out."""
         self._check_dir()
         try:
-            target = self.host.path(self.path)
-            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            self.problems = []
-            return {}  # nothing applied yet
-        except (OSError, HostError) as exc:
+            raw = self.host.read_file(self.path, "journal", cap=MAX_JOURNAL_BYTES)
+        except HostError as exc:
+            if exc.errno == errno.ENOENT:
+                self.problems = []
+                return {}  # nothing applied yet
+            if isinstance(exc, Refused):
+                raise JournalError(str(exc)) from None
             raise JournalError(f"{self.path}: cannot read the journal: {_why(exc)}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise JournalError(f"{self.path}: the journal is not a regular file")
-            check_private(self.path, st, "journal")
-            if st.st_size > MAX_JOURNAL_BYTES:
-                raise JournalError(f"{self.path}: {st.st_size} bytes is not a journal this agent wrote")
-            with os.fdopen(os.dup(fd), "rb") as f:
-                raw = f.read(MAX_JOURNAL_BYTES + 1)
-        except OSError as exc:
-            raise JournalError(f"{self.path}: cannot read the journal: {_why(exc)}") from None
-        finally:
-            os.close(fd)
         text = raw.decode("utf-8", errors="replace")
         return self._parse(text)
 
@@ -259,7 +240,9 @@ class Journal:
                 f"cannot write the journal {self.path}: {len(data)} bytes is over its limit of {MAX_JOURNAL_BYTES}"
             )
         try:
-            self.host.write_file_atomic(self.path, data)
+            self.host.write_file_atomic(self.path, data, what="journal")
+        except Refused as exc:
+            raise JournalError(str(exc)) from None
         except HostError as exc:
             raise JournalError(f"cannot write the journal {self.path}: {exc.strerror}") from None
 
@@ -298,9 +281,9 @@ class Journal:
         Returns the copy's host path.
         """
         try:
-            raw = self.host.path(self.path).read_bytes()
+            raw = self.host.read_file(self.path, "journal", cap=MAX_JOURNAL_BYTES)
             return self._keep_beside(DAMAGED_SUFFIX, raw)
-        except (OSError, HostError) as exc:
+        except HostError as exc:
             raise JournalError(f"cannot keep a copy of the damaged journal {self.path}: {_why(exc)}") from None
 
     def _keep_beside(self, suffix: str, data: bytes) -> str:
@@ -356,12 +339,12 @@ class Journal:
         When another process holds the lock, ``on_wait`` is told who (once); after ``timeout_s`` JournalError.
         """
         lock_host_path = f"{self.state_dir}/{LOCK_NAME}"
+        self._check_dir()
         try:
-            self._check_dir()
-            lock_path = self.host.path(lock_host_path)
-            lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except (OSError, HostError) as exc:
+            fd = self.host.open_lock(lock_host_path, "journal lock")
+        except Refused as exc:
+            raise JournalError(str(exc)) from None
+        except HostError as exc:
             raise JournalError(f"{self.state_dir}: cannot use the state dir: {_why(exc)}") from None
         try:
             self._acquire(fd, lock_host_path, LOCK_TIMEOUT_S if timeout_s is None else timeout_s, on_wait)
@@ -394,6 +377,11 @@ class Journal:
 
 
 def _holder(fd: int) -> str:
+    """Who holds the lock: the kernel's word (/proc/locks) first; the pid a holder wrote only where the kernel
+    shows none (another pid namespace), since a finished run's pid stays in the file."""
+    pid = lock_holder(fd)
+    if pid is not None:
+        return f"pid {pid}"
     try:
         text = os.pread(fd, 32, 0).decode(errors="replace").strip()
     except OSError:

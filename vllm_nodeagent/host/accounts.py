@@ -1,0 +1,83 @@
+"""The one account model: users and groups from ``--root``'s /etc/passwd and /etc/group.
+
+Read through the safe open (root-owned files in root-owned directories, size-capped), so under ``--root`` the
+accounts are the root's, not the machine's, and nothing an unprivileged user wrote decides who vLLM runs as.
+Only the local files count, not NSS (LDAP, sssd): the agent's own user is a local system account (the package
+creates it with ``useradd --system``), and a directory service is not something root should trust for it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from vllm_nodeagent.host.errors import HostError
+from vllm_nodeagent.host.parse import parse_group, parse_passwd
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.host.files import Host
+
+PASSWD = "/etc/passwd"  # noqa: S105 (a path, not a password)
+GROUP = "/etc/group"
+MAX_ACCOUNT_FILE = 16 << 20  # big sites keep tens of thousands of local accounts: still far below this
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+class Accounts:
+    """Users and groups of one host tree; the files are read once, on first use."""
+
+    def __init__(self, root: str = "/") -> None:
+        self.root = root
+        self._users: Optional[list[Account]] = None
+        self._groups: Optional[list[tuple[str, int, list[str]]]] = None
+
+    @classmethod
+    def of(cls, host: Host) -> Accounts:
+        return cls(str(host.root))
+
+    def _read(self, path: str) -> str:
+        from vllm_nodeagent.host.fsafe import read_file
+
+        return read_file(self.root, path, "account file", cap=MAX_ACCOUNT_FILE).decode("utf-8", "replace")
+
+    def users(self) -> list[Account]:
+        """Every user; raises HostError (a one-line refusal for an unsafe file) when /etc/passwd is unusable."""
+        if self._users is None:
+            self._users = [Account(*row) for row in parse_passwd(self._read(PASSWD))]
+        return self._users
+
+    def groups(self) -> list[tuple[str, int, list[str]]]:
+        if self._groups is None:
+            try:
+                self._groups = parse_group(self._read(GROUP))
+            except HostError:
+                self._groups = []  # supplementary groups only: a missing /etc/group leaves the primary one
+        return self._groups
+
+    def user(self, name: str) -> Optional[Account]:
+        return next((a for a in self.users() if a.name == name), None)
+
+    def by_uid(self, uid: int) -> Optional[Account]:
+        return next((a for a in self.users() if a.uid == uid), None)
+
+    def group_ids(self, account: Account) -> list[int]:
+        """The primary group and every group listing the user as a member (what initgroups(3) gives)."""
+        return sorted({account.gid, *(gid for _, gid, members in self.groups() if account.name in members)})
+
+
+@functools.lru_cache(maxsize=64)
+def name_of_uid(uid: int) -> str:
+    """The real host's name for ``uid`` ("" when unknown): for messages only, never for a decision."""
+    try:
+        account = Accounts("/").by_uid(uid)
+    except (HostError, ValueError):
+        return ""
+    return account.name if account else ""
