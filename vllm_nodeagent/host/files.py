@@ -18,6 +18,8 @@ from typing import Optional
 from vllm_nodeagent.host import fsafe
 from vllm_nodeagent.host.errors import HostError
 
+__all__ = ["Host", "HostError"]  # HostError lives in errors.py (fsafe needs it too); still importable here
+
 _MAX_LINK_FOLLOWS = 40
 
 
