@@ -3,8 +3,9 @@ docs/metrics.md (a test compares that table with ``FAMILIES`` and with what ``re
 
 The text format is rendered here, from one table of families: no ``_created`` series (noise for a textfile),
 counters start at 0 so ``increase()`` sees the first event, and nothing of prometheus_client's default registry.
-The file is replaced atomically without following a link on the way (``host.dirfd``): on Debian the directory sits
-below ``/var/lib/prometheus``, which the ``prometheus`` user owns.
+The file is replaced by the agent's one atomic writer (``host.fsafe``), walked with no link followed: on Debian
+the directory sits below ``/var/lib/prometheus``, which the ``prometheus`` user owns; the directory itself must be
+root's and writable by nobody else.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import platform
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from vllm_nodeagent import __version__, log
-from vllm_nodeagent.host import dirfd
+from vllm_nodeagent.host import HostError, fsafe
 from vllm_nodeagent.textfile import DEBIAN_DIR, FILE_NAME, GENERIC_DIR, default_textfile, resolve_textfile
 
 if TYPE_CHECKING:
@@ -251,18 +252,22 @@ class Metrics:
         if not self.textfile or not (self._dirty or force):
             return
         try:
-            dirfd.write_file_nofollow(self.root, self.textfile, self.render().encode(), FILE_MODE, DIR_MODE)
+            # The one atomic writer (host/fsafe): random O_EXCL temp name in the directory's fd, fsync, rename by
+            # fd. No link is followed on the way (Debian: /var/lib/prometheus is the prometheus user's); the
+            # directory itself must be root's and writable by nobody else, or the write is refused in one line.
+            data = self.render().encode()
+            fsafe.replace_file(self.root, self.textfile, data, "metrics textfile", FILE_MODE, None, DIR_MODE, True)
             self._dirty = False
             if self._write_failed:
                 log.get().info("metrics_write_resumed", path=self.textfile)
             self._write_failed = False
-        except OSError as exc:
+        except HostError as exc:
             if not self._write_failed:
                 log.get().warning(
                     "metrics_write_failed",
                     path=self.textfile,
-                    at=exc.filename or self.textfile,
-                    error=exc.strerror or str(exc),
+                    at=exc.path or self.textfile,
+                    error=str(exc),
                     hint="see doctor's agent.metrics_textfile check",
                 )
             self._write_failed = True

@@ -17,6 +17,7 @@ from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.daemon.loop import Status
 from vllm_nodeagent.daemon.prewarm_step import prewarm_before_start
 from vllm_nodeagent.daemon.worker_pins import pin_workers
+from vllm_nodeagent.host import HostError
 from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
 from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
 from vllm_nodeagent.serving.env import LaunchError
@@ -212,13 +213,13 @@ class ServeKeeper:
     def _pid_file(self) -> str:
         if self.pid_dir:
             return os.path.join(self.pid_dir, PID_FILE)
-        state = self.ctx.host.path(self.ctx.config.agent.state_dir)
+        state_dir = self.ctx.config.agent.state_dir
         try:
-            state.mkdir(parents=True, exist_ok=True, mode=0o755)
-        except OSError as exc:
-            self.log.warning("state_dir_unusable", path=str(state), error=str(exc))
+            os.close(self.ctx.host.open_dir(state_dir, "state dir", create=0o755))
+        except HostError as exc:
+            self.log.warning("state_dir_unusable", path=state_dir, error=str(exc))
             return ""
-        return str(state / PID_FILE)
+        return str(self.ctx.host.path(state_dir) / PID_FILE)
 
     def _start_child(self, initial: bool) -> None:
         """Start vLLM and enter "loading". A failed first start ends the loop (already logged)."""

@@ -2,12 +2,14 @@
 
 Read through the safe open (root-owned files in root-owned directories, size-capped), so under ``--root`` the
 accounts are the root's, not the machine's, and nothing an unprivileged user wrote decides who vLLM runs as.
-Only the local files count, not NSS (LDAP, sssd): the agent's own user is a local system account (the package
+A ``--root`` tree with no account file at all falls back to the machine's own (a capture of /sys and /proc
+has none). Only the local files count, not NSS (LDAP, sssd): the agent's own user is a local system account (the package
 creates it with ``useradd --system``), and a directory service is not something root should trust for it.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
@@ -46,7 +48,15 @@ class Accounts:
     def _read(self, path: str) -> str:
         from vllm_nodeagent.host.fsafe import read_file
 
-        return read_file(self.root, path, "account file", cap=MAX_ACCOUNT_FILE).decode("utf-8", "replace")
+        try:
+            raw = read_file(self.root, path, "account file", cap=MAX_ACCOUNT_FILE)
+        except HostError as exc:
+            # A --root tree without account files at all (a sysfs/proc capture) is served by the machine's own:
+            # the accounts vLLM would really run as. A tree that has them is never mixed with the machine's.
+            if exc.errno != errno.ENOENT or self.root == "/":
+                raise
+            raw = read_file("/", path, "account file", cap=MAX_ACCOUNT_FILE)
+        return raw.decode("utf-8", "replace")
 
     def users(self) -> list[Account]:
         """Every user; raises HostError (a one-line refusal for an unsafe file) when /etc/passwd is unusable."""

@@ -183,11 +183,13 @@ class Host:
         gid: int = -1,
         what: str = "directory",
         owners: Optional[frozenset[int]] = None,
+        parents: bool = True,
     ) -> None:
         """Create or fix a directory whose checked parent is root's, by fd only (fchown/fchmod after an
-        O_NOFOLLOW open): a link swapped in is refused, never chmod'ed through."""
+        O_NOFOLLOW open): a link swapped in is refused, never chmod'ed through. ``parents``: make missing
+        parents (0755)."""
         parent, name = fsafe.split(host_path)
-        dfd = self.open_dir(parent, f"parent of the {what}", owners, create=0o755)
+        dfd = self.open_dir(parent, f"parent of the {what}", owners, create=0o755 if parents else None)
         try:
             fsafe.ensure_dir_at(dfd, name, host_path, mode, uid, gid, what)
         finally:

@@ -91,11 +91,15 @@ def open_dir(
     owners: Optional[frozenset[int]] = None,
     create: Optional[int] = None,
     final_check: bool = True,
+    through_others: bool = False,
 ) -> int:
     """An fd of ``host_path`` (under ``root``) reached through checked directories only; the caller closes it.
 
     ``create``: the mode of missing components, made with mkdirat in their checked parent. ``final_check``
     False: the last directory may be writable by others too (a read of a file that is itself checked).
+    ``through_others``: the way may pass directories another user owns (Debian's /var/lib/prometheus belongs to
+    ``prometheus``); then no link is followed on the way at all (one there could be that user's), and the last
+    directory is still checked: its owner can only have swapped in a directory of its own, which is refused.
     """
     allowed = trusted(owners)
     try:
@@ -107,7 +111,8 @@ def open_dir(
     todo = list(reversed(_parts(host_path)))
     follows = 0
     try:
-        refuse_unsafe(root if root != "/" else "/", os.fstat(fd), what, allowed, passing=bool(todo))
+        if not (through_others and todo):
+            refuse_unsafe(root, os.fstat(fd), what, allowed, passing=bool(todo))
         while todo:
             part = todo.pop()
             if part == "..":
@@ -121,9 +126,13 @@ def open_dir(
             except FileNotFoundError:
                 if create is None:
                     raise
+                made = False
                 with contextlib.suppress(FileExistsError):  # made meanwhile: checked below like any other
                     os.mkdir(part, create, dir_fd=stack[-1])
+                    made = True
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=stack[-1])
+                if made:
+                    os.fchmod(nfd, create)  # the mode asked for, not the umask's idea of it
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -131,6 +140,13 @@ def open_dir(
                     target = os.readlink(part, dir_fd=stack[-1])
                 except OSError:
                     raise exc from None  # a non-directory, not a link
+                if through_others:
+                    raise Refused(
+                        "open",
+                        here,
+                        f"a symbolic link on the way to the {what}: {here}",
+                        f"replace the link at {here} by a directory",
+                    ) from None
                 follows += 1
                 if follows > _MAX_LINK_FOLLOWS:
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from None
@@ -143,7 +159,7 @@ def open_dir(
             stack.append(nfd)
             shown.append(part)
             last = not todo
-            if not last or final_check:
+            if (not last and not through_others) or (last and final_check):
                 refuse_unsafe(here, os.fstat(nfd), what, allowed, passing=not last)
     except OSError as exc:
         for f in stack:
@@ -308,10 +324,12 @@ def replace_file(
     mode: int = 0o600,
     owners: Optional[frozenset[int]] = None,
     create_dirs: Optional[int] = 0o700,
+    through_others: bool = False,
 ) -> None:
-    """The one atomic writer: every file the agent writes (journal, textfile, pid, plan, caches) goes here."""
+    """The one atomic writer: every file the agent writes (journal, textfile, pid, plan, caches) goes here.
+    ``through_others``: see open_dir (the metrics textfile, below a directory node_exporter's user owns)."""
     parent, name = split(host_path)
-    dfd = open_dir(root, parent, f"directory of the {what}", owners, create=create_dirs)
+    dfd = open_dir(root, parent, f"directory of the {what}", owners, create_dirs, True, through_others)
     try:
         replace_at(dfd, name, data, host_path, mode)
     finally:
@@ -378,3 +396,18 @@ def lock_holder(fd: int) -> Optional[int]:
     key = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
     pids = [pid for kind, pid, dev in parse_proc_locks(text) if kind == "FLOCK" and dev == key and pid > 0]
     return pids[0] if pids else None
+
+
+def own_dir(path: str, uid: int, gid: int, mode: int = 0o700) -> None:
+    """Hand a directory root just made (a mkdtemp scratch dir) to ``uid``: by fd, the last component O_NOFOLLOW."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError as exc:
+        raise HostError("open", path, exc) from exc
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        raise HostError("chown", path, exc) from exc
+    finally:
+        os.close(fd)

@@ -54,7 +54,7 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
         )
     else:
         try:
-            who = resolve_user(cfg.user)
+            who = resolve_user(cfg.user, ctx.host)
             checks.append(_check("vllm.user", "pass", f"{who.name} (uid {who.uid})", cfg.user))
         except LaunchError as exc:
             checks.append(_check("vllm.user", "fail" if launching else "warn", "unusable", cfg.user, str(exc)))

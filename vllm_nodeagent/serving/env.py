@@ -11,15 +11,13 @@ user, mode 0700) and points those variables at it unless the operator set them.
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from vllm_nodeagent.config import VllmConfig
-
-if TYPE_CHECKING:
-    from vllm_nodeagent.host import Host
+from vllm_nodeagent.host import Host, HostError
+from vllm_nodeagent.host.accounts import Accounts
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PASS_ENV_PREFIXES = ("CUDA_", "NCCL_")
@@ -42,23 +40,26 @@ class RunAs:
     switch: bool  # False when the agent already runs as this user
 
 
-def resolve_user(name: str) -> RunAs:
-    """The account vLLM runs as. Root only when written explicitly; switching needs the agent to be root."""
+def resolve_user(name: str, host: Optional[Host] = None) -> RunAs:
+    """The account vLLM runs as, from the host's /etc/passwd and /etc/group (``--root``'s under a root; never
+    NSS). Root only when written explicitly; switching needs the agent to be root."""
+    accounts = Accounts.of(host) if host is not None else Accounts("/")
     try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
+        pw = accounts.user(name)
+    except HostError as exc:
+        raise LaunchError(f"[vllm] user {name!r}: cannot read the accounts: {exc}") from None
+    if pw is None:
         raise LaunchError(
             f"[vllm] user {name!r} does not exist (the package creates 'vllm'; or: useradd --system {name})"
         ) from None
     euid = os.geteuid()
-    if pw.pw_uid == 0 and name != "root":
+    if pw.uid == 0 and name != "root":
         raise LaunchError(f'[vllm] user {name!r} has uid 0; write user = "root" if you really mean root')
-    if euid == pw.pw_uid:
-        return RunAs(name, pw.pw_uid, pw.pw_gid, os.getgroups(), pw.pw_dir, switch=False)
+    if euid == pw.uid:
+        return RunAs(name, pw.uid, pw.gid, os.getgroups(), pw.home, switch=False)
     if euid != 0:
         raise LaunchError(f"cannot run vLLM as {name!r}: the agent runs as uid {euid}, not root")
-    groups = sorted(set(os.getgrouplist(name, pw.pw_gid)))
-    return RunAs(name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir, switch=True)
+    return RunAs(name, pw.uid, pw.gid, accounts.group_ids(pw), pw.home, switch=True)
 
 
 def popen_user_kwargs(run_as: Optional[RunAs]) -> dict[str, object]:
@@ -71,8 +72,8 @@ def popen_user_kwargs(run_as: Optional[RunAs]) -> dict[str, object]:
 def home_usable(run_as: RunAs) -> bool:
     """The user's home is a directory the user owns (``nobody``'s /nonexistent, or a root-owned one, is not)."""
     try:
-        st = os.stat(run_as.home)
-    except OSError:
+        st = Host("/").stat(run_as.home)
+    except HostError:
         return False
     return stat.S_ISDIR(st.st_mode) and st.st_uid == run_as.uid and bool(st.st_mode & stat.S_IWUSR)
 
@@ -83,25 +84,17 @@ def cache_dir_for(host: Host, base: str, run_as: RunAs) -> str:
 
 
 def prepare_cache_dir(host: Host, base: str, run_as: RunAs) -> str:
-    """Create ``base/<user>`` owned by the user (mode 0700) and return its real path. A symlink or non-directory
-    in its place is refused (the base is root's; only the leaf belongs to the user)."""
-    top = host.path(base)
-    leaf = top / run_as.name  # the leaf itself is never followed: a link there is refused below
+    """Create ``base/<user>`` owned by the user (mode 0700) and return its real path.
+
+    The base must be root's and writable by nobody else (not 1777, not the vLLM user's: either could swap the
+    leaf for a link); the leaf is created and fixed by fd only (host/fsafe), a link or non-directory refused."""
+    leaf = f"{base.rstrip('/')}/{run_as.name}"
+    uid, gid = (run_as.uid, run_as.gid) if run_as.switch else (-1, -1)
     try:
-        top.mkdir(parents=True, exist_ok=True, mode=0o755)
-        if not os.path.lexists(leaf):
-            leaf.mkdir(mode=0o700)
-        st = os.lstat(leaf)
-        if not stat.S_ISDIR(st.st_mode):
-            raise LaunchError(f"{leaf} is not a directory: remove it so the agent can create vLLM's cache there")
-        if run_as.switch and (st.st_uid, st.st_gid) != (run_as.uid, run_as.gid):
-            os.chown(leaf, run_as.uid, run_as.gid, follow_symlinks=False)
-        os.chmod(leaf, 0o700)  # checked above: a directory, and its root-owned parent cannot be swapped
-    except OSError as exc:
-        raise LaunchError(
-            f"cannot prepare vLLM's cache directory {leaf}: {exc.strerror} ([agent] cache_dir = {base!r})"
-        ) from exc
-    return str(leaf)
+        host.ensure_dir(leaf, 0o700, uid, gid, what="vLLM cache dir")
+    except HostError as exc:
+        raise LaunchError(f"cannot prepare vLLM's cache directory: {exc} ([agent] cache_dir = {base!r})") from None
+    return cache_dir_for(host, base, run_as)
 
 
 def child_env(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from vllm_nodeagent import log
 from vllm_nodeagent.config import VllmConfig
+from vllm_nodeagent.host.fsafe import own_dir
 from vllm_nodeagent.serving.args import PROBE_FLAGS, ProbeResult, probe, resolve_python
 from vllm_nodeagent.serving.env import SAFE_PATH, RunAs, cache_dir_for, child_env, prepare_cache_dir, resolve_user
 from vllm_nodeagent.serving.probe_cache import cached_probe, probe_inputs
@@ -46,7 +47,7 @@ def probe_cache_dir(ctx: Context, user_cache: str) -> str:
 def probe_as_user(ctx: Context, cfg: VllmConfig, prepare: bool) -> tuple[RunAs, str, ProbeResult]:
     """The one probe doctor and launch share: the configured user, the launch environment (cache directories
     included; ``prepare`` creates them, doctor only names them). Raises LaunchError for an unusable user."""
-    who = resolve_user(cfg.user)
+    who = resolve_user(cfg.user, ctx.host)
     base = ctx.config.agent.cache_dir
     cache = prepare_cache_dir(ctx.host, base, who) if prepare else cache_dir_for(ctx.host, base, who)
     if prepare or os.path.isdir(cache):
@@ -86,7 +87,7 @@ class ProbeBeside:
 
 def probe_beside(ctx: Context, cfg: VllmConfig) -> tuple[RunAs, str, ProbeBeside]:
     """probe_as_user(prepare=True), started in a thread: the user, the prepared cache dir, the running probe."""
-    who = resolve_user(cfg.user)
+    who = resolve_user(cfg.user, ctx.host)
     cache = prepare_cache_dir(ctx.host, ctx.config.agent.cache_dir, who)
     env = child_env(cfg, who, [], None, cache)
     return who, cache, ProbeBeside(lambda: probe_vllm(cfg, who, env, probe_cache_dir(ctx, cache)))
@@ -98,7 +99,7 @@ def scratch_cache_dir(who: RunAs) -> Iterator[str]:
     scratch = tempfile.mkdtemp(prefix="vllm-nodeagent-probe-")
     try:
         if who.switch:
-            os.chown(scratch, who.uid, who.gid)
+            own_dir(scratch, who.uid, who.gid)  # by fd: mkdtemp's random name in sticky /tmp, never a link
         yield scratch
     finally:
         try:

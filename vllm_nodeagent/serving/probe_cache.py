@@ -11,14 +11,15 @@ A damaged, foreign-owned or group/world-writable file is a miss, logged, never a
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import os
-import stat
 from dataclasses import asdict
 from typing import Any, Callable, Optional
 
 from vllm_nodeagent import log
+from vllm_nodeagent.host import Host, HostError
+from vllm_nodeagent.host.fsafe import Refused
 from vllm_nodeagent.serving.args import ProbeResult
 
 CACHE_FILE = "vllm-probe-cache.json"
@@ -26,6 +27,8 @@ FORMAT = 1
 # Environment keys that change which vLLM (or which parser) the child imports.
 _ENV_KEYS = ("HOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD")
 _ENV_PREFIXES = ("PYTHON", "VLLM_")
+MAX_CACHE_BYTES = 1 << 20
+REAL = Host("/")  # the cache dir is a real path: the probe runs on this machine, not under --root
 
 
 def probe_inputs(
@@ -46,31 +49,19 @@ def probe_inputs(
 
 def _stamp(path: str) -> Optional[list[int]]:
     try:
-        st = os.stat(path)
-    except OSError:
+        st = REAL.stat(path)
+    except HostError:
         return None
     return [st.st_mtime_ns, st.st_ino]
 
 
-def _private(st: os.stat_result) -> str:
-    """ "" when only the running uid can have written it, else why not."""
-    if st.st_uid != os.geteuid():
-        return f"owned by uid {st.st_uid}, not {os.geteuid()}"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o})"
-    return ""
-
-
 def usable_dir(directory: str) -> str:
-    """ "" when ``directory`` is a real directory only the running uid can write, else why not."""
+    """ "" when ``directory`` is a real directory only the running uid (or root) can write, else why not."""
     try:
-        st = os.lstat(directory)
-    except OSError as exc:
-        return f"{directory}: {exc.strerror}"
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{directory} is not a directory"
-    why = _private(st)
-    return f"{directory}: {why}" if why else ""
+        os.close(REAL.open_dir(os.path.abspath(directory), "probe cache dir"))
+    except HostError as exc:
+        return str(exc) if isinstance(exc, Refused) else f"{directory}: {exc.strerror}"
+    return ""
 
 
 def lookup(directory: str, inputs: dict[str, Any]) -> tuple[Optional[ProbeResult], str]:
@@ -78,23 +69,19 @@ def lookup(directory: str, inputs: dict[str, Any]) -> tuple[Optional[ProbeResult
     why = usable_dir(directory)
     if why:
         return None, why
-    path = os.path.join(directory, CACHE_FILE)
+    path = os.path.join(os.path.abspath(directory), CACHE_FILE)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None, "no cache file"
-    except OSError as exc:
-        return None, f"{path}: {exc.strerror}"
-    with os.fdopen(fd, "r", encoding="utf-8") as fh:
-        why = _private(os.fstat(fd))
-        if why:
-            return None, f"{path}: {why}"
-        try:
-            doc = json.loads(fh.read(1 << 20))
-            cached_inputs, stamps, result = doc["inputs"], dict(doc["stamps"]), dict(doc["result"])
-            pr = ProbeResult(**{k: v for k, v in result.items() if k in ProbeResult.__dataclass_fields__})
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            return None, f"{path}: damaged ({type(exc).__name__}: {exc})"
+        raw = REAL.read_file(path, "probe cache", cap=MAX_CACHE_BYTES)
+    except HostError as exc:
+        if exc.errno == errno.ENOENT:
+            return None, "no cache file"
+        return None, str(exc) if isinstance(exc, Refused) else f"{path}: {exc.strerror}"
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+        cached_inputs, stamps, result = doc["inputs"], dict(doc["stamps"]), dict(doc["result"])
+        pr = ProbeResult(**{k: v for k, v in result.items() if k in ProbeResult.__dataclass_fields__})
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+        return None, f"{path}: damaged ({type(exc).__name__}: {exc})"
     if cached_inputs != inputs:
         changed = sorted(k for k in set(inputs) | set(cached_inputs) if inputs.get(k) != cached_inputs.get(k))
         return None, "inputs changed: " + ", ".join(changed)
@@ -108,12 +95,15 @@ def lookup(directory: str, inputs: dict[str, Any]) -> tuple[Optional[ProbeResult
 
 
 def store(directory: str, inputs: dict[str, Any], result: ProbeResult) -> str:
-    """Write the entry atomically (tmp + fsync + rename); "" or why it was not written."""
+    """Write the entry through the one atomic writer (host/fsafe); "" or why it was not written."""
+    directory = os.path.abspath(directory)
     if not os.path.lexists(directory):  # the first launch probes before anything created the state dir (H100)
         try:
-            os.mkdir(directory, 0o700)  # only the last component: a missing parent is a config mistake
-        except OSError as exc:
-            return f"{directory}: {exc.strerror}"
+            REAL.ensure_dir(
+                directory, 0o700, what="probe cache dir", parents=False
+            )  # only the last component: no parents
+        except HostError as exc:
+            return str(exc) if isinstance(exc, Refused) else f"{directory}: {exc.strerror}"
     why = usable_dir(directory)
     if why:
         return why
@@ -124,19 +114,10 @@ def store(directory: str, inputs: dict[str, Any], result: ProbeResult) -> str:
     data["cached"] = False
     body = json.dumps({"inputs": inputs, "stamps": stamps, "result": data}, sort_keys=True).encode()
     path = os.path.join(directory, CACHE_FILE)
-    tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):  # never created
-            os.unlink(tmp)
-        return f"{path}: {exc.strerror}"
+        REAL.write_file_atomic(path, body, what="probe cache")
+    except HostError as exc:
+        return str(exc) if isinstance(exc, Refused) else f"{path}: {exc.strerror}"
     return ""
 
 
