@@ -9,8 +9,9 @@ import pytest
 from checkhelp import GIB, probe, results, user
 from fakehost import FakeHost
 
-from vllm_nodeagent.checks.base import Account, CheckResult
+from vllm_nodeagent.checks.base import CheckResult
 from vllm_nodeagent.checks.storage import fs_class, may_write, mount_of, parse_mountinfo
+from vllm_nodeagent.host.accounts import Account
 
 MOUNTINFO = (
     "22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw\n"

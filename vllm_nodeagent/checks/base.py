@@ -12,7 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from vllm_nodeagent.host import Host
+from vllm_nodeagent.host import Host, HostError
+from vllm_nodeagent.host.accounts import Account, Accounts
 from vllm_nodeagent.host.proc import Procfs
 
 if TYPE_CHECKING:
@@ -42,35 +43,6 @@ class CheckResult:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Account:
-    name: str
-    uid: int
-    gid: int
-    home: str
-    groups: frozenset[int]  # primary and supplementary gids
-
-
-def parse_passwd(text: str) -> dict[str, tuple[int, int, str]]:
-    """name -> (uid, gid, home) from /etc/passwd text; malformed lines are skipped."""
-    out: dict[str, tuple[int, int, str]] = {}
-    for line in text.splitlines():
-        f = line.split(":")
-        if len(f) >= 7 and f[2].isdigit() and f[3].isdigit():
-            out[f[0]] = (int(f[2]), int(f[3]), f[5])
-    return out
-
-
-def parse_group_members(text: str, user: str) -> set[int]:
-    """gids of /etc/group entries that list ``user`` as a member."""
-    gids: set[int] = set()
-    for line in text.splitlines():
-        f = line.split(":")
-        if len(f) >= 4 and f[2].isdigit() and user in f[3].split(","):
-            gids.add(int(f[2]))
-    return gids
-
-
 @dataclass
 class Probe:
     """The host, the config and what discovery found; caches reads several checks share."""
@@ -96,12 +68,11 @@ class Probe:
         return next((pid for pid, c in sorted(self.processes().items()) if c == want), None)
 
     def account(self, name: str) -> Optional[Account]:
-        entry = parse_passwd(self.host.read_or("/etc/passwd", "") or "").get(name)
-        if entry is None:
+        """The user from --root's /etc/passwd and /etc/group (host/accounts); None when unknown or unreadable."""
+        try:
+            return Accounts.of(self.host).member(name)
+        except HostError:
             return None
-        uid, gid, home = entry
-        groups = {gid} | parse_group_members(self.host.read_or("/etc/group", "") or "", name)
-        return Account(name, uid, gid, home, frozenset(groups))
 
     def vllm_pid(self) -> Optional[int]:
         """The live vLLM pid from its pid file (None when vLLM is not running, or the file or the process is not

@@ -14,7 +14,8 @@ import shlex
 import stat
 from typing import Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, Account, CheckResult, Probe
+from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.host.accounts import Account
 from vllm_nodeagent.host.parse import ParseError, parse_meminfo
 
 GIB = 1 << 30

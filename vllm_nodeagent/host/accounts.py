@@ -2,9 +2,9 @@
 
 Read through the safe open (root-owned files in root-owned directories, size-capped), so under ``--root`` the
 accounts are the root's, not the machine's, and nothing an unprivileged user wrote decides who vLLM runs as.
-A ``--root`` tree with no account file at all falls back to the machine's own (a capture of /sys and /proc
-has none). Only the local files count, not NSS (LDAP, sssd): the agent's own user is a local system account (the package
-creates it with ``useradd --system``), and a directory service is not something root should trust for it.
+A tree with no /etc/passwd (a capture of /sys and /proc) uses the machine's. Only the local files count, not
+NSS (LDAP, sssd): the agent's own user is a local system account (the package creates it with
+``useradd --system``), and a directory service is not something root should trust for it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Account:
     uid: int
     gid: int
     home: str
+    groups: frozenset[int] = frozenset()  # primary and supplementary gids: filled by Accounts.member()
 
 
 class Accounts:
@@ -51,7 +52,7 @@ class Accounts:
         try:
             raw = read_file(self.root, path, "account file", cap=MAX_ACCOUNT_FILE)
         except HostError as exc:
-            # A --root tree without account files at all (a sysfs/proc capture) is served by the machine's own:
+            # A --root tree without account files (a capture of /sys and /proc) is served by the machine's own:
             # the accounts vLLM would really run as. A tree that has them is never mixed with the machine's.
             if exc.errno != errno.ENOENT or self.root == "/":
                 raise
@@ -61,7 +62,7 @@ class Accounts:
     def users(self) -> list[Account]:
         """Every user; raises HostError (a one-line refusal for an unsafe file) when /etc/passwd is unusable."""
         if self._users is None:
-            self._users = [Account(*row) for row in parse_passwd(self._read(PASSWD))]
+            self._users = [Account(n, u, g, h) for n, u, g, h in parse_passwd(self._read(PASSWD))]
         return self._users
 
     def groups(self) -> list[tuple[str, int, list[str]]]:
@@ -77,6 +78,11 @@ class Accounts:
 
     def by_uid(self, uid: int) -> Optional[Account]:
         return next((a for a in self.users() if a.uid == uid), None)
+
+    def member(self, name: str) -> Optional[Account]:
+        """The user with its groups (primary and supplementary) filled in; None when unknown."""
+        a = self.user(name)
+        return None if a is None else Account(a.name, a.uid, a.gid, a.home, frozenset(self.group_ids(a)))
 
     def group_ids(self, account: Account) -> list[int]:
         """The primary group and every group listing the user as a member (what initgroups(3) gives)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 
 from vllm_nodeagent.checks.base import CheckResult
 from vllm_nodeagent.config import VllmConfig
+from vllm_nodeagent.host import HostError
 from vllm_nodeagent.host.parse import format_cpulist
 from vllm_nodeagent.serving.args import ProbeResult, static_findings
 from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
@@ -90,16 +91,19 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
 def _binding_check(ctx: Context, cfg: VllmConfig, topo: Topology, numactl: Optional[str]) -> CheckResult:
     """The live binding of every vLLM process against what the daemon chose (its plan file); a re-plan with
     this host's defaults only when the daemon wrote none (an older agent)."""
-    from vllm_nodeagent.checks.base import parse_passwd
+    from vllm_nodeagent.host.accounts import Accounts
     from vllm_nodeagent.host.proc import Procfs
     from vllm_nodeagent.serving.layout import SERVE_RUNTIME_DIR
 
     # single layout: the root agent's state dir; split: the serve unit's runtime dir (pid and plan side by side),
     # the vLLM user's: hostile input (state.find_running refuses what it cannot trust, in one line)
-    entry = parse_passwd(ctx.host.read_or("/etc/passwd", "") or "").get(cfg.user)
+    try:
+        entry = Accounts.of(ctx.host).user(cfg.user)
+    except HostError:
+        entry = None
     procfs = Procfs(ctx.host)
     dirs = [str(ctx.host.path(d)) for d in (ctx.config.agent.state_dir, SERVE_RUNTIME_DIR)]
-    running = find_running(dirs, entry[0] if entry else None, procfs)
+    running = find_running(dirs, entry.uid if entry else None, procfs)
     if running.problem:
         return _check("vllm.binding", "warn", "", "", running.problem)
     pid, saved = running.pid, running.plan
