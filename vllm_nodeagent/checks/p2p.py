@@ -13,6 +13,7 @@ import re
 from typing import Optional
 
 from vllm_nodeagent.checks.base import PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.host import paths
 from vllm_nodeagent.nvml import NvmlCallError
 
 BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
@@ -103,8 +104,7 @@ def acs_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> CheckResult:
     redirecting, unreadable = [], 0
     for br, directory in sorted(bridges.items()):
         try:
-            with open(probe.host.path(f"{directory}/config"), "rb") as fh:
-                ctrl = acs_control(fh.read(4096))
+            ctrl = acs_control(paths.read_capped(probe.host.path(f"{directory}/config"), 4096))
         except OSError:
             ctrl = None
         if ctrl is None:

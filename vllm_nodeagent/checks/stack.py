@@ -16,6 +16,7 @@ from typing import Optional
 
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
 from vllm_nodeagent.host import HostError
+from vllm_nodeagent.host import paths as host_paths
 from vllm_nodeagent.nvml import NvmlCallError
 
 _TORCH_CUDA = re.compile(r"^cuda\s*(?::[^=\n]*)?=\s*['\"](\d+)\.(\d+)", re.M)
@@ -128,7 +129,7 @@ def modules_checks(probe: Probe) -> list[CheckResult]:
     uvm_loaded = "nvidia_uvm" in mods
     node = probe.host.path(UVM)
     try:
-        st: Optional[os.stat_result] = os.stat(node)
+        st: Optional[os.stat_result] = host_paths.file_stat(node)
     except OSError:
         st = None
     problems = []
@@ -159,8 +160,7 @@ def modules_checks(probe: Probe) -> list[CheckResult]:
 def libcuda_check(probe: Probe) -> CheckResult:
     cid = "stack.libcuda"
     try:
-        with open(probe.host.path(LD_CACHE), "rb") as fh:
-            data = fh.read(64 << 20)
+        data = host_paths.read_capped(probe.host.path(LD_CACHE), 64 << 20)
     except OSError:
         return CheckResult(cid, SKIP, None, "one libcuda.so.1", "", f"{LD_CACHE} unreadable")
     paths = libcuda_paths(data)

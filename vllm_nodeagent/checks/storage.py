@@ -15,6 +15,7 @@ import stat
 from typing import Optional
 
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.host import paths
 from vllm_nodeagent.host.accounts import Account
 from vllm_nodeagent.host.parse import ParseError, parse_meminfo
 
@@ -128,7 +129,7 @@ def writable(probe: Probe, path: str, acct: Account) -> tuple[bool, str]:
     cur = "/"
     for i in range(len(parts) + 1):
         try:
-            st = os.stat(probe.host.path(cur))
+            st = paths.file_stat(probe.host.path(cur))
         except OSError:
             break
         if not stat.S_ISDIR(st.st_mode):
@@ -176,7 +177,7 @@ def weights_size(probe: Probe, directory: str) -> int:
                 continue
             seen.add(real)
             try:
-                st = os.stat(probe.host.path(real))
+                st = paths.file_stat(probe.host.path(real))
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):

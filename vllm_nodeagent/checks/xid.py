@@ -18,6 +18,7 @@ import shutil
 from typing import Optional
 
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.host import paths
 
 KMSG = "/dev/kmsg"
 JOURNAL_TIMEOUT_S = 5.0
@@ -51,7 +52,7 @@ _SXID = re.compile(r"SXid \(PCI:([0-9A-Fa-f:.]+)\): (\d+), ([^,]*)")
 def read_kmsg(probe: Probe) -> Optional[str]:
     """The kernel log records (one message per line); None when /dev/kmsg cannot be read (sandbox, no root)."""
     try:
-        fd = os.open(probe.host.path(KMSG), os.O_RDONLY | os.O_NONBLOCK)
+        fd = paths.open_read(probe.host.path(KMSG), nonblock=True)
     except OSError:
         return None
     chunks: list[bytes] = []

@@ -208,20 +208,6 @@ class Host:
         except OSError as exc:
             raise HostError("statvfs", host_path, exc) from exc
 
-    def read_bytes(self, host_path: str, cap: int = fsafe.MAX_READ) -> bytes:
-        """At most ``cap`` bytes of a host file (kernel and library files: no owner check); HostError."""
-        try:
-            fd = os.open(self.path(host_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as exc:
-            raise HostError("read", host_path, exc) from exc
-        try:
-            try:
-                return os.read(fd, cap)
-            except OSError as exc:
-                raise HostError("read", host_path, exc) from exc
-        finally:
-            os.close(fd)
-
     def remove(self, host_path: str) -> None:
         try:
             self.path(host_path).unlink()

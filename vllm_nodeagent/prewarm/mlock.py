@@ -8,6 +8,7 @@ import ctypes
 import os
 import threading
 
+from vllm_nodeagent.host import paths
 from vllm_nodeagent.prewarm.libc import errno_error, libc, map_shared_readonly, unmap
 
 
@@ -28,7 +29,7 @@ class LockedPages:
 
     def lock_file(self, path: str) -> int:
         """Map and lock one file; returns the bytes locked. Raises OSError with the mlock errno."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = paths.open_regular(path)
         try:
             size = os.fstat(fd).st_size
             if size == 0:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from vllm_nodeagent.host import Host
+from vllm_nodeagent.host import Host, paths
 from vllm_nodeagent.prewarm.targets import WarmFile
 from vllm_nodeagent.storage import Storage, storage_of
 
@@ -208,7 +208,7 @@ def read_files(
             errors.setdefault(f.path, f"{f.path}: {msg}")
 
     def worker() -> None:
-        sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC) if opts.method == "sendfile" else -1
+        sink = paths.devnull_writer() if opts.method == "sendfile" else -1
         try:
             _work(sink)
         finally:
@@ -238,7 +238,7 @@ def read_files(
             if first and hook is not None:
                 hook(seg.file.path)
             try:
-                fd = os.open(seg.file.real, os.O_RDONLY | os.O_CLOEXEC)
+                fd = paths.open_regular(seg.file.real)
             except OSError as exc:
                 fail(
                     seg.file,

@@ -14,6 +14,7 @@ import platform
 import threading
 from typing import TYPE_CHECKING, Optional
 
+from vllm_nodeagent.host import paths
 from vllm_nodeagent.prewarm.libc import errno_error, libc, map_shared_readonly, unmap
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ class Residency:
 
     def bytes_path(self, path: str) -> tuple[int, int]:
         """(resident bytes, size) of a file; raises OSError."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = paths.open_regular(path)
         try:
             size = os.fstat(fd).st_size
             return self.bytes_fd(fd, size), size
@@ -167,7 +168,7 @@ def resident_bytes(res: Residency, f: WarmFile) -> Optional[int]:
     """Resident bytes of the file we resolved; None when it is gone or was replaced; HIDDEN when the kernel will
     not say. Raises OSError."""
     try:
-        fd = os.open(f.real, os.O_RDONLY | os.O_CLOEXEC)
+        fd = paths.open_regular(f.real)
     except FileNotFoundError:
         return None
     try:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from vllm_nodeagent.host import Host, HostError
+from vllm_nodeagent.host import Host, HostError, paths
 from vllm_nodeagent.host.parse import ParseError, parse_meminfo
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class _Collector:
 
     def add(self, shown: str, real: str) -> None:
         try:
-            st = os.stat(real)
+            st = paths.file_stat(real)
         except OSError as exc:
             self.errors.append(f"{shown}: {exc.strerror or exc}")
             return
@@ -181,16 +181,11 @@ def resolve_hf(model_id: str, cache: str) -> tuple[str, str]:
     commit = ""
     ref = os.path.join(repo, "refs", rev)
     if os.path.isfile(ref):
-        with open(ref, encoding="utf-8") as f:
-            commit = f.read().strip()
+        commit = paths.read_text_capped(ref, 4096).strip()
     elif _COMMIT.fullmatch(rev):
         commit = rev
     else:
-        snaps = (
-            sorted(os.listdir(os.path.join(repo, "snapshots")))
-            if os.path.isdir(os.path.join(repo, "snapshots"))
-            else []
-        )
+        snaps = paths.entries(os.path.join(repo, "snapshots")) if os.path.isdir(os.path.join(repo, "snapshots")) else []
         if not revision and len(snaps) == 1:
             commit = snaps[0]
         else:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from vllm_nodeagent import log
-from vllm_nodeagent.host import Host
+from vllm_nodeagent.host import Host, paths
 from vllm_nodeagent.prewarm.mlock import LockedPages, lock_failure_message
 from vllm_nodeagent.prewarm.reader import (
     FileHook,
@@ -180,7 +180,7 @@ def prewarm(
         if after == HIDDEN:
             after = 0 if f.path in file_errors else f.size  # read in full without error; not measured
         try:
-            now_size = os.stat(f.real).st_size
+            now_size = paths.file_stat(f.real).st_size
         except OSError:
             now_size = f.size
         if now_size < f.size:

@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vllm_nodeagent.host import subp
+from vllm_nodeagent.host import paths, subp
 from vllm_nodeagent.serving.env import RunAs, popen_user_kwargs
 
 # Flags that vLLM removed or replaced. Value: what to write instead.
@@ -101,8 +101,7 @@ def resolve_python(command: list[str], python: str = "", path_env: Optional[str]
     if _looks_like_python(exe):
         return exe, ""
     try:
-        with open(exe, "rb") as fh:
-            first = fh.readline(512)
+        first = paths.read_capped(exe, 512).split(b"\n", 1)[0]
     except OSError as exc:
         return "", f"cannot read {exe}: {exc.strerror}"
     if not first.startswith(b"#!"):
