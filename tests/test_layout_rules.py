@@ -7,6 +7,8 @@
   commands/* only; context.print_json (the JSON output helper) is the one exception and only commands call it.
   log.py writes log lines through the stream it was configured with (stderr), never through these.
 - Small modules: none over MAX_LINES lines.
+- Only the ground floor touches files: no module outside vllm_nodeagent/host/ calls FORBIDDEN_FILE_CALLS or a
+  FORBIDDEN_PATH_METHODS method (issue 22: every escape from the seam was a way around its checks).
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vllm_nodeagent"
 ABOVE_THE_LIBRARY = ("vllm_nodeagent.cli", "vllm_nodeagent.commands")
 OUTPUT_HELPER = "context.py"  # print_json: what commands print JSON with (one place for its format)
 MAX_LINES = 450
+# Issue 22: file calls only the ground floor (vllm_nodeagent/host/) makes; a call through an alias or a variable is
+# beyond what ast can tell, the rest is caught. procsafe's /proc and psutil rule is OPENERS below.
+FORBIDDEN_FILE_CALLS = ["open", "io.open", "os.open", "os.replace", "os.rename", "os.stat", "os.lstat", "os.listdir"]
+FORBIDDEN_FILE_CALLS += ["os.scandir", "os.chmod", "os.chown", "os.lchown", "os.fchmod", "os.fchown"]
+FORBIDDEN_PATH_METHODS = ["open", "read_text", "write_text", "read_bytes", "write_bytes", "chmod", "lchmod"]
 
 
 def modules() -> dict[str, ast.Module]:
@@ -198,4 +205,46 @@ def test_the_proc_reader_sees_psutil_and_literal_proc_opens() -> None:
         "3: open /proc",
         "4: os.listdir /proc",
         "6: os.open /proc",
+    ]
+
+
+# -- the ground floor (issue 22): files are opened, replaced, listed, stat'ed and chmod'ed through host/ only -------
+def file_escapes(tree: ast.Module) -> list[str]:
+    """``line: what`` of every forbidden file call, os import of one, and Path-method call (``x.read_text()``).
+    A method call on a capitalised name (``Nvml.open()``, a class) is not a Path's."""
+    found = []
+    os_names = {n.split(".")[1] for n in FORBIDDEN_FILE_CALLS if n.startswith("os.")}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "os":
+            found += [f"{node.lineno}: from os import {a.name}" for a in node.names if a.name in os_names]
+        if not isinstance(node, ast.Call):
+            continue
+        name = _dotted(node.func)
+        if name in FORBIDDEN_FILE_CALLS:
+            found.append(f"{node.lineno}: {name}()")
+        elif isinstance(node.func, ast.Attribute) and node.func.attr in FORBIDDEN_PATH_METHODS:
+            receiver = node.func.value
+            if not (isinstance(receiver, ast.Name) and receiver.id[:1].isupper()):
+                found.append(f"{node.lineno}: .{node.func.attr}()")
+    return sorted(found, key=lambda f: int(f.split(":")[0]))
+
+
+def test_only_the_ground_floor_touches_files() -> None:
+    offenders = {rel: file_escapes(tree) for rel, tree in modules().items() if not rel.startswith(GROUND_FLOOR)}
+    assert {rel: f for rel, f in offenders.items() if f} == {}
+
+
+def test_the_file_reader_sees_each_form() -> None:
+    """The rule above could pass by reading nothing: each form an escape takes is seen, a class method is not."""
+    tree = ast.parse(
+        "open(p)\nos.replace(a, b)\nfrom os import chmod\nPath(p).read_text()\nself.host.path(x).write_bytes(b)\n"
+        "os.fchown(fd, 0, 0)\nNvml.open()\nos.path.join(a, b)\n"
+    )
+    assert file_escapes(tree) == [
+        "1: open()",
+        "2: os.replace()",
+        "3: from os import chmod",
+        "4: .read_text()",
+        "5: .write_bytes()",
+        "6: os.fchown()",
     ]
