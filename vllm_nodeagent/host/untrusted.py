@@ -12,6 +12,8 @@ import os
 import stat
 from typing import Optional
 
+from vllm_nodeagent.host.fsafe import why_unsafe
+
 
 class UntrustedFileError(Exception):
     """The file exists but is refused; the message is one line naming the file."""
@@ -32,9 +34,13 @@ def read_capped(path: str, max_bytes: int, owners: set[int]) -> Optional[bytes]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UntrustedFileError(f"{path} is not a regular file: refused")
-        if st.st_uid not in owners:
+        why = why_unsafe(st, frozenset(owners))  # the one "refuse what others can write" predicate (fsafe)
+        if why == "owner":
             want = ", ".join(str(u) for u in sorted(owners))
             raise UntrustedFileError(f"{path} is owned by uid {st.st_uid}, not by uid {want}: refused")
+        if why == "mode":
+            mode = stat.S_IMODE(st.st_mode)
+            raise UntrustedFileError(f"{path} is group- or world-writable (mode {mode:04o}): refused")
         if st.st_size > max_bytes:
             raise UntrustedFileError(f"{path} has {st.st_size} bytes, more than the {max_bytes} allowed: refused")
         data = os.read(fd, max_bytes + 1)
