@@ -133,3 +133,22 @@ def test_apply_with_a_symlinked_lock_refuses_and_leaves_the_target(base: Path, s
     assert secret.read_bytes() == SECRET
     last = r.stderr.strip().splitlines()[-1]
     assert "refusing" in last and "symbolic link" in last and "Traceback" not in r.stderr
+
+
+@as_root
+def test_launch_with_a_world_writable_cache_base_exits_3_with_one_line(tmp_path: Path) -> None:
+    from test_launcher import run_cli
+
+    base = tmp_path / "root/var/cache/vna"
+    base.mkdir(parents=True)
+    base.chmod(0o1777)
+    conf = (
+        '[agent]\ncache_dir = "/var/cache/vna"\n'
+        f'[vllm]\ncommand = ["{sys.executable}", "-m", "vllm.entrypoints.openai.api_server"]\n'
+        'model = "org/m"\nuser = "nobody"\n'
+    )
+    r = run_cli(["launch"], tmp_path, conf)
+    assert r.returncode == 3, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "refusing a group- or world-writable" in last and "mode 1777" in last and "Traceback" not in r.stderr
+    assert not (base / "nobody").exists()

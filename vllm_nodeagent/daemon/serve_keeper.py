@@ -238,7 +238,7 @@ class ServeKeeper:
             self.log.error("vllm_start_failed", error=str(exc))
             if initial:
                 why = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-                self.loop.fail(f"cannot start vLLM: {why}")
+                self.loop.fail(f"cannot start vLLM: {why}", 3 if getattr(exc, "host_fault", False) else 1)
                 return
             self._schedule_restart(now, f"start failed: {exc}")
             return

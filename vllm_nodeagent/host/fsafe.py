@@ -224,7 +224,7 @@ def read_fd(fd: int, shown: str, cap: int) -> bytes:
         raise HostError("read", shown, exc) from exc
     if total > cap:
         raise Refused(
-            "read", shown, f"larger than {cap} bytes: not a file this agent wrote or reads", f"fix: move {shown} aside"
+            "read", shown, f"{shown}: larger than {cap} bytes, not a file this agent wrote", f"move {shown} aside"
         )
     return b"".join(chunks)
 
@@ -366,8 +366,8 @@ def ensure_dir_at(
             raise Refused(
                 "open",
                 shown,
-                f"{what} is a symbolic link or not a directory",
-                f"fix: remove {shown} so the agent can create it",
+                f"a {what} that is a symbolic link or not a directory: {shown}",
+                f"remove {shown} so the agent can create it",
             ) from None
         raise HostError("open", shown, exc) from exc
     try:

@@ -29,6 +29,14 @@ CACHE_VARS = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR": "t
 class LaunchError(Exception):
     """The vLLM command cannot be built or started; the message says what to fix."""
 
+    host_fault = False  # a host or state fault (a refused directory): exit 3, not 1
+
+
+class LaunchHostFault(LaunchError):
+    """A directory or file the launch needs was refused (host/fsafe) or unusable: exit 3 (README)."""
+
+    host_fault = True
+
 
 @dataclass(frozen=True)
 class RunAs:
@@ -93,7 +101,7 @@ def prepare_cache_dir(host: Host, base: str, run_as: RunAs) -> str:
     try:
         host.ensure_dir(leaf, 0o700, uid, gid, what="vLLM cache dir")
     except HostError as exc:
-        raise LaunchError(f"cannot prepare vLLM's cache directory: {exc} ([agent] cache_dir = {base!r})") from None
+        raise LaunchHostFault(f"cannot prepare vLLM's cache directory: {exc} ([agent] cache_dir = {base!r})") from None
     return cache_dir_for(host, base, run_as)
 
 
