@@ -17,14 +17,13 @@ from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.daemon.loop import Status
 from vllm_nodeagent.daemon.prewarm_step import prewarm_before_start
 from vllm_nodeagent.daemon.worker_pins import pin_workers
-from vllm_nodeagent.host import HostError
 from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
 from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
 from vllm_nodeagent.serving.env import LaunchError
 from vllm_nodeagent.serving.plan import LaunchPlan, accept_args, something_to_launch, start_plan
 from vllm_nodeagent.serving.probe import ProbeBeside
 from vllm_nodeagent.serving.readiness import SmokeCheck
-from vllm_nodeagent.serving.state import PID_FILE, write_plan_file
+from vllm_nodeagent.serving.state import PID_FILE, state_dir_problem, write_plan_file
 
 if TYPE_CHECKING:
     from vllm_nodeagent.config import Config
@@ -214,10 +213,9 @@ class ServeKeeper:
         if self.pid_dir:
             return os.path.join(self.pid_dir, PID_FILE)
         state_dir = self.ctx.config.agent.state_dir
-        try:
-            os.close(self.ctx.host.open_dir(state_dir, "state dir", create=0o755))
-        except HostError as exc:
-            self.log.warning("state_dir_unusable", path=state_dir, error=str(exc))
+        why = state_dir_problem(self.ctx.host, state_dir)  # checked by fd (host/fsafe), made 0755 when missing
+        if why:
+            self.log.warning("state_dir_unusable", path=state_dir, error=why)
             return ""
         return str(self.ctx.host.path(state_dir) / PID_FILE)
 

@@ -66,6 +66,15 @@ def _write(path: str, data: bytes) -> None:
         raise OSError(exc.errno, f"{path}: {exc.strerror}") from None
 
 
+def state_dir_problem(host: Host, state_dir: str) -> str:
+    """ "" when ``state_dir`` (a host path) is a directory only root can write (made 0755 if missing), else why."""
+    try:
+        os.close(host.open_dir(state_dir, "state dir", create=0o755))
+    except HostError as exc:
+        return str(exc)
+    return ""
+
+
 def write_pid_file(path: str, pid: int) -> None:
     _write(path, f"{pid}\n".encode())
 
