@@ -45,6 +45,9 @@ class NvmlDouble:
         self.persistence = {d["bus_id"]: int(d.get("persistence_mode", 0)) for d in recording["devices"]}
         self.set_calls: list[tuple[str, int]] = []
         self.reason_calls: dict[str, int] = {}
+        # What the settings of issue 27 changed, per GPU: a setter's value wins over the recording from then on
+        self.live: dict[str, dict[str, Any]] = {d["bus_id"]: {} for d in recording["devices"]}
+        self.setter_calls: list[tuple[str, str, tuple[Any, ...]]] = []  # (function, bus id, arguments)
 
     @classmethod
     def from_file(cls, path: Path) -> NvmlDouble:
@@ -154,8 +157,9 @@ class NvmlDouble:
         return int(c), int(u), int(p), int(f)
 
     def nvmlDeviceGetTotalEccErrors(self, h: dict[str, Any], error_type: int, counter_type: int) -> int:
-        assert counter_type == 0, "volatile counters (since the driver loaded)"
-        return int(_answer(h, "ecc_uncorrected_volatile" if error_type == 1 else "ecc_corrected_volatile"))
+        # nvmlMemoryErrorType_t 1 = uncorrected, 0 = corrected; nvmlEccCounterType_t 0 = volatile, 1 = aggregate
+        kind = "uncorrected" if error_type == 1 else "corrected"
+        return int(_answer(h, f"ecc_{kind}_{'volatile' if counter_type == 0 else 'aggregate'}"))
 
     def nvmlDeviceGetFieldValues(self, h: dict[str, Any], field_ids: list[int]) -> list[SimpleNamespace]:
         out = []
@@ -170,7 +174,72 @@ class NvmlDouble:
         return out
 
     def nvmlDeviceGetComputeMode(self, h: dict[str, Any]) -> int:
-        return int(_answer(h, "compute_mode"))
+        return int(self._live(h, "compute_mode"))
+
+    def _live(self, h: dict[str, Any], key: str) -> Any:
+        """What a setter last wrote, else the recorded answer (a recorded refusal raises as the real call did)."""
+        live = self.live[h["bus_id"]]
+        return live[key] if key in live else _answer(h, key)
+
+    # -- the GPU settings of issue 27: getters answer the live state, setters check what the driver checks ------
+    def _setter(self, fn: str, h: dict[str, Any], *args: Any) -> dict[str, Any]:
+        """A setter call: refused as recorded in h["refuse"][fn] (e.g. "Insufficient Permissions"), else logged."""
+        self._need_init()
+        refusal = h.get("refuse", {}).get(fn)
+        if refusal:
+            raise NVMLError(refusal)
+        self.setter_calls.append((fn, h["bus_id"], args))
+        return self.live[h["bus_id"]]
+
+    def nvmlDeviceGetPowerManagementLimit(self, h: dict[str, Any]) -> int:
+        return int(self._live(h, "power_limit_mw"))
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, h: dict[str, Any]) -> int:
+        return int(_answer(h, "power_default_limit_mw"))
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, h: dict[str, Any]) -> list[int]:
+        lo, hi = _answer(h, "power_limit_constraints_mw")
+        return [int(lo), int(hi)]  # pynvml returns a list [min, max]
+
+    def nvmlDeviceSetPowerManagementLimit(self, h: dict[str, Any], limit: int) -> None:
+        lo, hi = _answer(h, "power_limit_constraints_mw")
+        if not isinstance(limit, int) or not lo <= limit <= hi:
+            raise NVMLError("Invalid Argument")  # the driver's answer to a limit outside the constraints
+        self._setter("nvmlDeviceSetPowerManagementLimit", h, limit)["power_limit_mw"] = limit
+
+    def nvmlDeviceGetSupportedMemoryClocks(self, h: dict[str, Any]) -> list[int]:
+        return [int(x) for x in _answer(h, "supported_memory_clocks")]
+
+    def nvmlDeviceGetSupportedGraphicsClocks(self, h: dict[str, Any], memory: int) -> list[int]:
+        graphics = _answer(h, "supported_graphics_clocks")
+        if str(memory) not in graphics:
+            raise NVMLError("Not Found")
+        return [int(x) for x in _answer(graphics, str(memory))]
+
+    def nvmlDeviceGetApplicationsClock(self, h: dict[str, Any], clock_type: int) -> int:
+        return int(_answer(self._live(h, "applications_clocks"), {0: "graphics", 2: "memory"}[clock_type]))
+
+    def nvmlDeviceGetDefaultApplicationsClock(self, h: dict[str, Any], clock_type: int) -> int:
+        return int(_answer(_answer(h, "default_applications_clocks"), {0: "graphics", 2: "memory"}[clock_type]))
+
+    def nvmlDeviceSetApplicationsClocks(self, h: dict[str, Any], memory: int, graphics: int) -> None:
+        supported = h.get("supported_graphics_clocks", {})
+        if graphics not in supported.get(str(memory), []):
+            raise NVMLError("Invalid Argument")
+        live = self._setter("nvmlDeviceSetApplicationsClocks", h, memory, graphics)
+        live["applications_clocks"] = {"graphics": graphics, "memory": memory}
+
+    def nvmlDeviceResetApplicationsClocks(self, h: dict[str, Any]) -> None:
+        live = self._setter("nvmlDeviceResetApplicationsClocks", h)
+        live["applications_clocks"] = dict(_answer(h, "default_applications_clocks"))
+
+    def nvmlDeviceSetComputeMode(self, h: dict[str, Any], mode: int) -> None:
+        if mode not in (0, 1, 2, 3):
+            raise NVMLError("Invalid Argument")
+        self._setter("nvmlDeviceSetComputeMode", h, mode)["compute_mode"] = mode
+
+    def nvmlDeviceGetEccMode(self, h: dict[str, Any]) -> list[int]:
+        return [int(x) for x in _answer(h, "ecc_mode")]  # [current, pending]
 
     def nvmlDeviceGetMigMode(self, h: dict[str, Any]) -> list[int]:
         return [int(x) for x in _answer(h, "mig_mode")]
@@ -253,6 +322,17 @@ def hgx_8gpu_recording() -> dict[str, Any]:
                 "field_values": {"230": 0},
                 "compute_mode": 0,
                 "mig_mode": [0, 0],
+                # issue 27's settings, as an H100 SXM answers them (shapes as recorded on the H200)
+                "power_limit_mw": 700000,
+                "power_default_limit_mw": 700000,
+                "power_limit_constraints_mw": [200000, 700000],
+                "supported_memory_clocks": [2619],
+                "supported_graphics_clocks": {"2619": list(range(1980, 344, -15))},
+                "applications_clocks": {"graphics": 1980, "memory": 2619},
+                "default_applications_clocks": {"graphics": 1980, "memory": 2619},
+                "ecc_mode": [1, 1],
+                "ecc_uncorrected_aggregate": 0,
+                "ecc_corrected_aggregate": 0,
                 "memory": [85520809984, 1048576],
                 "compute_processes": [],
                 "pcie": {"curr_width": 16, "max_width": 16, "curr_gen": 1, "max_gen": 5},  # Gen1 while idle

@@ -20,6 +20,9 @@ def test_healthy_idle_hgx_passes(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
         "gpu.foreign_processes": "pass",
         "gpu.compute_mode": "pass",
         "gpu.mig": "pass",
+        "gpu.power_limit": "pass",
+        "gpu.clocks": "pass",
+        "gpu.ecc": "pass",
     }
     assert got["gpu.memory_health"].current == "8 GPU(s) ok"
 

@@ -98,7 +98,11 @@ def test_family_names_are_unique_and_every_setting_carries_its_family(hgx: FakeH
     assert len(names) == len(set(names))
     host = SysfsHost(hgx.root)
     nvml = Nvml.open(lambda: hgx_nvml)
-    inputs = BuildInputs(parse_config(V2_CONFIG.replace('"ignore"', '"stop"'), "c"), discover(host, nvml), host, nvml)
+    every = V2_CONFIG.replace('"ignore"', '"stop"').replace(
+        "persistence_mode = true",
+        'persistence_mode = true\npower_limit = "max"\nclocks = "max"\ncompute_mode = "default"',
+    )
+    inputs = BuildInputs(parse_config(every, "c"), discover(host, nvml), host, nvml)
     for family in families.FAMILIES:
         built = family.build(inputs)
         assert built, family.name  # the config above asks for every family

@@ -16,7 +16,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+from vllm_nodeagent.config_gpu import ClockPair, gpu_clocks, gpu_power
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,6 +116,9 @@ class CpuConfig:
 @dataclass(frozen=True)
 class GpuConfig:
     persistence_mode: Optional[bool] = spec("bool")
+    power_limit: Optional[str] = spec("gpu_power", doc='"max" | "default" | watts (checked per GPU at apply)')
+    clocks: Optional[Union[str, ClockPair]] = spec("gpu_clocks", doc='"max" | "default" | { graphics, memory }')
+    compute_mode: Optional[str] = spec("str", choices=("default",), doc="NVML compute mode Default")
 
 
 @dataclass(frozen=True)
@@ -296,6 +301,14 @@ def _check_value(ctx: _Ctx, section: str, key: str, raw: Any, meta: Mapping[str,
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ctx.error(section, f"{key}.{name}", raw[name], "not a valid environment variable name")
         return dict(raw)
+    if kind == "gpu_power":
+        return gpu_power(raw, bad)
+    if kind == "gpu_clocks":
+
+        def sub(name: str, value: Any, message: str) -> ConfigError:  # an inline table: the line of its key
+            return ConfigError(ctx.file, message, f"{section}.{key}.{name}", value, ctx.line_of(section, key))
+
+        return gpu_clocks(raw, bad, sub)
     raise AssertionError(f"undeclared kind {kind}")  # a schema bug, not user input
 
 

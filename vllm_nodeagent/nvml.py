@@ -29,6 +29,19 @@ NVLINK_DEVICE_GPU, NVLINK_DEVICE_SWITCH = 0, 2  # nvmlNvLinkDeviceType_t
 _VALUE_MEMBERS = {1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
 
+CLOCK_GRAPHICS, CLOCK_MEM = 0, 2  # nvmlClockType_t
+
+
+@dataclass(frozen=True)
+class PowerLimits:
+    """NVML's power limits of one GPU, in milliwatts."""
+
+    current: int
+    default: int
+    minimum: int
+    maximum: int
+
+
 class NvmlUnavailable(Exception):
     """NVML cannot be used on this host (library, driver or device missing)."""
 
@@ -220,6 +233,73 @@ class Nvml:
     def set_persistence_mode(self, pci_bus_id: str, enabled: bool) -> None:
         h = self.handle_by_bus_id(pci_bus_id)
         self._call("nvmlDeviceSetPersistenceMode", self._lib.nvmlDeviceSetPersistenceMode, h, 1 if enabled else 0)
+
+    # -- the GPU settings of issue 27 (settings/gpu_*.py): power limit, application clocks, compute mode --------
+    def power_limits(self, pci_bus_id: str) -> PowerLimits:
+        """Current, default and allowed power limits in milliwatts (what nvidia-smi -q -d POWER shows in W)."""
+        h = self.handle_by_bus_id(pci_bus_id)
+        lib = self._lib
+        current = self._call("nvmlDeviceGetPowerManagementLimit", lib.nvmlDeviceGetPowerManagementLimit, h)
+        default = self._call(
+            "nvmlDeviceGetPowerManagementDefaultLimit", lib.nvmlDeviceGetPowerManagementDefaultLimit, h
+        )
+        lo, hi = self._call(
+            "nvmlDeviceGetPowerManagementLimitConstraints", lib.nvmlDeviceGetPowerManagementLimitConstraints, h
+        )
+        return PowerLimits(int(current), int(default), int(lo), int(hi))
+
+    def set_power_limit(self, pci_bus_id: str, milliwatts: int) -> None:
+        h = self.handle_by_bus_id(pci_bus_id)
+        self._call("nvmlDeviceSetPowerManagementLimit", self._lib.nvmlDeviceSetPowerManagementLimit, h, milliwatts)
+
+    def applications_clocks(self, pci_bus_id: str, default: bool = False) -> tuple[int, int]:
+        """(graphics, memory) MHz of the application clocks (``default``: the board's defaults, what reset gives)."""
+        h = self.handle_by_bus_id(pci_bus_id)
+        name = "nvmlDeviceGetDefaultApplicationsClock" if default else "nvmlDeviceGetApplicationsClock"
+        fn = getattr(self._lib, name, None)
+        if fn is None:
+            raise NvmlCallError(f"{name}: not in this nvidia-ml-py")
+        return int(self._call(name, fn, h, CLOCK_GRAPHICS)), int(self._call(name, fn, h, CLOCK_MEM))
+
+    def supported_clocks(self, pci_bus_id: str) -> dict[int, list[int]]:
+        """Supported memory clock -> the graphics clocks supported with it, MHz (nvidia-smi -q -d SUPPORTED_CLOCKS)."""
+        h = self.handle_by_bus_id(pci_bus_id)
+        lib = self._lib
+        mems = self._call("nvmlDeviceGetSupportedMemoryClocks", lib.nvmlDeviceGetSupportedMemoryClocks, h)
+        return {
+            int(m): [
+                int(g)
+                for g in self._call(
+                    "nvmlDeviceGetSupportedGraphicsClocks", lib.nvmlDeviceGetSupportedGraphicsClocks, h, int(m)
+                )
+            ]
+            for m in mems
+        }
+
+    def set_applications_clocks(self, pci_bus_id: str, graphics: int, memory: int) -> None:
+        h = self.handle_by_bus_id(pci_bus_id)
+        # nvmlDeviceSetApplicationsClocks(device, memClockMHz, graphicsClockMHz): memory first
+        self._call("nvmlDeviceSetApplicationsClocks", self._lib.nvmlDeviceSetApplicationsClocks, h, memory, graphics)
+
+    def reset_applications_clocks(self, pci_bus_id: str) -> None:
+        h = self.handle_by_bus_id(pci_bus_id)
+        self._call("nvmlDeviceResetApplicationsClocks", self._lib.nvmlDeviceResetApplicationsClocks, h)
+
+    def compute_mode(self, pci_bus_id: str) -> int:
+        h = self.handle_by_bus_id(pci_bus_id)
+        return int(self._call("nvmlDeviceGetComputeMode", self._lib.nvmlDeviceGetComputeMode, h))
+
+    def set_compute_mode(self, pci_bus_id: str, mode: int) -> None:
+        h = self.handle_by_bus_id(pci_bus_id)
+        self._call("nvmlDeviceSetComputeMode", self._lib.nvmlDeviceSetComputeMode, h, mode)
+
+    def mig_enabled(self, pci_bus_id: str) -> bool:
+        """Whether MIG is on now (current mode); False where the board has no MIG."""
+        try:
+            current, _pending = self.device_get(pci_bus_id, "nvmlDeviceGetMigMode")
+        except NvmlCallError:
+            return False
+        return int(current) == 1
 
     def compute_pids(self, pci_bus_id: str) -> list[int]:
         """PIDs with a compute context on the GPU (maps vLLM workers to their GPU)."""

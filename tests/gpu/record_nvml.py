@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Record what real NVML answers, in the shape tests/nvml_double.py replays. Read-only: only Get calls."""
+"""Record what real NVML answers, in the shape tests/nvml_double.py replays.
+
+Read-only: only Get calls (tests/test_record_nvml.py fails on any nvmlDeviceSet*/Reset*/Clear* name in this
+file). The lent GPU's settings are not ours to change, so the write paths are tested on the double only.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +31,15 @@ def record_readiness(pynvml: Any, h: Any, dev: dict[str, Any]) -> None:
     dev["ecc_uncorrected_volatile"] = answer(lambda: int(pynvml.nvmlDeviceGetTotalEccErrors(h, 1, 0)))
     dev["ecc_corrected_volatile"] = answer(lambda: int(pynvml.nvmlDeviceGetTotalEccErrors(h, 0, 0)))
     fields = {}
-    for fid in (230,):  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
+    # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION; NVML_FI_DEV_POWER_{MIN,MAX,DEFAULT,CURRENT,REQUESTED}_LIMIT
+    for fid in (230, 187, 188, 189, 190, 192):
 
         def field(fid: int = fid) -> Any:
             (v,) = pynvml.nvmlDeviceGetFieldValues(h, [fid])
-            return {"error": f"nvmlReturn {v.nvmlReturn}"} if v.nvmlReturn else int(v.value.uiVal)
+            member = {1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}.get(
+                int(v.valueType), "uiVal"
+            )
+            return {"error": f"nvmlReturn {v.nvmlReturn}"} if v.nvmlReturn else int(getattr(v.value, member))
 
         fields[str(fid)] = answer(field)
     dev["field_values"] = fields
@@ -68,6 +76,70 @@ def record_readiness(pynvml: Any, h: Any, dev: dict[str, Any]) -> None:
         return [int(info.state), int(info.status)]
 
     dev["fabric"] = answer(fabric)
+    record_tunables(pynvml, h, dev)
+
+
+CLOCK_GRAPHICS, CLOCK_SM, CLOCK_MEM = 0, 1, 2  # nvmlClockType_t
+
+
+def record_tunables(pynvml: Any, h: Any, dev: dict[str, Any]) -> None:
+    """What the power limit, clocks, compute mode and ECC settings read (issue 27). Get calls only."""
+    dev["power_limit_mw"] = answer(lambda: int(pynvml.nvmlDeviceGetPowerManagementLimit(h)))
+    dev["power_default_limit_mw"] = answer(lambda: int(pynvml.nvmlDeviceGetPowerManagementDefaultLimit(h)))
+    dev["power_limit_constraints_mw"] = answer(
+        lambda: [int(x) for x in pynvml.nvmlDeviceGetPowerManagementLimitConstraints(h)]
+    )
+    dev["power_enforced_limit_mw"] = answer(lambda: int(pynvml.nvmlDeviceGetEnforcedPowerLimit(h)))
+    dev["power_usage_mw"] = answer(lambda: int(pynvml.nvmlDeviceGetPowerUsage(h)))
+    dev["supported_memory_clocks"] = answer(lambda: [int(x) for x in pynvml.nvmlDeviceGetSupportedMemoryClocks(h)])
+    mems = dev["supported_memory_clocks"]
+    if isinstance(mems, list):
+        dev["supported_graphics_clocks"] = {
+            str(m): answer(lambda m=m: [int(x) for x in pynvml.nvmlDeviceGetSupportedGraphicsClocks(h, m)])
+            for m in mems
+        }
+    dev["applications_clocks"] = {
+        name: answer(lambda t=t: int(pynvml.nvmlDeviceGetApplicationsClock(h, t)))
+        for name, t in (("graphics", CLOCK_GRAPHICS), ("memory", CLOCK_MEM))
+    }
+    dev["default_applications_clocks"] = {
+        name: answer(lambda t=t: int(pynvml.nvmlDeviceGetDefaultApplicationsClock(h, t)))
+        for name, t in (("graphics", CLOCK_GRAPHICS), ("memory", CLOCK_MEM))
+    }
+    dev["max_clocks"] = {
+        name: answer(lambda t=t: int(pynvml.nvmlDeviceGetMaxClockInfo(h, t)))
+        for name, t in (("graphics", CLOCK_GRAPHICS), ("sm", CLOCK_SM), ("memory", CLOCK_MEM))
+    }
+    dev["current_clocks"] = {
+        name: answer(lambda t=t: int(pynvml.nvmlDeviceGetClockInfo(h, t)))
+        for name, t in (("graphics", CLOCK_GRAPHICS), ("sm", CLOCK_SM), ("memory", CLOCK_MEM))
+    }
+    # nvmlClockId_t 0..3: current, applications target, applications default, customer boost max
+    dev["clock_by_id"] = {
+        f"{name}/{cid}": answer(lambda t=t, cid=cid: int(pynvml.nvmlDeviceGetClock(h, t, cid)))
+        for name, t in (("graphics", CLOCK_GRAPHICS), ("memory", CLOCK_MEM))
+        for cid in range(4)
+    }
+    # NVML has no getter for locked clocks; the P0 range is the nearest readable thing (recorded to compare)
+    dev["pstate0_min_max_clocks"] = {
+        name: answer(lambda t=t: [int(x) for x in pynvml.nvmlDeviceGetMinMaxClockOfPState(h, t, 0)])
+        for name, t in (("graphics", CLOCK_GRAPHICS), ("memory", CLOCK_MEM))
+    }
+    dev["locked_clocks"] = {"error": "Not Supported (NVML has no getter for locked clocks)"}
+    dev["performance_state"] = answer(lambda: int(pynvml.nvmlDeviceGetPerformanceState(h)))
+    dev["auto_boosted_clocks"] = answer(lambda: [int(x) for x in pynvml.nvmlDeviceGetAutoBoostedClocksEnabled(h)])
+    dev["supported_clocks_event_reasons"] = answer(
+        lambda: int(
+            (
+                getattr(pynvml, "nvmlDeviceGetSupportedClocksEventReasons", None)
+                or pynvml.nvmlDeviceGetSupportedClocksThrottleReasons
+            )(h)
+        )
+    )
+    dev["ecc_mode"] = answer(lambda: [int(x) for x in pynvml.nvmlDeviceGetEccMode(h)])
+    dev["ecc_default_mode"] = answer(lambda: [int(x) for x in pynvml.nvmlDeviceGetDefaultEccMode(h)])
+    dev["ecc_uncorrected_aggregate"] = answer(lambda: int(pynvml.nvmlDeviceGetTotalEccErrors(h, 1, 1)))
+    dev["ecc_corrected_aggregate"] = answer(lambda: int(pynvml.nvmlDeviceGetTotalEccErrors(h, 0, 1)))
 
 
 def main() -> int:

@@ -4,6 +4,11 @@
 recommended recovery action (NVML field GPU_RECOVERY_ACTION). Corrected errors are shown, never failed on:
 ECC corrected them. 6: compute processes that are not vLLM's (or memory used with no visible process: another
 container), the compute mode, and a MIG mode change waiting for a GPU reset.
+
+Issue 27: the GPU's own tuning, judged whether or not [gpu] manages it: a power limit below the board's default
+and application clocks below the top are WARNs (an earlier job or a provider left them); the ECC report (mode,
+pending mode, uncorrected counts) never leads to a change: turning ECC off needs a GPU reset and loses the
+detection of memory errors, which serving needs.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from typing import Any, Optional
 
 from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe, descendants, planned_gpus, worst
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
+from vllm_nodeagent.settings.gpu_clocks import show as show_clocks
+from vllm_nodeagent.settings.gpu_clocks import top
+from vllm_nodeagent.settings.gpu_power import watts
 
 GIB = 1 << 30
 FIELD_RECOVERY_ACTION = 230  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
@@ -25,7 +33,9 @@ RECOVERY_ACTIONS = {
     6: "bus reset",
     7: "system reboot",
 }
-ECC_UNCORRECTED, ECC_CORRECTED, ECC_VOLATILE = 1, 0, 0
+ECC_UNCORRECTED, ECC_CORRECTED, ECC_VOLATILE, ECC_AGGREGATE = 1, 0, 0, 1
+FIELD_POWER_REQUESTED_LIMIT = 192  # NVML_FI_DEV_POWER_REQUESTED_LIMIT: what was asked, before other limiters
+REASON_CLOCK_SETTING = 0x2  # nvmlClocksEventReasonApplicationsClocksSetting: also set by locked clocks
 COMPUTE_MODES = {0: "Default", 1: "Exclusive_Thread", 2: "Prohibited", 3: "Exclusive_Process"}
 UNEXPLAINED_MEMORY = 1 * GIB  # used memory no visible process accounts for (idle GPUs report a few MiB)
 
@@ -167,12 +177,143 @@ def mode_checks(probe: Probe, nvml: Nvml) -> list[CheckResult]:
     return [compute, mig_r]
 
 
+def summarise(per_gpu: dict[int, str]) -> str:
+    """One value for all GPUs when they agree ("700 W on 8 GPU(s)"), else each GPU's."""
+    values = set(per_gpu.values())
+    if len(values) == 1:
+        return f"{values.pop()} on {len(per_gpu)} GPU(s)"
+    return "; ".join(f"GPU{i}: {v}" for i, v in per_gpu.items())
+
+
+def power_check(probe: Probe, nvml: Nvml) -> CheckResult:
+    cid, want = "gpu.power_limit", "at least the default limit"
+    seen: dict[int, str] = {}
+    low: list[str] = []
+    for g in probe.topo.gpus:
+        try:
+            lim = nvml.power_limits(g.pci_bus_id)
+        except NvmlCallError:
+            continue
+        seen[g.index] = f"{watts(lim.current)} (default {watts(lim.default)}, max {watts(lim.maximum)})"
+        if lim.current < lim.default:
+            try:
+                requested = nvml.field_value(g.pci_bus_id, FIELD_POWER_REQUESTED_LIMIT)
+            except NvmlCallError:
+                requested = None
+            source = (
+                f"; {watts(requested)} requested: another limiter (a system or out-of-band cap) holds it lower"
+                if requested is not None and requested != lim.current
+                else ""
+            )
+            low.append(f"GPU{g.index}: {watts(lim.current)} below its default {watts(lim.default)}{source}")
+    if not seen:
+        return CheckResult(cid, SKIP, None, want, "", "power limits not reported")
+    if low:
+        return CheckResult(
+            cid,
+            WARN,
+            "; ".join(low),
+            want,
+            '[gpu] power_limit = "default" (or "max"), or nvidia-smi -i <gpu> -pl <watts>',
+            "a lowered limit clocks the GPU down under load (clocks event reason SW Power Cap)",
+        )
+    return CheckResult(cid, PASS, summarise(seen), want)
+
+
+def clocks_check(probe: Probe, nvml: Nvml) -> CheckResult:
+    cid, want = "gpu.clocks", "application clocks at the top, no clock setting holding them"
+    seen: dict[int, str] = {}
+    low: list[str] = []
+    for g in probe.topo.gpus:
+        try:
+            graphics, memory = nvml.applications_clocks(g.pci_bus_id)
+            best = top(nvml.supported_clocks(g.pci_bus_id))
+        except (NvmlCallError, ValueError):  # ValueError: an empty supported list
+            continue
+        seen[g.index] = show_clocks(graphics, memory)
+        if (graphics, memory) != best and (graphics < best[0] or memory < best[1]):
+            low.append(f"GPU{g.index}: {show_clocks(graphics, memory)} below the top {show_clocks(*best)}")
+            continue
+        reasons = _get(nvml, g.pci_bus_id, "nvmlDeviceGetCurrentClocksEventReasons")
+        if isinstance(reasons, int) and reasons & REASON_CLOCK_SETTING:
+            low.append(f"GPU{g.index}: held below its top by a clock setting (locked clocks: nvidia-smi -lgc)")
+    if not seen:
+        return CheckResult(cid, SKIP, None, want, "", "application clocks not reported")
+    if low:
+        return CheckResult(
+            cid,
+            WARN,
+            "; ".join(low),
+            want,
+            '[gpu] clocks = "max", or nvidia-smi -i <gpu> -rac; locked clocks: nvidia-smi -i <gpu> -rgc -rmc',
+            "a GPU held below its top clocks serves slower",
+        )
+    return CheckResult(cid, PASS, summarise(seen), want)
+
+
+def ecc_check(probe: Probe, nvml: Nvml) -> CheckResult:
+    """Reported, never changed: the agent has no ECC setting (docs/settings.md says why)."""
+    cid, want = "gpu.ecc", "enabled, nothing pending, no uncorrected errors"
+    parts: dict[int, str] = {}
+    problems: list[str] = []
+    for g in probe.topo.gpus:
+        mode = _get(nvml, g.pci_bus_id, "nvmlDeviceGetEccMode")
+        if not isinstance(mode, (list, tuple)):
+            continue
+        cur, pending = (int(x) for x in mode)
+        vol = _get(nvml, g.pci_bus_id, "nvmlDeviceGetTotalEccErrors", ECC_UNCORRECTED, ECC_VOLATILE)
+        agg = _get(nvml, g.pci_bus_id, "nvmlDeviceGetTotalEccErrors", ECC_UNCORRECTED, ECC_AGGREGATE)
+        on = "enabled" if cur else "disabled"
+        counts = f"uncorrected volatile {vol if vol is not None else '-'}, aggregate {agg if agg is not None else '-'}"
+        parts[g.index] = f"{on}, {counts}"
+        if pending != cur:
+            problems.append(f"GPU{g.index}: ECC {on}, {'enabled' if pending else 'disabled'} pending a GPU reset")
+        elif not cur:
+            problems.append(f"GPU{g.index}: ECC disabled (memory errors go undetected)")
+        if isinstance(vol, int) and vol:
+            problems.append(f"GPU{g.index}: {vol} uncorrected since the driver loaded (see gpu.memory_health)")
+        elif isinstance(agg, int) and agg:
+            problems.append(f"GPU{g.index}: {agg} uncorrected over its lifetime (aggregate)")
+    if not parts:
+        return CheckResult(cid, SKIP, None, want, "", "no ECC on these GPUs")
+    if problems:
+        return CheckResult(
+            cid,
+            WARN,
+            "; ".join(problems),
+            want,
+            "nvidia-smi -i <gpu> -e 1, then reset the GPU (drained); nvidia-smi -q -d ECC,ROW_REMAPPER",
+            "ECC costs a little memory bandwidth and catches the errors that corrupt a served model's weights",
+        )
+    return CheckResult(cid, PASS, summarise(parts), want)
+
+
 def checks(probe: Probe) -> list[CheckResult]:
     if not probe.topo.gpus:
         return []  # a host without GPUs has no GPU checks (as for the gpu.* settings)
     if probe.nvml is None:
         return [
             CheckResult(cid, SKIP, None, None, "", "NVML unavailable")
-            for cid in ("gpu.memory_health", "gpu.foreign_processes", "gpu.compute_mode", "gpu.mig")
+            for cid in CHECK_IDS
+            if cid != "gpu.compute_mode" or not managed(probe)
         ]
-    return [memory_health_check(probe, probe.nvml), foreign_check(probe, probe.nvml), *mode_checks(probe, probe.nvml)]
+    nvml = probe.nvml
+    modes = [r for r in mode_checks(probe, nvml) if r.id != "gpu.compute_mode" or not managed(probe)]
+    tuning = [power_check(probe, nvml), clocks_check(probe, nvml), ecc_check(probe, nvml)]
+    return [memory_health_check(probe, nvml), foreign_check(probe, nvml), *modes, *tuning]
+
+
+CHECK_IDS = (
+    "gpu.memory_health",
+    "gpu.foreign_processes",
+    "gpu.compute_mode",
+    "gpu.mig",
+    "gpu.power_limit",
+    "gpu.clocks",
+    "gpu.ecc",
+)
+
+
+def managed(probe: Probe) -> bool:
+    """[gpu] compute_mode manages the mode: its per-GPU settings (gpu.<i>.compute_mode) replace the check."""
+    return probe.config.gpu is not None and probe.config.gpu.compute_mode is not None

@@ -12,7 +12,7 @@ from typing import Optional
 from vllm_nodeagent.config import Config
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml
-from vllm_nodeagent.settings import block, cpu, gpu, irq, irqbalance, sysctl, thp
+from vllm_nodeagent.settings import block, cpu, gpu, gpu_clocks, gpu_compute, gpu_power, irq, irqbalance, sysctl, thp
 from vllm_nodeagent.settings.base import BuildInputs, Family, Tunable
 from vllm_nodeagent.topology import Topology
 
@@ -22,6 +22,9 @@ FAMILIES: tuple[Family, ...] = (
     block.FAMILY,
     cpu.FAMILY,
     gpu.FAMILY,
+    gpu_power.FAMILY,
+    gpu_clocks.FAMILY,
+    gpu_compute.FAMILY,
     irqbalance.FAMILY,  # before irq: affinity pinned while irqbalance runs would be moved again
     irq.FAMILY,
 )
