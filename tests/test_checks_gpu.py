@@ -99,3 +99,56 @@ def test_compute_mode_and_mig(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
     for d in devs:
         d.pop("mig_mode")
     assert gpu(hgx, hgx_nvml)["gpu.mig"].status == "skip"
+
+
+# -- issue 27: the GPU's tuning, judged whether or not [gpu] manages it --------------------------------------
+def test_a_power_limit_below_default_warns_with_its_source(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
+    hgx_nvml.rec["devices"][1]["power_limit_mw"] = 350000
+    hgx_nvml.rec["devices"][1]["field_values"]["192"] = 700000  # asked for 700 W, held at 350 W by another cap
+    hgx_nvml.rec["devices"][6]["power_limit_mw"] = 612500
+    r = gpu(hgx, hgx_nvml)["gpu.power_limit"]
+    assert r.status == "warn"
+    assert r.current == (
+        "GPU1: 350 W below its default 700 W; 700 W requested: another limiter (a system or out-of-band cap) "
+        "holds it lower; GPU6: 612.5 W below its default 700 W"
+    )
+    assert "power_limit" in r.hint
+
+
+def test_a_limit_above_default_is_no_alarm(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
+    for d in hgx_nvml.rec["devices"]:
+        d["power_default_limit_mw"] = 600000
+    r = gpu(hgx, hgx_nvml)["gpu.power_limit"]
+    assert (r.status, r.current) == ("pass", "700 W (default 600 W, max 700 W) on 8 GPU(s)")
+
+
+def test_clocks_below_the_top_or_held_by_a_lock_warn(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
+    hgx_nvml.rec["devices"][0]["applications_clocks"] = {"graphics": 1410, "memory": 2619}
+    hgx_nvml.rec["devices"][4]["clocks_event_reasons"] = [0x2]  # Applications Clocks Setting, under load
+    r = gpu(hgx, hgx_nvml)["gpu.clocks"]
+    assert r.status == "warn"
+    assert r.current == (
+        "GPU0: graphics=1410 memory=2619 below the top graphics=1980 memory=2619; "
+        "GPU4: held below its top by a clock setting (locked clocks: nvidia-smi -lgc)"
+    )
+
+
+def test_ecc_report(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
+    devs = hgx_nvml.rec["devices"]
+    devs[0]["ecc_mode"] = [1, 0]  # someone ran nvidia-smi -e 0: takes effect at the next reset
+    devs[1]["ecc_mode"] = [0, 0]
+    devs[2]["ecc_uncorrected_aggregate"] = 3
+    r = gpu(hgx, hgx_nvml)["gpu.ecc"]
+    assert r.status == "warn"
+    assert r.current == (
+        "GPU0: ECC enabled, disabled pending a GPU reset; GPU1: ECC disabled (memory errors go undetected); "
+        "GPU2: 3 uncorrected over its lifetime (aggregate)"
+    )
+    for d in devs:
+        d["ecc_mode"] = {"error": "Not Supported"}
+    assert gpu(hgx, hgx_nvml)["gpu.ecc"].status == "skip"
+
+
+def test_managed_compute_mode_replaces_the_check(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
+    assert "gpu.compute_mode" in gpu(hgx, hgx_nvml)
+    assert "gpu.compute_mode" not in gpu(hgx, hgx_nvml, '[gpu]\ncompute_mode = "default"\n')

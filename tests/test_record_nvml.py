@@ -47,7 +47,6 @@ def test_recording_the_double_gives_back_its_answers(monkeypatch: pytest.MonkeyP
         "remapped_rows",
         "ecc_uncorrected_volatile",
         "ecc_corrected_volatile",
-        "field_values",
         "compute_mode",
         "mig_mode",
         "memory",
@@ -55,7 +54,29 @@ def test_recording_the_double_gives_back_its_answers(monkeypatch: pytest.MonkeyP
         "pcie",
         "utilization_gpu",
         "fabric",
+        # issue 27: what the power limit, clocks and ECC settings and checks read
+        "power_limit_mw",
+        "power_default_limit_mw",
+        "power_limit_constraints_mw",
+        "supported_memory_clocks",
+        "supported_graphics_clocks",
+        "applications_clocks",
+        "default_applications_clocks",
+        "ecc_mode",
+        "ecc_uncorrected_aggregate",
+        "ecc_corrected_aggregate",
     ):
         assert [d[key] for d in rec["devices"]] == [d[key] for d in fed["devices"]], key
+    assert [d["field_values"]["230"] for d in rec["devices"]] == [0] * 8
     assert rec["devices"][0]["clocks_event_reasons"] == [1, 1, 1]
-    assert rec["p2p_read"] == fed["p2p_read"] and rec["cuda_driver_version"] == 13000
+    assert double.setter_calls == []  # the recorder changed nothing
+
+
+def test_the_recorder_calls_no_setter() -> None:
+    """Run on a lent GPU whose settings are not ours: only Get calls may appear in it (issue 27)."""
+    source = (GPU_DIR / "record_nvml.py").read_text()
+    import re
+
+    writers = re.findall(r"nvml(?:Device|System|Gpu|Vgpu)?(?:Set|Reset|Clear|Register|Modify)[A-Z]\w*", source)
+    assert writers == []
+    assert "nvmlDeviceGetPowerManagementLimitConstraints" in source  # the pattern does see NVML names here
