@@ -328,3 +328,25 @@ def test_the_h200_replays_compliant_and_doctor_passes() -> None:
         "enabled, uncorrected volatile 0, aggregate 0 on 1 GPU(s)",
     )
     assert double.setter_calls == []
+
+
+def test_a_board_without_the_setting_is_a_skip_not_a_failure(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
+    """A GeForce or a vGPU answers Not Supported to the application clock and power queries."""
+    hgx_nvml.rec["devices"][0]["applications_clocks"] = {"error": "Not Supported"}
+    hgx_nvml.rec["devices"][1]["power_limit_mw"] = {"error": "Not Supported"}
+    _, _, ts, journal = session(hgx, hgx_nvml, '[gpu]\npower_limit = "max"\nclocks = "max"\n')
+    out = {o.id: o for o in engine.apply(ts, journal, log_results=False)}
+    assert (out["gpu.0.clocks"].status, out["gpu.0.clocks"].message) == (
+        engine.SKIPPED,
+        "GPU 0 (0000:18:00.0): nvmlDeviceGetApplicationsClock: Not Supported",
+    )
+    assert out["gpu.1.power_limit"].status == engine.SKIPPED
+
+
+def test_watts_are_kept_to_the_milliwatt(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
+    assert parse_config("[gpu]\npower_limit = 612.345\n", "c").gpu.power_limit == "612.345"  # type: ignore[union-attr]
+    assert parse_config("[gpu]\npower_limit = 650\n", "c").gpu.power_limit == "650"  # type: ignore[union-attr]
+    _, nvml, ts, journal = session(hgx, hgx_nvml, "[gpu]\npower_limit = 612.345\n")
+    out = engine.apply(ts, journal, log_results=False)
+    assert {(o.status, o.current) for o in out} == {(engine.CHANGED, "612.345 W")}
+    assert nvml.power_limits("00000000:18:00.0").current == 612345

@@ -37,7 +37,7 @@ def gpu_power(raw: Any, bad: Bad) -> str:
     lo, hi = POWER_LIMIT_W
     if not lo <= raw <= hi:
         raise bad(f"out of range: a GPU power limit is {lo} to {hi} W (each GPU's own range is checked at apply)")
-    return f"{round(float(raw), 3):g}"
+    return f"{round(float(raw), 3)}".rstrip("0").rstrip(".")  # to the milliwatt: 1234.567 stays 1234.567
 
 
 def gpu_clocks(raw: Any, bad: Bad, sub: Sub) -> Union[str, ClockPair]:

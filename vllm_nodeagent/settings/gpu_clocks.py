@@ -67,7 +67,7 @@ class Clocks(NvmlTunable):
                 self.defaults = nvml.applications_clocks(self.pci_bus_id, default=True)
             self.supported = nvml.supported_clocks(self.pci_bus_id) if self.want != "default" else {}
         except NvmlCallError as exc:
-            raise self.refused(exc) from None
+            raise self.unreadable(exc) from None
         return show(graphics, memory)
 
     def wanted(self) -> Optional[tuple[int, int]]:

@@ -33,7 +33,7 @@ class ComputeMode(NvmlTunable):
         try:
             mode = self.gpu().compute_mode(self.pci_bus_id)
         except NvmlCallError as exc:
-            raise self.refused(exc) from None
+            raise self.unreadable(exc) from None
         return COMPUTE_MODES.get(mode, str(mode))
 
     def write(self, value: str) -> None:

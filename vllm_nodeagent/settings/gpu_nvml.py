@@ -46,6 +46,12 @@ class NvmlTunable(ValueTunable):
             raise NotApplicable(f"NVML not usable: {self.nvml_error or 'not opened'}")
         return self.nvml
 
+    def unreadable(self, exc: NvmlCallError) -> Exception:
+        """A read that failed: "Not Supported" means this board (or vGPU) has no such setting, a skip."""
+        if "Not Supported" in str(exc):
+            return NotApplicable(f"GPU {self.index} ({self.pci_bus_id}): {exc}")
+        return self.refused(exc)
+
     def refused(self, exc: NvmlCallError) -> TunableError:
         """NVML's answer as one line, naming the GPU; a MIG-enabled GPU is said so (it refuses most settings)."""
         mig = ""

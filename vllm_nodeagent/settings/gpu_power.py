@@ -49,7 +49,7 @@ class PowerLimit(NvmlTunable):
         try:
             self.limits = self.gpu().power_limits(self.pci_bus_id)
         except NvmlCallError as exc:
-            raise self.refused(exc) from None
+            raise self.unreadable(exc) from None
         return watts(self.limits.current)
 
     def target_mw(self) -> Optional[int]:
