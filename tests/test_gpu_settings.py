@@ -21,7 +21,7 @@ from vllm_nodeagent.checks import Probe, run_all
 from vllm_nodeagent.config import ConfigError, parse_config
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml
-from vllm_nodeagent.settings import engine, families
+from vllm_nodeagent.settings import engine, families, restore
 from vllm_nodeagent.settings.journal import Journal
 from vllm_nodeagent.topology import discover
 
@@ -130,7 +130,7 @@ def test_revert_leaves_a_value_someone_changed_since_apply(hgx: FakeHost, hgx_nv
     nvml.set_power_limit("00000000:3A:00.0", 600000)  # an operator, after the agent
     [drifted] = engine.drift(ts, journal)
     assert (drifted.id, drifted.current, drifted.desired) == ("gpu.2.power_limit", "600 W", "max")
-    out = {o.id: o for o in engine.revert(host, journal, nvml, log_results=False)}
+    out = {o.id: o for o in restore.revert(host, journal, nvml, log_results=False)}
     assert out["gpu.2.power_limit"].status == engine.LEFT
     assert "agent wrote 700 W" in out["gpu.2.power_limit"].message
     assert nvml.power_limits("00000000:3A:00.0").current == 600000
@@ -149,7 +149,7 @@ def test_drift_is_seen_and_enforce_puts_it_back(hgx: FakeHost, hgx_nvml: NvmlDou
     assert again["gpu.0.clocks"] == again["gpu.7.compute_mode"] == engine.CHANGED
     assert engine.drift(ts, journal) == []
     # The original journaled at the first apply (found compliant) is what revert restores: nothing to write.
-    out = {o.id: o for o in engine.revert(host, journal, nvml, log_results=False)}
+    out = {o.id: o for o in restore.revert(host, journal, nvml, log_results=False)}
     assert out["gpu.0.clocks"].status == engine.RESTORED and out["gpu.0.clocks"].current == "graphics=1980 memory=2619"
 
 
@@ -176,7 +176,7 @@ def test_a_driver_refusal_fails_that_gpu_in_one_line_and_changes_nothing(
     assert "\n" not in failed.message
     assert live(hgx_nvml) == before and hgx_nvml.setter_calls == []
     # revert finds the original still there: nothing to write
-    assert {o.status for o in engine.revert(host, journal, nvml, log_results=False)} <= {
+    assert {o.status for o in restore.revert(host, journal, nvml, log_results=False)} <= {
         engine.RESTORED,
         engine.UNTOUCHED,
     }
@@ -243,7 +243,7 @@ def test_clocks_default_is_the_drivers_reset_and_reverts_exactly(hgx: FakeHost, 
     out = {o.id: o for o in engine.apply(ts, journal, log_results=False)}
     assert out["gpu.3.clocks"].status == engine.CHANGED
     assert hgx_nvml.setter_calls == [("nvmlDeviceResetApplicationsClocks", "00000000:5D:00.0", ())]
-    engine.revert(host, journal, nvml, log_results=False)
+    restore.revert(host, journal, nvml, log_results=False)
     assert nvml.applications_clocks("00000000:5D:00.0") == (1410, 2619)
 
 
