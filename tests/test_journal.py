@@ -24,7 +24,7 @@ from fakehost import FakeHost, SysfsHost
 
 from vllm_nodeagent import cli
 from vllm_nodeagent.host import Host, HostError
-from vllm_nodeagent.settings import engine, restore
+from vllm_nodeagent.settings import engine
 from vllm_nodeagent.settings.base import MAX_MEMBERS
 from vllm_nodeagent.settings.cpu import CPUFREQ_DIR, CpuGovernor
 from vllm_nodeagent.settings.journal import JOURNAL_NAME, MAX_VALUE_CHARS, Journal, JournalError
@@ -130,8 +130,8 @@ def test_1024_irqs_of_one_device_revert(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 class MemoryHost(Host):
-    """cpufreq files in memory (a fake for speed: MAX_MEMBERS policies as files take minutes on 2 cores); the
-    journal itself goes to the real state dir under the root."""
+    """cpufreq files in memory (a fake for speed: the refusal happens before any write); the journal itself goes
+    to the real state dir under the root."""
 
     def __init__(self, root: Path, values: dict[str, str]) -> None:
         super().__init__(root)
@@ -154,24 +154,30 @@ def governors(count: int) -> dict[str, str]:
     return values
 
 
-@pytest.mark.parametrize("count", [MAX_MEMBERS, MAX_MEMBERS + 1])
-def test_a_setting_of_max_members_journals_and_one_more_is_refused_before_it_is_touched(
-    tmp_path: Path, count: int
+def test_a_setting_of_max_members_journals_and_reverts_on_a_fake_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The limit itself: MAX_MEMBERS policies (twice Linux's NR_CPUS ceiling), the last one set differently."""
+    h = small_host(tmp_path / "root", policies=MAX_MEMBERS)
+    h.write(f"{CPUFREQ_DIR}/policy{MAX_MEMBERS - 1}/scaling_governor", "schedutil")
+    before = kernel_files(h.root)
+    rc, out, _ = run(h.root, capsys, "apply", "--json")
+    assert rc == 0 and by_id(out)["cpu.governor"]["status"] == "changed"
+    rc, out, _ = run(h.root, capsys, "revert", "--json")
+    assert rc == 0 and by_id(out)["cpu.governor"]["status"] == "restored", out
+    assert kernel_files(h.root) == before
+
+
+def test_one_member_more_is_refused_before_anything_is_touched(tmp_path: Path) -> None:
+    count = MAX_MEMBERS + 1
     values = governors(count)
     host = MemoryHost(tmp_path, dict(values))
-    paths = {p.split("/")[-2]: p for p in values}
-    t = CpuGovernor(host, "performance", paths=paths)
+    t = CpuGovernor(host, "performance", paths={p.split("/")[-2]: p for p in values})
     journal = Journal(host, STATE)
     o = engine.apply_one(t, journal)
-    if count > MAX_MEMBERS:
-        assert o.status == engine.NOT_CHANGED and "not journaled" in o.message and "policies" in o.message
-        assert host.values == values and journal.entries() == {}  # nothing touched, nothing journaled
-        return
-    assert o.status == engine.CHANGED and set(host.values.values()) == {"performance"}
-    assert journal.entries()["cpu.governor"].original == o.previous and journal.problems == []
-    [r] = restore.revert(host, journal, log_results=False)
-    assert r.status == engine.RESTORED and host.values == values
+    assert o.status == engine.NOT_CHANGED and o.message.startswith("not journaled: revert could not rebuild it")
+    assert f"{count} policies, more than the {MAX_MEMBERS}" in o.message
+    assert host.values == values and journal.entries() == {}  # nothing touched, nothing journaled
 
 
 def test_a_value_that_would_not_load_back_is_refused_by_record(tmp_path: Path) -> None:
@@ -294,6 +300,8 @@ def test_journal_show_says_what_holds_and_changes_nothing(host: FakeHost, capsys
     host.write("/proc/sys/vm/max_map_count", "300000")  # someone else, since apply
     host.write(f"{CPUFREQ_DIR}/policy2/scaling_governor", "powersave")
     shutil.rmtree(host.root / "proc/irq/41")
+    with (host.root / STATE.lstrip("/") / JOURNAL_NAME).open("a") as f:
+        f.write(json.dumps(UNKNOWN_LINE) + "\n")
     kernel, state = kernel_files(host.root), state_files(host.root)
 
     rc, out, _ = run(host.root, capsys, "journal", "show", "--json")
@@ -308,7 +316,9 @@ def test_journal_show_says_what_holds_and_changes_nothing(host: FakeHost, capsys
         "block.nvme1n1.scheduler": "holds",
         "cpu.governor": "changed",
         "irq.gpu0.affinity": "gone",
+        "gpu.0.power_limit": "unknown",
     }
+    assert "unknown family 'gpu_power'" in rows["gpu.0.power_limit"]["detail"]
     mmc = rows["sysctl.vm.max_map_count"]
     assert (mmc["original"], mmc["written"], mmc["live"]) == ("65530", "262144", "300000")
     assert mmc["written_at"].endswith("Z") and mmc["written_at"] >= mmc["recorded_at"]
