@@ -1,19 +1,18 @@
-"""Reach a directory under the root without following a symbolic link anywhere on the way, and replace a file in it
-atomically (issue 25; the general form is the ground floor's, issue 22).
+"""Reach a directory under the root without following a symbolic link anywhere on the way, for doctor's look at the
+metrics textfile directory (issue 25). The writer itself is the ground floor's one atomic writer
+(``fsafe.replace_file(..., through_others=True)``, issue 22).
 
 Why: node_exporter's textfile directory on Debian sits below ``/var/lib/prometheus``, which belongs to the
 ``prometheus`` user. A root writer that resolves the path by name would follow a link that user swapped in and
 write wherever it points. Here every component is opened relative to its parent's fd with
-``O_DIRECTORY | O_NOFOLLOW``, so a link anywhere on the way is an error (ELOOP/ENOTDIR), and the temp file gets a
-random name created with ``O_EXCL`` in the directory's fd, then renamed over the target by fd.
+``O_DIRECTORY | O_NOFOLLOW``, so a link anywhere on the way is an error (ELOOP/ENOTDIR), and the writer's temp
+file gets a random name created with ``O_EXCL`` in the directory's fd, then renamed over the target by fd.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import secrets
 from typing import Optional
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -48,47 +47,6 @@ def open_dir(root: str, host_dir: str, create_mode: Optional[int] = None) -> int
         os.close(fd)
         raise
     return fd
-
-
-def replace_in(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``name`` in the directory ``dir_fd``: a random O_EXCL temp name, write, fsync, fchmod, rename by fd,
-    fsync the directory. A reader sees the old file or the new one, never half of one."""
-    tmp = f".{name}.{secrets.token_hex(8)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                view = view[n:]
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-    os.fsync(dir_fd)
-
-
-def write_file_nofollow(
-    root: str, host_path: str, data: bytes, mode: int = 0o644, dir_mode: Optional[int] = None
-) -> None:
-    """``open_dir`` + ``replace_in`` for one file; ``dir_mode``: create missing directories with it."""
-    parent, _, name = host_path.rpartition("/")
-    if not name:
-        raise OSError(errno.EISDIR, "not a file name", host_path)
-    fd = open_dir(root, parent or "/", dir_mode)
-    try:
-        replace_in(fd, name, data, mode)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, host_path) from exc
-    finally:
-        os.close(fd)
 
 
 def dir_owner_mode(root: str, host_dir: str) -> tuple[int, int]:
