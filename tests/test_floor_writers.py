@@ -3,6 +3,7 @@ the cache dir of the vLLM user, the pid and plan files, the journal lock. Root o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -152,3 +153,26 @@ def test_launch_with_a_world_writable_cache_base_exits_3_with_one_line(tmp_path:
     last = r.stderr.strip().splitlines()[-1]
     assert "refusing a group- or world-writable" in last and "mode 1777" in last and "Traceback" not in r.stderr
     assert not (base / "nobody").exists()
+
+
+@as_root
+def test_launch_under_root_takes_the_user_from_the_root_s_passwd(tmp_path: Path) -> None:
+    """Issue 26.8 / 22: under --root the accounts are the root's; the machine has no user "svc-vna"."""
+    from test_launcher import run_cli
+
+    etc = tmp_path / "root/etc"
+    etc.mkdir(parents=True)
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nsvc-vna:x:4242:4243::/srv/svc-vna:/bin/false\n")
+    (etc / "group").write_text("svc-vna:x:4243:\nvideo:x:44:svc-vna\n")
+    conf = (
+        f'[vllm]\ncommand = ["{sys.executable}", "-m", "vllm.entrypoints.openai.api_server"]\n'
+        'model = "org/m"\nnuma = "none"\nuser = "svc-vna"\n'
+    )
+    r = run_cli(["launch", "--dry-run", "--json"], tmp_path, conf)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["user"] == "svc-vna" and out["env"]["USER"] == "svc-vna"
+    (etc / "passwd").chmod(0o666)  # others could add themselves: refused, one line
+    r = run_cli(["launch", "--dry-run", "--json"], tmp_path, conf)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "refusing a group- or world-writable account file" in r.stderr.strip().splitlines()[-1]
