@@ -39,6 +39,7 @@ def test_textfile_series(tmp_path: Path) -> None:
     assert 'vllm_nodeagent_setting_compliant{id="sysctl.vm.max_map_count"} 1.0' in text
     assert 'vllm_nodeagent_setting_compliant{id="thp.enabled"} 0.0' in text
     assert 'vllm_nodeagent_drift_events_total{id="thp.enabled"} 1.0' in text
+    assert 'vllm_nodeagent_drift_events_total{id="sysctl.vm.max_map_count"} 0.0' in text  # from 0, for increase()
     assert "vllm_nodeagent_drift_total 1.0" in text
     assert "vllm_nodeagent_vllm_restarts_total 1.0" in text
     assert "vllm_nodeagent_vllm_up 1.0" in text

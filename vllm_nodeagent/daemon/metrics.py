@@ -181,6 +181,8 @@ class Metrics:
 
     def set_compliance(self, setting_id: str, ok: bool) -> None:
         self._set("vllm_nodeagent_setting_compliant", 1 if ok else 0, (setting_id,))
+        if self.textfile:  # each managed setting's event counter exists from 0: increase() sees its first drift
+            self._values["vllm_nodeagent_drift_events_total"].setdefault((setting_id,), 0)
 
     def add_drift(self, setting_id: str) -> None:
         """One drift event (a change of the setting, not a check that found it still changed)."""
