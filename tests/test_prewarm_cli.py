@@ -184,3 +184,62 @@ def test_lock_holds_until_sigterm(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 0
     assert json.loads(out)["locked_bytes"] == 2 * MIB
+
+
+# -- issue 22: HF revisions and refs that walk out of the cache --------------------------------------------
+def _hf_repo(tmp_path: Path) -> tuple[Path, Path]:
+    cache = tmp_path / "cache"
+    repo = cache / "models--acme--tiny"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    write_file(repo / "snapshots" / rev / "config.json", 100)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    return cache, repo
+
+
+@pytest.mark.parametrize("depth", [3, 12])
+def test_revision_walking_out_of_the_cache_is_refused_without_echo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, depth: int
+) -> None:
+    cache, _ = _hf_repo(tmp_path)
+    secret = tmp_path / "x" / "file"
+    secret.parent.mkdir()
+    secret.write_text("TOP-SECRET-LINE\nmore\n")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    # From refs/: three ".." reach tmp_path; deeper ones stop at "/", then the absolute path down again.
+    rel = "/".join([".."] * depth)
+    target = f"acme/tiny@{rel}/{secret.relative_to('/') if depth > 3 else 'x/file'}"
+    assert run(make_root(tmp_path), target) == 1
+    err = capsys.readouterr().err
+    assert "TOP-SECRET" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("vllm-nodeagent:")] == [
+        f"vllm-nodeagent: prewarm: {target}: revision {target.partition('@')[2]!r} is not a ref name or commit id"
+        " (empty, '.' or '..' part)"
+    ]
+
+
+def test_ref_file_linked_outside_the_cache_does_not_choose_the_snapshot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, repo = _hf_repo(tmp_path)
+    other = "fedcba9876543210fedcba9876543210fedcba98"
+    write_file(repo / "snapshots" / other / "model.safetensors", MIB)  # what the planted ref wants warmed
+    (tmp_path / "planted").write_text(other)
+    (repo / "refs" / "main").unlink()
+    (repo / "refs" / "main").symlink_to(tmp_path / "planted")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    assert run(make_root(tmp_path), "--json", "acme/tiny") == 1
+    cap = capsys.readouterr()
+    assert "refusing a ref that leads out of the cache" in cap.err
+    assert json.loads(cap.out)["files"] == 0
+
+
+def test_ref_with_junk_content_is_refused_without_echo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, repo = _hf_repo(tmp_path)
+    (repo / "refs" / "main").write_text("../../../../etc SECRET-CONTENT\n")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    assert run(make_root(tmp_path), "acme/tiny") == 1
+    err = capsys.readouterr().err
+    assert "SECRET-CONTENT" not in err and "content not shown" in err

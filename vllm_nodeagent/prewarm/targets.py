@@ -26,6 +26,7 @@ WANTED_NAMES = frozenset({"vocab.txt", "merges.txt", "tokenizer.model", "spiece.
 
 _HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?(@[A-Za-z0-9_.\-/]+)?")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")  # what a ref may name: one path component
 
 
 class BudgetError(ValueError):
@@ -171,17 +172,48 @@ class _Collector:
         return found
 
 
+_REF_MAX = 256  # a ref file holds one 40-hex commit id and a newline
+
+
+def _read_ref(ref: str, repo_real: str) -> str:
+    """The snapshot a ref file names. The ref must lie inside the repo's cache dir (no link out of it) and hold
+    one path component (huggingface_hub writes a 40-hex commit id); its content is never echoed (a ref planted to point at another file must not leak it)."""
+    real = os.path.realpath(ref)
+    if not _within(real, repo_real):
+        raise LookupError(f"{ref}: refusing a ref that leads out of the cache ({real})")
+    try:
+        fd = paths.open_regular(real)  # O_NOFOLLOW, a regular file only, never blocks
+    except OSError as exc:
+        raise LookupError(f"{ref}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = os.read(fd, _REF_MAX + 1)
+    finally:
+        os.close(fd)
+    commit = data.decode("ascii", errors="replace").strip()
+    if len(data) > _REF_MAX or not _SNAPSHOT_NAME.fullmatch(commit) or commit in (".", ".."):
+        raise LookupError(f"{ref}: does not hold a snapshot name (a commit id); content not shown")
+    return commit
+
+
 def resolve_hf(model_id: str, cache: str) -> tuple[str, str]:
-    """(snapshot directory, allowed root) of a model id in the local HF cache, offline. Raises LookupError."""
+    """(snapshot directory, allowed root) of a model id in the local HF cache, offline. Raises LookupError.
+    A revision is a ref name (``main``, ``refs/pr/1``) or a commit id: "..", "." or empty components are refused,
+    and the ref file and the snapshot must both resolve inside the cache."""
     name, _, revision = model_id.partition("@")
+    cache_real = os.path.realpath(cache)
     repo = os.path.join(cache, "models--" + name.replace("/", "--"))
     if not os.path.isdir(repo):
         raise LookupError(f"{model_id}: not a path, and not in the Hugging Face cache {cache} (resolved offline)")
+    repo_real = os.path.realpath(repo)
+    if not _within(repo_real, cache_real):
+        raise LookupError(f"{model_id}: refusing {repo}: it leads out of the cache ({repo_real})")
     rev = revision or "main"
+    if any(part in ("", ".", "..") for part in rev.split("/")):
+        raise LookupError(f"{model_id}: revision {rev!r} is not a ref name or commit id (empty, '.' or '..' part)")
     commit = ""
     ref = os.path.join(repo, "refs", rev)
-    if os.path.isfile(ref):
-        commit = paths.read_text_capped(ref, 4096).strip()
+    if os.path.lexists(ref) and not os.path.isdir(ref):
+        commit = _read_ref(ref, repo_real)
     elif _COMMIT.fullmatch(rev):
         commit = rev
     else:
@@ -191,11 +223,13 @@ def resolve_hf(model_id: str, cache: str) -> tuple[str, str]:
         else:
             raise LookupError(f"{model_id}: no refs/{rev} in {repo} (snapshots: {', '.join(snaps) or 'none'})")
     if "/" in commit or not commit or commit in (".", ".."):
-        raise LookupError(f"{model_id}: bad revision {commit!r} in {ref}")
+        raise LookupError(f"{model_id}: bad snapshot name in {repo}/snapshots")
     snapshot = os.path.join(repo, "snapshots", commit)
     if not os.path.isdir(snapshot):
         raise LookupError(f"{model_id}: snapshot {snapshot} is missing (incomplete download?)")
-    return snapshot, os.path.realpath(cache)
+    if not _within(os.path.realpath(snapshot), repo_real):
+        raise LookupError(f"{model_id}: refusing snapshot {snapshot}: it leads out of the cache")
+    return snapshot, cache_real
 
 
 def resolve_targets(targets: Sequence[str], hf_cache: Optional[str] = None) -> tuple[list[WarmFile], list[str]]:
