@@ -177,7 +177,8 @@ _REF_MAX = 256  # a ref file holds one 40-hex commit id and a newline
 
 def _read_ref(ref: str, repo_real: str) -> str:
     """The snapshot a ref file names. The ref must lie inside the repo's cache dir (no link out of it) and hold
-    one path component (huggingface_hub writes a 40-hex commit id); its content is never echoed (a ref planted to point at another file must not leak it)."""
+    one path component (huggingface_hub writes a 40-hex commit id). Its content is never echoed: a ref planted
+    to point at another file must not leak that file's first line."""
     real = os.path.realpath(ref)
     if not _within(real, repo_real):
         raise LookupError(f"{ref}: refusing a ref that leads out of the cache ({real})")
