@@ -162,6 +162,7 @@ class VllmConfig:
         doc="READY=1 after /health 200 and a one-token completion, or after /health alone",
     )
     smoke_timeout_s: float = spec("float", 120.0, minimum=1, maximum=3600, doc="the readiness completion's timeout")
+    bytecode: bool = spec("bool", True, doc="compile the vLLM environment's missing bytecode at apply (issue 23)")
 
 
 SECTIONS: dict[str, type] = {

@@ -31,7 +31,7 @@ def setting_checks(tunables: list[Tunable], config_arg: Optional[str] = None) ->
             status, hint = SKIP, ""
         elif o.status == engine.MISSING:
             status, hint = WARN, "check the name in the config (a typo, or a kernel module not loaded)"
-        elif o.status == engine.DRIFTED and t.owner:
+        elif o.status == engine.DRIFTED and (t.owner or getattr(t, "advisory", False)):
             status, hint = WARN, t.hint()  # someone else owns it: tell, don't fail the host for it
         else:
             status, hint = FAIL, t.hint()

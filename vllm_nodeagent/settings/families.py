@@ -12,7 +12,19 @@ from typing import Optional
 from vllm_nodeagent.config import Config
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml
-from vllm_nodeagent.settings import block, cpu, gpu, gpu_clocks, gpu_compute, gpu_power, irq, irqbalance, sysctl, thp
+from vllm_nodeagent.settings import (
+    block,
+    bytecode,
+    cpu,
+    gpu,
+    gpu_clocks,
+    gpu_compute,
+    gpu_power,
+    irq,
+    irqbalance,
+    sysctl,
+    thp,
+)
 from vllm_nodeagent.settings.base import BuildInputs, Family, Tunable
 from vllm_nodeagent.topology import Topology
 
@@ -27,6 +39,7 @@ FAMILIES: tuple[Family, ...] = (
     gpu_compute.FAMILY,
     irqbalance.FAMILY,  # before irq: affinity pinned while irqbalance runs would be moved again
     irq.FAMILY,
+    bytecode.FAMILY,  # vllm.bytecode (issue 23): last, it may take seconds
 )
 
 
