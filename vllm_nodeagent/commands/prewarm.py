@@ -18,7 +18,15 @@ from vllm_nodeagent.config import PrewarmConfig
 from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, print_json
 from vllm_nodeagent.host import HostError
 from vllm_nodeagent.host.parse import ParseError
-from vllm_nodeagent.prewarm.targets import BudgetError, budget_from_config, config_targets, hf_cache_dir, parse_budget
+from vllm_nodeagent.prewarm.stack import config_stack
+from vllm_nodeagent.prewarm.targets import (
+    BudgetError,
+    WarmFile,
+    budget_from_config,
+    config_targets,
+    hf_cache_dir,
+    parse_budget,
+)
 from vllm_nodeagent.prewarm.warm import prewarm
 
 
@@ -92,9 +100,13 @@ def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
     cfg = ctx.config.prewarm or PrewarmConfig()
     targets: list[str] = list(args.targets)
     env: Mapping[str, str] = os.environ
+    stack: list[WarmFile] = []
+    stack_errors: list[str] = []
     if not targets:
         targets, env = config_targets(ctx.config)
-        if not targets:
+        if cfg.stack:  # the default prewarm: the serving stack first, then the weights (issue 23)
+            stack, stack_errors = config_stack(ctx.config)
+        if not targets and not stack:
             print(
                 "vllm-nodeagent: prewarm: no TARGET given and none configured ([prewarm] paths, [vllm] model)",
                 file=sys.stderr,
@@ -125,15 +137,19 @@ def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
             lock=args.lock,
             progress=bar,
             hf_cache=hf_cache_dir(env),
+            stack=stack,
         )
     finally:
         bar.close()
+    for err in stack_errors:  # no vLLM user or interpreter to ask: the weights are still warmed, not a failure
+        print(f"vllm-nodeagent: prewarm: {err}", file=sys.stderr)
     for err in result.errors:
         print(f"vllm-nodeagent: prewarm: {err}", file=sys.stderr)
     if result.skipped:
         print(
             f"vllm-nodeagent: prewarm: budget {_human(budget)}: {len(result.skipped)} file(s), "
-            f"{_human(result.skipped_bytes)} not warmed (largest first, what fits)",
+            f"{_human(result.skipped_bytes)} not warmed (the serving stack first, then the weights largest "
+            f"first, what fits), first left out: {result.skipped[0][0]}",
             file=sys.stderr,
         )
     if args.json:
@@ -144,6 +160,7 @@ def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
             f"resident before {_human(result.resident_before_bytes)}  "
             f"after {_human(result.resident_after_bytes)} ({100 * result.resident_fraction:.1f}%)  "
             f"read {_human(result.read_bytes)} in {result.seconds:.2f}s ({result.gbps:.2f} GB/s)"
+            + (f"  (serving stack: {result.stack_files} files, {_human(result.stack_bytes)})" if stack else "")
         )
     sys.stdout.flush()
     code = EXIT_OK if result.ok else EXIT_FAILED

@@ -1,13 +1,22 @@
-"""The serve keeper's first start-up step: read the model's files (``[prewarm]`` paths + ``[vllm] model``) into the
-page cache before vLLM starts, with ``STATUS=prewarming N%`` and watchdog pings from the progress callback (a
-stalled read stops the pings). A failed prewarm is logged and never stops serving."""
+"""The serve keeper's first start-up step: read what vLLM will read into the page cache — the serving stack (the
+vLLM interpreter and the libraries on its path, prewarm/stack.py) first, then the model's files (``[prewarm]``
+paths + ``[vllm] model``) — with ``STATUS=prewarming N%`` and watchdog pings from the progress callback (a stalled
+read stops the pings). A failed prewarm is logged and never stops serving.
+
+With ``[prewarm] overlap`` (issue 23) only the stack is read before vLLM starts; the weights are read in a thread
+while vLLM imports (its imports take longer than reading the weights at disk speed), so the warm-up does not sit
+on the start's critical path. ``lock`` needs the pages held by this process: it warms everything first."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
+    from vllm_nodeagent.config import PrewarmConfig
     from vllm_nodeagent.daemon.loop import Loop
+    from vllm_nodeagent.prewarm.targets import WarmFile
+    from vllm_nodeagent.prewarm.warm import PrewarmResult
 
 
 def prewarm_before_start(loop: Loop) -> Any:
@@ -16,11 +25,16 @@ def prewarm_before_start(loop: Loop) -> Any:
     pcfg = ctx.config.prewarm
     if pcfg is None:
         return None
-    from vllm_nodeagent.prewarm.targets import budget_from_config, config_targets, hf_cache_dir
-    from vllm_nodeagent.prewarm.warm import prewarm
+    from vllm_nodeagent.prewarm.stack import config_stack
+    from vllm_nodeagent.prewarm.targets import config_targets
 
     targets, env = config_targets(ctx.config)
-    if not targets:
+    stack: list[WarmFile] = []
+    if pcfg.stack:
+        stack, errors = config_stack(ctx.config)
+        for err in errors:
+            loop.log.warning("prewarm_error", detail=err)
+    if not targets and not stack:
         return None
     loop.notify.status("prewarming")
     last = [-1]
@@ -32,30 +46,69 @@ def prewarm_before_start(loop: Loop) -> Any:
             loop.notify.status(f"prewarming {pct}%")
             loop.watchdog(loop.clock())  # a stalled prewarm stops pinging
 
+    if pcfg.overlap and not pcfg.lock and targets:
+        used = 0
+        if stack:
+            done = _warm(loop, pcfg, [], env, stack, progress, lock=False, what="stack")
+            used = done.total_bytes if done is not None else 0
+        # the weights while vLLM starts: a daemon thread, so a SIGTERM during the start does not wait for it
+        threading.Thread(
+            target=_warm,
+            args=(loop, pcfg, targets, env, [], None, False, "weights", used),
+            name="prewarm-weights",
+            daemon=True,
+        ).start()
+        return None
+    result = _warm(loop, pcfg, targets, env, stack, progress, lock=pcfg.lock, what="all")
+    return result.locked if result is not None else None
+
+
+def _warm(
+    loop: Loop,
+    pcfg: PrewarmConfig,
+    targets: list[str],
+    env: dict[str, str],
+    stack: list[WarmFile],
+    progress: Optional[Callable[[int, int], None]],
+    lock: bool,
+    what: str,
+    used: int = 0,
+) -> Optional[PrewarmResult]:
+    """One prewarm pass; ``used``: bytes of the budget an earlier pass (the stack) already took."""
+    from vllm_nodeagent.prewarm.targets import budget_from_config, hf_cache_dir
+    from vllm_nodeagent.prewarm.warm import prewarm
+
     try:
-        budget = budget_from_config(ctx.host, pcfg.memory_budget_fraction)
+        budget = max(0, budget_from_config(loop.ctx.host, pcfg.memory_budget_fraction) - used)
         result = prewarm(
             targets,
-            host=ctx.host,
+            host=loop.ctx.host,
             budget_bytes=budget,
             threads=pcfg.threads,
-            lock=pcfg.lock,
+            lock=lock,
             progress=progress,
             hf_cache=hf_cache_dir(env),
+            stack=stack,
         )
     except Exception as exc:  # a failed prewarm must not stop serving; it is logged
-        loop.log.error("prewarm_failed", error=f"{type(exc).__name__}: {exc}")
+        loop.log.error("prewarm_failed", part=what, error=f"{type(exc).__name__}: {exc}")
         return None
-    loop.metrics.set_prewarm(result.resident_after_bytes, result.resident_fraction)
+    if what != "stack":
+        loop.metrics.set_prewarm(result.resident_after_bytes, result.resident_fraction)
     for err in result.errors:
         loop.log.warning("prewarm_error", detail=err)
     loop.log.info(
         "prewarm_done",
+        part=what,
         files=result.files,
         total_bytes=result.total_bytes,
         resident_bytes=result.resident_after_bytes,
+        stack_files=result.stack_files,
+        stack_bytes=result.stack_bytes,
+        seconds=round(result.seconds, 3),
         gbps=round(result.gbps, 3),
         skipped_bytes=result.skipped_bytes,
+        skipped_first=result.skipped[0][0] if result.skipped else "",
         locked=result.locked is not None,
     )
-    return result.locked
+    return result

@@ -260,14 +260,15 @@ def resolve_targets(targets: Sequence[str], hf_cache: Optional[str] = None) -> t
     return col.files, col.errors
 
 
-def apply_budget(files: list[WarmFile], budget: Optional[int]) -> tuple[list[WarmFile], list[WarmFile]]:
-    """Largest first, take each file that still fits; a file never partly. Returns (taken, skipped)."""
+def apply_budget(files: list[WarmFile], budget: Optional[int], first: int = 0) -> tuple[list[WarmFile], list[WarmFile]]:
+    """The first ``first`` files (the serving stack) in order, then the rest largest first: take each file that
+    still fits; a file never partly. Returns (taken, skipped)."""
     if budget is None:
         return list(files), []
     taken: list[WarmFile] = []
     skipped: list[WarmFile] = []
     left = budget
-    for f in files:
+    for f in files[:first] + sorted(files[first:], key=lambda f: (-f.size, f.path)):
         if f.size <= left:
             taken.append(f)
             left -= f.size

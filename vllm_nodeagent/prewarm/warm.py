@@ -34,7 +34,7 @@ from vllm_nodeagent.prewarm.reader import (
     reader_for,
 )
 from vllm_nodeagent.prewarm.residency import HIDDEN, Residency, resident_bytes
-from vllm_nodeagent.prewarm.targets import apply_budget, resolve_targets
+from vllm_nodeagent.prewarm.targets import WarmFile, apply_budget, resolve_targets
 
 
 @dataclass
@@ -54,6 +54,9 @@ class PrewarmResult:
     reader: str = ""  # the reader design and the storage it was picked for
     paths: list[str] = field(default_factory=list)
     locked: Optional[LockedPages] = None
+    stack_files: int = 0  # of ``files``: the interpreter and libraries, warmed before the weights (issue 23)
+    stack_bytes: int = 0
+    stack_resident_after_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -86,6 +89,9 @@ class PrewarmResult:
             "residency_method": self.residency_method,
             "locked_bytes": self.locked.bytes if self.locked is not None else 0,
             "paths": list(self.paths),
+            "stack_files": self.stack_files,
+            "stack_bytes": self.stack_bytes,
+            "stack_resident_after_bytes": self.stack_resident_after_bytes,
         }
 
 
@@ -104,6 +110,7 @@ def prewarm(
     hf_cache: Optional[str] = None,
     residency: Optional[str] = None,
     reader: Optional[ReaderOptions] = None,
+    stack: Sequence[WarmFile] = (),
     _file_hook: Optional[FileHook] = None,
 ) -> PrewarmResult:
     """Warm ``targets`` into the page cache, largest file first, within ``budget_bytes`` (None = no limit).
@@ -112,14 +119,18 @@ def prewarm(
     (``reader_for``) unless ``reader`` is given; targets are data paths, not re-rooted. ``residency``: "auto"
     (cachestat, else mincore), "cachestat" or "mincore"; None reads ``$VLLM_NODEAGENT_RESIDENCY``.
     ``_file_hook(path)`` runs before each file is first read (tests only).
+    ``stack``: the serving stack's files (prewarm/stack.py), read first and counted first against the budget:
+    what vLLM reads first, and small next to the weights.
     Never raises for bad targets or files: each problem is one line in ``errors`` and the rest is warmed.
     """
     logger = log.get()
     res = Residency(residency)
     result = PrewarmResult(budget_bytes=budget_bytes)
-    files, errs = resolve_targets(targets, hf_cache)
+    files, errs = resolve_targets(targets, hf_cache) if targets else ([], [])
     result.errors.extend(errs)
-    taken, skipped = apply_budget(files, budget_bytes)
+    stack_keys = {(f.dev, f.ino) for f in stack}
+    files = [*stack, *(f for f in files if (f.dev, f.ino) not in stack_keys)]
+    taken, skipped = apply_budget(files, budget_bytes, first=len(stack))
     result.skipped = [(f.path, f.size) for f in skipped]
     if skipped:
         logger.warning(
@@ -192,6 +203,10 @@ def prewarm(
         result.resident_before_bytes += before[f.path]
         result.resident_after_bytes += after
         result.paths.append(f.path)
+        if (f.dev, f.ino) in stack_keys:
+            result.stack_files += 1
+            result.stack_bytes += f.size
+            result.stack_resident_after_bytes += after
     result.errors.extend(file_errors[f.path] for f in taken if f.path in file_errors)
     result.residency_method = res.method + (f" (hidden for {len(hidden)} file(s): counted as read)" if hidden else "")
     if lock:

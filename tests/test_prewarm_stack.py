@@ -1,0 +1,124 @@
+"""The default prewarm warms the serving stack (issue 23): the vLLM interpreter and the .so/.py/.pyc on its path
+as the vLLM user sees it, before the weights, within the budget. Residency is checked here independently of the
+agent's word: util-linux ``fincore`` (mincore(2)) after the files' cache was dropped (posix_fadvise DONTNEED on
+copies made for the test). Real interpreter, real user (nobody)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vllm_nodeagent.cli import main
+
+SYSTEM_PY = "/usr/bin/python3"
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists(SYSTEM_PY) or not shutil.which("fincore"),
+    reason="needs root (to ask the path as nobody), /usr/bin/python3 and fincore",
+)
+MIB = 1 << 20
+
+
+def drop(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd) if os.access(path, os.W_OK) else None
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def fincore(paths: list[Path]) -> dict[str, int]:
+    """Resident bytes per file, as util-linux fincore (mincore) reports them: not the agent's own measurement."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES,FILE", *map(str, paths)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return {line.split(" ", 1)[1]: int(line.split(" ", 1)[0]) for line in out.splitlines() if line.strip()}
+
+
+def make_stack(base: Path) -> tuple[Path, list[Path]]:
+    """A venv of the system Python with a package of .py, .pyc and a real extension module (.so) in it."""
+    subprocess.run([SYSTEM_PY, "-m", "venv", "--without-pip", str(base / "venv")], check=True)
+    site = next((base / "venv" / "lib").glob("python3*/site-packages"))
+    pkg = site / "stackpkg"
+    (pkg / "lib").mkdir(parents=True)
+    for i in range(8):
+        (pkg / f"mod{i}.py").write_text(f"X = {i}\n" + "# padding\n" * 2000)
+    lib_dynload = Path(subprocess.run([SYSTEM_PY, "-c", "import _json; print(_json.__file__)"],
+                                      capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    shutil.copy(lib_dynload, pkg / "_native.cpython-311-x86_64-linux-gnu.so")
+    shutil.copy(lib_dynload, pkg / "lib" / "libfake.so.12")
+    subprocess.run([str(base / "venv/bin/python"), "-I", "-S", "-m", "compileall", "-q", str(pkg)], check=True)
+    (pkg / "tests").mkdir()
+    (pkg / "tests" / "test_x.py").write_text("pass\n")  # a start never reads tests: left out
+    files = sorted(p for p in pkg.rglob("*") if p.is_file() and "tests" not in p.parts)
+    assert any(p.suffix == ".pyc" for p in files) and any(p.name.endswith(".so") for p in files)
+    return pkg, files
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="vna-stack-", dir="/tmp"))
+    d.chmod(0o755)  # nobody must reach the interpreter
+    yield d
+    shutil.rmtree(d)
+
+
+def run(tmp_path: Path, base: Path, *args: str, stack: bool = True, mem_kb: int = 8 << 20) -> int:
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True, exist_ok=True)
+    (root / "proc" / "meminfo").write_text(f"MemTotal: {2 * mem_kb} kB\nMemAvailable: {mem_kb} kB\n")
+    cfg = tmp_path / "config.toml"
+    model = base / "model"
+    cfg.write_text(
+        f"[prewarm]\nmemory_budget_fraction = 0.9\nstack = {str(stack).lower()}\n"
+        f'[vllm]\ncommand = ["{base}/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]\n'
+        f'model = "{model}"\nuser = "nobody"\n'
+    )
+    cfg.chmod(0o600)
+    return main(["--root", str(root), "--config", str(cfg), "prewarm", "--json", *args])
+
+
+def test_default_prewarm_warms_the_stack_first_then_the_weights(
+    tmp_path: Path, base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pkg, stack = make_stack(base)
+    weights = base / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(os.urandom(4 * MIB))
+    for p in [*stack, weights]:
+        drop(p)
+    assert sum(fincore([*stack, weights]).values()) == 0, "the cache drop did not take"
+    assert run(tmp_path, base) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stack_files"] > len(stack)  # the interpreter and the stdlib come too
+    paths = out["paths"]
+    assert paths.index(str(weights)) > max(paths.index(str(p)) for p in stack)  # the stack before the weights
+    res = fincore([*stack, weights])
+    assert all(res[str(p)] >= min(p.stat().st_size, 4096) for p in [*stack, weights]), res  # by mincore
+
+
+def test_weights_only_switch_and_the_budget_says_what_was_left_out(
+    tmp_path: Path, base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pkg, stack = make_stack(base)
+    weights = base / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(os.urandom(64 * MIB))
+    assert run(tmp_path, base, stack=False) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stack_files"] == 0 and out["paths"] == [str(weights)]
+    # a budget the stack fits in but the weights do not: the weights are left out, and the message says so
+    assert run(tmp_path, base, "--budget", "48M") == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert out["stack_files"] > 0 and str(weights) not in out["paths"]
+    assert [s["path"] for s in out["skipped"]] == [str(weights)]
+    assert f"first left out: {weights}" in cap.err and "the serving stack first" in cap.err
