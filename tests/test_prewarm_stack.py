@@ -89,7 +89,7 @@ def run(tmp_path: Path, base: Path, *args: str, stack: bool = True, mem_kb: int 
 def test_default_prewarm_warms_the_stack_first_then_the_weights(
     tmp_path: Path, base: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pkg, stack = make_stack(base)
+    _pkg, stack = make_stack(base)
     weights = base / "model" / "model.safetensors"
     weights.parent.mkdir()
     weights.write_bytes(os.urandom(4 * MIB))
@@ -108,7 +108,7 @@ def test_default_prewarm_warms_the_stack_first_then_the_weights(
 def test_weights_only_switch_and_the_budget_says_what_was_left_out(
     tmp_path: Path, base: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pkg, stack = make_stack(base)
+    _pkg, _stack = make_stack(base)
     weights = base / "model" / "model.safetensors"
     weights.parent.mkdir()
     weights.write_bytes(os.urandom(64 * MIB))
