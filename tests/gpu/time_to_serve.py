@@ -15,6 +15,18 @@ cache (``sync`` + ``3 > /proc/sys/vm/drop_caches``, residency then read with cac
   compiled    like cold but through the root daemon (``run --layout single``) and without ``--enforce-eager``
               (torch.compile + CUDA graphs)
 
+Issue 23 (``--cfg-dir DIR``: DIR/cfg-<name>.toml, every case through the root daemon ``run --layout single``):
+
+  warm            the page cache as the previous case left it (a warm restart)
+  cold            drop the cache; no [prewarm]
+  warmup_full     drop the cache; [prewarm] stack + weights, all before vLLM starts (overlap = false)
+  warmup_overlap  drop the cache; [prewarm] the stack before vLLM starts, the weights while it imports
+  compiled_first  drop the cache and vLLM/torch/triton's compile caches; no --enforce-eager; the default warm-up
+  compiled_second the same again, caches kept (what a restart or reboot sees)
+
+Each log line is stamped with its arrival time here (``[t=12.345] ...``), so ``phases`` splits the start into
+imports (agent start → vLLM's first log line; → the EngineCore's), weights, engine init, compile, health, gate.
+
 For each: agent start → READY=1 on a NOTIFY_SOCKET this script binds (every sd_notify message is kept with its
 time), then one completion sent at once (time to first completion), vLLM's own timings from its log, and with
 ``--checks`` the part-1 facts while it serves (process tree, uid, binding, environment, NVML's compute processes
@@ -74,6 +86,62 @@ def vllm_timings(text: str) -> dict[str, float]:
     return out
 
 
+def _stamp(proc: subprocess.Popen[bytes], log: Any, t0: float) -> None:
+    """Copy the child's output to the log, each line prefixed with its arrival time since ``t0``."""
+    assert proc.stdout is not None
+    for line in iter(proc.stdout.readline, b""):
+        log.write(b"[t=%.3f] " % (time.monotonic() - t0) + line)
+        log.flush()
+
+
+_AT = re.compile(r"^\[t=([\d.]+)\] (.*)$")
+
+
+def _first_at(text: str, pattern: str) -> Optional[float]:
+    rx = re.compile(pattern)
+    for line in text.splitlines():
+        m = _AT.match(line)
+        if m and rx.search(m.group(2)):
+            return float(m.group(1))
+    return None
+
+
+def phases(text: str, ready_s: Optional[float]) -> dict[str, Optional[float]]:
+    """Seconds since the agent's start at which each phase ended, from the stamped log; and the durations.
+    vllm_started: the agent's event; api_first_log: vLLM's first log line (its API server imported);
+    engine_first_log: the EngineCore's first line (the engine process imported); then vLLM's own timings."""
+    at = {
+        "vllm_started": _first_at(text, r'"event": "vllm_started"'),
+        "prewarm_stack_done": _first_at(text, r'(?=.*"event": "prewarm_done")(?=.*"part": "stack")'),
+        "prewarm_done": _first_at(text, r'(?=.*"event": "prewarm_done")(?=.*"part": "(all|weights)")'),
+        "api_first_log": _first_at(text, r"^(\(APIServer pid=\d+\) )?(INFO|WARNING|DEBUG) \d\d-\d\d "),
+        "engine_first_log": _first_at(text, r"^\(EngineCore(_\d+)? pid=\d+\) (INFO|WARNING|DEBUG) "),
+        "weights_done": _first_at(text, r"Loading weights took"),
+        "model_loaded": _first_at(text, r"Model loading took"),
+        "engine_ready": _first_at(text, r"init engine \(profile, create kv cache, warmup model\) took"),
+        "healthy": _first_at(text, r'"event": "vllm_health_ok"'),
+        "ready": ready_s,
+    }
+
+    def gap(a: str, b: str) -> Optional[float]:
+        x, y = at.get(a), at.get(b)
+        return round(y - x, 2) if x is not None and y is not None else None
+
+    out: dict[str, Optional[float]] = {f"at_{k}": (round(v, 2) if v is not None else None) for k, v in at.items()}
+    out.update(
+        {
+            "agent_before_start_s": at["vllm_started"],
+            "api_import_s": gap("vllm_started", "api_first_log"),
+            "engine_import_s": gap("api_first_log", "engine_first_log"),
+            "to_weights_done_s": gap("engine_first_log", "weights_done"),
+            "engine_init_s": gap("model_loaded", "engine_ready"),
+            "to_health_s": gap("engine_ready", "healthy"),
+            "gate_s": gap("healthy", "ready"),
+        }
+    )
+    return out
+
+
 def agent_events(text: str) -> list[dict[str, Any]]:
     """The agent's JSON log lines (structlog, one object per line) among vLLM's own output."""
     events = []
@@ -116,7 +184,10 @@ def resident(files: list[str]) -> tuple[int, int]:
 
 
 def drop_caches() -> None:
-    """The kernel's own page-cache drop (root); nothing else on the host is changed."""
+    """The kernel's own page-cache drop (root); nothing else on the host is changed. TTS_NO_DROP=1 (the CPU
+    machine's dry run of the harness, shared with others): nothing is dropped."""
+    if os.environ.get("TTS_NO_DROP"):
+        return
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w", encoding="ascii") as fh:
         fh.write("3")
@@ -398,7 +469,21 @@ def serve_as_unit(
     return argv, env, {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups, "cwd": "/"}
 
 
+TTS23 = {  # issue 23: case -> (config name, drop the page cache, clear the compile caches)
+    "warmup": ("plain", False, False),  # vLLM's first start on a fresh machine: untimed, in no row
+    "warm": ("plain", False, False),
+    "cold": ("plain", True, False),
+    "warmup_full": ("full", True, False),
+    "warmup_overlap": ("overlap", True, False),
+    "compiled_first": ("compiled", True, True),
+    "compiled_second": ("compiled", True, False),
+}
+COMPILE_CACHES = ("vllm", "torchinductor", "triton")
+
+
 def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> dict[str, Any]:
+    if a.cfg_dir:
+        return run_case23(case, n, a)
     cfg = {
         "warmup": a.launch_cfg,
         "cold": a.launch_cfg,
@@ -457,8 +542,10 @@ def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> 
         os.chown(NOTIFY, as_user["user"], as_user["group"])  # the unit's user sends sd_notify
     with open(logpath, "wb") as log:
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL, **as_user
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL, **as_user
         )
+        stamper = threading.Thread(target=_stamp, args=(proc, log, t0), daemon=True)
+        stamper.start()
         deadline = t0 + a.timeout
         while notify.ready_at is None and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -481,6 +568,7 @@ def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> 
         if checks and r["ready_s"] is not None:
             r["serving"] = serving_facts(proc.pid, cfg, plan, topo)
         r["stop"] = stop_and_check(proc, vpids, a.port, baseline)
+        stamper.join(10)
     notify.close()
     r["notify"] = notify.msgs
     ext = [t for t, m in notify.msgs if "EXTEND_TIMEOUT_USEC=" in m]
@@ -489,7 +577,8 @@ def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> 
     with open(logpath, encoding="utf-8", errors="replace") as fh:
         text = fh.read()
     r["vllm"] = vllm_timings(text)
-    ev = agent_events(text)
+    r["phases"] = phases(text, r.get("ready_s"))
+    ev = agent_events(re.sub(r"^\[t=[\d.]+\] ", "", text, flags=re.M))
     keep = (
         "prewarm_done",
         "vllm_started",
@@ -517,12 +606,82 @@ def run_case(case: str, n: int, a: argparse.Namespace, topo: dict[str, Any]) -> 
     return r
 
 
+def run_case23(case: str, n: int, a: argparse.Namespace) -> dict[str, Any]:
+    """One issue-23 case through the root daemon, timed agent start → READY=1; the phases from the stamped log."""
+    import shutil
+
+    name, drop, clear = TTS23[case]
+    cfg = os.path.join(a.cfg_dir, f"cfg-{name}.toml")
+    files = model_files(a.model)
+    r: dict[str, Any] = {"case": case, "n": n, "mode": "run", "config": os.path.basename(cfg)}
+    if clear:
+        user_cache = os.path.join(a.cache_dir, a.serve_user)
+        r["cleared"] = [d for d in COMPILE_CACHES if os.path.isdir(os.path.join(user_cache, d))]
+        for d in r["cleared"]:
+            shutil.rmtree(os.path.join(user_cache, d))
+    if drop:
+        drop_caches()
+    res, total = resident(files)
+    r["model_bytes"] = total
+    r["resident_at_start"] = round(res / total, 4) if total else None
+    r["mem_before"] = meminfo()
+    base = nvml_state()
+    baseline = sum(g["used_mib"] for g in base)
+    os.makedirs(os.path.join(a.out, "logs"), exist_ok=True)
+    logpath = os.path.join(a.out, "logs", f"{case}-{n}.log")
+    env = dict(os.environ, NOTIFY_SOCKET=NOTIFY, PYTHONUNBUFFERED="1")
+    argv = [*AGENT, "--config", cfg, "run", "--layout", "single"]
+    t0 = time.monotonic()
+    notify = NotifyLog(NOTIFY, t0)
+    with open(logpath, "wb") as log:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+        )
+        stamper = threading.Thread(target=_stamp, args=(proc, log, t0), daemon=True)
+        stamper.start()
+        deadline = t0 + a.timeout
+        while notify.ready_at is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r["ready_s"] = round(notify.ready_at, 2) if notify.ready_at is not None else None
+        if r["ready_s"] is None:
+            r["failed"] = f"no READY=1 (agent exit {proc.poll()}) within {a.timeout}s"
+        else:
+            ok, what = completion(a.port, a.served_name)
+            r["first_completion_s"] = round(time.monotonic() - t0, 2)
+            r["completion_ok"], r["completion"] = ok, what
+        try:
+            import psutil
+
+            vpids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        except Exception:
+            vpids = []
+        r["vllm_pids"] = vpids
+        r["stop"] = stop_and_check(proc, vpids, a.port, baseline)
+        stamper.join(10)
+    notify.close()
+    r["notify"] = notify.msgs
+    with open(logpath, encoding="utf-8", errors="replace") as fh:
+        text = fh.read()
+    r["vllm"] = vllm_timings(text)
+    r["phases"] = phases(text, r.get("ready_s"))
+    plain = re.sub(r"^\[t=[\d.]+\] ", "", text, flags=re.M)
+    r["agent_events"] = [
+        {k: v for k, v in e.items() if k != "level"}
+        for e in agent_events(plain)
+        if any(w in str(e.get("event")) for w in ("prewarm", "vllm_started", "health", "smoke", "ready", "setting"))
+    ]
+    r["mem_after"] = meminfo()
+    return r
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--launch-cfg", required=True)
-    ap.add_argument("--run-cfg", required=True)
+    ap.add_argument("--launch-cfg", default="")
+    ap.add_argument("--run-cfg", default="")
+    ap.add_argument("--cfg-dir", default="", help="issue 23: DIR/cfg-{plain,full,overlap,compiled}.toml")
+    ap.add_argument("--cache-dir", default="/var/cache/vllm-nodeagent", help="[agent] cache_dir of those configs")
     ap.add_argument("--compiled-cfg", default="")
     ap.add_argument("--prefetch-cfg", default="")
     ap.add_argument("--cases", required=True, help="comma-separated, run in this order")
@@ -537,7 +696,10 @@ def main() -> int:
     os.makedirs(a.out, exist_ok=True)
     topo = json.loads(
         subprocess.run(
-            [*AGENT, "--config", a.launch_cfg, "topology", "--json"], capture_output=True, text=True, check=True
+            [*AGENT, "--config", a.launch_cfg or os.path.join(a.cfg_dir, "cfg-plain.toml"), "topology", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     )
     t_start = time.monotonic()
@@ -566,6 +728,7 @@ def main() -> int:
             )
         }
         short.update({k: r["vllm"].get(k) for k in ("weights_s", "model_load_s", "init_engine_s", "compile_s")})
+        short.update({k: v for k, v in r.get("phases", {}).items() if not k.startswith("at_")})
         short.update({k: r["stop"].get(k) for k in ("agent_exit", "stop_s", "vllm_left", "gpu_free_s", "port_free")})
         print(json.dumps(short), flush=True)
     return 0
