@@ -164,7 +164,7 @@ print("MemTotal after touching", round(mem("MemTotal"), 1), "GiB")' 2>&1 | tee -
     if [ -z "$DRY" ]; then
         [ -f /tmp/v/xpart.ab ] || { say "machine replaced: start again from stage 1"; exit 9; }
         cp "$G"/c3/deps/*.whl /tmp/v/
-        bash "$G"/c3/install.sh 2>&1 | tail -2 | tee -a "$OUT/summary.txt"
+        bash "$( [ -f "$G"/c3/install.sh ] && echo "$G"/c3/install.sh || echo "$G"/install.sh)" 2>&1 | tail -2 | tee -a "$OUT/summary.txt"
         chmod -R a+rX /tmp/site   # NOT compiled here: that is the agent's vllm.bytecode step now
         export VLLM_PYTHONPATH=/tmp/site
     fi
