@@ -53,12 +53,13 @@ def make_stack(base: Path) -> tuple[Path, list[Path]]:
         (pkg / f"mod{i}.py").write_text(f"X = {i}\n" + "# padding\n" * 2000)
     lib_dynload = Path(subprocess.run([SYSTEM_PY, "-c", "import _json; print(_json.__file__)"],
                                       capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
-    shutil.copy(lib_dynload, pkg / "_native.cpython-311-x86_64-linux-gnu.so")
+    shutil.copy(lib_dynload, pkg / "_json.cpython-311-x86_64-linux-gnu.so")
     shutil.copy(lib_dynload, pkg / "lib" / "libfake.so.12")
     subprocess.run([str(base / "venv/bin/python"), "-I", "-S", "-m", "compileall", "-q", str(pkg)], check=True)
     (pkg / "tests").mkdir()
     (pkg / "tests" / "test_x.py").write_text("pass\n")  # a start never reads tests: left out
-    files = sorted(p for p in pkg.rglob("*") if p.is_file() and "tests" not in p.parts)
+    # what an import reads: the .pyc and .so (a .py with valid bytecode is only stat'ed)
+    files = sorted(p for p in pkg.rglob("*") if p.is_file() and "tests" not in p.parts and p.suffix != ".py")
     assert any(p.suffix == ".pyc" for p in files) and any(p.name.endswith(".so") for p in files)
     return pkg, files
 
@@ -122,3 +123,35 @@ def test_weights_only_switch_and_the_budget_says_what_was_left_out(
     assert out["stack_files"] > 0 and str(weights) not in out["paths"]
     assert [s["path"] for s in out["skipped"]] == [str(weights)]
     assert f"first left out: {weights}" in cap.err and "the serving stack first" in cap.err
+
+
+def test_learned_libraries_are_what_a_running_process_mapped(tmp_path: Path, base: Path) -> None:
+    from vllm_nodeagent.host import Host
+    from vllm_nodeagent.prewarm import stack as st
+
+    pkg, _ = make_stack(base)
+    native = pkg / "_json.cpython-311-x86_64-linux-gnu.so"
+    # a parent whose child imports the package's extension module: the tree's maps name it, not the other .so
+    child = "import stackpkg._json, time; time.sleep(30)"
+    code = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    proc = subprocess.Popen([str(base / "venv/bin/python"), "-c", code])
+    try:
+        host = Host("/")
+        for _ in range(100):
+            libs = st.mapped_libraries(host, proc.pid)
+            if str(native) in libs:
+                break
+            __import__("time").sleep(0.1)
+        assert str(native) in libs and str(pkg / "lib" / "libfake.so.12") not in libs
+        state = tmp_path / "state"
+        state.mkdir()
+        assert st.learn(host, str(state), proc.pid) >= 1
+        learned = st.learned_libraries(host, str(state))
+    finally:
+        proc.kill()
+        proc.wait()
+    site = str(pkg.parent)
+    warm, _ = st.stack_files(str(base / "venv/bin/python"), [site], learned)
+    names = {os.path.basename(f.path) for f in warm}
+    assert native.name in names and "libfake.so.12" not in names  # only what was mapped
+    assert "mod1.py" not in names and any(n.startswith("mod1.") and n.endswith(".pyc") for n in names)  # the pyc

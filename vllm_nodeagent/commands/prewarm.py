@@ -105,7 +105,7 @@ def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
     if not targets:
         targets, env = config_targets(ctx.config)
         if cfg.stack:  # the default prewarm: the serving stack first, then the weights (issue 23)
-            stack, stack_errors = config_stack(ctx.config)
+            stack, stack_errors = config_stack(ctx.config, ctx.host)
         if not targets and not stack:
             print(
                 "vllm-nodeagent: prewarm: no TARGET given and none configured ([prewarm] paths, [vllm] model)",

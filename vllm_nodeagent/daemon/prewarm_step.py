@@ -31,7 +31,7 @@ def prewarm_before_start(loop: Loop) -> Any:
     targets, env = config_targets(ctx.config)
     stack: list[WarmFile] = []
     if pcfg.stack:
-        stack, errors = config_stack(ctx.config)
+        stack, errors = config_stack(ctx.config, ctx.host)
         for err in errors:
             loop.log.warning("prewarm_error", detail=err)
     if not targets and not stack:
@@ -49,7 +49,7 @@ def prewarm_before_start(loop: Loop) -> Any:
     if pcfg.overlap and not pcfg.lock and targets:
         used = 0
         if stack:
-            done = _warm(loop, pcfg, [], env, stack, progress, lock=False, what="stack")
+            done = _warm(loop, pcfg, [], env, stack, progress, lock=False, what="stack", threads=pcfg.threads or 16)
             used = done.total_bytes if done is not None else 0
         # the weights while vLLM starts: a daemon thread, so a SIGTERM during the start does not wait for it
         threading.Thread(
@@ -73,6 +73,7 @@ def _warm(
     lock: bool,
     what: str,
     used: int = 0,
+    threads: int = 0,
 ) -> Optional[PrewarmResult]:
     """One prewarm pass; ``used``: bytes of the budget an earlier pass (the stack) already took."""
     from vllm_nodeagent.prewarm.targets import budget_from_config, hf_cache_dir
@@ -84,7 +85,7 @@ def _warm(
             targets,
             host=loop.ctx.host,
             budget_bytes=budget,
-            threads=pcfg.threads,
+            threads=threads or pcfg.threads,  # the stack: many small files, more reads in flight
             lock=lock,
             progress=progress,
             hf_cache=hf_cache_dir(env),
@@ -112,3 +113,20 @@ def _warm(
         locked=result.locked is not None,
     )
     return result
+
+
+def learn_after_ready(loop: Loop, pid: int) -> None:
+    """vLLM serves: remember the libraries it mapped, so the next warm-up reads those and not every .so of the
+    environment (prewarm/stack.learn). Never fails the start."""
+    pcfg = loop.ctx.config.prewarm
+    if pcfg is None or not pcfg.stack:
+        return
+    from vllm_nodeagent.host import HostError
+    from vllm_nodeagent.prewarm.stack import learn
+
+    try:
+        n = learn(loop.ctx.host, loop.ctx.config.agent.state_dir, pid)
+    except (HostError, OSError, ValueError) as exc:
+        loop.log.warning("prewarm_learn_failed", error=str(exc))
+        return
+    loop.log.info("prewarm_learned", libraries=n)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.daemon.loop import Status
-from vllm_nodeagent.daemon.prewarm_step import prewarm_before_start
+from vllm_nodeagent.daemon.prewarm_step import learn_after_ready, prewarm_before_start
 from vllm_nodeagent.daemon.worker_pins import pin_workers
 from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
 from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
@@ -370,6 +370,7 @@ class ServeKeeper:
             gate=gate,
         )
         self._verify_binding()
+        learn_after_ready(self.loop, self.child.pid)  # the libraries it mapped: what the next warm-up reads
         self.loop.component_ready()
 
     def _liveness(self, now: float) -> None:

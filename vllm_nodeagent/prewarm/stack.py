@@ -8,12 +8,14 @@ path is the vLLM interpreter's ``sys.path`` as the vLLM user sees it (serving/by
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
+from vllm_nodeagent.host import Host
 from vllm_nodeagent.prewarm.targets import WarmFile
 
 if TYPE_CHECKING:
@@ -24,10 +26,18 @@ _STACK_FILE = re.compile(r".*(\.py|\.pyc|\.so(\.\d+)*)")
 _SKIP_DIRS = frozenset({"tests", "benchmarks", "examples", "include", "docs"})  # never read by a start
 
 
-def stack_files(python: str, paths: Sequence[str]) -> tuple[list[WarmFile], list[str]]:
-    """The interpreter (and the libpython beside it) and every .py/.pyc/.so under ``paths``, each inode once, in
-    path order. Links are not followed out of a path entry; directories a start never imports from (tests,
-    headers, docs) are left out."""
+LEARNED_FILE = "stack-learned.json"
+_MAX_LEARNED = 1 << 20  # bytes of the learned list we accept back
+
+
+def stack_files(
+    python: str, paths: Sequence[str], learned_so: Optional[set[str]] = None
+) -> tuple[list[WarmFile], list[str]]:
+    """The interpreter (and the libpython beside it) and what an import reads under ``paths``: ``.pyc``, ``.so``
+    and the ``.py`` that have no ``__pycache__`` entry (a valid pyc is read instead of its source, which is only
+    stat'ed). ``learned_so``: the libraries a serving vLLM had mapped (``learn``): only those .so are read (an
+    image's environment holds far more than vLLM loads: JAX, CuPy, ...). Each inode once, in path order; links
+    are not followed out of a path entry; tests, headers and docs are left out."""
     files: list[WarmFile] = []
     errors: list[str] = []
     seen: set[tuple[int, int]] = set()
@@ -65,12 +75,19 @@ def stack_files(python: str, paths: Sequence[str]) -> tuple[list[WarmFile], list
                     errors.append(f"{d}: {exc.strerror or exc}")
                 continue
             subdirs = []
+            cached = _cached_stems(d, entries)
             for e in entries:
                 try:
                     if e.is_dir(follow_symlinks=False):
                         if e.name not in _SKIP_DIRS and not e.name.endswith((".dist-info", ".egg-info")):
                             subdirs.append(e.path)
-                    elif _STACK_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+                    elif not _STACK_FILE.fullmatch(e.name) or not e.is_file(follow_symlinks=False):
+                        continue
+                    elif e.name.endswith(".py") and e.name[:-3] in cached:
+                        continue  # its bytecode is read, not it
+                    elif ".so" in e.name and learned_so is not None and os.path.realpath(e.path) not in learned_so:
+                        continue
+                    else:
                         add(e.path, e.stat(follow_symlinks=False))
                 except OSError:
                     continue
@@ -78,7 +95,57 @@ def stack_files(python: str, paths: Sequence[str]) -> tuple[list[WarmFile], list
     return files, errors
 
 
-def config_stack(config: Config) -> tuple[list[WarmFile], list[str]]:
+def _cached_stems(d: str, entries: list[os.DirEntry[str]]) -> set[str]:
+    """Module names in ``d`` with a bytecode file in ``d/__pycache__`` (any interpreter tag)."""
+    if not any(e.name == "__pycache__" for e in entries):
+        return set()
+    try:
+        return {n.split(".", 1)[0] for n in os.listdir(os.path.join(d, "__pycache__")) if n.endswith(".pyc")}
+    except OSError:
+        return set()
+
+
+def mapped_libraries(host: Host, pid: int) -> set[str]:
+    """The shared libraries (``.so``) mapped by ``pid`` and its descendants (/proc/<pid>/maps, through the
+    Host seam): what a serving vLLM actually loaded."""
+    found: set[str] = set()
+    todo, seen = [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        for line in (host.read_or(f"/proc/{p}/maps") or "").splitlines():
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].startswith("/") and ".so" in os.path.basename(parts[5]):
+                found.add(parts[5].removesuffix(" (deleted)"))
+        for task in host.listdir(f"/proc/{p}/task"):
+            todo.extend(int(c) for c in (host.read_or(f"/proc/{p}/task/{task}/children") or "").split() if c.isdigit())
+    return found
+
+
+def learn(host: Host, state_dir: str, pid: int) -> int:
+    """Remember which libraries the serving vLLM (``pid``'s tree) mapped, for the next warm-ups; their count."""
+    libs = sorted(mapped_libraries(host, pid))
+    if libs:
+        host.write_file_atomic(state_dir.rstrip("/") + "/" + LEARNED_FILE, json.dumps({"so": libs}).encode(), 0o644)
+    return len(libs)
+
+
+def learned_libraries(host: Host, state_dir: str) -> Optional[set[str]]:
+    """What ``learn`` kept, or None (never learned, or unreadable: then every .so is warmed)."""
+    text = host.read_or(state_dir.rstrip("/") + "/" + LEARNED_FILE)
+    if not text or len(text) > _MAX_LEARNED:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    libs = doc.get("so") if isinstance(doc, dict) else None
+    return {p for p in libs if isinstance(p, str)} if isinstance(libs, list) else None
+
+
+def config_stack(config: Config, host: Optional[Host] = None) -> tuple[list[WarmFile], list[str]]:
     """The stack of the configured vLLM (``[vllm]`` command/python/user/env); ([], [why]) when there is none to
     ask. The interpreter's path is asked as the vLLM user (serving/bytecode.env_info), never run as root."""
     from vllm_nodeagent.serving import bytecode as bc
@@ -101,4 +168,5 @@ def config_stack(config: Config) -> tuple[list[WarmFile], list[str]]:
         info = bc.env_info(python, env, who)
     except bc.BytecodeError as exc:
         return [], [f"serving stack not warmed: {exc}"]
-    return stack_files(python, info.path)
+    learned = learned_libraries(host, config.agent.state_dir) if host is not None else None
+    return stack_files(python, info.path, learned)
