@@ -20,7 +20,7 @@ from vllm_nodeagent.config import parse_config
 from vllm_nodeagent.doctor import setting_checks
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.serving import bytecode as bc
-from vllm_nodeagent.settings import bytecode, engine
+from vllm_nodeagent.settings import bytecode, engine, restore
 from vllm_nodeagent.settings.journal import Journal
 
 SYSTEM_PY = "/usr/bin/python3"
@@ -62,6 +62,9 @@ def make(tmp_path: Path, base: Path, extra: str = "", user: str = "nobody") -> t
         f'[vllm]\ncommand = ["{base}/venv/bin/python", "-m", "vllm"]\nmodel = "m"\nuser = "{user}"\n{extra}', "c"
     )
     host = Host(tmp_path / "root")
+    state = tmp_path / "root" / STATE.lstrip("/")
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o755)
     assert cfg.vllm is not None
     return host, bytecode.Bytecode(host, cfg.vllm, STATE)
 
@@ -127,7 +130,7 @@ def test_apply_compiles_as_root_for_a_root_tree_same_code_then_remembers(tmp_pat
 
     # revert leaves the cache (it is one) and says so
     with journal.locked():
-        [r] = engine.revert(host, journal, log_results=False)
+        [r] = restore.revert(host, journal, log_results=False)
     assert r.status == engine.UNTOUCHED and "a cache" in r.message and pyc.exists()
 
 

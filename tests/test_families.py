@@ -100,10 +100,7 @@ def test_family_names_are_unique_and_every_setting_carries_its_family(hgx: FakeH
     nvml = Nvml.open(lambda: hgx_nvml)
     every = V2_CONFIG.replace('"ignore"', '"stop"').replace(
         "persistence_mode = true",
-        'persistence_mode = true
-power_limit = "max"
-clocks = "max"
-compute_mode = "default"',
+        'persistence_mode = true\npower_limit = "max"\nclocks = "max"\ncompute_mode = "default"',
     )
     every = every.replace('model = ""', 'model = "acme/tiny"')  # a vLLM whose bytecode the vllm family keeps
     inputs = BuildInputs(parse_config(every, "c"), discover(host, nvml), host, nvml)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
 from vllm_nodeagent.host import Host
+from vllm_nodeagent.host import paths as hpaths
 from vllm_nodeagent.prewarm.targets import WarmFile
 
 if TYPE_CHECKING:
@@ -51,12 +52,12 @@ def stack_files(
 
     exe = os.path.realpath(python)
     try:
-        add(python, os.stat(exe), exe)
+        add(python, hpaths.file_stat(exe), exe)
         libdir = os.path.join(os.path.dirname(os.path.dirname(exe)), "lib")
-        for name in sorted(os.listdir(libdir)) if os.path.isdir(libdir) else []:
+        for name in sorted(hpaths.entries(libdir)) if os.path.isdir(libdir) else []:
             if name.startswith("libpython") and ".so" in name:
                 real = os.path.realpath(os.path.join(libdir, name))
-                add(real, os.stat(real), real)
+                add(real, hpaths.file_stat(real), real)
     except OSError as exc:
         errors.append(f"{python}: {exc.strerror or exc}")
     dirs_seen: set[tuple[int, int]] = set()
@@ -65,11 +66,11 @@ def stack_files(
         while stack:
             d = stack.pop()
             try:
-                dst = os.stat(d)
+                dst = hpaths.file_stat(d)
                 if (dst.st_dev, dst.st_ino) in dirs_seen:
                     continue
                 dirs_seen.add((dst.st_dev, dst.st_ino))
-                entries = sorted(os.scandir(d), key=lambda e: e.name)
+                entries = hpaths.scan(d)
             except OSError as exc:
                 if d == top:
                     errors.append(f"{d}: {exc.strerror or exc}")
@@ -100,7 +101,7 @@ def _cached_stems(d: str, entries: list[os.DirEntry[str]]) -> set[str]:
     if not any(e.name == "__pycache__" for e in entries):
         return set()
     try:
-        return {n.split(".", 1)[0] for n in os.listdir(os.path.join(d, "__pycache__")) if n.endswith(".pyc")}
+        return {n.split(".", 1)[0] for n in hpaths.entries(os.path.join(d, "__pycache__")) if n.endswith(".pyc")}
     except OSError:
         return set()
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
+from vllm_nodeagent.host import paths as hpaths
 from vllm_nodeagent.host import subp
 from vllm_nodeagent.serving.env import SAFE_PATH, RunAs, popen_user_kwargs
 
@@ -109,8 +110,7 @@ def cache_valid(py: str, st: os.stat_result, env: PyEnv) -> bool:
     """The interpreter would use the cache file: its magic, and (timestamp pyc) the source's mtime and size, or
     (checked hash pyc) the source hash. An unchecked hash pyc is used as it is."""
     try:
-        with open(cache_file(py, env.tag), "rb") as f:
-            head = f.read(16)
+        head = hpaths.read_capped(cache_file(py, env.tag), 16)
     except OSError:
         return False
     if len(head) < 16 or head[:4] != env.magic:
@@ -122,8 +122,7 @@ def cache_valid(py: str, st: os.stat_result, env: PyEnv) -> bool:
     if not flags & 0b10 or env.magic != importlib.util.MAGIC_NUMBER:
         return True  # unchecked, or another Python's source hash key: it is that interpreter's to judge
     try:
-        with open(py, "rb") as f:
-            return importlib.util.source_hash(f.read()) == head[8:16]
+        return importlib.util.source_hash(hpaths.read_capped(py, 1 << 28)) == head[8:16]
     except OSError:
         return False
 
@@ -147,11 +146,11 @@ def importable_files(env: PyEnv) -> list[tuple[str, os.stat_result]]:
     while stack:
         top = stack.pop()
         try:
-            st = os.stat(top)
+            st = hpaths.file_stat(top)
             if (st.st_dev, st.st_ino) in seen:
                 continue
             seen.add((st.st_dev, st.st_ino))
-            entries = list(os.scandir(top))
+            entries = hpaths.scan(top)
         except OSError:
             continue
         subdirs = []
@@ -181,7 +180,7 @@ def scan(env: PyEnv, run_as: RunAs) -> Scan:
         if d not in writable:
             cache = os.path.join(d, "__pycache__")
             try:
-                dst = os.stat(cache) if os.path.isdir(cache) else os.stat(d)
+                dst = hpaths.file_stat(cache) if os.path.isdir(cache) else hpaths.file_stat(d)
                 writable[d] = can_write(dst, run_as.uid, run_as.groups)
             except OSError:
                 writable[d] = False
@@ -196,8 +195,8 @@ def fingerprint(env: PyEnv) -> str:
     h = hashlib.sha256(json.dumps([env.python, os.path.realpath(env.python), env.tag, env.path]).encode())
     for p in env.path:
         try:
-            h.update(f"{p}\0{os.stat(p).st_mtime_ns}\0".encode())
-            for e in sorted(os.scandir(p), key=lambda e: e.name):
+            h.update(f"{p}\0{hpaths.file_stat(p).st_mtime_ns}\0".encode())
+            for e in hpaths.scan(p):
                 if e.name.endswith(_FINGERPRINT_SUFFIXES):
                     h.update(f"{e.name}\0{e.stat(follow_symlinks=False).st_mtime_ns}\0".encode())
         except OSError:
@@ -212,12 +211,12 @@ def _root_may_write(d: str) -> str:
         for path in (d, cache):
             if not os.path.lexists(path):
                 continue
-            st = os.lstat(path)
+            st = hpaths.file_stat(path, follow=False)
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
                 return f"{path}: not a root-owned directory only root can write; root does not write there"
         up = os.path.dirname(d)
         while True:
-            st = os.lstat(up)
+            st = hpaths.file_stat(up, follow=False)
             if st.st_uid != 0 or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
                 return f"{up} (above {d}) can be written by someone else"
             if up == "/":
@@ -247,7 +246,7 @@ def compile_missing(python: str, missing: Sequence[str], workers: int = 0) -> Co
         d = os.path.dirname(py)
         if d not in verdict:
             try:
-                st = os.lstat(d)
+                st = hpaths.file_stat(d, follow=False)
             except OSError as exc:
                 report.refused.append(f"{d}: {exc.strerror or exc}")
                 verdict[d] = None

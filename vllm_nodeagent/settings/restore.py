@@ -70,7 +70,8 @@ def _settle(entry: Entry, host: Host, nvml: Optional[Nvml], dry_run: bool) -> tu
     if isinstance(t, Outcome):
         return t, False
     if getattr(t, "is_cache", False):  # vllm.bytecode: a cache of the source; the same code runs with or without it
-        return Outcome(entry.id, UNTOUCHED, None, entry.original, "a cache, left in place (nothing else changed)"), False
+        why = "a cache, left in place (nothing else changed)"
+        return Outcome(entry.id, UNTOUCHED, None, entry.original, why), False
     if isinstance(t, MultiFileTunable) and not entry.legacy:
         return _revert_members(t, entry, dry_run), False
     return _revert_value(t, entry, dry_run), False
