@@ -3,9 +3,9 @@ vLLM interpreter and the libraries on its path, prewarm/stack.py) first, then th
 paths + ``[vllm] model``) — with ``STATUS=prewarming N%`` and watchdog pings from the progress callback (a stalled
 read stops the pings). A failed prewarm is logged and never stops serving.
 
-With ``[prewarm] overlap`` (issue 23) only the stack is read before vLLM starts; the weights are read in a thread
-while vLLM imports (its imports take longer than reading the weights at disk speed), so the warm-up does not sit
-on the start's critical path. ``lock`` needs the pages held by this process: it warms everything first."""
+With ``[prewarm] overlap`` (issue 23, the default) nothing is read before vLLM starts: the stack, then the weights,
+are read in a thread while vLLM imports (its imports take longer than reading the weights at disk speed), so the
+warm-up is not on the start's critical path. ``lock`` needs the pages held by this process: it warms all first."""
 
 from __future__ import annotations
 
@@ -25,15 +25,17 @@ def prewarm_before_start(loop: Loop) -> Any:
     pcfg = ctx.config.prewarm
     if pcfg is None:
         return None
-    from vllm_nodeagent.prewarm.stack import config_stack
     from vllm_nodeagent.prewarm.targets import config_targets
 
     targets, env = config_targets(ctx.config)
-    stack: list[WarmFile] = []
-    if pcfg.stack:
-        stack, errors = config_stack(ctx.config, ctx.host)
-        for err in errors:
-            loop.log.warning("prewarm_error", detail=err)
+    if pcfg.overlap and not pcfg.lock:
+        # Measured on an H200 (bench/README.md): a warm-up vLLM waits for costs more than it saves. So the stack,
+        # then the weights, are read in a daemon thread while vLLM starts (a SIGTERM does not wait for it).
+        threading.Thread(
+            target=_background, args=(loop, pcfg, targets, env), name="prewarm-beside-start", daemon=True
+        ).start()
+        return None
+    stack = _stack(loop, pcfg)
     if not targets and not stack:
         return None
     loop.notify.status("prewarming")
@@ -46,21 +48,34 @@ def prewarm_before_start(loop: Loop) -> Any:
             loop.notify.status(f"prewarming {pct}%")
             loop.watchdog(loop.clock())  # a stalled prewarm stops pinging
 
-    if pcfg.overlap and not pcfg.lock and targets:
-        used = 0
-        if stack:
-            done = _warm(loop, pcfg, [], env, stack, progress, lock=False, what="stack", threads=pcfg.threads or 16)
-            used = done.total_bytes if done is not None else 0
-        # the weights while vLLM starts: a daemon thread, so a SIGTERM during the start does not wait for it
-        threading.Thread(
-            target=_warm,
-            args=(loop, pcfg, targets, env, [], None, False, "weights", used),
-            name="prewarm-weights",
-            daemon=True,
-        ).start()
-        return None
     result = _warm(loop, pcfg, targets, env, stack, progress, lock=pcfg.lock, what="all")
     return result.locked if result is not None else None
+
+
+def _stack(loop: Loop, pcfg: PrewarmConfig) -> list[WarmFile]:
+    if not pcfg.stack:
+        return []
+    from vllm_nodeagent.prewarm.stack import config_stack
+
+    stack, errors = config_stack(loop.ctx.config, loop.ctx.host)
+    for err in errors:
+        loop.log.warning("prewarm_error", detail=err)
+    return stack
+
+
+def _background(loop: Loop, pcfg: PrewarmConfig, targets: list[str], env: dict[str, str]) -> None:
+    """Beside vLLM's start: the stack (what its imports read), then the weights (read ~20 s later by it)."""
+    try:
+        stack = _stack(loop, pcfg)
+    except Exception as exc:  # never let a warm-up bug reach the daemon
+        loop.log.error("prewarm_failed", part="stack", error=f"{type(exc).__name__}: {exc}")
+        stack = []
+    used = 0
+    if stack:
+        done = _warm(loop, pcfg, [], env, stack, None, lock=False, what="stack", threads=pcfg.threads or 16)
+        used = done.total_bytes if done is not None else 0
+    if targets:
+        _warm(loop, pcfg, targets, env, [], None, False, "weights", used)
 
 
 def _warm(
