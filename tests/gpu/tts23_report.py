@@ -56,7 +56,8 @@ def table(rs: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {LABEL[case]} | {r['round']} | {_f(r['ready_s'])} | {_f(p['agent_before_start_s'])} | "
                 f"{_f(p['api_import_s'])} | {_f(p['engine_import_s'])} | {_f(v.get('weights_s'))} | "
-                f"{_f(v.get('init_engine_s'))} | {_f(v.get('compile_s'))} | {_f(p['to_health_s'])} | {_f(p['gate_s'])} |"
+                f"{_f(v.get('init_engine_s'))} | {_f(v.get('compile_s'))} | {_f(p['to_health_s'])} | "
+                f"{_f(p['gate_s'])} |"
             )
     return head + "\n".join(lines) + "\n"
 
