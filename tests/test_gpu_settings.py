@@ -350,3 +350,23 @@ def test_watts_are_kept_to_the_milliwatt(hgx: FakeHost, hgx_nvml: NvmlDouble) ->
     out = engine.apply(ts, journal, log_results=False)
     assert {(o.status, o.current) for o in out} == {(engine.CHANGED, "612.345 W")}
     assert nvml.power_limits("00000000:18:00.0").current == 612345
+
+
+def test_a_limit_no_gpu_takes_is_exit_2_in_one_line_and_nothing_changes(
+    hgx: FakeHost, hgx_nvml: NvmlDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = hgx.root.parent / "gpu.toml"
+    cfg.write_text("[gpu]\npersistence_mode = true\npower_limit = 4000\n")
+    cfg.chmod(0o600)
+    rc = cli.main(["--root", str(hgx.root), "--config", str(cfg), "apply"], nvml_opener=opener_for(hgx_nvml))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert f"{cfg}:3: gpu.power_limit = 4000: out of range: a GPU power limit is 10 to 3000 W" in err
+    assert hgx_nvml.setter_calls == [] and hgx_nvml.set_calls == []
+
+
+def test_only_selects_one_gpus_setting(hgx: FakeHost, hgx_nvml: NvmlDouble, capsys: pytest.CaptureFixture[str]) -> None:
+    left_by_an_earlier_job(hgx_nvml)
+    rc, applied = cli_run(hgx.root, capsys, hgx_nvml, ALL, "apply", "--only", "gpu.2.power_limit", "--json")
+    assert rc == 0 and [(r["id"], r["status"]) for r in applied["results"]] == [("gpu.2.power_limit", "changed")]
+    assert [c[0] for c in hgx_nvml.setter_calls] == ["nvmlDeviceSetPowerManagementLimit"]
