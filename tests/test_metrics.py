@@ -4,6 +4,7 @@ check of that directory, and drift counted once per change."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -239,3 +240,19 @@ def test_readiness_checks_and_heartbeat_in_the_textfile(hgx: FakeHost, hgx_nvml:
     assert value_of(prom.read_text(), "vllm_nodeagent_heartbeat_timestamp_seconds") == 0
     loop.tick(loop.clock())  # a round with nothing due still beats
     assert value_of(prom.read_text(), "vllm_nodeagent_heartbeat_timestamp_seconds") > 1.7e9
+
+
+def test_every_exported_check_id_is_documented(hgx: FakeHost, hgx_nvml: NvmlDouble) -> None:
+    """vllm_nodeagent_check_status{id} is a contract: each id the daemon exports has its row in docs/doctor.md
+    (ids are stable; an id renamed without the docs fails here)."""
+    from vllm_nodeagent.checks import run_all
+
+    doc = (Path(__file__).resolve().parent.parent / "docs/doctor.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"`([a-z0-9_]+(?:\.[a-z0-9_.*]+)?)`", doc))
+    p = probe(hgx, "[agent]\nmetrics_textfile = 'auto'\n", hgx_nvml)
+    ids = {r.id for r in run_all(p)}
+    assert len(ids) >= 15
+    missing = {
+        i for i in ids if i not in documented and not any(d.endswith("*") and i.startswith(d[:-1]) for d in documented)
+    }
+    assert missing == set()
