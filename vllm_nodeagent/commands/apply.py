@@ -21,7 +21,7 @@ from vllm_nodeagent.settings.engine import (
 )
 from vllm_nodeagent.settings.families import build_tunables
 from vllm_nodeagent.settings.journal import Journal, JournalError
-from vllm_nodeagent.settings.restore import UNRESTORABLE, WOULD_RESTORE
+from vllm_nodeagent.settings.restore import FORGOTTEN, UNRESTORABLE, WOULD_RESTORE
 from vllm_nodeagent.topology import discover
 
 
@@ -76,7 +76,7 @@ def render_outcome(o: Outcome) -> str:
         value = f"{show(o.previous)} → {show(o.current)}"
     elif o.status == RESTORED:
         value = show(o.current)
-    elif o.current is None and o.status == UNRESTORABLE:
+    elif o.current is None and o.status in (UNRESTORABLE, FORGOTTEN):
         value = f"(original {show(o.desired)})"
     elif o.current is None:
         value = f"(wants {show(o.desired)})" if o.desired is not None and o.status != UNTOUCHED else ""
