@@ -155,3 +155,56 @@ def test_learned_libraries_are_what_a_running_process_mapped(tmp_path: Path, bas
     names = {os.path.basename(f.path) for f in warm}
     assert native.name in names and "libfake.so.12" not in names  # only what was mapped
     assert "mod1.py" not in names and any(n.startswith("mod1.") and n.endswith(".pyc") for n in names)  # the pyc
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, object]]] = []
+
+    def info(self, event: str, **kw: object) -> None:
+        self.events.append((event, kw))
+
+    warning = error = info
+
+
+def test_daemon_warm_up_beside_the_start_returns_at_once_then_reads_stack_then_weights(
+    tmp_path: Path, base: Path
+) -> None:
+    """[prewarm] overlap (the default): prewarm_before_start waits for nothing; the thread reads the stack first,
+    then the weights, and logs each part (the H200 runs: a warm-up vLLM waited for cost more than it saved)."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from vllm_nodeagent.config import parse_config
+    from vllm_nodeagent.daemon.prewarm_step import prewarm_before_start
+    from vllm_nodeagent.host import Host
+
+    make_stack(base)
+    weights = base / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(os.urandom(MIB))
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True)
+    (root / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
+    cfg = parse_config(
+        f'[prewarm]\n[vllm]\ncommand = ["{base}/venv/bin/python", "-m", "vllm"]\nmodel = "{weights.parent}"\n'
+        'user = "nobody"\n',
+        "c",
+    )
+    log = _Log()
+    loop = SimpleNamespace(
+        ctx=SimpleNamespace(config=cfg, host=Host(root)),
+        log=log,
+        notify=SimpleNamespace(status=lambda s: None),
+        metrics=SimpleNamespace(set_prewarm=lambda *a: None),
+        watchdog=lambda now: None,
+        clock=time.monotonic,
+    )
+    assert prewarm_before_start(loop) is None  # type: ignore[arg-type]  # returns before anything is read
+    thread = next(t for t in threading.enumerate() if t.name == "prewarm-beside-start")
+    thread.join(120)
+    parts = [kw.get("part") for ev, kw in log.events if ev == "prewarm_done"]
+    assert parts == ["stack", "weights"], log.events
+    done = {kw["part"]: kw for ev, kw in log.events if ev == "prewarm_done"}
+    assert done["weights"]["files"] == 1 and int(str(done["stack"]["stack_files"])) > 10
