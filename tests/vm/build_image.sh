@@ -19,8 +19,10 @@ PACKAGES=(
     procps kmod ca-certificates
     python3-apt sudo
     hwloc-nox
+    slurm-wlm munge
 )
 # hwloc-nox: lstopo-no-graphics, the peer that test_03b cross-checks the agent's topology against.
+# slurm-wlm, munge: the real Slurm of test_slurm_vm.py (slurmctld + slurmd in one guest).
 # python3-apt and sudo: what Ansible's apt module and `become` need on a managed Debian host (the
 # guests have no way out, so Ansible cannot install python3-apt on demand).
 
