@@ -25,6 +25,7 @@ from fakehost import (
     same_cpumap_numa,
     slurm_cgroup_v2_job,
     slurm_own_hierarchy,
+    step_on_one_node,
     trailing_nul_arm64,
     two_socket_8gpu,
     vm_no_gpu,
@@ -54,6 +55,7 @@ HOSTS: dict[str, Callable[[Path], FakeHost]] = {
     "per_cpu_offline": per_cpu_offline,
     "same_cpumap_numa": same_cpumap_numa,
     "memory_node_not_in_mems_allowed": memory_node_not_in_mems_allowed,
+    "step_on_one_node": step_on_one_node,  # found by the VM bed's Slurm test
 }
 
 # No timed assertions (charter): hypothesis's default 200 ms per-example deadline failed on a loaded 2-core VM.

@@ -493,3 +493,21 @@ def memory_node_not_in_mems_allowed(root: Path) -> FakeHost:
     h.allowed("0-15", "0-1")
     h.gpu("0000:17:00.0", 0, list(range(8)))
     return h
+
+
+def step_on_one_node(root: Path) -> FakeHost:
+    """A Slurm step confined to node 0 of a two-node VM (as in the VM bed): its virtio NIC has numa_node -1 and
+    local_cpulist 0-1, which spans both nodes; only node 0's CPU is the step's."""
+    h = FakeHost(root)
+    h.cpus(2)
+    h.numa_node(0, [0], 1024 * 1024)
+    h.numa_node(1, [1], 1024 * 1024)
+    h.write("/sys/devices/system/node/online", "0-1")
+    h.meminfo(2 * 1024 * 1024, 1024 * 1024)
+    h.allowed("0", "0-1")
+    h.cgroup_v2("/system.slice/slurmstepd.scope/job_3/step_0/user/task_0", "0", "0-1")
+    real = h.pci_device("0000:00:03.0", "0x1af4", "0x020000", -1, [0, 1], device_id="0x1000")
+    h.write(f"{real}/virtio0/net/eth0/address", "52:54:00:12:34:56")
+    h.link(f"{real}/virtio0/net/eth0/device", "../../../virtio0")
+    h.link("/sys/class/net/eth0", "../../devices/pci0000:00/0000:00:03.0/virtio0/net/eth0")
+    return h

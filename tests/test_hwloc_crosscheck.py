@@ -38,6 +38,7 @@ TREES = [
     "per_cpu_offline",
     "same_cpumap_numa",
     "memory_node_not_in_mems_allowed",
+    "step_on_one_node",
 ]
 
 

@@ -115,3 +115,15 @@ def test_mount_of_a_subtree(tmp_path: Path) -> None:
     topo = discover(Host(root))
     assert [n.cpus for n in topo.numa_nodes] == [[3]]
     assert topo.sources["cpuset"]["cpus_file"] == "/dev/cpuset/uid_1000/job_42/step_0/cpus"
+
+
+def test_device_spanning_nodes_of_which_one_is_the_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by tests/vm/test_slurm_vm.py: in a step on node 0 the NIC (numa_node -1, local CPUs 0-1) is node 0's,
+    as lstopo in the step says; outside a narrowed cpuset the same NIC has no locality."""
+    data = topo_json("step_on_one_node", tmp_path, capsys)
+    assert [(n["name"], n["numa_node"]) for n in data["nics"]] == [("eth0", 0)]
+    root = tmp_path / "unconfined"
+    h = HOSTS["step_on_one_node"](root)
+    h.allowed("0-1", "0-1")
+    h.write("/sys/fs/cgroup/system.slice/slurmstepd.scope/job_3/step_0/user/task_0/cpuset.cpus.effective", "0-1")
+    assert [n.numa_node for n in discover(Host(root)).nics] == [-1]

@@ -130,10 +130,15 @@ def pci_numa(host: Host, dev_path: str, numa: UsableNuma, warnings: list[str]) -
         touched = [n for n in cpu_nodes if set(local) & set(numa.machine_cpus[n])]
         # A node with an unreadable CPU list could hold the device: then only a list inside one node decides.
         inside = len(touched) == 1 and set(local) <= set(numa.machine_cpus[touched[0]])
+        # Of the nodes it touches, only one may be usable here (a job's cpuset on one node): hwloc, which sees
+        # only the allowed CPUs, places the device there, and so does the agent.
+        usable_touched = [n.id for n in numa.nodes if n.kind == CPU and set(n.cpus) & set(local)]
         if len(cpu_nodes) == 1 and not numa.unreadable:
             node, why = _usable_node(numa, cpu_nodes[0], "the only node")
         elif len(touched) == 1 and (inside or not numa.unreadable):
             node, why = _usable_node(numa, touched[0], "its local CPUs' node")
+        elif len(usable_touched) == 1 and not numa.unreadable:
+            node, why = _usable_node(numa, usable_touched[0], "the only usable node of its local CPUs")
         elif numa.unreadable and not touched:
             why = (
                 f"numa_node is -1, no local CPUs, and node(s) {format_cpulist(numa.unreadable)} could not be "
