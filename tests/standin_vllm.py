@@ -12,6 +12,9 @@
   argv, and selected environment variables.
 * ``--workers N``: spawns N worker processes (children; they keep running until signalled, like vLLM's
   workers, and do not handle SIGTERM themselves).
+* ``--engine-workers N``: real vLLM's shape: the API server starts an engine process (role "engine"), which
+  starts N workers; all in the server's process group, none watching its parent (a leader that dies leaves
+  them running, PPID 1).
 * Crashing: ``--crash-after S`` (or env ``STANDIN_CRASH_AFTER``) exits with status 3 S seconds after it became
   healthy; ``--crash-during-load`` (or env ``STANDIN_CRASH_DURING_LOAD=1``) exits 4 while loading.
 
@@ -80,6 +83,28 @@ def record(path: Optional[str], info: dict[str, Any]) -> None:
         return
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(info) + "\n")
+
+
+def engine_main(record_path: Optional[str], ignore_term: bool, workers: int) -> int:
+    if ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    record(record_path, describe("engine", sys.argv))
+    spawn_workers(record_path, ignore_term, workers)
+    while True:
+        time.sleep(3600)
+
+
+def spawn_workers(record_path: Optional[str], ignore_term: bool, n: int, role: str = "--standin-worker") -> None:
+    for _ in range(n):
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                role,
+                *(["--record", record_path] if record_path else []),
+                *(["--workers-ignore-term"] if ignore_term else []),
+            ]
+        )
 
 
 def worker_main(record_path: Optional[str], ignore_term: bool) -> int:
@@ -191,6 +216,8 @@ def main() -> int:
     p.add_argument("--refuse-while-loading", action="store_true")
     p.add_argument("--workers-ignore-term", action="store_true", help="workers survive SIGTERM (need SIGKILL)")
     p.add_argument("--standin-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--engine-workers", type=int, default=0)
+    p.add_argument("--standin-engine", type=int, default=-1, help=argparse.SUPPRESS)
     p.add_argument("--model", default="")
     p.add_argument("--served-model-name", default="")
     p.add_argument("--smoke-fail", action="store_true")
@@ -198,18 +225,13 @@ def main() -> int:
     args, unknown = p.parse_known_args(argv)
     if args.standin_worker:
         return worker_main(args.record, args.workers_ignore_term)
+    if args.standin_engine >= 0:
+        return engine_main(args.record, args.workers_ignore_term, args.standin_engine)
 
     record(args.record, describe("server", argv))
-    for _ in range(args.workers):
-        subprocess.Popen(
-            [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--standin-worker",
-                *(["--record", args.record] if args.record else []),
-                *(["--workers-ignore-term"] if args.workers_ignore_term else []),
-            ]
-        )
+    spawn_workers(args.record, args.workers_ignore_term, args.workers)
+    if args.engine_workers:
+        spawn_workers(args.record, args.workers_ignore_term, 1, f"--standin-engine={args.engine_workers}")
     state = State(args.load_seconds, args.hold_file)
     positional = [a for a in unknown if not a.startswith("-") and a != "serve"]
     state.served = args.served_model_name or args.model or (positional[0] if positional else "standin")

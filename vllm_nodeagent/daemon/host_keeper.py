@@ -104,7 +104,7 @@ class HostKeeper:
         )
         self.journal = Journal(self.ctx.host, self.ctx.config.agent.state_dir)
         try:
-            with self.journal.locked(on_wait=self._lock_wait):
+            with self.journal.locked(on_wait=self._lock_wait, cancelled=self.loop.pending_stop):
                 outcomes = apply(self.tunables, self.journal)
         except (JournalError, OSError) as exc:
             self.log.error("settings_failed", error=str(exc))
@@ -149,7 +149,7 @@ class HostKeeper:
         if drifted and mode == "enforce":
             ids = {o.id for o in drifted}
             try:
-                with self.journal.locked(on_wait=self._lock_wait):
+                with self.journal.locked(on_wait=self._lock_wait, cancelled=self.loop.pending_stop):
                     fixed = apply([t for t in self.tunables if t.id in ids], self.journal)
             except (JournalError, OSError) as exc:
                 self.log.error("drift_reapply_failed", error=str(exc))
@@ -179,7 +179,8 @@ class HostKeeper:
 
         journal = self.journal or Journal(self.ctx.host, self.ctx.config.agent.state_dir)
         try:
-            with journal.locked(on_wait=self._lock_wait):
+            # the stop itself was a SIGTERM: only a further one gives up the wait
+            with journal.locked(on_wait=self._lock_wait, cancelled=self.loop.stop_signalled):
                 revert(self.ctx.host, journal, self.loop.nvml)
         except (JournalError, OSError) as exc:
             self.log.error("revert_failed", error=str(exc))

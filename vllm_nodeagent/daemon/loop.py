@@ -111,6 +111,7 @@ class Loop:
         self.failure = ""  # why the daemon gave up, in one sentence (launch prints it as its one error line)
         self.next_watchdog = 0.0
         self._stop_requested = False
+        self._stops = 0  # SIGTERM/SIGINT seen (stop_signalled compares)
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._old_handlers: dict[int, Any] = {}
         self._old_wakeup = -1
@@ -164,13 +165,22 @@ class Loop:
             self.next_watchdog = now + self.notify.watchdog_interval_s
 
     def pending_stop(self) -> bool:
-        """A SIGTERM that arrived during a blocking start-up step is honoured before the next one."""
+        """A SIGTERM that arrived during a blocking start-up step is honoured before the next one; a wait
+        (the journal lock, the argument probe) asks this to end early."""
         for sig in self._drain():
             if sig in (signal.SIGTERM, signal.SIGINT):
                 self._stop_requested = True
+                self._stops += 1
             elif sig == signal.SIGHUP:
                 os.write(self._wfd, bytes([signal.SIGHUP]))  # handled once the loop runs
         return self._stop_requested
+
+    def stop_signalled(self) -> bool:
+        """A SIGTERM/SIGINT arrived since the last look: a stop's TERM grace (vLLM's, its leftovers') ends and
+        KILL follows — a second Ctrl-C during a stop, or a stop during a restart's wait."""
+        before = self._stops
+        self.pending_stop()
+        return self._stops > before
 
     def fail(self, why: str, code: int = 1) -> None:
         """A component gives up (vLLM's first start failed): the loop ends with ``code``."""
@@ -290,6 +300,8 @@ class Loop:
                 if sig == signal.SIGHUP:
                     self._reload()
             self.tick(self.clock(), woken=[owners[fd] for fd in readable if fd in owners])
+            if self._stop_requested:  # seen by a wait inside the tick (pending_stop drained it)
+                return self._stop()
         return self.exit_code
 
     def tick(self, now: float, woken: Optional[list[Component]] = None) -> None:

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Optional
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.daemon.loop import Status
 from vllm_nodeagent.daemon.prewarm_step import learn_after_ready, prewarm_before_start
-from vllm_nodeagent.daemon.worker_pins import pin_workers
-from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
+from vllm_nodeagent.daemon.serve_child import pid_file_path, pin_pending, verify_binding
 from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
 from vllm_nodeagent.serving.env import LaunchError
 from vllm_nodeagent.serving.plan import LaunchPlan, accept_args, something_to_launch, start_plan
 from vllm_nodeagent.serving.probe import ProbeBeside
 from vllm_nodeagent.serving.readiness import SmokeCheck
-from vllm_nodeagent.serving.state import PID_FILE, state_dir_problem, write_plan_file
+from vllm_nodeagent.serving.reaper import reclaim
+from vllm_nodeagent.serving.state import write_plan_file
 
 if TYPE_CHECKING:
     from vllm_nodeagent.config import Config
@@ -147,7 +147,9 @@ class ServeKeeper:
         if self.child is not None:
             ex = self.child.poll()
             if ex is not None:
-                self._child_exited(ex, now)
+                # vLLM's engine and workers outlive its API server: end them before anything restarts
+                self.child.finish(self.vcfg.stop_timeout_s, self.loop.stop_signalled)
+                self._child_exited(ex, self.clock())
                 return
         if self.phase in ("loading", "gating") and self.child is not None:
             self._check_loading(now)
@@ -158,7 +160,7 @@ class ServeKeeper:
             if now >= self.next_liveness:
                 self._liveness(now)
         if self.child is not None and self._pins_pending() and now >= self.next_pin:
-            self._pin_workers()
+            pin_pending(self)
             self.next_pin = now + PIN_POLL_S
 
     def status(self) -> Status:
@@ -181,7 +183,9 @@ class ServeKeeper:
             return
         self.log.info("vllm_config_changed", action="restart")
         if self.child is not None:
-            self.child.stop(old.vllm.stop_timeout_s if old.vllm else VllmConfig().stop_timeout_s)
+            self.child.stop(
+                old.vllm.stop_timeout_s if old.vllm else VllmConfig().stop_timeout_s, self.loop.stop_signalled
+            )
             self.child = None
         self.smoke = None
         self.plan = None
@@ -196,29 +200,19 @@ class ServeKeeper:
     def stop(self) -> None:
         self.phase = "stopping"
         if self.child is not None:
-            self.child.stop(self.vcfg.stop_timeout_s)
+            self.child.stop(self.vcfg.stop_timeout_s, self.loop.stop_signalled)
             self.child = None
         self.loop.metrics.set_up(False)
 
     def close(self) -> None:
         if self.child is not None:  # an unexpected error: never leave vLLM behind
-            self.child.stop(self.vcfg.stop_timeout_s)
+            self.child.stop(self.vcfg.stop_timeout_s, self.loop.stop_signalled)
             self.child = None
         if self._prewarm_locked is not None:
             self._prewarm_locked.release()
             self._prewarm_locked = None
 
     # -- the child ---------------------------------------------------------------------------------------------------
-    def _pid_file(self) -> str:
-        if self.pid_dir:
-            return os.path.join(self.pid_dir, PID_FILE)
-        state_dir = self.ctx.config.agent.state_dir
-        why = state_dir_problem(self.ctx.host, state_dir)  # checked by fd (host/fsafe), made 0755 when missing
-        if why:
-            self.log.warning("state_dir_unusable", path=state_dir, error=why)
-            return ""
-        return str(self.ctx.host.path(state_dir) / PID_FILE)
-
     def _start_child(self, initial: bool) -> None:
         """Start vLLM and enter "loading". A failed first start ends the loop (already logged)."""
         now = self.clock()
@@ -228,7 +222,9 @@ class ServeKeeper:
                     raise LaunchError("no topology")
                 self.loop.notify.status("checking vLLM arguments")
                 self.plan, self.args_probe = start_plan(self.ctx, self.loop.topo, self.gpus_override)
-            pid_file = self._pid_file()
+            pid_file = pid_file_path(self)
+            if initial and pid_file:  # a vLLM that a killed agent left holds the port and the GPUs
+                reclaim(pid_file, self.vcfg.stop_timeout_s, self.loop.stop_signalled)
             self.child = Child(self.plan, pid_file, self.clock)
             if pid_file:
                 write_plan_file(os.path.dirname(pid_file), self.plan, self.child.pid, self.child.start_time)
@@ -274,7 +270,7 @@ class ServeKeeper:
         if now >= self.load_deadline:
             self.loop.metrics.add_gate_failure()
             self.log.error("vllm_start_timeout", pid=self.child.pid, start_timeout_s=self.vcfg.start_timeout_s)
-            self.child.stop(self.vcfg.stop_timeout_s)
+            self.child.stop(self.vcfg.stop_timeout_s, self.loop.stop_signalled)
             self.child = None
             self.smoke = None
             if not self.loop.ready_sent:
@@ -315,7 +311,7 @@ class ServeKeeper:
         except LaunchError as exc:
             self.log.error("vllm_start_failed", error=str(exc))
             if self.child is not None:
-                self.child.stop(self.vcfg.stop_timeout_s)
+                self.child.stop(self.vcfg.stop_timeout_s, self.loop.stop_signalled)
                 self.child = None
             self.plan = None
             if not self.loop.ready_sent:
@@ -369,7 +365,7 @@ class ServeKeeper:
             url=self.vcfg.health_url,
             gate=gate,
         )
-        self._verify_binding()
+        verify_binding(self)
         learn_after_ready(self.loop, self.child.pid)  # the libraries it mapped: what the next warm-up reads
         self.loop.component_ready()
 
@@ -393,21 +389,11 @@ class ServeKeeper:
             return
         pid = self.child.pid
         self.log.error("vllm_unhealthy", pid=pid, failures=self.health_failures)
-        self.child.stop(self.vcfg.stop_timeout_s)
+        self.child.stop(self.vcfg.stop_timeout_s, self.loop.stop_signalled)
         self.child = None
         self.health_failures = 0
         self.loop.metrics.set_up(False)
         self._schedule_restart(self.clock(), f"unhealthy: {self.vcfg.unhealthy_after} failed health checks", pid)
-
-    def _verify_binding(self) -> None:
-        if self.child is None or self.plan is None:
-            return
-        procs = live_binding(self.child.pid)
-        problems = binding_mismatches(self.plan, procs)
-        for p in procs:
-            self.log.info("vllm_binding", pid=p["pid"], cpus=p["cpus"], mems=p["mems"], mempolicy=p["mempolicy"])
-        for problem in problems:
-            self.log.warning("vllm_binding_mismatch", pid=self.child.pid, detail=problem)
 
     def _child_exited(self, ex: Exit, now: float) -> None:
         self.loop.metrics.set_up(False)
@@ -438,13 +424,3 @@ class ServeKeeper:
 
     def _pins_pending(self) -> bool:
         return self.plan is not None and len(self.pinned) < len(self.plan.pin)
-
-    def _pin_workers(self) -> None:
-        if self.plan is None or self.child is None or self.loop.topo is None or not self._pins_pending():
-            return
-        self.loop.open_nvml()
-        if self.loop.nvml is None:
-            self.log.warning("worker_pin_unavailable", pid=self.child.pid, reason=self.loop.nvml_error)
-            self.plan.pin = {}
-            return
-        pin_workers(self.plan, self.child.pid, self.loop.topo, self.loop.nvml, self.pinned, self.log)

@@ -194,6 +194,17 @@ class Procfs:
         text = self.host.read_or(f"/sys/fs/cgroup{cgroup.rstrip('/')}/cgroup.procs", "") or ""
         return sorted(int(p) for p in text.split() if p.isdigit())
 
+    def flock_holders(self, major: int, minor: int, inode: int) -> list[int]:
+        """Pids holding a FLOCK on the file (device major:minor, inode), from /proc/locks (proc(5))."""
+        want = f"{major:02x}:{minor:02x}:{inode}"
+        out = []
+        for line in (self.host.read_or("/proc/locks", "") or "").splitlines():
+            f = line.split()
+            # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; blocked waiters are "1: -> FLOCK ..."
+            if len(f) >= 6 and f[1] == "FLOCK" and f[5] == want and f[4].isdigit():
+                out.append(int(f[4]))
+        return sorted(set(out))
+
 
 def own_cgroup(procfs: Procfs) -> str:
     """The agent's cgroup v2 path when it is a service of its own (leaf "*.service", not a user manager's

@@ -18,9 +18,12 @@ from typing import Callable, Optional
 from vllm_nodeagent import log
 from vllm_nodeagent.host.proc import ProcError, Procfs
 from vllm_nodeagent.serving.plan import LaunchPlan
+from vllm_nodeagent.serving.reaper import POLL_S, Interrupted, Reaper, never
 from vllm_nodeagent.serving.state import StateFileError, read_pid, remove_state_file, write_pid_file
 
 Clock = Callable[[], float]
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+EXIT_ORPHANED = 126
 
 
 class Backoff:
@@ -86,6 +89,7 @@ class Child:
             start_new_session=True,
             close_fds=True,
             cwd="/",
+            preexec_fn=parent_death_signal(os.getpid()),  # noqa: PLW1509 - prctl only: see parent_death_signal
             **kwargs,  # type: ignore[call-overload]
         )
         self.pid: int = self.proc.pid
@@ -112,11 +116,24 @@ class Child:
         return self._pidfd
 
     def poll(self) -> Optional[Exit]:
+        """The leader's exit, once; the rest of its group may still run: ``finish`` ends it."""
         rc = self.proc.poll()
         if rc is None:
             return None
-        self._cleanup()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
         return Exit(self.pid, rc)
+
+    def reaper(self) -> Reaper:
+        return Reaper(self.pid, self.plan.uid if self.plan.switch_user else os.geteuid())
+
+    def finish(self, timeout_s: float, interrupted: Interrupted = never) -> list[int]:
+        """After the leader exited (a crash): every process of its group, and what it left in the agent's
+        cgroup, gets the same TERM → wait → KILL as a stop; then the pid file goes. Returns the pids ended."""
+        found = self.reaper().end(timeout_s, interrupted, why=f"the leader (pid {self.pid}) exited")
+        self._cleanup()
+        return found
 
     def _cleanup(self) -> None:
         if self._pidfd >= 0:
@@ -140,34 +157,56 @@ class Child:
             log.get().error("vllm_signal_failed", pid=self.pid, signal=signal.Signals(sig).name, error=str(exc))
             return False
 
-    def stop(self, timeout_s: float) -> Exit:
-        """SIGTERM the whole group, wait ``timeout_s``, SIGKILL the group. Returns the leader's exit."""
+    def stop(self, timeout_s: float, interrupted: Interrupted = never) -> Exit:
+        """SIGTERM the whole group, wait ``timeout_s`` (or until ``interrupted``: a second SIGTERM), SIGKILL the
+        group; then the stragglers (group and cgroup) get the same end. Returns the leader's exit."""
         logger = log.get()
         logger.info("vllm_stopping", pid=self.pid, timeout_s=timeout_s)
-        self.signal_group(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        reaper = self.reaper()
+        reaper.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        rc = self.proc.poll()
+        while rc is None and time.monotonic() < deadline and not interrupted():
+            time.sleep(POLL_S)
+            rc = self.proc.poll()
+        if rc is None:
             logger.warning("vllm_stop_timeout", pid=self.pid, action="SIGKILL to the process group")
-            self.signal_group(signal.SIGKILL)
+            reaper.signal(signal.SIGKILL)
             rc = self.proc.wait()
-        # Stragglers of the group (workers that ignored SIGTERM after the leader left) get the same end.
-        deadline = time.monotonic() + min(timeout_s, 5.0)
-        while _group_alive(self.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _group_alive(self.pid):
-            self.signal_group(signal.SIGKILL)
+        # Stragglers (workers that ignored SIGTERM after the leader left) get the same end.
+        reaper.end(max(0.0, min(deadline - time.monotonic(), 5.0)), interrupted, why="after the leader stopped")
         self._cleanup()
         ex = Exit(self.pid, rc)
         logger.info("vllm_stopped", pid=self.pid, result=ex.describe())
         return ex
 
 
+def parent_death_signal(parent: int) -> Callable[[], None]:
+    """The child's last step before exec (after the switch to the vLLM user, which would clear it): ask the
+    kernel for SIGTERM when the agent dies (prctl PR_SET_PDEATHSIG), and end at once when it already has.
+
+    Safe beside the agent's threads: prctl is resolved here, before the fork; the function the child runs calls
+    only that foreign function and getppid (no import, no lock, no allocation of the agent's objects). SIGTERM,
+    not SIGKILL: vLLM's API server then stops its engine and workers itself; what it leaves, a restarted agent
+    ends through the pid file (reaper.reclaim). The kernel sends it when the *thread* that forked exits: the
+    agent starts vLLM from its main thread only."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    getppid = os.getppid
+    exit_now = os._exit
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if getppid() != parent:  # the agent died between fork and prctl: nobody would signal us
+            exit_now(EXIT_ORPHANED)
+
+    return in_child
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of process group ``pgid``. Zombies do not count: a reaper that is not
     systemd (containers) may leave them around, and they hold no resources."""
     return Procfs().group_members(pgid)
-
-
-def _group_alive(pgid: int) -> bool:
-    return bool(group_members(pgid))

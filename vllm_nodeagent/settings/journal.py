@@ -332,11 +332,15 @@ class Journal:
     # -- lock -----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(
-        self, timeout_s: Optional[float] = None, on_wait: Optional[Callable[[str], None]] = None
+        self,
+        timeout_s: Optional[float] = None,
+        on_wait: Optional[Callable[[str], None]] = None,
+        cancelled: Optional[Callable[[], bool]] = None,
     ) -> Iterator[None]:
         """One writer at a time (the daemon and an operator's `apply` must not interleave).
 
-        When another process holds the lock, ``on_wait`` is told who (once); after ``timeout_s`` JournalError.
+        When another process holds the lock, ``on_wait`` is told who (once); after ``timeout_s`` JournalError,
+        and at once when ``cancelled()`` says so (the daemon got SIGTERM while it waited).
         """
         lock_host_path = f"{self.state_dir}/{LOCK_NAME}"
         self._check_dir()
@@ -347,12 +351,19 @@ class Journal:
         except HostError as exc:
             raise JournalError(f"{self.state_dir}: cannot use the state dir: {_why(exc)}") from None
         try:
-            self._acquire(fd, lock_host_path, LOCK_TIMEOUT_S if timeout_s is None else timeout_s, on_wait)
+            self._acquire(fd, lock_host_path, LOCK_TIMEOUT_S if timeout_s is None else timeout_s, on_wait, cancelled)
             yield
         finally:
             os.close(fd)
 
-    def _acquire(self, fd: int, shown: str, timeout_s: float, on_wait: Optional[Callable[[str], None]]) -> None:
+    def _acquire(
+        self,
+        fd: int,
+        shown: str,
+        timeout_s: float,
+        on_wait: Optional[Callable[[str], None]],
+        cancelled: Optional[Callable[[], bool]] = None,
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         told = False
         while True:
@@ -364,6 +375,8 @@ class Journal:
                 if not told and on_wait is not None:
                     on_wait(f"waiting for {shown}, held by {holder} (giving up after {timeout_s:g} s)")
                     told = True
+                if cancelled is not None and cancelled():
+                    raise JournalError(f"stopped while waiting for {shown} (held by {holder})") from None
                 if time.monotonic() >= deadline:
                     raise JournalError(
                         f"{shown} is held by {holder}; gave up after {timeout_s:g} s "
