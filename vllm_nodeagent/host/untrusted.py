@@ -51,3 +51,53 @@ def read_capped(path: str, max_bytes: int, owners: set[int]) -> Optional[bytes]:
         raise UntrustedFileError(f"{path}: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def others_can_change(host_real_root: str, path: str, trusted: set[int], _hops: int = 0) -> str:
+    """Why someone other than root and ``trusted`` uids could change what ``path`` (an absolute host path under
+    the root ``host_real_root``) names, "" when nobody can. Every component from "/" down is checked (lstat, so a
+    symlink's own directory counts, then its target is checked the same way):
+
+    - owned by a uid that is not root and not trusted → that owner can change it;
+    - group- or world-writable → others can replace entries, unless the directory is sticky and root's (like
+      /tmp) and the next component exists and is owned by root or a trusted uid (others may not rename it);
+    - a missing component inside a directory others can write → they can create it.
+    """
+    owners = {0} | trusted
+    base = host_real_root.rstrip("/")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    current = ""
+    for depth in range(len(parts) + 1):
+        shown = current or "/"
+        try:
+            st = os.lstat(base + current if current else base or "/")
+        except FileNotFoundError:
+            return ""  # below a safe directory: only root or a trusted uid can create it
+        except OSError as exc:
+            return f"{shown}: {exc.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in owners:
+                return f"{shown} is a symlink owned by uid {st.st_uid}"
+            if _hops >= 40:
+                return f"{shown}: too many levels of symbolic links"
+            target = os.readlink(base + current)
+            resolved = target if target.startswith("/") else os.path.join(os.path.dirname(current) or "/", target)
+            rest = "/".join(parts[depth:])
+            return others_can_change(host_real_root, os.path.normpath(f"{resolved}/{rest}"), trusted, _hops + 1)
+        if st.st_uid not in owners:
+            return f"{shown} is owned by uid {st.st_uid} (not root or the vLLM user)"
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            sticky_root = bool(st.st_mode & stat.S_ISVTX) and st.st_uid == 0
+            if depth == len(parts) or not sticky_root:
+                return f"{shown} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+            try:
+                nxt = os.lstat(f"{base}{current}/{parts[depth]}")
+            except FileNotFoundError:
+                return f"{current}/{parts[depth]} does not exist and {shown} lets anyone create it"
+            except OSError as exc:
+                return f"{current}/{parts[depth]}: {exc.strerror}"
+            if nxt.st_uid not in owners:
+                return f"{current}/{parts[depth]} is owned by uid {nxt.st_uid} in sticky {shown}"
+        if depth < len(parts):
+            current = f"{current}/{parts[depth]}"
+    return ""

@@ -14,6 +14,7 @@ from vllm_nodeagent.host.parse import format_cpulist
 from vllm_nodeagent.serving.args import ProbeResult, static_findings
 from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
 from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, RunAs, resolve_user
+from vllm_nodeagent.serving.env_paths import env_path_checks
 from vllm_nodeagent.serving.plan import plan, plan_from_json, something_to_launch
 from vllm_nodeagent.serving.probe import probe_as_user
 from vllm_nodeagent.serving.state import find_running
@@ -85,25 +86,32 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
         else:
             checks.append(_check("vllm.args", "pass", f"vLLM {pr.version}", "accepted by vLLM's parser"))
     checks.append(_binding_check(ctx, cfg, topo, numactl))
+    checks.extend(env_path_checks(ctx.host, cfg, _vllm_uid(ctx, cfg)))
     return checks
+
+
+def _vllm_uid(ctx: Context, cfg: VllmConfig) -> Optional[int]:
+    """The vLLM user's uid from --root's /etc/passwd (None: no such account, or the file is refused)."""
+    from vllm_nodeagent.host.accounts import Accounts
+
+    try:
+        entry = Accounts.of(ctx.host).user(cfg.user)
+    except HostError:
+        return None
+    return entry.uid if entry else None
 
 
 def _binding_check(ctx: Context, cfg: VllmConfig, topo: Topology, numactl: Optional[str]) -> CheckResult:
     """The live binding of every vLLM process against what the daemon chose (its plan file); a re-plan with
     this host's defaults only when the daemon wrote none (an older agent)."""
-    from vllm_nodeagent.host.accounts import Accounts
     from vllm_nodeagent.host.proc import Procfs
     from vllm_nodeagent.serving.layout import SERVE_RUNTIME_DIR
 
     # single layout: the root agent's state dir; split: the serve unit's runtime dir (pid and plan side by side),
     # the vLLM user's: hostile input (state.find_running refuses what it cannot trust, in one line)
-    try:
-        entry = Accounts.of(ctx.host).user(cfg.user)
-    except HostError:
-        entry = None
     procfs = Procfs(ctx.host)
     dirs = [str(ctx.host.path(d)) for d in (ctx.config.agent.state_dir, SERVE_RUNTIME_DIR)]
-    running = find_running(dirs, entry.uid if entry else None, procfs)
+    running = find_running(dirs, _vllm_uid(ctx, cfg), procfs)
     if running.problem:
         return _check("vllm.binding", "warn", "", "", running.problem)
     pid, saved = running.pid, running.plan
