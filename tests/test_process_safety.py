@@ -133,3 +133,23 @@ def test_the_daemon_lock_is_not_a_symlink_target(bed: Bed, tmp_path: Path) -> No
     assert bed.wait_exit() == 3
     assert "cannot lock" in bed.stderr_path.read_text()
     assert target.read_text() == "keep\n"
+
+
+def test_a_stop_request_ends_the_wait_for_the_argument_probe() -> None:
+    """The start waits for the probe (GPUs spanning nodes); a SIGTERM meanwhile must not wait for vLLM's import."""
+    import threading
+
+    from vllm_nodeagent.serving.args import ProbeResult
+    from vllm_nodeagent.serving.env import LaunchError
+    from vllm_nodeagent.serving.probe import ProbeBeside
+
+    release = threading.Event()
+    pending = ProbeBeside(lambda: release.wait(120) and ProbeResult(False, reason="done"))  # type: ignore[arg-type]
+    asked = []
+    try:
+        with pytest.raises(LaunchError, match="stopped while waiting for vLLM's argument probe"):
+            pending.wait(lambda: asked.append(1) is None and len(asked) >= 3)
+        assert pending.result() is None  # it was still running: the wait gave up, not the probe
+    finally:
+        release.set()
+    assert pending.wait().reason == "done"

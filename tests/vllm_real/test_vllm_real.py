@@ -1,7 +1,8 @@
 """Real vLLM (CPU build, its own venv named by $VLLM_VENV), end to end: the agent's real `run` daemon as root
 with a NOTIFY_SOCKET read here, vLLM as `nobody` under the planned numactl binding, a tiny Llama built on the
 spot. One daemon is reused across the checks in file order (each vLLM start costs ~75 s on 2 busy cores):
-READY after the gate → completion → doctor → kill -9 EngineCore → SIGHUP with new args → SIGTERM.
+READY after the gate → completion → doctor → kill -9 EngineCore → kill -9 API server → SIGHUP with new args →
+SIGTERM.
 Run by .ci/vllm.sh (marker vllm_real; excluded from the unit command)."""
 
 from __future__ import annotations
@@ -377,6 +378,28 @@ def test_c_kill_engine_core_restarts_with_backoff(agent: Agent) -> None:
     smoke = agent.events("vllm_smoke_ok")
     assert len(smoke) >= 2 and smoke[-1]["pid"] == agent.vllm_pid()
     assert "vllm_nodeagent_vllm_up 1.0" in agent.metrics.read_text()
+    assert complete(agent.port)["choices"][0]["text"]
+
+
+def test_e_kill_9_of_the_api_server_leaves_no_engine_core_behind(agent: Agent) -> None:
+    """Issue 22: kill -9 of the API server (the group's leader); its EngineCore must not outlive the restart (it
+    would hold the memory and the GPU on a real node). One extra vLLM start: the leg's added time is printed."""
+    t0 = time.monotonic()
+    agent.wait_line("READY=1")
+    old_pid = agent.vllm_pid()
+    others = [p for p in vllm_processes(old_pid) if p["pid"] != old_pid]
+    assert any("EngineCore" in p["name"] or "EngineCore" in p["cmdline"] for p in others), others
+    mark = len(agent.notify())
+    os.kill(old_pid, signal.SIGKILL)
+    exited = agent.wait_line("STATUS=vLLM exited", after=mark, timeout=120)
+    agent.wait_line("READY=1", after=exited)
+    assert agent.vllm_pid() != old_pid
+    import psutil
+
+    left = [p for p in others if psutil.pid_exists(p["pid"]) and psutil.Process(p["pid"]).status() != "zombie"]
+    assert left == [], left
+    ended = [e for e in agent.events("vllm_leftovers") if e["pgid"] == old_pid]
+    print(f"MEASURED kill -9 API server -> READY again: {time.monotonic() - t0:.1f} s; the agent ended {ended}")
     assert complete(agent.port)["choices"][0]["text"]
 
 

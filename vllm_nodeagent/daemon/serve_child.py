@@ -1,11 +1,13 @@
-"""The serve keeper's side jobs around the running vLLM: where its pid file goes, the binding check after the
-gate, and worker pinning (binding "numactl+pin"). Functions over the keeper (serve_keeper.py stays small)."""
+"""The serve keeper's side jobs around the running vLLM: where its pid file goes, its STATUS= part, the binding
+check after the gate, and worker pinning (binding "numactl+pin"). Functions over the keeper (serve_keeper.py
+stays small)."""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
 
+from vllm_nodeagent.daemon.loop import Status
 from vllm_nodeagent.daemon.worker_pins import pin_workers
 from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
 from vllm_nodeagent.serving.state import PID_FILE, state_dir_problem
@@ -46,3 +48,19 @@ def pin_pending(k: ServeKeeper) -> None:
         k.plan.pin = {}
         return
     pin_workers(k.plan, k.child.pid, k.loop.topo, k.loop.nvml, k.pinned, k.log)
+
+
+def keeper_status(k: ServeKeeper) -> Status:
+    """The serve keeper's part of STATUS=."""
+    from vllm_nodeagent.daemon.serve_keeper import CRASH_LOOP_AFTER
+
+    what = "vLLM loading" if not k.loop.ready_sent else "vLLM restarting (loading)"
+    if k.phase == "loading":
+        return Status(f"{what}: waiting for {k.vcfg.health_url}", alone=True)
+    if k.phase == "gating":
+        return Status(f"{what}: health ok, smoke completion", alone=True)
+    if k.phase == "backoff":
+        n = k.backoff.failures
+        loop = " (crash loop)" if n >= CRASH_LOOP_AFTER else ""
+        return Status(f"vLLM exited {n}x in a row{loop}; restarting in {k.restart_at - k.clock():.0f}s", alone=True)
+    return Status("watching" if k.phase in ("watching", "init") else "serving")

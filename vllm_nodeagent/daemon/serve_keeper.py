@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.daemon.loop import Status
 from vllm_nodeagent.daemon.prewarm_step import learn_after_ready, prewarm_before_start
-from vllm_nodeagent.daemon.serve_child import pid_file_path, pin_pending, verify_binding
+from vllm_nodeagent.daemon.serve_child import keeper_status, pid_file_path, pin_pending, verify_binding
 from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
 from vllm_nodeagent.serving.env import LaunchError
 from vllm_nodeagent.serving.plan import LaunchPlan, accept_args, something_to_launch, start_plan
@@ -164,18 +164,7 @@ class ServeKeeper:
             self.next_pin = now + PIN_POLL_S
 
     def status(self) -> Status:
-        what = "vLLM loading" if not self.loop.ready_sent else "vLLM restarting (loading)"
-        if self.phase == "loading":
-            return Status(f"{what}: waiting for {self.vcfg.health_url}", alone=True)
-        if self.phase == "gating":
-            return Status(f"{what}: health ok, smoke completion", alone=True)
-        if self.phase == "backoff":
-            n = self.backoff.failures
-            loop = " (crash loop)" if n >= CRASH_LOOP_AFTER else ""
-            return Status(
-                f"vLLM exited {n}x in a row{loop}; restarting in {self.restart_at - self.clock():.0f}s", alone=True
-            )
-        return Status("watching" if self.phase in ("watching", "init") else "serving")
+        return keeper_status(self)
 
     def reload(self, old: Config, new: Config) -> None:
         """vLLM restarts only when ``[vllm]`` changed; READY=1 then waits for the new one to pass the gate."""
@@ -221,7 +210,9 @@ class ServeKeeper:
                 if self.loop.topo is None:
                     raise LaunchError("no topology")
                 self.loop.notify.status("checking vLLM arguments")
-                self.plan, self.args_probe = start_plan(self.ctx, self.loop.topo, self.gpus_override)
+                self.plan, self.args_probe = start_plan(
+                    self.ctx, self.loop.topo, self.gpus_override, self.loop.pending_stop
+                )
             pid_file = pid_file_path(self)
             if initial and pid_file:  # a vLLM that a killed agent left holds the port and the GPUs
                 reclaim(pid_file, self.vcfg.stop_timeout_s, self.loop.stop_signalled)
@@ -229,6 +220,8 @@ class ServeKeeper:
             if pid_file:
                 write_plan_file(os.path.dirname(pid_file), self.plan, self.child.pid, self.child.start_time)
         except (LaunchError, OSError) as exc:
+            if self.loop.pending_stop():  # a SIGTERM ended a wait of the start: a stop, not a failure
+                return
             self.log.error("vllm_start_failed", error=str(exc))
             if initial:
                 why = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -267,6 +267,7 @@ def start_plan(
     ctx: Context,
     topo: Topology,
     gpus_override: Optional[list[int]] = None,
+    cancelled: Optional[Callable[[], bool]] = None,
 ) -> tuple[LaunchPlan, Optional[ProbeBeside]]:
     """The daemon's plan for a start, with the argument probe (a vLLM import: 10-30 s on small hosts) running
     beside vLLM's start instead of before it when the plan does not need its answer (it does only for GPUs
@@ -282,10 +283,10 @@ def start_plan(
         gpus_override=gpus_override,
         run_as=who,
         cache_dir=cache,
-        vllm_numa_bind=lambda: pending.wait().accepts_flag(NUMA_BIND_NODES_FLAG),
+        vllm_numa_bind=lambda: pending.wait(cancelled).accepts_flag(NUMA_BIND_NODES_FLAG),
     )
     if pending.waited:
-        accept_args(pending.wait())
+        accept_args(pending.wait(cancelled))
         return launch_plan, None
     return launch_plan, pending
 

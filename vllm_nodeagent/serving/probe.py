@@ -17,7 +17,15 @@ from vllm_nodeagent import log
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.host.fsafe import own_dir
 from vllm_nodeagent.serving.args import PROBE_FLAGS, ProbeResult, probe, resolve_python
-from vllm_nodeagent.serving.env import SAFE_PATH, RunAs, cache_dir_for, child_env, prepare_cache_dir, resolve_user
+from vllm_nodeagent.serving.env import (
+    SAFE_PATH,
+    LaunchError,
+    RunAs,
+    cache_dir_for,
+    child_env,
+    prepare_cache_dir,
+    resolve_user,
+)
 from vllm_nodeagent.serving.probe_cache import cached_probe, probe_inputs
 
 if TYPE_CHECKING:
@@ -79,9 +87,14 @@ class ProbeBeside:
     def result(self) -> Optional[ProbeResult]:
         return None if self._thread.is_alive() else self._result
 
-    def wait(self) -> ProbeResult:
+    def wait(self, cancelled: Optional[Callable[[], bool]] = None) -> ProbeResult:
+        """The answer; with ``cancelled`` (the daemon's stop request) polled while it runs, LaunchError when it
+        says so: a SIGTERM does not wait for vLLM's import (10-30 s)."""
         self.waited = True
-        self._thread.join()
+        while self._thread.is_alive():
+            self._thread.join(0.1)
+            if cancelled is not None and self._thread.is_alive() and cancelled():
+                raise LaunchError("stopped while waiting for vLLM's argument probe")
         return self._result if self._result is not None else ProbeResult(False, reason="the probe gave no answer")
 
 
