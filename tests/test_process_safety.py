@@ -153,3 +153,49 @@ def test_a_stop_request_ends_the_wait_for_the_argument_probe() -> None:
     finally:
         release.set()
     assert pending.wait().reason == "done"
+
+
+def test_strays_in_the_agents_own_cgroup_are_ended_others_are_not(tmp_path: Path) -> None:
+    """A process that left vLLM's group (setsid) but stayed in the agent's unit's cgroup and runs as the vLLM user
+    is ended with the group; the agent, its other children and processes of another uid are not. /proc and the
+    cgroup tree are a fixture (this machine has no unit of ours); the processes and signals are real."""
+    import subprocess
+
+    from vllm_nodeagent.host import Host
+    from vllm_nodeagent.serving.reaper import Reaper
+
+    stray = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    foreign = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    group = subprocess.Popen(["sleep", "60"], start_new_session=True)  # what is left of vLLM's group
+    me = os.getpid()
+    root = tmp_path / "root"
+
+    def proc(pid: int, ppid: int, pgid: int, uid: int) -> None:
+        d = root / f"proc/{pid}"
+        d.mkdir(parents=True)
+        (d / "stat").write_text(f"{pid} (x) S {ppid} {pgid} {pgid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 0\n")
+        (d / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+
+    unit = "/system.slice/vllm-nodeagent.service"
+    proc(me, 1, me, 0)
+    proc(stray.pid, 1, stray.pid, 998)  # vLLM's user, reparented, its own session
+    proc(foreign.pid, 1, foreign.pid, 0)  # root's: not vLLM's
+    proc(group.pid, 1, group.pid, 998)
+    (root / "proc/self").mkdir()
+    (root / "proc/self/cgroup").write_text(f"0::{unit}\n")
+    procs = root / f"sys/fs/cgroup{unit}/cgroup.procs"
+    procs.parent.mkdir(parents=True)
+    procs.write_text(f"{me}\n{stray.pid}\n{foreign.pid}\n")
+    try:
+        reaper = Reaper(group.pid, 998, Procfs(Host(root)))
+        assert reaper.cgroup == unit and reaper.strays() == [stray.pid]
+        reaper.signal(signal.SIGKILL)
+        assert stray.wait(timeout=WAIT_S) == -signal.SIGKILL
+        assert group.wait(timeout=WAIT_S) == -signal.SIGKILL
+        assert foreign.poll() is None
+        (root / "proc/self/cgroup").write_text("0::/system.slice/gitlab-runner.service\n")  # not one of ours
+        assert Reaper(group.pid, 998, Procfs(Host(root))).strays() == []
+    finally:
+        for p in (stray, foreign, group):
+            p.kill()
+            p.wait()

@@ -207,8 +207,9 @@ class Procfs:
 
 
 def own_cgroup(procfs: Procfs) -> str:
-    """The agent's cgroup v2 path when it is a service of its own (leaf "*.service", not a user manager's
-    "user@N.service"), else "": a login session's scope or the root cgroup holds processes that are not vLLM's."""
+    """The agent's cgroup v2 path when it is one of the agent's own units ("vllm-nodeagent*.service"), else "":
+    another service's cgroup (a CI runner's, cron's), a login session's scope or the root cgroup holds processes
+    that are not vLLM's."""
     path = procfs.cgroup("self")
     leaf = path.rstrip("/").rsplit("/", 1)[-1]
-    return path if leaf.endswith(".service") and not leaf.startswith("user@") else ""
+    return path if leaf.startswith("vllm-nodeagent") and leaf.endswith(".service") else ""

@@ -4,8 +4,8 @@ KILL, the same for a stop, after a crash of the leader and for a vLLM a killed a
 vLLM's API server starts EngineCore processes, which start the workers; they share the leader's process group
 (the agent starts the leader in a session of its own). When the leader dies, the others live on (PPID 1) holding
 GPU memory: ``end_group`` stops them before a restart. A process that left the group (setsid) but stayed in the
-agent's cgroup — a systemd service of its own (``host.proc.own_cgroup``) — and runs as the vLLM user is stopped
-too. Signals to the cgroup's stragglers go through a pidfd opened before the uid check, so a pid reused between
+agent's cgroup — one of the agent's own units (``host.proc.own_cgroup``) — and runs as the (non-root) vLLM user
+is stopped too. Signals to the cgroup's stragglers go through a pidfd opened before the uid check, so a pid reused between
 the check and the signal is never hit.
 
 Every wait polls ``interrupted`` (a SIGTERM/SIGINT for the daemon): then the TERM grace ends at once and KILL
@@ -47,7 +47,7 @@ class Reaper:
     def strays(self) -> list[int]:
         """Processes in the agent's own cgroup, outside the group, not the agent or its direct children (the
         argument probe), running as the vLLM user."""
-        if not self.cgroup:
+        if not self.cgroup or self.uid == 0:  # vLLM as root: "runs as the vLLM user" would mean any root process
             return []
         me = os.getpid()
         table = self.procfs.table()
