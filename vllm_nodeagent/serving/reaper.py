@@ -3,9 +3,9 @@ KILL, the same for a stop, after a crash of the leader and for a vLLM a killed a
 
 vLLM's API server starts EngineCore processes, which start the workers; they share the leader's process group
 (the agent starts the leader in a session of its own). When the leader dies, the others live on (PPID 1) holding
-GPU memory: ``end_group`` stops them before a restart. A process that left the group (setsid) but stayed in the
+GPU memory: ``Reaper.end`` stops them before a restart. A process that left the group (setsid) but stayed in the
 agent's cgroup — one of the agent's own units (``host.proc.own_cgroup``) — and runs as the (non-root) vLLM user
-is stopped too. Signals to the cgroup's stragglers go through a pidfd opened before the uid check, so a pid reused between
+is stopped too. Signals to those strays go through a pidfd opened before the uid check, so a pid reused between
 the check and the signal is never hit.
 
 Every wait polls ``interrupted`` (a SIGTERM/SIGINT for the daemon): then the TERM grace ends at once and KILL
