@@ -163,8 +163,9 @@ def test_doctor_exits_0_or_1_on_hostile_plan_files(
 ) -> None:
     """The CLI end to end under --root: was exit 4 (TypeError: LaunchPlan.__init__() missing 10 arguments,
     RecursionError); now one warn line and the rest of the audit."""
-    live_vllm(hgx, 4242, uid=os.getuid())
-    hgx.write("/var/lib/vllm-nodeagent/vllm-plan.json", plan_text)
+    pid = os.getpid()  # alive in the real /proc too: the old reader looked there
+    live_vllm(hgx, pid, uid=os.getuid())
+    hgx.write("/var/lib/vllm-nodeagent/vllm-plan.json", plan_text.replace("4242", str(pid)))
     cfg = hgx.root.parent / "doctor.toml"
     cfg.write_text(f"[vllm]\nmodel = 'm'\nuser = 'root'\ncommand = [{json.dumps(sys.executable)}, '-c', '']\n")
     cfg.chmod(0o600)
