@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from vllm_nodeagent.config_gpu import ClockPair, gpu_clocks, gpu_power
+from vllm_nodeagent.host.parse import control_characters
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -284,13 +285,10 @@ def _check_value(ctx: _Ctx, section: str, key: str, raw: Any, meta: Mapping[str,
             raise bad("expected an absolute path")
         if "\0" in raw:
             raise bad("NUL byte in string")
-        _refuse_control(ctx, section, key, raw)
         return raw
     if kind == "list[str]":
         if not isinstance(raw, list) or not all(isinstance(x, str) and "\0" not in x for x in raw):
             raise bad("expected a list of strings")
-        for i, x in enumerate(raw):
-            _refuse_control(ctx, section, f"{key}[{i}]", x)
         return list(raw)
     if kind == "list[int]":
         if not isinstance(raw, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
@@ -306,7 +304,6 @@ def _check_value(ctx: _Ctx, section: str, key: str, raw: Any, meta: Mapping[str,
         for name in raw:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ctx.error(section, f"{key}.{name}", raw[name], "not a valid environment variable name")
-            _refuse_control(ctx, section, f"{key}.{name}", raw[name])
         return dict(raw)
     if kind == "gpu_power":
         return gpu_power(raw, bad)
@@ -317,15 +314,6 @@ def _check_value(ctx: _Ctx, section: str, key: str, raw: Any, meta: Mapping[str,
 
         return gpu_clocks(raw, bad, sub)
     raise AssertionError(f"undeclared kind {kind}")  # a schema bug, not user input
-
-
-# C0 controls (newline, tab, ESC), DEL, C1, Unicode line separators: they split a copied command line or a log line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _refuse_control(ctx: _Ctx, section: str, key: str, value: str) -> None:
-    if m := _CONTROL.search(value):
-        raise ctx.error(section, key, value, f"control character {m.group()!r} at position {m.start()}: not allowed")
 
 
 def _load_section(ctx: _Ctx, section: str, raw: Any) -> Any:
@@ -341,6 +329,8 @@ def _load_section(ctx: _Ctx, section: str, raw: Any) -> Any:
     for name, fld in declared.items():
         if name in raw:
             values[name] = _check_value(ctx, section, name, raw[name], fld.metadata)
+            for sub, bad_value, why in control_characters(name, values[name]):
+                raise ctx.error(section, sub, bad_value, why)
         elif fld.metadata["required"]:
             raise ctx.error(section, name, None, "required key is missing")
     return cls(**values)

@@ -292,3 +292,26 @@ def json_depth(text: str) -> int:
         elif ch in "]}":
             depth -= 1
     return deepest
+
+
+# C0 controls (newline, tab, ESC), DEL, C1, Unicode line separators: they split a copied command line or a log line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def control_characters(key: str, value: object) -> list[tuple[str, str, str]]:
+    """(key, value, why) for each string of a config value (a string, a list's elements as ``key[i]``, a table's
+    values as ``key.name``) that holds a control character."""
+    if isinstance(value, str):
+        items = [(key, value)]
+    elif isinstance(value, (list, tuple)):
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, str)]
+    elif isinstance(value, dict):
+        items = [(f"{key}.{k}", v) for k, v in value.items() if isinstance(v, str)]
+    else:
+        return []
+    out = []
+    for sub, text in items:
+        m = _CONTROL.search(text)
+        if m:
+            out.append((sub, text, f"control character {m.group()!r} at position {m.start()}: not allowed"))
+    return out
