@@ -420,9 +420,10 @@ def test_drift_audit_mode_only_reports(bed: Bed) -> None:
     """Audit: reported, never re-applied; one event per change, not one per drift check (issue 25: the counter and
     a warning grew at every interval); a second change is a second event, the way back is logged once."""
     bed.write_config(agent='mode = "audit"', extra='[sysctl]\n"vm.max_map_count" = 262144\n')
+    knob = bed.root / "proc/sys/vm/max_map_count"
+    knob.write_text("300000\n")  # compliant at start: audit writes nothing, so only a later change is drift
     bed.start()
     bed.notify.wait_for("READY=1")
-    knob = bed.root / "proc/sys/vm/max_map_count"
     knob.write_text("100\n")
     wait_until(lambda: [e for e in bed.events() if e.get("event") == "drift"], "a drift event")
     bed.notify.wait_for("STATUS=watching; 1 drift")

@@ -79,7 +79,7 @@ def spec(
 class AgentConfig:
     state_dir: str = spec("path", "/var/lib/vllm-nodeagent", doc="journal of originals and runtime state")
     cache_dir: str = spec("path", "/var/cache/vllm-nodeagent", doc="per-user compile caches for vLLM (<dir>/<user>)")
-    mode: str = spec("str", "enforce", choices=("enforce", "audit"), doc="drift: re-apply or only report")
+    mode: str = spec("str", "enforce", choices=("enforce", "audit"), doc="enforce writes; audit is read-only")
     drift_interval_s: int = spec("int", 60, minimum=1, maximum=86400)
     revert_on_stop: bool = spec("bool", False, doc="restore journaled originals when the daemon stops")
     metrics_textfile: str = spec(

@@ -1,6 +1,11 @@
-"""The host side of the daemon: apply the settings at start, then drift checks (``[agent] mode``: enforce re-applies,
-audit reports), doctor's readiness checks and the heartbeat into the metrics textfile, and the revert on stop where
-``[agent] revert_on_stop`` says so. A component of ``loop.Loop``; its next deadline is the next drift check."""
+"""The host side of the daemon: apply the settings at start, then drift checks, doctor's readiness checks and the
+heartbeat into the metrics textfile, and the revert on stop where ``[agent] revert_on_stop`` says so. A component of
+``loop.Loop``; its next deadline is the next drift check.
+
+``[agent] mode``: ``enforce`` applies at start and on reload and re-applies drift; ``audit`` is read-only from the
+first tick: start, reload and drift only verify (no setting written, no journal touched, no revert on stop), and
+it says so in STATUS= and in the metrics (``vllm_nodeagent_agent_mode{mode="audit"} 1``). A first fleet wave can
+run in audit and see what enforce would change (what ``tuned-adm verify`` gives)."""
 
 from __future__ import annotations
 
@@ -51,11 +56,16 @@ class HostKeeper:
 
     # -- the component -----------------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.loop.notify.status("applying settings")
+        self.loop.notify.status("auditing settings (read-only)" if self.audit else "applying settings")
+        self.loop.metrics.set_mode(self.ctx.config.agent.mode)
         self.loop.open_nvml()
         self.loop.guarded("settings", self._apply_settings)
         self.next_drift = self.loop.clock() + self.ctx.config.agent.drift_interval_s
         self.started = True  # READY=1 follows even when a setting failed: it is logged, exported and doctor shows it
+
+    @property
+    def audit(self) -> bool:
+        return self.ctx.config.agent.mode == "audit"
 
     def ready(self) -> bool:
         return self.started
@@ -75,13 +85,17 @@ class HostKeeper:
         self.next_drift = self.loop.clock() + self.ctx.config.agent.drift_interval_s
 
     def status(self) -> Status:
-        return Status("watching", f"{self.drift_count} drift")
+        facts = f"{self.drift_count} drift"
+        return Status("watching", f"{facts}; audit: read-only" if self.audit else facts)
 
     def reload(self, old: Config, new: Config) -> None:
+        self.loop.metrics.set_mode(new.agent.mode)
         self.loop.guarded("settings", self._apply_settings)
 
     def stop(self) -> None:
-        if self.ctx.config.agent.revert_on_stop:
+        if self.ctx.config.agent.revert_on_stop and self.audit:
+            self.log.warning("revert_skipped", reason='[agent] mode = "audit" is read-only: nothing is reverted')
+        elif self.ctx.config.agent.revert_on_stop:
             self._revert()
 
     def close(self) -> None:
@@ -92,7 +106,7 @@ class HostKeeper:
         self.log.warning("journal_lock_wait", detail=message)
 
     def _apply_settings(self) -> bool:
-        """Build the tunables from the current config and apply them. False when any failed (logged)."""
+        """Build the tunables from the current config and apply them (audit: verify only). False when any failed."""
         from vllm_nodeagent.settings.engine import CHANGED, FAILED, FAILURES, OK, apply
         from vllm_nodeagent.settings.families import build_tunables
         from vllm_nodeagent.settings.journal import Journal, JournalError
@@ -102,6 +116,8 @@ class HostKeeper:
         self.tunables = build_tunables(
             self.ctx.config, self.loop.topo, self.ctx.host, self.loop.nvml, self.loop.nvml_error
         )
+        if self.audit:
+            return self._audit()
         self.journal = Journal(self.ctx.host, self.ctx.config.agent.state_dir)
         try:
             with self.journal.locked(on_wait=self._lock_wait, cancelled=self.loop.pending_stop):
@@ -121,10 +137,26 @@ class HostKeeper:
         )
         return not failed
 
+    def _audit(self) -> bool:
+        """Start and reload in audit mode: read every setting, export compliance, write nothing."""
+        from vllm_nodeagent.settings.engine import DRIFTED, FAILED, MISSING, OK, verify
+
+        outcomes = verify(self.tunables)
+        for o in outcomes:
+            if o.status in (OK, DRIFTED):
+                self.loop.metrics.set_compliance(o.id, o.status == OK)
+        noncompliant = [o for o in outcomes if o.status in (DRIFTED, FAILED, MISSING)]
+        # Found so at start: reported once here; only a later change counts as a drift event.
+        self.drifted = {o.id: o.current for o in noncompliant if o.status == DRIFTED}
+        for o in noncompliant:
+            self.log.warning("not_compliant", id=o.id, current=o.current, desired=o.desired, mode="audit")
+        self.log.info("settings_audited", total=len(outcomes), not_compliant=len(noncompliant), mode="audit")
+        return not noncompliant
+
     def _drift(self) -> None:
         """A drift is an event once per change: a setting seen drifted again with the same value is not counted or
         logged again (audit mode used to count and warn at every interval); its return is logged once."""
-        if not self.tunables or self.journal is None:
+        if not self.tunables or (self.journal is None and not self.audit):
             return
         from vllm_nodeagent.settings.engine import DRIFTED, FAILED, OK, apply, verify
         from vllm_nodeagent.settings.journal import JournalError
@@ -146,7 +178,7 @@ class HostKeeper:
             self.drift_count += 1
             metrics.add_drift(o.id)
             self.log.warning("drift", id=o.id, current=summarize(o.current), desired=summarize(o.desired), mode=mode)
-        if drifted and mode == "enforce":
+        if drifted and mode == "enforce" and self.journal is not None:
             ids = {o.id for o in drifted}
             try:
                 with self.journal.locked(on_wait=self._lock_wait, cancelled=self.loop.pending_stop):

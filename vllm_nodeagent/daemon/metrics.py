@@ -52,6 +52,13 @@ FAMILIES = (
         "Unix time of the agent's last drift and readiness check",
     ),
     Family(
+        "vllm_nodeagent_agent_mode",
+        "gauge",
+        "bool",
+        ("mode",),
+        'A state set of [agent] mode: "enforce" writes settings, "audit" is read-only; the current one 1',
+    ),
+    Family(
         "vllm_nodeagent_setting_compliant",
         "gauge",
         "bool",
@@ -178,6 +185,10 @@ class Metrics:
     def value(self, name: str, *labels: str) -> Optional[float]:
         """The current value of one series (tests, the debug log)."""
         return self._values[name].get(tuple(labels))
+
+    def set_mode(self, mode: str) -> None:
+        for m in ("enforce", "audit"):
+            self._set("vllm_nodeagent_agent_mode", 1 if m == mode else 0, (m,))
 
     def set_compliance(self, setting_id: str, ok: bool) -> None:
         self._set("vllm_nodeagent_setting_compliant", 1 if ok else 0, (setting_id,))
