@@ -350,8 +350,15 @@ def test_doctor_hint_shows_what_apply_would_write_and_the_config(
     cfg = f"[agent]\nstate_dir = '{STATE}'\n[sysctl]\n'net.ipv4.tcp_rmem' = '4096 87380 134217728'\n"
     _, out, _ = run(host.root, capsys, "doctor", "--json", config=cfg)
     check = next(c for c in json.loads(out)["checks"] if c["id"] == "sysctl.net.ipv4.tcp_rmem")
-    assert 'sysctl -w net.ipv4.tcp_rmem="4096 262144 134217728"' in check["hint"]
-    assert f"vllm-nodeagent --config {host.root / 'cfg.toml'} apply --only sysctl.net.ipv4.tcp_rmem" in check["hint"]
+    assert check["fix"]["note"] == "by hand: sysctl -w 'net.ipv4.tcp_rmem=4096 262144 134217728'"
+    assert check["desired"] == "4096 262144 134217728"
+    assert (
+        check["fix"]["command"][-6:]
+        == [
+            *("--root", str(host.root), "--config", str(host.root / "cfg.toml")),
+            *("apply", "--only", "sysctl.net.ipv4.tcp_rmem"),
+        ][-6:]
+    )
 
 
 @pytest.fixture

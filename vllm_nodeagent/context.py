@@ -7,6 +7,8 @@ Its own module so that library code which takes a ``Context`` never imports the 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -38,6 +40,30 @@ class Context:
 
     def reload_config(self) -> Config:
         return read_config(self.host, self.config_arg)
+
+    def invocation(self) -> list[str]:
+        """This agent as it was invoked, with the global options that select the tree and the config: what a fix
+        command pasted from doctor must start with, so it acts where doctor looked (never the real host for a
+        --root tree). Paths absolute, so the line works from any directory."""
+        argv = self_argv()
+        if not self.host.is_real:
+            argv += ["--root", os.path.abspath(str(self.host.root))]
+        if self.config_arg is not None:
+            argv += ["--config", os.path.abspath(self.config_arg)]
+        return argv
+
+
+def self_argv(argv0: Optional[str] = None) -> list[str]:
+    """The binary as invoked: its name where PATH finds this very file under it, else its absolute path; under
+    ``python -m`` (or embedded, as in tests) the interpreter and the module."""
+    a0 = sys.argv[0] if argv0 is None else argv0
+    name = os.path.basename(a0)
+    if not name.startswith("vllm-nodeagent"):
+        return [sys.executable, "-m", "vllm_nodeagent.cli"]
+    found = shutil.which(name)
+    if found and os.path.realpath(found) == os.path.realpath(a0):
+        return [name]
+    return [os.path.abspath(a0)]
 
 
 def read_config(host: Host, config_arg: Optional[str]) -> Config:

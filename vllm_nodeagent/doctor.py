@@ -3,10 +3,9 @@ of ``CheckResult`` (printed by commands/doctor.py). Never changes a setting."""
 
 from __future__ import annotations
 
-import shlex
 from typing import TYPE_CHECKING, Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, STATUSES, WARN, CheckResult
+from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, STATUSES, WARN, CheckResult, Fix
 from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK
 from vllm_nodeagent.host.parse import format_cpulist
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
@@ -19,25 +18,32 @@ if TYPE_CHECKING:
     from vllm_nodeagent.context import Context
 
 
-def setting_checks(tunables: list[Tunable], config_arg: Optional[str] = None) -> list[CheckResult]:
-    """``config_arg``: the --config in use, so a hint's command acts on the same config."""
+def setting_checks(tunables: list[Tunable]) -> list[CheckResult]:
+    """One result per configured setting. A setting that does not hold gets a fix: ``apply --only ID`` (the
+    command line prefix comes from the context at presentation), or the owner's command; DESIRED is what apply
+    would write from the value read (a floor keeps fields already above it), not the config's text."""
     by_id = {t.id: t for t in tunables}
     checks: list[CheckResult] = []
     for o in engine.verify(tunables):
         t = by_id[o.id]
+        fix: Optional[Fix] = None
+        desired = o.desired
         if o.status == engine.OK:
             status, hint = PASS, ""
         elif o.status == engine.SKIPPED:
             status, hint = SKIP, ""
         elif o.status == engine.MISSING:
             status, hint = WARN, "check the name in the config (a typo, or a kernel module not loaded)"
-        elif o.status == engine.DRIFTED and (t.owner or getattr(t, "advisory", False)):
-            status, hint = WARN, t.hint()  # someone else owns it: tell, don't fail the host for it
         else:
-            status, hint = FAIL, t.hint()
-        if config_arg is not None:
-            hint = hint.replace("vllm-nodeagent apply", f"vllm-nodeagent --config {shlex.quote(config_arg)} apply")
-        checks.append(CheckResult(o.id, status, o.current, o.desired, hint, o.message))
+            # someone else owns it: tell, don't fail the host for it
+            status = WARN if o.status == engine.DRIFTED and (t.owner or getattr(t, "advisory", False)) else FAIL
+            hint = t.hint()
+            argv = tuple(getattr(t, "fix_argv", tuple)())
+            if o.status == engine.DRIFTED:
+                fix = Fix(argv=argv, note=hint) if argv else Fix(args=("apply", "--only", t.id), note=hint)
+                if o.current is not None and not argv:
+                    desired = t.target(o.current)
+        checks.append(CheckResult(o.id, status, o.current, desired, hint, o.message, fix))
     return checks
 
 
@@ -187,7 +193,7 @@ def run_checks(ctx: Context) -> list[CheckResult]:
         checks = [
             *host_checks(ctx, topo, nvml, why),
             layout_check(ctx),
-            *setting_checks(tunables, ctx.config_arg),
+            *setting_checks(tunables),
             *vllm_checks(ctx, topo),
         ]
         checks += readiness_checks(ctx, topo, nvml)

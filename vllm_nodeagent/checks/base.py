@@ -29,6 +29,19 @@ SpaceFn = Callable[[str], Optional[tuple[int, int]]]
 
 
 @dataclass(frozen=True)
+class Fix:
+    """What fixes a check, for doctor's ``fix`` object and its pasteable hint line.
+
+    ``args``: an agent command (``apply --only ID``): doctor puts the binary as invoked and the global options
+    (``--root``, ``--config``) in front, so the pasted line acts on the same tree and config. ``argv``: another
+    program's full command line (a systemd unit owns the setting). ``note``: prose, one line."""
+
+    args: tuple[str, ...] = ()
+    argv: tuple[str, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class CheckResult:
     """One line of doctor's report, from a readiness check here or from doctor's setting/host/vLLM checks."""
 
@@ -38,6 +51,7 @@ class CheckResult:
     desired: Optional[str] = None
     hint: str = ""  # what to do about it
     detail: str = ""  # why it has this status
+    fix: Optional[Fix] = None  # a command that fixes it; None: ``hint`` is advice for a person
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

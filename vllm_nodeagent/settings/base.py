@@ -55,7 +55,9 @@ class Check(Protocol):
         """Whether ``current`` satisfies the config (floors, aliases and bracket lists live here)."""
 
     def hint(self) -> str:
-        """A one-line fix hint for doctor."""
+        """Doctor's note beside the fix command (``apply --only ID``, or ``fix_argv``): prose such as the manual
+        equivalent ("by hand: sysctl -w ..."), one line, "" when nothing. Not a command: doctor shows it as a shell
+        comment after the command."""
 
     def note(self, current: str) -> str:
         """Anything a person should know about the comparison (an alias used, say); "" when nothing."""
@@ -127,7 +129,11 @@ class TunableDefaults:
     id: str
 
     def hint(self) -> str:
-        return f"vllm-nodeagent apply --only {self.id}"
+        return ""
+
+    def fix_argv(self) -> tuple[str, ...]:
+        """Another program's command that fixes it (for a setting someone else owns); () = ``apply --only ID``."""
+        return ()
 
     def note(self, current: str) -> str:
         return ""
@@ -192,7 +198,7 @@ class FileTunable(ValueTunable):
             raise TunableError(str(exc)) from None
 
     def hint(self) -> str:
-        return f"vllm-nodeagent apply --only {self.id}  (writes {self.path})"
+        return f"writes {self.path}"
 
 
 class MultiFileTunable(TunableDefaults):

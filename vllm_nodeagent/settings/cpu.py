@@ -35,7 +35,7 @@ class CpuGovernor(MultiFileTunable):
         return super().read()
 
     def hint(self) -> str:
-        return f"vllm-nodeagent apply --only {self.id}  (or: cpupower frequency-set -g {self._desired})"
+        return f"by hand: cpupower frequency-set -g {self._desired}"
 
 
 def build(inputs: BuildInputs) -> list[Tunable]:

@@ -66,8 +66,11 @@ class PersistenceMode(ValueTunable):
 
     def hint(self) -> str:
         if self.owner:
-            return "owned by nvidia-persistenced: enable it there (systemctl enable --now nvidia-persistenced)"
-        return f"vllm-nodeagent apply --only {self.id}  (or: nvidia-smi -i {self.pci_bus_id} -pm 1)"
+            return "owned by nvidia-persistenced: enable it there"
+        return f"by hand: nvidia-smi -i {self.pci_bus_id} -pm 1"
+
+    def fix_argv(self) -> tuple[str, ...]:
+        return ("systemctl", "enable", "--now", "nvidia-persistenced") if self.owner else ()
 
     def note(self, current: str) -> str:
         # Who keeps the driver loaded matters when it is off: persistenced, or a direct NVML setting.

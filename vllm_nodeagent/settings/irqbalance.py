@@ -84,8 +84,8 @@ class Irqbalance:
 
     def hint(self) -> str:
         if self.policy == "stop":
-            return "systemctl disable --now irqbalance (needed for irq affinity pinning to stick)"
-        return "systemctl enable --now irqbalance"
+            return "by hand: systemctl disable --now irqbalance (needed for irq affinity pinning to stick)"
+        return "by hand: systemctl enable --now irqbalance"
 
     def note(self, current: str) -> str:
         return ""

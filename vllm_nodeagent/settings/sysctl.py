@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Optional
 
 from vllm_nodeagent.config import SysctlSetting
@@ -79,7 +80,7 @@ class Sysctl(FileTunable):
         # What apply would write from the value last read: a floor keeps fields already above it.
         current = self._current
         value = self.target(current) if current is not None and not self.invalid(current) else self._desired
-        return f'vllm-nodeagent apply --only {self.id}  (or: sysctl -w {self.name}="{value}")'
+        return f"by hand: sysctl -w {shlex.quote(self.name + '=' + ' '.join(value.split()))}"
 
     def note(self, current: str) -> str:
         if self.mode == "floor" and self.compliant(current) and current.split() != self._desired.split():

@@ -28,8 +28,7 @@ class Thp(FileTunable):
 
     def hint(self) -> str:
         return (
-            f"vllm-nodeagent apply --only {self.id}; to persist across reboots without the agent, "
-            f"boot with transparent_hugepage={self._desired}"
+            f"to persist across reboots without the agent, boot with transparent_hugepage={self._desired}"
             if self.knob == "enabled"
             else super().hint()
         )
