@@ -72,6 +72,15 @@ echo "build time: $(($(date +%s) - b0)) s"
 deb=$(ls "$out"/vllm-nodeagent_*-1_*.deb)
 rpm_file=$(ls "$out"/vllm-nodeagent-*-1.*.rpm)
 
+step "man page vllm-nodeagent(8) in both packages, rendering without warnings"
+dpkg-deb -c "$deb" | grep -q ' ./usr/share/man/man8/vllm-nodeagent.8.gz$' || fail "the deb lacks vllm-nodeagent(8)"
+rpm -qlp "$rpm_file" | grep -qx /usr/share/man/man8/vllm-nodeagent.8.gz || fail "the rpm lacks vllm-nodeagent(8)"
+if command -v groff >/dev/null; then
+    warn=$(dpkg-deb --fsys-tarfile "$deb" | tar -xOf - ./usr/share/man/man8/vllm-nodeagent.8.gz | gunzip |
+        groff -man -Tutf8 -ww -z 2>&1) || fail "groff failed on vllm-nodeagent(8)"
+    [ -z "$warn" ] || fail "vllm-nodeagent(8) renders with warnings: $warn"
+fi
+
 step "lintian (no errors allowed)"
 lintian --fail-on error --info "$deb"
 

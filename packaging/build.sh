@@ -82,6 +82,9 @@ done
 
 # 4. the rest of the payload
 cp "$CONFIG_TOML" "$stage/config.toml"
+# vllm-nodeagent(8): generated from the CLI's parser (python -m vllm_nodeagent.manpage), checked in, and kept equal
+# to the parser by tests/test_cli_help.py; compressed as Debian policy wants (-n: reproducible).
+gzip -9n < "$here/files/vllm-nodeagent.8" > "$stage/vllm-nodeagent.8.gz"
 if [ -f "$repo/docs/packaging.md" ]; then cp "$repo/docs/packaging.md" "$stage/packaging.md"
 else echo "see https://github.com/vllm-nodeagent/vllm-nodeagent/blob/main/docs/packaging.md" > "$stage/packaging.md"; fi
 date_r=$(date -R -d "@${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}")

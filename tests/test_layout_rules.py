@@ -36,7 +36,7 @@ def modules() -> dict[str, ast.Module]:
 
 
 def is_command_layer(rel: str) -> bool:
-    return rel == "cli.py" or rel.startswith("commands/")
+    return rel in ("cli.py", "manpage.py") or rel.startswith("commands/")  # manpage.py renders the CLI
 
 
 def imported_names(tree: ast.Module, rel: str) -> set[str]:

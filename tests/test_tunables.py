@@ -309,7 +309,7 @@ def test_cli_apply_dry_run_changes_nothing(hgx: FakeHost, capsys: pytest.Capture
     cfg = (Path(__file__).parent.parent / "etc/config.toml").read_text()
     snapshot = {p: p.read_bytes() for p in hgx.root.rglob("*") if p.is_file() and not p.is_symlink()}
     rc, out = run_cli(hgx.root, capsys, "apply", "--dry-run", "--json", config=cfg)
-    assert rc == 0
+    assert rc == 5  # changes pending (0 = nothing to do)
     statuses = {r["id"]: r["status"] for r in json.loads(out)["results"]}
     assert statuses["sysctl.vm.max_map_count"] == "would-change"
     assert statuses["cpu.governor"] == "would-change"
@@ -348,5 +348,9 @@ def test_cli_apply_exit_1_when_something_fails(hgx: FakeHost, capsys: pytest.Cap
 
 
 def test_cli_only_matching_nothing(hgx: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out = run_cli(hgx.root, capsys, "apply", "--only", "nosuch", config="[thp]\nenabled = 'never'\n")
-    assert rc == 2 and "matches no configured setting" in out
+    cfg = hgx.root / "c.toml"
+    cfg.write_text("[thp]\nenabled = 'never'\n")
+    cfg.chmod(0o600)
+    rc = cli.main(["--root", str(hgx.root), "--config", str(cfg), "apply", "--only", "nosuch"], host_cls=SysfsHost)
+    out, err = capsys.readouterr()
+    assert rc == 2 and "matches no configured setting" in err and out == ""  # an error: stderr, not a result

@@ -1,4 +1,6 @@
 """Command line: argparse, the dispatch table and the error boundary; each command lives in vllm_nodeagent.commands.
+The operator-facing text (--help and the man page, vllm_nodeagent/manpage.py) is DESCRIPTION, COMMANDS and
+EXIT_STATUS below.
 
 Exit codes: 0 ok; 1 a setting or check failed; 2 usage or config error; 3 a host or state fault (not root, the
 state dir or journal unusable or refused, the journal lock not obtained, a host file unreadable); 4 an internal
@@ -15,6 +17,7 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 from typing import Callable, Optional
 
 from vllm_nodeagent import __version__, log
@@ -34,25 +37,163 @@ def parse_gpu_list(text: str) -> list[int]:
     return values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vllm-nodeagent", description=__doc__)
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument(
+DESCRIPTION = """\
+Tunes a GPU server for vLLM and keeps it tuned: discovers the GPU/NUMA topology, applies host settings
+(sysctls, transparent hugepages, block scheduler, CPU governor, NVIDIA persistence, IRQs) with every original
+journaled for revert, prewarms model files into the page cache, and launches vLLM under the NUMA binding of its
+GPUs. Start with `doctor`: it changes nothing and says what apply would do."""
+
+EXIT_STATUS = """\
+exit status (every command):
+  0    ok (apply --dry-run: nothing to do)
+  1    a setting or check failed (doctor: a FAIL; with --strict, a WARN too)
+  2    usage or config error (one line naming the file, line, key and value)
+  3    host or state fault: not root, the state dir or journal unusable, the journal lock not obtained
+  4    internal error (a bug: VLLM_NODEAGENT_DEBUG=1 adds the traceback; please report it)
+  5    apply --dry-run: changes pending
+  130  interrupted"""
+
+# Per command: (one-line summary, what it does for an operator, examples). The same text makes --help and the
+# man page (vllm_nodeagent/manpage.py), so the two cannot disagree.
+COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "topology": (
+        "show the GPU/NUMA/NIC/disk map",
+        "Which NUMA node and CPUs each GPU, NIC and disk is local to, the CPUs this process may use (online, "
+        "affinity, cgroup cpuset) and what was left out and why. NVML when it answers, sysfs otherwise. Read-only.",
+        ("vllm-nodeagent topology", "vllm-nodeagent topology --json | jq '.gpus[0]'"),
+    ),
+    "doctor": (
+        "audit settings and readiness (read-only)",
+        "Every configured setting (current vs what apply would write) and the readiness checks (/dev/shm, limits, "
+        "storage, GPU health, driver stack, P2P): pass, warn, fail or skip, each with a fix you can paste. Changes "
+        "no setting.",
+        (
+            "vllm-nodeagent doctor",
+            "vllm-nodeagent doctor --config /etc/vllm-nodeagent/config.toml --strict",
+            "vllm-nodeagent doctor --json | jq '.checks[] | select(.status == \"fail\")'",
+            "vllm-nodeagent --root /srv/snapshot doctor",
+            "vllm-nodeagent doctor --slurm   # as Slurm's HealthCheckProgram (docs/slurm.md)",
+        ),
+    ),
+    "apply": (
+        "apply and verify the configured settings",
+        "Writes each setting that does not hold (floors never lower a host already above), after journaling its "
+        "original durably, then reads it back. --dry-run shows what would be written and writes nothing.",
+        (
+            "vllm-nodeagent apply --dry-run",
+            "sudo vllm-nodeagent apply",
+            "sudo vllm-nodeagent apply --only sysctl thp.enabled",
+        ),
+    ),
+    "revert": (
+        "restore what apply wrote",
+        "For every journaled setting: puts the original back where the live value is still what the agent wrote; "
+        "a value someone changed since is left as is and reported. Then clears the journal. Needs no config.",
+        (
+            "vllm-nodeagent revert --dry-run",
+            "sudo vllm-nodeagent revert",
+            "sudo vllm-nodeagent revert --forget sysctl.vm.max_map_count",
+        ),
+    ),
+    "journal": (
+        "what apply wrote, when, and whether it still holds",
+        "journal show: every journaled setting with its original, what the agent wrote and when, and whether the "
+        "live value is still that (revert would restore it) or someone changed it since. Read-only.",
+        ("vllm-nodeagent journal show", "vllm-nodeagent journal show --json | jq '.entries[]'"),
+    ),
+    "prewarm": (
+        "read model files into the page cache",
+        "Reads files, directories or Hugging Face model ids (from the offline cache) into the page cache at disk "
+        "speed within a memory budget and reports how much is resident (cachestat/mincore).",
+        (
+            "vllm-nodeagent prewarm /models/llama-3-8b",
+            "vllm-nodeagent prewarm --budget 64G meta-llama/Llama-3.1-8B-Instruct",
+            "vllm-nodeagent prewarm --lock --budget 0.5 /models/m   # hold the pages until Ctrl-C",
+        ),
+    ),
+    "launch": (
+        "run vLLM under the NUMA binding of its GPUs (foreground)",
+        "Starts the [vllm] command as its unprivileged user under the numactl binding that matches its GPUs and "
+        "supervises it in the foreground. --dry-run prints the plan (argv, binding, environment) and starts nothing.",
+        ("vllm-nodeagent launch --dry-run", "vllm-nodeagent launch --dry-run --json --gpus 2,3"),
+    ),
+    "run": (
+        "the daemon (what vllm-nodeagent.service starts)",
+        'Applies the settings (or, with [agent] mode = "audit", only verifies them), then watches drift, exports '
+        "metrics and, in the single layout, prewarms and supervises vLLM. Type=notify: STATUS= says what it does.",
+        ("systemctl start vllm-nodeagent", "vllm-nodeagent run --layout split"),
+    ),
+    "serve": (
+        "vLLM's own unit: prewarm, launch, READY when serving",
+        "What vllm-nodeagent-serve.service starts, as user vllm: prewarm, launch vLLM under the binding, READY=1 "
+        "once it passed the readiness gate; exits when vLLM fails so systemd restarts it.",
+        ("systemctl start vllm-nodeagent-serve", "vllm-nodeagent serve --configured && echo configured"),
+    ),
+}
+
+
+def examples(name: str) -> str:
+    return "examples:\n" + "\n".join(f"  {e}" for e in COMMANDS[name][2])
+
+
+def global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--root, --config, --log-format: accepted before or after the command (``doctor --config X``). Defaults are
+    SUPPRESS here and filled in by ``parse_args`` so a value given after the command is not overwritten."""
+    g = parser.add_argument_group("global options")
+    g.add_argument(
         "--root",
-        default=os.environ.get("VLLM_NODEAGENT_ROOT", "/"),
-        help="host root for every /sys, /proc, /etc, /var path (default: / or $VLLM_NODEAGENT_ROOT)",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="a host tree to work on instead of / (every /sys, /proc, /etc, /var path under it; default: "
+        "$VLLM_NODEAGENT_ROOT or /)",
     )
-    p.add_argument("--config", default=None, help=f"config file (default: {DEFAULT_CONFIG_PATH} under the root)")
-    p.add_argument("--log-format", choices=("console", "json"), default=None)
+    g.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help=f"config file (default: {DEFAULT_CONFIG_PATH} under the root; missing = built-in defaults)",
+    )
+    g.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default=argparse.SUPPRESS,
+        help="how warnings and errors on stderr look (default: [agent] log_format, else console)",
+    )
+    if top:
+        g.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="vllm-nodeagent",
+        description=DESCRIPTION,
+        epilog="commands, examples:\n"
+        + "\n".join(f"  {COMMANDS[n][2][0]:<44} {COMMANDS[n][0]}" for n in COMMANDS)
+        + "\n\n"
+        + EXIT_STATUS
+        + "\n\n'vllm-nodeagent COMMAND --help' for a command's options; man vllm-nodeagent for all of it.",
+        formatter_class=fmt,
+    )
+    global_options(p, top=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    t = sub.add_parser("topology", help="show GPU/NUMA/NIC/disk topology")
-    t.add_argument("--json", action="store_true")
+    def command(name: str) -> argparse.ArgumentParser:
+        summary, text, _ = COMMANDS[name]
+        c = sub.add_parser(
+            name, help=summary, description=textwrap.fill(text, 100), epilog=examples(name), formatter_class=fmt
+        )
+        global_options(c, top=False)
+        return c
 
-    d = sub.add_parser("doctor", help="audit settings and host facts (read-only)")
-    d.add_argument("--json", action="store_true")
-    d.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    json_help = "print the result as JSON (docs/json.md) instead of text"
+    t = command("topology")
+    t.add_argument("--json", action="store_true", help=json_help)
+
+    d = command("doctor")
+    d.add_argument("--json", action="store_true", help=json_help)
+    d.add_argument("--strict", action="store_true", help="exit 1 on a warning too, not only on a failure")
     d.add_argument(
         "--slurm",
         nargs="?",
@@ -65,13 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--node", default=None, help="--slurm: the Slurm node name (default: $SLURMD_NODENAME)")
     d.add_argument("--drain-on-warn", action="store_true", help="--slurm: drain on a WARN too")
 
-    a = sub.add_parser("apply", help="apply and verify configured settings, journaling originals")
-    a.add_argument("--dry-run", action="store_true")
-    a.add_argument("--only", nargs="+", metavar="ID", default=None, help="setting ids or id prefixes")
-    a.add_argument("--json", action="store_true")
+    a = command("apply")
+    a.add_argument("--dry-run", action="store_true", help="write nothing; show what would be written (exit 5 if any)")
+    a.add_argument(
+        "--only", nargs="+", metavar="ID", default=None, help="setting ids or prefixes (sysctl, thp.enabled, ...)"
+    )
+    a.add_argument("--json", action="store_true", help=json_help)
 
-    r = sub.add_parser("revert", help="restore every journaled original")
-    r.add_argument("--json", action="store_true")
+    r = command("revert")
+    r.add_argument("--json", action="store_true", help=json_help)
     what = r.add_mutually_exclusive_group()
     what.add_argument("--dry-run", action="store_true", help="say what revert would do; change nothing")
     what.add_argument(
@@ -82,25 +225,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop these entries from the journal without restoring them (one revert reports unrestorable)",
     )
 
-    jo = sub.add_parser("journal", help="what apply wrote, when, and whether it still holds (read-only)")
+    jo = command("journal")
     jo_sub = jo.add_subparsers(dest="action", metavar="ACTION")
     jo_sub.required = True
-    js = jo_sub.add_parser("show", help="every journaled setting: original, written, when, and its state now")
-    js.add_argument("--json", action="store_true")
+    js = jo_sub.add_parser(
+        "show", help="every journaled setting: original, written, when, and its state now", epilog=examples("journal")
+    )
+    global_options(js, top=False)
+    js.add_argument("--json", action="store_true", help=json_help)
 
-    w = sub.add_parser("prewarm", help="read model files into the page cache and prove residency")
-    w.add_argument("--json", action="store_true")
+    w = command("prewarm")
+    w.add_argument("--json", action="store_true", help=json_help)
     w.add_argument("--budget", default=None, help="bytes (e.g. 64G) or a fraction of MemAvailable (e.g. 0.5)")
     w.add_argument("--lock", action="store_true", help="mlock the pages and hold them until interrupted")
-    w.add_argument("--threads", type=int, default=None)
-    w.add_argument("targets", nargs="*", metavar="TARGET", help="file, directory or HF model id")
+    w.add_argument("--threads", type=int, default=None, metavar="N", help="reader threads (default: by device)")
+    w.add_argument(
+        "targets", nargs="*", metavar="TARGET", help="file, directory or HF model id (default: [prewarm] paths)"
+    )
 
-    la = sub.add_parser("launch", help="start vLLM under the NUMA binding of its GPUs")
-    la.add_argument("--dry-run", action="store_true")
-    la.add_argument("--json", action="store_true")
-    la.add_argument("--gpus", type=parse_gpu_list, default=None, help="GPU indices, e.g. 2,3")
+    la = command("launch")
+    la.add_argument("--dry-run", action="store_true", help="print the launch plan; start nothing")
+    la.add_argument("--json", action="store_true", help=json_help + " (with --dry-run)")
+    la.add_argument("--gpus", type=parse_gpu_list, default=None, help="GPU indices, e.g. 2,3 (default: [vllm] gpus)")
 
-    ru = sub.add_parser("run", help="the daemon: apply, prewarm, launch, supervise, watch drift")
+    ru = command("run")
     ru.add_argument(
         "--layout",
         choices=("auto", "split", "single"),
@@ -109,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "launch vLLM; auto (default): split when that unit is enabled or active",
     )
 
-    se = sub.add_parser("serve", help="vLLM's own unit: prewarm, launch, READY when serving, exit when it fails")
+    se = command("serve")
     se.add_argument("--gpus", type=parse_gpu_list, default=None, help="GPU indices, e.g. 2,3")
     se.add_argument(
         "--configured",
@@ -117,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="start nothing; exit 0 when [vllm] has something to serve as user vllm, 1 when not",
     )
     return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if not hasattr(args, "root"):
+        args.root = os.environ.get("VLLM_NODEAGENT_ROOT", "/")
+    if not hasattr(args, "config"):
+        args.config = None
+    if not hasattr(args, "log_format"):
+        args.log_format = None
+    if args.root == "":
+        parser.error("--root: an empty path is not a root (use / or a directory)")
+    return args
 
 
 # Commands live in their own modules; importing lazily keeps `doctor` and `topology` fast.
@@ -151,7 +312,7 @@ def main(
 ) -> int:
     """Entry point. ``nvml_opener`` and ``host_cls`` let tests replay recorded NVML and kernel behaviour."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         return _run(args, nvml_opener, host_cls)
     except ConfigError as exc:

@@ -13,13 +13,15 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, Config, load_config
+from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml, NvmlOpener, try_open
 
-# Documented in cli.py's docstring and the README: 0 ok; 1 a setting or check failed; 2 usage or config error;
-# 3 a host or state fault; 4 an internal error (a bug); 130 interrupted.
+# Documented in cli.py (EXIT_STATUS: --help and the man page) and the README: 0 ok; 1 a setting or check failed;
+# 2 usage or config error; 3 a host or state fault; 4 an internal error (a bug); 5 apply --dry-run: changes
+# pending (as terraform plan -detailed-exitcode says 2); 130 interrupted.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HOST, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_PENDING = 5
 
 
 @dataclass
@@ -67,7 +69,21 @@ def self_argv(argv0: Optional[str] = None) -> list[str]:
 
 
 def read_config(host: Host, config_arg: Optional[str]) -> Config:
+    if config_arg is None:
+        refuse_dangling_default(host)
     return load_config(config_arg, host.path(DEFAULT_CONFIG_PATH))
+
+
+def refuse_dangling_default(host: Host) -> None:
+    """A missing default config means built-in defaults (manage nothing); a default config that is a symlink to
+    nothing is a broken install, not "no config": say so instead of silently managing nothing."""
+    lexical = os.path.join(str(host.root), DEFAULT_CONFIG_PATH.lstrip("/"))
+    if os.path.islink(lexical) and not host.path(DEFAULT_CONFIG_PATH).exists():
+        raise ConfigError(
+            DEFAULT_CONFIG_PATH,
+            f"a symlink to {os.readlink(lexical)}, which does not exist: fix the link or remove it "
+            "(no file at all means built-in defaults)",
+        )
 
 
 def print_json(data: Any) -> None:

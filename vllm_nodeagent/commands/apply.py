@@ -7,7 +7,7 @@ import os
 import sys
 
 from vllm_nodeagent import log
-from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, print_json
+from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK, EXIT_PENDING, EXIT_USAGE, Context, print_json
 from vllm_nodeagent.settings.engine import (
     CHANGED,
     FAILURES,
@@ -35,7 +35,7 @@ def cmd_apply(ctx: Context, args: argparse.Namespace) -> int:
             log.get().warning("topology_mismatch", detail=w)
         tunables = selected(build_tunables(ctx.config, topo, ctx.host, nvml, why), args.only)
         if args.only and not tunables:
-            print(f"vllm-nodeagent: --only {' '.join(args.only)}: matches no configured setting")
+            print(f"vllm-nodeagent: --only {' '.join(args.only)}: matches no configured setting", file=sys.stderr)
             return EXIT_USAGE
         journal = Journal(ctx.host, ctx.config.agent.state_dir)
         if args.dry_run:
@@ -47,7 +47,10 @@ def cmd_apply(ctx: Context, args: argparse.Namespace) -> int:
         if nvml is not None:
             nvml.close()
     print_outcomes(outcomes, args.json)
-    return EXIT_FAILED if any(o.status in FAILURES for o in outcomes) else EXIT_OK
+    if any(o.status in FAILURES for o in outcomes):
+        return EXIT_FAILED
+    # A dry run with something to write: a distinct exit so scripts can tell "pending" from "nothing to do".
+    return EXIT_PENDING if any(o.status == WOULD_CHANGE for o in outcomes) else EXIT_OK
 
 
 def need_root(ctx: Context, command: str) -> None:
