@@ -143,7 +143,7 @@ def test_tmpfs_sweep_full_to_ample_apply_then_revert(
         assert statuses <= {"changed", "not-changed", "ok"}, (pages, res)
         refused = [r for r in res.values() if r["status"] == "not-changed"]
         for r in refused:
-            assert "cannot write the journal" in r["message"] and "No space left" in r["message"], r
+            assert "cannot write the journal" in r["detail"] and "No space left" in r["detail"], r
         assert rc == (1 if refused else 0)
         # Every setting not changed is exactly as it was; every setting changed has its original in the journal.
         entries = Journal(SysfsHost(host.root), STATE).entries() if journal_file(host.root).exists() else {}

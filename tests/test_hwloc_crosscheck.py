@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import HOSTS
 from hwloc_peer import LSTOPO, compare, hwloc_bitmap, lstopo_xml, parse_view
+from jsoncontract import legacy_topology
 
 from vllm_nodeagent import cli
 
@@ -44,7 +45,7 @@ TREES = [
 
 def agent_json(root: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     assert cli.main(["--root", str(root), "topology", "--json"], nvml_opener=None) in (0,)
-    return json.loads(capsys.readouterr().out)
+    return legacy_topology(json.loads(capsys.readouterr().out))
 
 
 def test_bitmap_words() -> None:

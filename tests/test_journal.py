@@ -265,7 +265,7 @@ def test_unknown_family_is_reported_revert_exits_0_and_forget_drops_it(
     assert not path.exists()  # the journal held only that entry: now empty, removed (durably: fsynced dir)
     [kept] = [p for p in path.parent.iterdir() if p.name.startswith(f"{JOURNAL_NAME}.forgotten.")]
     assert json.loads(kept.read_text().splitlines()[1]) == {**UNKNOWN_LINE, "written_at": None}
-    assert kept.name in r["message"]
+    assert kept.name in r["detail"]
     rc, out, _ = run(host.root, capsys, "revert")
     assert rc == 0 and out.startswith("nothing to revert")
 
@@ -283,9 +283,9 @@ def test_a_path_gone_is_unrestorable_the_rest_restored_exit_0(
     assert rc == 0, out
     results = by_id(out)
     assert results["block.nvme1n1.scheduler"]["status"] == "unrestorable"
-    assert "does not exist" in results["block.nvme1n1.scheduler"]["message"]
+    assert "does not exist" in results["block.nvme1n1.scheduler"]["detail"]
     irq = results["irq.gpu0.affinity"]
-    assert irq["status"] == "unrestorable" and "1 of 2 gone (41)" in irq["message"]
+    assert irq["status"] == "unrestorable" and "1 of 2 gone (41)" in irq["detail"]
     assert (host.root / "proc/irq/40/smp_affinity_list").read_text().strip() == "0-255"  # the rest restored
     assert results["block.nvme0n1.scheduler"]["status"] == results["cpu.governor"]["status"] == "restored"
     assert sorted(json.loads(x)["id"] for x in journal_lines(host.root)[1:]) == [

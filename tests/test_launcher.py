@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from jsoncontract import check
 
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.serving import args as vllm_args
@@ -325,7 +326,8 @@ def test_launch_dry_run_json(tmp_path: Path) -> None:
     assert set(out) >= {"argv", "env", "numa_nodes", "cpus"}
     assert out["argv"][1:3] == ["--cpunodebind=0", "--membind=0"] and out["argv"][0].endswith("numactl")
     assert out["argv"][-3:] == ["--model", "org/m", "--enforce-eager"]
-    assert out["numa_nodes"] == [0] and out["cpus"] == [0, 1]
+    assert out["numa_nodes"] == [0] and out["cpus"] == "0-1" and out["cpus_count"] == 2
+    check(out, "launch")
     assert out["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert "vllm_arg_risky" in r.stderr  # --enforce-eager is logged
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import HOSTS, opener_for, unavailable_opener
 from fakehost import FakeHost
+from jsoncontract import legacy_topology
 from nvml_double import NvmlDouble, hgx_8gpu_recording
 
 from vllm_nodeagent import cli
@@ -18,7 +19,7 @@ from vllm_nodeagent.topology import discover
 def topology_json(root: Path, capsys: pytest.CaptureFixture[str], opener: object = unavailable_opener) -> dict:
     rc = cli.main(["--root", str(root), "topology", "--json"], nvml_opener=opener)  # type: ignore[arg-type]
     assert rc == 0
-    return json.loads(capsys.readouterr().out)
+    return legacy_topology(json.loads(capsys.readouterr().out))
 
 
 def test_8gpu_with_nvml(hgx: FakeHost, hgx_nvml: NvmlDouble, capsys: pytest.CaptureFixture[str]) -> None:

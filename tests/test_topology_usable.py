@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import HOSTS, opener_for, unavailable_opener
 from fakehost import FakeHost, SysfsHost
+from jsoncontract import legacy_topology
 from nvml_double import NvmlDouble
 
 from vllm_nodeagent import cli
@@ -46,7 +47,7 @@ def topo_of(h: FakeHost) -> Topology:
 def as_json(h: FakeHost, capsys: pytest.CaptureFixture[str], opener: object = unavailable_opener) -> dict[str, Any]:
     rc = cli.main(["--root", str(h.root), "topology", "--json"], nvml_opener=opener)  # type: ignore[arg-type]
     assert rc == 0
-    return json.loads(capsys.readouterr().out)
+    return legacy_topology(json.loads(capsys.readouterr().out))
 
 
 def doctor(h: FakeHost, capsys: pytest.CaptureFixture[str], opener: object = unavailable_opener) -> dict[str, Any]:

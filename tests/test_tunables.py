@@ -332,7 +332,8 @@ def test_cli_apply_only_and_revert(hgx: FakeHost, capsys: pytest.CaptureFixture[
     }
     assert read(hgx, "/proc/sys/net/core/rmem_max") == "134217728"
     rc, out = run_cli(hgx.root, capsys, "revert", config=cfg)
-    assert rc == 0 and out.count("restored") == 5
+    assert rc == 0 and [ln.split()[0] for ln in out.splitlines()].count("restored") == 5
+    assert out.splitlines()[-1] == "revert: 5 restored"  # the summary line
     assert read(hgx, "/proc/sys/net/core/rmem_max") == "212992"
     rc, out = run_cli(hgx.root, capsys, "revert", config=cfg)
     assert rc == 0 and "nothing to revert" in out

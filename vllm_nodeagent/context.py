@@ -86,6 +86,13 @@ def refuse_dangling_default(host: Host) -> None:
         )
 
 
-def print_json(data: Any) -> None:
+SCHEMA_VERSION = 1  # docs/json.md: bumped on a change that breaks a reader (a key renamed, removed or retyped)
+
+
+def print_json(data: Any, kind: Optional[str] = None) -> None:
+    """One JSON document on stdout. A dict gets ``schema_version`` (and ``kind``: which output, whose schema is
+    docs/schemas/<kind>.schema.json) first."""
+    if isinstance(data, dict):
+        data = {"schema_version": SCHEMA_VERSION, **({"kind": kind} if kind else {}), **data}
     json.dump(data, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from vllm_nodeagent import log
 from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK, EXIT_PENDING, EXIT_USAGE, Context, print_json
@@ -46,7 +47,7 @@ def cmd_apply(ctx: Context, args: argparse.Namespace) -> int:
     finally:
         if nvml is not None:
             nvml.close()
-    print_outcomes(outcomes, args.json)
+    print_outcomes(outcomes, args.json, "apply", args.dry_run)
     if any(o.status in FAILURES for o in outcomes):
         return EXIT_FAILED
     # A dry run with something to write: a distinct exit so scripts can tell "pending" from "nothing to do".
@@ -65,12 +66,32 @@ def tell_wait(message: str) -> None:
     print(f"vllm-nodeagent: {message}", file=sys.stderr, flush=True)
 
 
-def print_outcomes(outcomes: list[Outcome], as_json: bool) -> None:
+def print_outcomes(outcomes: list[Outcome], as_json: bool, kind: str = "apply", dry_run: bool = False) -> None:
+    """Each result once on stdout, then one summary line (text), or one JSON document (docs/json.md)."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
     if as_json:
-        print_json({"results": [o.to_json() for o in outcomes]})
+        print_json({"results": [outcome_json(o) for o in outcomes], "summary": counts, "dry_run": dry_run}, kind)
         return
     for o in outcomes:
         print(render_outcome(o))
+    if outcomes:
+        print(f"{kind}{' --dry-run' if dry_run else ''}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+def outcome_json(o: Outcome) -> dict[str, Any]:
+    """``current`` is always the live value; a dry run's would-be value is ``would_write``; null = unknown."""
+    would = o.status in (WOULD_CHANGE, WOULD_RESTORE)
+    return {
+        "id": o.id,
+        "status": o.status,
+        "current": o.previous if would else o.current,
+        "desired": o.desired,
+        "would_write": o.current if would else None,
+        "previous": None if would else o.previous,
+        "detail": " ".join(o.message.split()) or None,
+    }
 
 
 def render_outcome(o: Outcome) -> str:

@@ -23,7 +23,7 @@ def cmd_doctor(ctx: Context, args: argparse.Namespace) -> int:
     checks = run_checks(ctx)
     invocation = ctx.invocation()
     if args.json:
-        print_json({"checks": [check_json(c, invocation) for c in checks], "summary": summary(checks)})
+        print_json({"checks": [check_json(c, invocation) for c in checks], "summary": summary(checks)}, "doctor")
     else:
         print(render(checks, invocation))
     return exit_code(checks, args.strict)
@@ -63,10 +63,10 @@ def check_json(c: CheckResult, invocation: list[str]) -> dict[str, Any]:
     return {
         "id": c.id,
         "status": c.status,
-        "current": c.current,
-        "desired": c.desired,
-        "hint": hint_line(c, invocation),
-        "detail": c.detail,
+        "current": c.current or None,  # null, not "": one way to say "nothing to show"
+        "desired": c.desired or None,
+        "hint": hint_line(c, invocation) or None,
+        "detail": _one_line(c.detail) or None,
         "fix": fix,
     }
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 def cmd_launch(ctx: Context, args: argparse.Namespace) -> int:
     """`vllm-nodeagent launch`: the serving side in the foreground (hosts without systemd, debugging)."""
     from vllm_nodeagent.context import EXIT_FAILED, EXIT_HOST, EXIT_OK, EXIT_USAGE, print_json
+    from vllm_nodeagent.host.parse import format_cpulist
     from vllm_nodeagent.topology import discover_with_nvml
 
     # A one-shot command's errors are one plain line on stderr (the daemon logs its own as events).
@@ -39,12 +40,14 @@ def cmd_launch(ctx: Context, args: argparse.Namespace) -> int:
                     "argv": launch_plan.argv,
                     "env": launch_plan.env,
                     "numa_nodes": launch_plan.numa_nodes,
-                    "cpus": launch_plan.cpus,
+                    "cpus": format_cpulist(launch_plan.cpus),
+                    "cpus_count": len(launch_plan.cpus),
                     "gpus": launch_plan.gpus,
                     "binding": launch_plan.binding,
                     "user": launch_plan.user,
                     "notes": launch_plan.notes,
-                }
+                },
+                "launch",
             )
         else:
             print(shlex.join(launch_plan.argv))  # quoted: a copied command line never splits

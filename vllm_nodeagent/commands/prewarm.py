@@ -153,7 +153,10 @@ def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.json:
-        print_json(result.to_json())
+        data = result.to_json()
+        for key in ("reader", "residency_method"):
+            data[key] = data[key] or None  # the JSON contract: null, not "", for unknown
+        print_json(data, "prewarm")
     else:
         print(
             f"files {result.files}  total {_human(result.total_bytes)}  "

@@ -34,7 +34,7 @@ def cmd_revert(ctx: Context, args: argparse.Namespace) -> int:
             nvml.close()
     if not outcomes and not args.json:
         print("nothing to revert: the journal is empty")
-    print_outcomes(outcomes, args.json)
+    print_outcomes(outcomes, args.json, "revert", args.dry_run)
     return EXIT_FAILED if any(o.status in FAILURES for o in outcomes) else EXIT_OK
 
 
@@ -58,5 +58,6 @@ def _forget(ctx: Context, args: argparse.Namespace) -> int:
             for e in dropped
         ],
         args.json,
+        "revert",
     )
     return EXIT_OK

@@ -24,6 +24,7 @@ class Sysctl(FileTunable):
         self.name = name
         self.mode = mode
         self._current: Optional[str] = None  # last value read: the doctor hint shows what apply would write
+        self._wrote = False
 
     @classmethod
     def from_setting(cls, host: Host, setting: SysctlSetting) -> Sysctl:
@@ -82,9 +83,14 @@ class Sysctl(FileTunable):
         value = self.target(current) if current is not None and not self.invalid(current) else self._desired
         return f"by hand: sysctl -w {shlex.quote(self.name + '=' + ' '.join(value.split()))}"
 
+    def write(self, value: str) -> None:
+        super().write(value)
+        self._wrote = True
+
     def note(self, current: str) -> str:
         if self.mode == "floor" and self.compliant(current) and current.split() != self._desired.split():
-            return "above the floor; left as is"
+            # After a write only some fields were above the floor: "left as is" would contradict "changed".
+            return "fields above the floor kept" if self._wrote else "above the floor; left as is"
         return ""
 
 
