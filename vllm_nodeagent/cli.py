@@ -335,7 +335,9 @@ def _run(args: argparse.Namespace, nvml_opener: Optional[NvmlOpener], host_cls: 
         return EXIT_USAGE
     config = read_config(host, args.config)
     log_format = args.log_format or config.agent.log_format
-    log.configure(log_format, structured=args.command in LONG_RUNNING)
+    long_running = args.command in LONG_RUNNING or args.command == "launch"
+    # One-shot commands print their results on stdout; stderr carries only warnings and errors (issue 26.5).
+    log.configure(log_format, structured=args.command in LONG_RUNNING, level=log.INFO if long_running else log.WARNING)
     ctx = Context(host=host, config=config, config_arg=args.config, log_format=log_format, nvml_opener=nvml_opener)
     return _command(args.command)(ctx, args)
 

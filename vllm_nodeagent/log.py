@@ -27,8 +27,9 @@ class _Settings:
 
 
 def configure(fmt: str = "auto", stream: Optional[TextIO] = None, level: int = INFO, structured: bool = False) -> None:
-    """``fmt``: auto (console on a TTY, else JSON), console, or json. Logs go to ``stream`` (default: sys.stderr as
-    it is when a line is logged); stdout is for results. ``structured``: render through structlog (the daemon)."""
+    """``fmt``: auto (console; the daemon: console on a TTY, else JSON), console, or json. Logs go to ``stream``
+    (default: sys.stderr as it is when a line is logged); stdout is for results. ``structured``: render through
+    structlog (the daemon)."""
     _Settings.fmt = fmt
     _Settings.stream = stream
     _Settings.level = level
@@ -37,7 +38,9 @@ def configure(fmt: str = "auto", stream: Optional[TextIO] = None, level: int = I
 
 
 def _use_json(stream: TextIO) -> bool:
-    return _Settings.fmt == "json" or (_Settings.fmt == "auto" and not stream.isatty())
+    # "auto": JSON off a terminal only for the daemon (journald keeps the fields); a one-shot command writes
+    # console lines wherever stderr goes (`doctor 2>&1 | less` stays one format), JSON only when asked.
+    return _Settings.fmt == "json" or (_Settings.fmt == "auto" and _Settings.structured and not stream.isatty())
 
 
 def _apply_structlog(stream: TextIO) -> None:

@@ -390,8 +390,9 @@ def render_table(topo: Topology) -> str:
     return "\n".join(lines)
 
 
-def discover_with_nvml(ctx: Context) -> Topology:
-    """Discover with NVML when it opens; warnings are logged once here."""
+def discover_with_nvml(ctx: Context, log_warnings: bool = True) -> Topology:
+    """Discover with NVML when it opens; warnings are logged once here (``log_warnings=False``: the caller shows
+    them in its result, as `topology` does: once, not also on stderr)."""
     nvml, why = ctx.open_nvml()
     try:
         topo = discover(ctx.host, nvml, why)
@@ -399,6 +400,8 @@ def discover_with_nvml(ctx: Context) -> Topology:
         if nvml is not None:
             nvml.close()
     logger = log.get()
+    if not log_warnings:
+        return topo
     if why:
         logger.warning("nvml_unavailable", reason=why)
     for w in topo.warnings:

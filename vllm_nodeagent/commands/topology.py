@@ -44,7 +44,7 @@ def _normalize(value: Any, key: str = "") -> Any:
 
 
 def cmd_topology(ctx: Context, args: argparse.Namespace) -> int:
-    topo = discover_with_nvml(ctx)
+    topo = discover_with_nvml(ctx, log_warnings=False)  # the table and the JSON carry them
     if args.json:
         print_json(topology_json(topo), "topology")
     else:
