@@ -74,7 +74,7 @@ BAD = [
     ("[sysctl]\n'vm.min_free_kbytes' = 0", ["a floor of 0 never changes anything", 'mode = "exact"']),
     ("[sysctl]\n'vm.x' = { value = 'lots', mode = 'floor' }", ["a floor needs integers", 'mode = "exact"']),
     ("[sysctl]\n'vm.max_map_count' = true", ["sysctl.vm.max_map_count = true", "integer or a string"]),
-    ("[sysctl]\n'vm.x' = { value = 1, mode = 'max' }", ["sysctl.vm.x.mode = 'max'", "floor or exact"]),
+    ("[sysctl]\n'vm.x' = { value = 1, mode = 'max' }", ["sysctl.vm.x.mode = 'max'", "floor, exact or range"]),
     ("[sysctl]\n'vm.x' = { mode = 'exact' }", ["sysctl.vm.x", "needs a value"]),
     ("thp = 3", ["thp = 3", "expected a table"]),
     ("[vllm]\nhealth_url = 'file:///etc/shadow'", ["vllm.health_url = 'file:///etc/shadow'", "http://"]),

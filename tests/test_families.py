@@ -73,7 +73,15 @@ def test_a_new_family_is_one_module_and_one_line(
 
     rc, out = run(hgx.root, capsys, "apply", "--json")
     assert rc == 0 and json.loads(out)["results"] == [
-        {"id": "demo.knob", "status": "changed", "current": "on", "desired": "on", "message": "", "previous": "off"}
+        {
+            "id": "demo.knob",
+            "status": "changed",
+            "current": "on",
+            "desired": "on",
+            "would_write": None,
+            "previous": "off",
+            "detail": None,
+        }
     ]
     assert (hgx.root / demo_family.PATH.lstrip("/")).read_text() == "on"
     [line] = (hgx.root / STATE.lstrip("/") / JOURNAL_NAME).read_text().splitlines()[1:]

@@ -117,10 +117,12 @@ def test_thp_bracket_value(host: Host, hgx: FakeHost, journal: Journal) -> None:
     assert read(hgx, "/sys/kernel/mm/transparent_hugepage/enabled") == "always [madvise] never"
 
 
-def test_thp_value_not_offered_is_skip(host: Host, hgx: FakeHost) -> None:
+def test_thp_value_not_offered_is_an_error_naming_the_offered(host: Host, hgx: FakeHost, journal: Journal) -> None:
     hgx.thp("[always] never", "[always] never")
-    with pytest.raises(NotApplicable, match="offers always never"):
+    with pytest.raises(TunableError, match="offers always, never, not 'madvise'"):
         Thp(host, "defrag", "madvise").read()
+    o = engine.apply_one(Thp(host, "defrag", "madvise"), journal)
+    assert o.status == engine.FAILED  # exit 1, like an unknown sysctl; it was a silent skip with exit 0
 
 
 # --- block ------------------------------------------------------------------------------------------------
@@ -131,10 +133,17 @@ def test_block_noop_alias_on_blk_mq(host: Host, journal: Journal) -> None:
     assert '"noop" is called "none"' in t.note("none")
 
 
-def test_block_scheduler_not_offered_is_skip(host: Host, hgx: FakeHost, journal: Journal) -> None:
+def test_block_scheduler_not_offered_is_an_error(host: Host, hgx: FakeHost, journal: Journal) -> None:
     hgx.write("/sys/devices/pci0000:00/0000:5e:00.0/block/nvme0n1/queue/scheduler", "[none] mq-deadline")
     o = engine.apply_one(BlockScheduler(host, "nvme0n1", "bfq"), journal)
-    assert o.status == engine.SKIPPED and "offers none mq-deadline, not bfq" in o.message
+    assert o.status == engine.FAILED and "offers none, mq-deadline, not 'bfq'" in o.message
+
+
+def test_governor_not_offered_is_an_error(host: Host, hgx: FakeHost, journal: Journal) -> None:
+    from vllm_nodeagent.settings.cpu import CpuGovernor
+
+    o = engine.apply_one(CpuGovernor(host, "ondemand"), journal)  # the tree offers performance, powersave
+    assert o.status == engine.FAILED and "governors performance, powersave, not 'ondemand'" in o.message
 
 
 def test_block_globs_and_no_match(host: Host) -> None:

@@ -92,7 +92,7 @@ class AgentConfig:
 class SysctlSetting:
     name: str
     value: str
-    mode: str  # "floor" (never lower a host already above) or "exact"
+    mode: str  # "floor" (never lower a host already above), "exact", or "range" (the live range contains it)
 
 
 @dataclass(frozen=True)
@@ -336,6 +336,17 @@ def _load_section(ctx: _Ctx, section: str, raw: Any) -> Any:
     return cls(**values)
 
 
+# Sysctls that hold a range "LOW HIGH" (and any two-integer sysctl named *_range): the agent's "range" mode —
+# the live range must contain the configured one (its low end at most LOW, its high end at least HIGH); apply
+# widens it (min of the lows, max of the highs). Per-field floors would raise LOW: "1024 65000" on a host at
+# "32768 60999" became "32768 65000".
+RANGE_SYSCTLS = frozenset({"net.ipv4.ip_local_port_range", "net.ipv4.ping_group_range"})
+
+
+def is_range_sysctl(name: str) -> bool:
+    return name in RANGE_SYSCTLS or name.endswith("_range")
+
+
 def _load_sysctl(ctx: _Ctx, raw: Any) -> tuple[SysctlSetting, ...]:
     if not isinstance(raw, dict):
         raise ctx.error("sysctl", "", raw, "expected a table")
@@ -347,7 +358,7 @@ def _load_sysctl(ctx: _Ctx, raw: Any) -> tuple[SysctlSetting, ...]:
 
         if not _SYSCTL_NAME.fullmatch(name) or ".." in name:
             raise bad('not a sysctl name (write it dotted and quoted: "vm.max_map_count")')
-        mode = "floor"
+        mode = "range" if is_range_sysctl(name) else "floor"
         value: Any = entry
         if isinstance(entry, dict):
             unknown = set(entry) - {"value", "mode"}
@@ -356,9 +367,9 @@ def _load_sysctl(ctx: _Ctx, raw: Any) -> tuple[SysctlSetting, ...]:
             if "value" not in entry:
                 raise bad("table needs a value")
             value = entry["value"]
-            mode = entry.get("mode", "floor")
-            if mode not in ("floor", "exact"):
-                raise bad("mode must be floor or exact", mode, f"{name}.mode")
+            mode = entry.get("mode", mode)
+            if mode not in ("floor", "exact", "range"):
+                raise bad("mode must be floor, exact or range", mode, f"{name}.mode")
         if isinstance(value, bool):
             raise bad("expected an integer or a string")
         if isinstance(value, int):
@@ -376,6 +387,11 @@ def _load_sysctl(ctx: _Ctx, raw: Any) -> tuple[SysctlSetting, ...]:
             raise bad(f"out of range: a sysctl integer is {_SYSCTL_MIN} to {_SYSCTL_MAX}")
         if numbers is not None:
             text = " ".join(str(n) for n in numbers)  # "007" and 7 are the same value
+        if mode == "range" and (numbers is None or len(numbers) != 2 or numbers[0] > numbers[1]):
+            raise bad(
+                'a range takes two integers "LOW HIGH" with LOW <= HIGH (the live range must contain it); '
+                'for any other value write mode = "exact"'
+            )
         if mode == "floor" and numbers is None:
             if isinstance(entry, dict) and "mode" in entry:
                 raise bad('a floor needs integers; for a word write mode = "exact"')

@@ -9,8 +9,8 @@ from vllm_nodeagent.settings.base import (
     BuildInputs,
     Family,
     FileTunable,
-    NotApplicable,
     Tunable,
+    TunableError,
     Unavailable,
     only_params,
     param,
@@ -39,7 +39,10 @@ class BlockScheduler(FileTunable):
             elif ALIASES.get(self.configured) in offered:
                 self._desired = ALIASES[self.configured]
             else:
-                raise NotApplicable(f"{self.device} offers {' '.join(offered)}, not {self.configured}")
+                raise TunableError(
+                    f"{self.device} offers {', '.join(offered)}, not {self.configured!r}: set [block] scheduler to "
+                    "one of them (or load its module)"
+                )
         return current
 
     def note(self, current: str) -> str:

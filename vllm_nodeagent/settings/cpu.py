@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.settings.base import MAX_MEMBERS, BuildInputs, Family, MultiFileTunable, NotApplicable, Tunable
+from vllm_nodeagent.settings.base import (
+    MAX_MEMBERS,
+    BuildInputs,
+    Family,
+    MultiFileTunable,
+    NotApplicable,
+    Tunable,
+    TunableError,
+)
 
 CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
 
@@ -31,7 +39,10 @@ class CpuGovernor(MultiFileTunable):
             next(iter(self.paths.values())).replace("scaling_governor", "scaling_available_governors")
         )
         if available is not None and self._desired and self._desired not in available.split():
-            raise NotApplicable(f"governors offered: {available}; not {self._desired}")
+            raise TunableError(
+                f"this host offers the governors {', '.join(available.split())}, not {self._desired!r}: "
+                "set [cpu] governor to one of them"
+            )
         return super().read()
 
     def hint(self) -> str:

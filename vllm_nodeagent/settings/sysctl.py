@@ -56,7 +56,18 @@ class Sysctl(FileTunable):
             )
         return ""
 
+    def _range(self, current: str) -> Optional[tuple[list[int], list[int]]]:
+        try:
+            have, want = parse_sysctl_vector(current), parse_sysctl_vector(self._desired)
+        except ParseError:
+            return None
+        return (have, want) if len(have) == len(want) == 2 else None
+
     def compliant(self, current: str) -> bool:
+        if self.mode == "range":
+            # Both ends matter: the live range must contain the configured one (LOW at most, HIGH at least).
+            pair = self._range(current)
+            return pair is not None and pair[0][0] <= pair[1][0] and pair[0][1] >= pair[1][1]
         if self.mode == "exact":
             return current.split() == self._desired.split()  # the kernel prints tabs, configs spaces
         try:
@@ -67,6 +78,12 @@ class Sysctl(FileTunable):
         return len(have) == len(want) and all(h >= w for h, w in zip(have, want))
 
     def target(self, current: str) -> str:
+        if self.mode == "range":
+            pair = self._range(current)
+            if pair is None:
+                return self._desired
+            (lo, hi), (want_lo, want_hi) = pair
+            return f"{min(lo, want_lo)} {max(hi, want_hi)}"  # widen: never narrow what the host allows
         if self.mode == "exact":
             return self._desired
         try:
@@ -88,6 +105,8 @@ class Sysctl(FileTunable):
         self._wrote = True
 
     def note(self, current: str) -> str:
+        if self.mode == "range" and self.compliant(current) and current.split() != self._desired.split():
+            return "the live range contains the configured one; left as is"
         if self.mode == "floor" and self.compliant(current) and current.split() != self._desired.split():
             # After a write only some fields were above the floor: "left as is" would contradict "changed".
             return "fields above the floor kept" if self._wrote else "above the floor; left as is"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from vllm_nodeagent.host import Host
-from vllm_nodeagent.settings.base import BuildInputs, Family, FileTunable, NotApplicable, Tunable, only_params, param
+from vllm_nodeagent.settings.base import BuildInputs, Family, FileTunable, Tunable, TunableError, only_params, param
 
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 
@@ -23,7 +23,10 @@ class Thp(FileTunable):
     def read(self) -> str:
         current, offered = self.read_bracketed()
         if self._desired and self._desired not in offered:
-            raise NotApplicable(f"this kernel offers {' '.join(offered)}, not {self._desired}")
+            # A value the kernel does not offer is a config error for this host, like an unknown sysctl: fail.
+            raise TunableError(
+                f"this kernel offers {', '.join(offered)}, not {self._desired!r}: set [thp] {self.knob} to one of them"
+            )
         return current
 
     def hint(self) -> str:
