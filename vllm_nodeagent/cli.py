@@ -70,6 +70,7 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         (
             "vllm-nodeagent doctor",
             "vllm-nodeagent doctor --config /etc/vllm-nodeagent/config.toml --strict",
+            "vllm-nodeagent doctor --only sysctl thp gpu.xid --wide",
             "vllm-nodeagent doctor --json | jq '.checks[] | select(.status == \"fail\")'",
             "vllm-nodeagent --root /srv/snapshot doctor",
             "vllm-nodeagent doctor --slurm   # as Slurm's HealthCheckProgram (docs/slurm.md)",
@@ -194,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = command("doctor")
     d.add_argument("--json", action="store_true", help=json_help)
     d.add_argument("--strict", action="store_true", help="exit 1 on a warning too, not only on a failure")
+    d.add_argument(
+        "--only", nargs="+", metavar="ID", default=None, help="only these check ids or prefixes (sysctl, gpu., ...)"
+    )
+    d.add_argument(
+        "--wide", action="store_true", help="on a terminal too: one line per check, nothing cut (as when piped)"
+    )
     d.add_argument(
         "--slurm",
         nargs="?",

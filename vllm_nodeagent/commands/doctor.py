@@ -7,11 +7,14 @@ comment by itself. ``bash -n`` accepts every one (tests/test_fix_hints.py)."""
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import shutil
+import sys
 from typing import Any, Optional
 
 from vllm_nodeagent.checks.base import STATUSES, CheckResult
-from vllm_nodeagent.context import Context, print_json
+from vllm_nodeagent.context import EXIT_USAGE, Context, print_json
 from vllm_nodeagent.doctor import exit_code, run_checks, summary
 
 
@@ -21,11 +24,18 @@ def cmd_doctor(ctx: Context, args: argparse.Namespace) -> int:
 
         return cmd_slurm(ctx, args)
     checks = run_checks(ctx)
+    if args.only:
+        checks = [c for c in checks if any(c.id == o or c.id.startswith(o.rstrip(".") + ".") for o in args.only)]
+        if not checks:
+            print(f"vllm-nodeagent: doctor --only {' '.join(args.only)}: matches no check", file=sys.stderr)
+            return EXIT_USAGE
     invocation = ctx.invocation()
     if args.json:
         print_json({"checks": [check_json(c, invocation) for c in checks], "summary": summary(checks)}, "doctor")
     else:
-        print(render(checks, invocation))
+        tty = sys.stdout.isatty()
+        width = None if args.wide or not tty else shutil.get_terminal_size().columns
+        print(render(checks, invocation, width, use_colour(sys.stdout)))
     return exit_code(checks, args.strict)
 
 
@@ -71,21 +81,64 @@ def check_json(c: CheckResult, invocation: list[str]) -> dict[str, Any]:
     }
 
 
-def render(checks: list[CheckResult], invocation: list[str]) -> str:
-    rows = [["STATUS", "CHECK", "CURRENT", "DESIRED", "HINT"]]
+COLOURS = {"pass": "32", "warn": "33", "fail": "31", "skip": "2"}  # green, yellow, red, dim
+MIN_VALUE = 12  # CURRENT/DESIRED never narrower than this when fitting
+MIN_NOTE = 20
+
+
+def use_colour(stream: Any) -> bool:
+    """Colour on a terminal only; NO_COLOR (https://no-color.org) or TERM=dumb turn it off."""
+    return (
+        bool(getattr(stream, "isatty", lambda: False)())
+        and "NO_COLOR" not in os.environ
+        and (os.environ.get("TERM") != "dumb")
+    )
+
+
+def render(checks: list[CheckResult], invocation: list[str], width: Optional[int] = None, colour: bool = False) -> str:
+    """The table. ``width`` None (--wide, or not a terminal): one line per check, nothing cut, the hint last —
+    greppable. A width (a terminal): CURRENT/DESIRED and the note cut to fit, and a fix command on its own line
+    under its check, never cut (a cut command could not be pasted)."""
+    rows = [["STATUS", "CHECK", "CURRENT", "DESIRED", "HINT" if width is None else "NOTE"]]
+    fixes: list[str] = [""]
     for c in checks:
-        hint = hint_line(c, invocation) or (f"# {_one_line(c.detail)}" if c.detail else "")
-        rows.append([c.status.upper(), c.id, _short(c.current), _short(c.desired), hint])
+        command = fix_command(c, invocation)
+        if width is None:
+            note = hint_line(c, invocation) or (f"# {_one_line(c.detail)}" if c.detail else "")
+            fixes.append("")
+        else:
+            note = _one_line(c.detail if command is not None else (c.hint or c.detail))
+            fixes.append(hint_line(c, invocation) if command is not None else "")
+        rows.append([c.status.upper(), c.id, _show(c.current), _show(c.desired), note])
+    if width is not None:
+        # What STATUS and CHECK need, and room for a note; CURRENT and DESIRED share the rest by their needs.
+        avail = width - (max(len(r[0]) for r in rows) + max(len(r[1]) for r in rows) + 4 * 2) - MIN_NOTE
+        need = [max(len(r[i]) for r in rows) for i in (2, 3)]
+        if sum(need) > avail:
+            cur_w = max(MIN_VALUE, avail * need[0] // max(sum(need), 1))
+            des_w = max(MIN_VALUE, avail - cur_w)
+            for r in rows[1:]:
+                r[2], r[3] = _cut(r[2], cur_w), _cut(r[3], des_w)
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join([*(r[i].ljust(widths[i]) for i in range(4)), r[4]]).rstrip() for r in rows]
+    lines = []
+    for r, fix in zip(rows, fixes):
+        head = "  ".join(r[i].ljust(widths[i]) for i in range(4))
+        note = r[4] if width is None else _cut(r[4], max(0, width - len(head) - 2))
+        line = f"{head}  {note}".rstrip()
+        if colour and r[0].lower() in COLOURS:
+            line = f"\x1b[{COLOURS[r[0].lower()]}m{r[0]}\x1b[0m{line[len(r[0]) :]}"
+        lines.append(line)
+        if fix:
+            lines.append(f"    {fix}")
     counts = summary(checks)
     lines.append("")
     lines.append(", ".join(f"{counts[s]} {s}" for s in STATUSES))
     return "\n".join(lines)
 
 
-def _short(value: Optional[str], width: int = 40) -> str:
-    if value is None:
-        return "-"
-    value = " ".join(value.split())  # the kernel separates sysctl triples with tabs
-    return value if len(value) <= width else value[: width - 1] + "…"
+def _show(value: Optional[str]) -> str:
+    return "-" if value is None else " ".join(value.split())  # the kernel separates sysctl triples with tabs
+
+
+def _cut(value: str, width: int) -> str:
+    return value if len(value) <= width else value[: max(width - 1, 0)] + "…"
