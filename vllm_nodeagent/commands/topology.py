@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from vllm_nodeagent.context import EXIT_OK, Context, print_json
+from vllm_nodeagent.cpu_model import VLLM_ISA, read_cpu_model
 from vllm_nodeagent.host.parse import format_cpulist
 from vllm_nodeagent.topology import Topology, discover_with_nvml, render_table
 
@@ -45,8 +46,15 @@ def _normalize(value: Any, key: str = "") -> Any:
 
 def cmd_topology(ctx: Context, args: argparse.Namespace) -> int:
     topo = discover_with_nvml(ctx, log_warnings=False)  # the table and the JSON carry them
+    cpu = read_cpu_model(ctx.host)  # here only: no other command pays for it
     if args.json:
-        print_json(topology_json(topo), "topology")
+        data = topology_json(topo)
+        data["cpu"] = _normalize(cpu.to_json()) if cpu is not None else None
+        print_json(data, "topology")
     else:
         print(render_table(topo))
+        if cpu is not None:
+            isa = " ".join(cpu.isa) or "none of " + ", ".join(VLLM_ISA[:3]) + ", ..."
+            model = cpu.model or "model not named by the kernel"
+            print(f"\nCPU: {model} ({cpu.vendor or '?'}); ISA for vLLM's CPU backend: {isa}")
     return EXIT_OK
