@@ -28,6 +28,7 @@ def emitted(tmp_path: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
     m.heartbeat(1.0)
     m.checked(1.0)
     m.set_compliance("thp.enabled", False)
+    m.set_mode("audit")
     m.add_drift("thp.enabled")
     m.set_prewarm(1, 1.0)
     m.set_expected(True)

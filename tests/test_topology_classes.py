@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import HOSTS, unavailable_opener
+from jsoncontract import legacy_topology
 
 from vllm_nodeagent import cli
 from vllm_nodeagent.cpuset import parse_mountinfo, parse_mounts
@@ -44,7 +45,7 @@ def topo_json(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     root = tmp_path / name
     HOSTS[name](root)
     assert cli.main(["--root", str(root), "topology", "--json"], nvml_opener=unavailable_opener) == 0  # type: ignore[arg-type]
-    data: dict[str, Any] = json.loads(capsys.readouterr().out)
+    data: dict[str, Any] = legacy_topology(json.loads(capsys.readouterr().out))
     return data
 
 
