@@ -115,8 +115,10 @@ def render(checks: list[CheckResult], invocation: list[str], width: Optional[int
         avail = width - (max(len(r[0]) for r in rows) + max(len(r[1]) for r in rows) + 4 * 2) - MIN_NOTE
         need = [max(len(r[i]) for r in rows) for i in (2, 3)]
         if sum(need) > avail:
-            cur_w = max(MIN_VALUE, avail * need[0] // max(sum(need), 1))
-            des_w = max(MIN_VALUE, avail - cur_w)
+            # Each gets up to half; what one does not need goes to the other.
+            half = max(MIN_VALUE, avail // 2)
+            cur_w = min(need[0], max(half, avail - min(need[1], half)))
+            des_w = max(MIN_VALUE, min(need[1], avail - cur_w))
             for r in rows[1:]:
                 r[2], r[3] = _cut(r[2], cur_w), _cut(r[3], des_w)
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
