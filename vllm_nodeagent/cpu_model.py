@@ -1,9 +1,9 @@
 """The CPU model and the ISA extensions vLLM's CPU backend dispatches on, from /proc/cpuinfo (issue 26.10).
 
 py-cpuinfo was declared and never imported; it is dropped. What `topology` needs — the model name and a few flags
-— is in /proc/cpuinfo, read through the host seam (so a --root tree answers, and the fixtures test it) in about a
-millisecond, where ``cpuinfo.get_cpu_info()`` takes ~1.2 s (it runs cpuid probes and subprocesses). Read once, by
-`topology` only: never on doctor's, apply's or the daemon's path.
+— is in /proc/cpuinfo, read through the host seam (so a --root tree answers, and the fixtures test it) with one file
+read, where ``cpuinfo.get_cpu_info()`` took ~1.2 s here (shared/DESIGN.md; it runs cpuid probes and subprocesses).
+Read once, by `topology` only: never on doctor's, apply's or the daemon's path.
 """
 
 from __future__ import annotations
