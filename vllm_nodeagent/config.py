@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 
 from vllm_nodeagent.config_gpu import ClockPair, gpu_clocks, gpu_power
 from vllm_nodeagent.host.parse import control_characters
+from vllm_nodeagent.sysctl_kinds import MODE_SYSCTLS, is_range_sysctl
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -200,28 +201,6 @@ class Config:
 _SYSCTL_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+")
 _INT_VECTOR = re.compile(r"-?[0-9]+( -?[0-9]+)*")  # ASCII digits: \\d would take "٣"
 _SYSCTL_MIN, _SYSCTL_MAX = -(2**63), 2**64 - 1  # the widest kernel sysctl types (long, unsigned long)
-# Sysctls whose numbers select a mode (or a bitmask), not an amount: "at least N" means nothing for them.
-MODE_SYSCTLS = frozenset(
-    {
-        "kernel.numa_balancing",
-        "vm.overcommit_memory",
-        "vm.zone_reclaim_mode",
-        "kernel.randomize_va_space",
-        "vm.oom_kill_allocating_task",
-        "vm.panic_on_oom",
-        "kernel.panic_on_oops",
-        "kernel.nmi_watchdog",
-        "kernel.watchdog",
-        "kernel.sched_autogroup_enabled",
-        "net.ipv4.ip_forward",
-        "net.ipv4.tcp_timestamps",
-        "net.ipv4.tcp_sack",
-        "net.ipv4.tcp_window_scaling",
-        "net.ipv4.tcp_slow_start_after_idle",
-        "net.ipv4.tcp_mtu_probing",
-        "net.ipv4.tcp_no_metrics_save",
-    }
-)
 
 
 class _Ctx:
@@ -334,17 +313,6 @@ def _load_section(ctx: _Ctx, section: str, raw: Any) -> Any:
         elif fld.metadata["required"]:
             raise ctx.error(section, name, None, "required key is missing")
     return cls(**values)
-
-
-# Sysctls that hold a range "LOW HIGH" (and any two-integer sysctl named *_range): the agent's "range" mode —
-# the live range must contain the configured one (its low end at most LOW, its high end at least HIGH); apply
-# widens it (min of the lows, max of the highs). Per-field floors would raise LOW: "1024 65000" on a host at
-# "32768 60999" became "32768 65000".
-RANGE_SYSCTLS = frozenset({"net.ipv4.ip_local_port_range", "net.ipv4.ping_group_range"})
-
-
-def is_range_sysctl(name: str) -> bool:
-    return name in RANGE_SYSCTLS or name.endswith("_range")
 
 
 def _load_sysctl(ctx: _Ctx, raw: Any) -> tuple[SysctlSetting, ...]:
