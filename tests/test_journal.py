@@ -261,7 +261,9 @@ def test_unknown_family_is_reported_revert_exits_0_and_forget_drops_it(
     assert rc == 0
     [r] = json.loads(out)["results"]
     assert r["status"] == "forgotten" and r["desired"] == "700000"
-    assert render_outcome(engine.Outcome(**r)).startswith("forgotten    gpu.0.power_limit  (original 700000)  (dropped")
+    assert render_outcome(
+        engine.Outcome(r["id"], r["status"], r["current"], r["desired"], r["detail"] or "", r["previous"])
+    ).startswith("forgotten    gpu.0.power_limit  (original 700000)  (dropped")
     assert not path.exists()  # the journal held only that entry: now empty, removed (durably: fsynced dir)
     [kept] = [p for p in path.parent.iterdir() if p.name.startswith(f"{JOURNAL_NAME}.forgotten.")]
     assert json.loads(kept.read_text().splitlines()[1]) == {**UNKNOWN_LINE, "written_at": None}
