@@ -69,6 +69,8 @@ def plan_json(pid: int, uid: int, start_time: int) -> str:
         ('{"pid": PID, "argv": [], "extra": 1' + "}", "missing"),
         ("\xff\xfe not json", "not JSON"),
     ],
+    # short ids: a 200,000-character id lands in PYTEST_CURRENT_TEST and the sleeper's exec fails with E2BIG
+    ids=["no-argv", "nested-100k", "argv-str", "bad-cpus", "bool-pid", "extra-key", "not-json"],
 )
 def test_a_malformed_plan_is_one_warn_line(
     tmp_path: Path, sleeper: subprocess.Popen[bytes], content: str, words: str
@@ -156,7 +158,9 @@ def test_a_reused_pid_is_not_audited(tmp_path: Path, sleeper: subprocess.Popen[b
 
 
 @pytest.mark.parametrize(
-    "plan_text", ['{"pid": 4242}', "[" * 50_000 + "]" * 50_000, '{"pid": 4242, "cpus": {"a": [[[]]]}}']
+    "plan_text",
+    ['{"pid": 4242}', "[" * 50_000 + "]" * 50_000, '{"pid": 4242, "cpus": {"a": [[[]]]}}'],
+    ids=["pid-only", "nested-50k", "nested-cpus"],
 )
 def test_doctor_exits_0_or_1_on_hostile_plan_files(
     hgx: FakeHost, capsys: pytest.CaptureFixture[str], plan_text: str
