@@ -85,6 +85,22 @@ def parse_view(xml_text: str) -> HwlocView:
     return HwlocView(nodes, pci)
 
 
+def cpulist_ints(value: Any) -> list[int]:
+    """A cpulist as the agent's JSON contract writes it ("0-3,8"; "" for none), or already a list, as ints."""
+    if isinstance(value, list):
+        return [int(v) for v in value]
+    out: list[int] = []
+    for part in str(value).strip().split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _node(value: Any) -> int:
+    return -1 if value is None else int(value)  # the contract's null = no node; hwloc's view says -1
+
+
 def compare(
     agent: dict[str, Any], view: HwlocView, memory_tolerance: float = 0.02, agent_after: Optional[dict[str, Any]] = None
 ) -> list[str]:
@@ -102,14 +118,14 @@ def compare(
         a, h = mine[nid], view.nodes[nid]
         if (a["kind"] == "gpu-memory") != h.gpu_memory:
             diffs.append(f"node {nid}: agent kind {a['kind']}, hwloc GPUMemory={h.gpu_memory}")
-        if not h.gpu_memory and a["cpus"] != h.cpus:  # hwloc gives a GPU-memory node its GPU's CPUs
+        if not h.gpu_memory and cpulist_ints(a["cpus"]) != h.cpus:  # hwloc gives a GPU-memory node its GPU's CPUs
             diffs.append(f"node {nid} CPUs: agent {a['cpus']}, hwloc {h.cpus}")
         seen = [a["memory_total_bytes"], after.get(nid, a)["memory_total_bytes"]]
         low, high = min(seen) * (1 - memory_tolerance), max(seen) * (1 + memory_tolerance)
         if not low <= h.memory_bytes <= high:
             diffs.append(f"node {nid} memory: agent {seen}, hwloc {h.memory_bytes}")
-    devices = [(f"GPU {g['pci_bus_id']}", g["pci_bus_id"], g["numa_node"]) for g in agent["gpus"]]
-    devices += [(f"NIC {n['name']}", n["pci_bus_id"], n["numa_node"]) for n in agent["nics"]]
+    devices = [(f"GPU {g['pci_bus_id']}", g["pci_bus_id"], _node(g["numa_node"])) for g in agent["gpus"]]
+    devices += [(f"NIC {n['name']}", n["pci_bus_id"], _node(n["numa_node"])) for n in agent["nics"]]
     for label, bus, node in devices:
         if bus not in view.pci_node:
             diffs.append(f"{label}: hwloc does not list {bus}")

@@ -17,6 +17,7 @@ from typing import Optional
 
 import pytest
 from guest import HOLD_FILE, STANDIN_REMOTE, http_get, numa_policies, proc_status, standin_pid, wait_for
+from hwloc_peer import cpulist_ints
 from vm import VM, booted, timings
 
 pytestmark = pytest.mark.vm
@@ -210,7 +211,7 @@ def test_16_binding_in_numa_maps_is_the_plans(bed: Bed) -> None:
     assert numa_policies(g, pid) == {f"bind:{VLLM_NODE}"}
     plan = json.loads(g.out(["vllm-nodeagent", "launch", "--dry-run", "--json"]))
     assert plan["numa_nodes"] == [VLLM_NODE] and plan["binding"] == "numactl", plan
-    assert plan["cpus"] == [int(c) for c in node_cpus.split(",")], plan
+    assert cpulist_ints(plan["cpus"]) == cpulist_ints(node_cpus), plan  # the JSON contract's cpulist string
     # the sandbox systemd gave it: no capabilities at all, no new privileges
     status = proc_status(g, pid)
     assert status["CapEff"] == "0000000000000000" and status["CapBnd"] == "0000000000000000", status
