@@ -187,7 +187,7 @@ def test_step_topology_is_the_steps_cpuset(cluster: Cluster) -> None:
     data = json.loads(agent_json)
     path = next(line[5:] for line in head.splitlines() if line.startswith("path="))
     allowed = cpulist(next(line.split()[1] for line in head.splitlines() if line.startswith("Cpus_allowed_list")))
-    usable = sorted(c for n in data["numa_nodes"] for c in n["cpus"])
+    usable = sorted(c for n in data["numa_nodes"] for c in cpulist(n["cpus"]) if n["cpus"])  # v1: cpulist strings
     assert len(allowed) == 1, f"the step was not confined to one CPU: {allowed}"
     assert usable == allowed
     src = data["sources"]["cpuset"]
@@ -235,7 +235,7 @@ def test_step_launch_plan_stays_inside(cluster: Cluster) -> None:
     head, _, rest = out.partition("{")
     allowed = cpulist(head.split()[1])
     plan = json.loads("{" + rest)
-    assert plan["cpus"] and set(plan["cpus"]) <= set(allowed), (plan["cpus"], allowed)
+    assert plan["cpus"] and set(cpulist(plan["cpus"])) <= set(allowed), (plan["cpus"], allowed)  # v1: a cpulist
     assert plan["numa_nodes"] == [0] and plan["binding"], plan
 
 
