@@ -93,6 +93,23 @@ def test_gpus_without_nvml_fail(hgx: FakeHost, capsys: pytest.CaptureFixture[str
     assert checks["gpu.0.persistence_mode"]["status"] == "skip"
 
 
+def test_nvml_of_the_real_host_is_not_read_under_root(
+    hgx: FakeHost, hgx_nvml: NvmlDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --root tree whose sysfs has NVIDIA GPUs: the NVML of the machine running doctor says nothing about the
+    tree, so it is not read and its absence is a SKIP saying so, not a FAIL (issue 26); a recorded NVML supplied
+    the way tests replay one is the tree's own and is judged as on a host."""
+    _, report = doctor(hgx.root, capsys, "", opener=None)
+    nvml = by_id(report)["nvml"]
+    assert nvml["status"] == "skip", nvml
+    assert "not read under --root" in nvml["detail"] and "real host" in nvml["detail"]
+    assert not [c["id"] for c in report["checks"] if c["status"] == "fail" and c["id"].startswith("nvml")]
+    _, report = doctor(hgx.root, capsys, "", opener=opener_for(hgx_nvml))
+    assert by_id(report)["nvml"]["status"] == "pass"
+    _, report = doctor(hgx.root, capsys, "")  # a recorded driver that does not answer
+    assert by_id(report)["nvml"]["status"] == "fail"
+
+
 def test_vm_without_gpu_skips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     h = vm_no_gpu(tmp_path / "vm")
     _, report = doctor(h.root, capsys, "[cpu]\ngovernor = 'performance'\n[gpu]\npersistence_mode = true\n")

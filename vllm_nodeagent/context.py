@@ -34,8 +34,13 @@ class Context:
     log_format: str
     nvml_opener: Optional[NvmlOpener] = None
 
+    def nvml_not_read(self) -> bool:
+        """Under --root with no recorded NVML supplied (tests replay one through ``nvml_opener``): the NVML of the
+        machine this runs on says nothing about the tree, so it is not opened, and its absence is no fault."""
+        return self.nvml_opener is None and not self.host.is_real
+
     def open_nvml(self) -> tuple[Optional[Nvml], str]:
-        if self.nvml_opener is None and not self.host.is_real:
+        if self.nvml_not_read():
             # NVML answers for the running machine's GPUs, never for a --root tree's.
             return None, "NVML describes the running machine, not the --root tree"
         return try_open(self.nvml_opener)

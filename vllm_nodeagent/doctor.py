@@ -58,6 +58,17 @@ def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: 
             checks.append(CheckResult("nvml", PASS, f"driver {driver}", "usable", "", f"{len(topo.gpus)} GPU(s)"))
         except NvmlCallError as exc:
             checks.append(CheckResult("nvml", FAIL, str(exc), "usable", "check the NVIDIA driver (nvidia-smi)"))
+    elif ctx.nvml_not_read():
+        checks.append(
+            CheckResult(
+                "nvml",
+                SKIP,
+                "not read under --root",
+                "usable",
+                "",
+                "NVML is the real host's (this machine's driver), not the --root tree's: it is not read under --root",
+            )
+        )
     elif topo.gpus and sysfs_gpus:
         checks.append(
             CheckResult(
