@@ -12,6 +12,10 @@ cd "$repo"
 out=packaging/out
 unit=systemd/vllm-nodeagent.service
 serve_unit=systemd/vllm-nodeagent-serve.service
+# The fleet view (docs/fleet.md): shipped for the Prometheus and Grafana hosts to copy
+rules_dst=/usr/share/vllm-nodeagent/prometheus/vllm-nodeagent.rules.yml
+dashboard_dst=/usr/share/vllm-nodeagent/grafana/vllm-nodeagent.json
+fleet_files=("$rules_dst" "$dashboard_dst")
 ANSIBLE_CORE_VERSION=2.18.19
 ANSIBLE_LINT_VERSION=25.12.2
 ANSIBLE_COMPAT_VERSION=26.10.0
@@ -37,6 +41,16 @@ if [ "${PKG_CI_SKIP_APT:-0}" != 1 ]; then
     apt-get -o DPkg::Lock::Timeout=300 update -qq
     apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
         python3 python3-venv python3-apt lintian rpm shellcheck systemd numactl ca-certificates >/dev/null
+    # promtool (package prometheus) checks the shipped rule file; the package starts a service on install: a
+    # policy-rc.d that denies starts for this install, where the machine has none (as .ci/run does)
+    if ! command -v promtool >/dev/null; then
+        deny_start=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d && deny_start=1
+        fi
+        apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends prometheus >/dev/null
+        if [ -n "$deny_start" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    fi
 fi
 
 step "shellcheck"
@@ -71,15 +85,23 @@ RELEASE=1 make -s -C packaging deb rpm
 echo "build time: $(($(date +%s) - b0)) s"
 deb=$(ls "$out"/vllm-nodeagent_*-1_*.deb)
 rpm_file=$(ls "$out"/vllm-nodeagent-*-1.*.rpm)
+deb_list=$(dpkg-deb -c "$deb")   # listed once: grep -q closing a pipe early would fail the pipeline (pipefail)
+rpm_list=$(rpm -qlp "$rpm_file")
 
 step "man page vllm-nodeagent(8) in both packages, rendering without warnings"
-dpkg-deb -c "$deb" | grep -q ' ./usr/share/man/man8/vllm-nodeagent.8.gz$' || fail "the deb lacks vllm-nodeagent(8)"
-rpm -qlp "$rpm_file" | grep -qx /usr/share/man/man8/vllm-nodeagent.8.gz || fail "the rpm lacks vllm-nodeagent(8)"
+grep -q ' ./usr/share/man/man8/vllm-nodeagent.8.gz$' <<<"$deb_list" || fail "the deb lacks vllm-nodeagent(8)"
+grep -qx /usr/share/man/man8/vllm-nodeagent.8.gz <<<"$rpm_list" || fail "the rpm lacks vllm-nodeagent(8)"
 if command -v groff >/dev/null; then
     warn=$(dpkg-deb --fsys-tarfile "$deb" | tar -xOf - ./usr/share/man/man8/vllm-nodeagent.8.gz | gunzip |
         groff -man -Tutf8 -ww -z 2>&1) || fail "groff failed on vllm-nodeagent(8)"
     [ -z "$warn" ] || fail "vllm-nodeagent(8) renders with warnings: $warn"
 fi
+
+step "fleet view in both packages: alert rules and Grafana dashboard under /usr/share/vllm-nodeagent"
+for f in "${fleet_files[@]}"; do
+    grep -qF " .$f" <<<"$deb_list" || fail "the deb lacks $f"
+    grep -qxF "$f" <<<"$rpm_list" || fail "the rpm lacks $f"
+done
 
 step "lintian (no errors allowed)"
 lintian --fail-on error --info "$deb"
@@ -120,7 +142,17 @@ host_py=$(readlink -f /usr/bin/python3)
 [ "$venv_py" = "$host_py" ] || fail "venv python is $venv_py, not the host's $host_py"
 cmp -s "$unit" /lib/systemd/system/vllm-nodeagent.service || fail "installed unit differs from $unit"
 cmp -s "$serve_unit" /lib/systemd/system/vllm-nodeagent-serve.service || fail "installed unit differs from $serve_unit"
+check_stat "$rules_dst" "644 root root"
+check_stat "$dashboard_dst" "644 root root"
+cmp -s packaging/prometheus/vllm-nodeagent.rules.yml "$rules_dst" || fail "installed $rules_dst differs from the source"
+cmp -s packaging/grafana/vllm-nodeagent.json "$dashboard_dst" || fail "installed $dashboard_dst differs from the source"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["panels"], "no panels"' "$dashboard_dst" \
+    || fail "$dashboard_dst is not a dashboard (JSON with panels)"
 vllm-nodeagent --version
+
+step "promtool check rules (the installed rule file)"
+command -v promtool >/dev/null || fail "promtool not found (Debian package prometheus; .ci/run and the tools step install it)"
+promtool check rules "$rules_dst" || fail "promtool check rules failed on $rules_dst"
 
 step "systemd-analyze verify (installed units)"
 verify_log=$(systemd-analyze verify /lib/systemd/system/vllm-nodeagent.service \
@@ -166,6 +198,7 @@ dpkg --remove vllm-nodeagent
 [ "$(cat /proc/sys/vm/max_map_count)" = "$orig" ] || fail "removal did not revert vm.max_map_count to $orig"
 [ ! -e /usr/bin/vllm-nodeagent ] || fail "/usr/bin/vllm-nodeagent left after remove"
 [ ! -e /opt/vllm-nodeagent/venv ] || fail "venv left after remove"
+[ ! -e /usr/share/vllm-nodeagent ] || fail "/usr/share/vllm-nodeagent (rules, dashboard) left after remove"
 [ -f /etc/vllm-nodeagent/config.toml ] || fail "remove (not purge) dropped the config"
 dpkg --purge vllm-nodeagent
 for p in /etc/vllm-nodeagent /var/lib/vllm-nodeagent /opt/vllm-nodeagent; do

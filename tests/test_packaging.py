@@ -219,6 +219,31 @@ def test_check_wheelhouse_honours_requires_python_and_platform(tmp_path: Path) -
     assert check_wheelhouse(tmp_path, "3.12").returncode == 1
 
 
+# -- the fleet view: alert rules and dashboard ship in both packages ------------------------------
+FLEET_SHARE = "/usr/share/vllm-nodeagent"
+
+
+def test_packages_ship_the_alert_rules_and_the_dashboard() -> None:
+    """Every rule file and dashboard of packaging/ is a 0644 file of both packages under /usr/share/vllm-nodeagent,
+    and docs/fleet.md names where it lands (.ci/packaging.sh checks the built packages and the installed copy)."""
+    yaml = pytest.importorskip("yaml")
+    contents = yaml.safe_load((PACKAGING / "nfpm.yaml").read_text())["contents"]
+    by_src = {c["src"]: c for c in contents if "src" in c}
+    shipped = sorted(PACKAGING.glob("prometheus/*.rules.yml")) + sorted(PACKAGING.glob("grafana/*.json"))
+    assert [p.name for p in shipped] == ["vllm-nodeagent.rules.yml", "vllm-nodeagent.json"]
+    fleet_doc = (REPO / "docs" / "fleet.md").read_text()
+    for path in shipped:
+        rel = path.relative_to(PACKAGING).as_posix()
+        entry = by_src.get(f"./{rel}")
+        assert entry is not None, f"packaging/nfpm.yaml does not ship {rel}"
+        assert entry["dst"] == f"{FLEET_SHARE}/{rel}"
+        assert "packager" not in entry  # both the deb and the rpm
+        assert entry["file_info"]["mode"] == 0o644
+        assert entry["dst"] in fleet_doc, f"docs/fleet.md does not say where {rel} is installed"
+    dirs = {c["dst"] for c in contents if c.get("type") == "dir"}
+    assert {FLEET_SHARE, f"{FLEET_SHARE}/prometheus", f"{FLEET_SHARE}/grafana"} <= dirs
+
+
 # -- the Ansible role's config template ---------------------------------------------------------
 def render_role_config(overrides: dict[str, Any]) -> str:
     jinja2 = pytest.importorskip("jinja2")
