@@ -9,6 +9,8 @@
 - Small modules: none over MAX_LINES lines.
 - Only the ground floor touches files: no module outside vllm_nodeagent/host/ calls FORBIDDEN_FILE_CALLS or a
   FORBIDDEN_PATH_METHODS method (issue 22: every escape from the seam was a way around its checks).
+- One status (issue 26): a check's status is ``checks.status.Status``; no other module spells ``"pass"``,
+  ``"warn"``, ``"fail"`` or ``"skip"`` as a string literal (set or compared).
 """
 
 from __future__ import annotations
@@ -248,3 +250,28 @@ def test_the_file_reader_sees_each_form() -> None:
         "5: .write_bytes()",
         "6: os.fchown()",
     ]
+
+
+# -- one status (issue 26) ----------------------------------------------------------------------------------------
+STATUS_MODULE = "checks/status.py"
+STATUS_VALUES = {"pass", "warn", "fail", "skip"}
+
+
+def status_literals(tree: ast.Module) -> list[str]:
+    """``line: 'value'`` of every string constant that spells a check status."""
+    return [
+        f"{node.lineno}: {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in STATUS_VALUES
+    ]
+
+
+def test_statuses_are_spelled_only_by_the_status_enum() -> None:
+    found = {rel: status_literals(tree) for rel, tree in modules().items() if rel != STATUS_MODULE}
+    assert status_literals(modules()[STATUS_MODULE])  # the rule reads the module that defines them
+    assert {rel: lits for rel, lits in found.items() if lits} == {}
+
+
+def test_the_status_reader_sees_each_form() -> None:
+    tree = ast.parse('CheckResult("x", "warn")\nif s == "fail": pass\nCOLOURS = {"skip": 1}\nf"{x}pass"\n')
+    assert status_literals(tree) == ["1: 'warn'", "2: 'fail'", "3: 'skip'", "4: 'pass'"]  # f-string parts too

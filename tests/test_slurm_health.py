@@ -15,7 +15,8 @@ from fakehost import FakeHost, SysfsHost, vm_no_gpu
 from nvml_double import NvmlDouble
 
 from vllm_nodeagent import cli
-from vllm_nodeagent.checks.base import FAIL, PASS, CheckResult
+from vllm_nodeagent.checks.base import CheckResult
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.slurm import REASON_MAX, failing_ids, job_gpus, make_reason, parse_node
 
 SAMPLE = '[sysctl]\n"vm.max_map_count" = 262144\n'
@@ -179,7 +180,7 @@ def test_parse_node_and_reason() -> None:
     reason = make_reason("health", ids)
     assert len(reason) <= REASON_MAX and reason.endswith("more") and reason.startswith("vllm-nodeagent: sysctl")
     assert make_reason("epilog", ["gpu.leftover_memory"]) == "vllm-nodeagent: epilog: gpu.leftover_memory"
-    checks = [CheckResult("a", FAIL), CheckResult("b", "warn"), CheckResult("c", PASS)]
+    checks = [CheckResult("a", Status.FAIL), CheckResult("b", "warn"), CheckResult("c", Status.PASS)]
     assert failing_ids(checks, False) == ["a"] and failing_ids(checks, True) == ["a", "b"]
     assert job_gpus({"SLURM_JOB_GPUS": "2,0"}) == [0, 2] and job_gpus({}) is None
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, STATUSES, WARN, CheckResult, Fix
+from vllm_nodeagent.checks.base import CheckResult, Fix
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK
 from vllm_nodeagent.host.parse import format_cpulist
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
@@ -29,14 +30,18 @@ def setting_checks(tunables: list[Tunable]) -> list[CheckResult]:
         fix: Optional[Fix] = None
         desired = o.desired
         if o.status == engine.OK:
-            status, hint = PASS, ""
+            status, hint = Status.PASS, ""
         elif o.status == engine.SKIPPED:
-            status, hint = SKIP, ""
+            status, hint = Status.SKIP, ""
         elif o.status == engine.MISSING:
-            status, hint = WARN, "check the name in the config (a typo, or a kernel module not loaded)"
+            status, hint = Status.WARN, "check the name in the config (a typo, or a kernel module not loaded)"
         else:
             # someone else owns it: tell, don't fail the host for it
-            status = WARN if o.status == engine.DRIFTED and (t.owner or getattr(t, "advisory", False)) else FAIL
+            status = (
+                Status.WARN
+                if o.status == engine.DRIFTED and (t.owner or getattr(t, "advisory", False))
+                else Status.FAIL
+            )
             hint = t.hint()
             argv = tuple(getattr(t, "fix_argv", tuple)())
             if o.status == engine.DRIFTED:
@@ -49,20 +54,22 @@ def setting_checks(tunables: list[Tunable]) -> list[CheckResult]:
 
 def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: str) -> list[CheckResult]:
     config = ctx.config
-    checks = [CheckResult("config", PASS, config.path, None, "", "valid")]
+    checks = [CheckResult("config", Status.PASS, config.path, None, "", "valid")]
 
     sysfs_gpus = any(g.source == "sysfs" for g in topo.gpus)
     if nvml is not None:
         try:
             driver = nvml.driver_version()
-            checks.append(CheckResult("nvml", PASS, f"driver {driver}", "usable", "", f"{len(topo.gpus)} GPU(s)"))
+            checks.append(
+                CheckResult("nvml", Status.PASS, f"driver {driver}", "usable", "", f"{len(topo.gpus)} GPU(s)")
+            )
         except NvmlCallError as exc:
-            checks.append(CheckResult("nvml", FAIL, str(exc), "usable", "check the NVIDIA driver (nvidia-smi)"))
+            checks.append(CheckResult("nvml", Status.FAIL, str(exc), "usable", "check the NVIDIA driver (nvidia-smi)"))
     elif ctx.nvml_not_read():
         checks.append(
             CheckResult(
                 "nvml",
-                SKIP,
+                Status.SKIP,
                 "not read under --root",
                 "usable",
                 "",
@@ -73,7 +80,7 @@ def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: 
         checks.append(
             CheckResult(
                 "nvml",
-                FAIL,
+                Status.FAIL,
                 nvml_error or "unavailable",
                 "usable",
                 "install the NVIDIA driver (libnvidia-ml.so.1) and nvidia-ml-py",
@@ -82,7 +89,7 @@ def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: 
         )
     else:
         checks.append(
-            CheckResult("nvml", SKIP, nvml_error or "unavailable", "usable", "", "no NVIDIA GPU on this host")
+            CheckResult("nvml", Status.SKIP, nvml_error or "unavailable", "usable", "", "no NVIDIA GPU on this host")
         )
 
     checks.append(numa_check(topo))
@@ -94,7 +101,7 @@ def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: 
             checks.append(
                 CheckResult(
                     "topology.gpu_numa",
-                    WARN,
+                    Status.WARN,
                     current,
                     "every GPU on a NUMA node",
                     "check firmware NUMA (SRAT/ACPI proximity) settings",
@@ -105,7 +112,7 @@ def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: 
             checks.append(
                 CheckResult(
                     "topology.gpu_numa",
-                    WARN,
+                    Status.WARN,
                     current,
                     "NVML and sysfs agree",
                     "compare nvidia-smi topo -m with /sys/bus/pci/devices/*/numa_node",
@@ -113,9 +120,9 @@ def host_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml], nvml_error: 
                 )
             )
         else:
-            checks.append(CheckResult("topology.gpu_numa", PASS, current, "NVML and sysfs agree"))
+            checks.append(CheckResult("topology.gpu_numa", Status.PASS, current, "NVML and sysfs agree"))
     else:
-        checks.append(CheckResult("topology.gpu_numa", SKIP, "no GPU", None, "", "nothing to map"))
+        checks.append(CheckResult("topology.gpu_numa", Status.SKIP, "no GPU", None, "", "nothing to map"))
     return checks
 
 
@@ -133,7 +140,7 @@ def numa_check(topo: Topology) -> CheckResult:
     if topo.problems:
         return CheckResult(
             "topology.numa",
-            WARN,
+            Status.WARN,
             ", ".join(parts),
             "readable sysfs",
             "the files named were skipped; check the kernel and its sysfs",
@@ -142,13 +149,13 @@ def numa_check(topo: Topology) -> CheckResult:
     if not topo.cpu_nodes():
         return CheckResult(
             "topology.numa",
-            FAIL,
+            Status.FAIL,
             ", ".join(parts) or "none",
             "a usable CPU node",
             "check the cgroup cpuset and CPU hotplug (cpu/online)",
             excluded,
         )
-    return CheckResult("topology.numa", PASS, ", ".join(parts), "usable CPU nodes", "", excluded)
+    return CheckResult("topology.numa", Status.PASS, ", ".join(parts), "usable CPU nodes", "", excluded)
 
 
 def vllm_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
@@ -156,12 +163,12 @@ def vllm_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
         from vllm_nodeagent.serving import checks as serving_checks
         from vllm_nodeagent.serving.plan import something_to_launch
     except ImportError as exc:  # the serving package ships with the daemon; keep doctor usable without it
-        return [CheckResult("vllm", SKIP, None, None, "", f"serving checks unavailable: {exc}")]
+        return [CheckResult("vllm", Status.SKIP, None, None, "", f"serving checks unavailable: {exc}")]
     checks = serving_checks.doctor_checks(ctx, topo)
     if ctx.config.vllm is None:
         # numactl is a host fact worth showing; the rest only means something when vLLM is managed
         checks = [c for c in checks if c.id == "vllm.numactl"]
-        checks.append(CheckResult("vllm", SKIP, None, None, "", "[vllm] is not configured: nothing to launch"))
+        checks.append(CheckResult("vllm", Status.SKIP, None, None, "", "[vllm] is not configured: nothing to launch"))
     elif topo.gpus and something_to_launch(ctx.config.vllm):
         checks.append(driver_libs_check(ctx))
     return checks
@@ -173,7 +180,7 @@ def layout_check(ctx: Context) -> CheckResult:
 
     layout = detect(ctx.host)
     where = "vllm-nodeagent-serve.service" if layout.split else "vllm-nodeagent.service (run)"
-    return CheckResult("agent.layout", PASS, layout.name, None, "", f"vLLM runs in {where}: {layout.reason}")
+    return CheckResult("agent.layout", Status.PASS, layout.name, None, "", f"vLLM runs in {where}: {layout.reason}")
 
 
 def readiness_checks(ctx: Context, topo: Topology, nvml: Optional[Nvml]) -> list[CheckResult]:
@@ -215,9 +222,9 @@ def run_checks(ctx: Context) -> list[CheckResult]:
 
 
 def summary(checks: list[CheckResult]) -> dict[str, int]:
-    return {s: sum(1 for c in checks if c.status == s) for s in STATUSES}
+    return {s.value: sum(1 for c in checks if c.status == s) for s in Status}
 
 
 def exit_code(checks: list[CheckResult], strict: bool) -> int:
     counts = summary(checks)
-    return EXIT_FAILED if counts[FAIL] or (strict and counts[WARN]) else EXIT_OK
+    return EXIT_FAILED if counts[Status.FAIL] or (strict and counts[Status.WARN]) else EXIT_OK

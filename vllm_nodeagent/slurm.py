@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult
+from vllm_nodeagent.checks.base import CheckResult
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host.subp import CommandError, run
 from vllm_nodeagent.nvml import NvmlCallError
 
@@ -126,7 +127,7 @@ def make_reason(mode: str, ids: list[str]) -> str:
 
 
 def failing_ids(checks: list[CheckResult], drain_on_warn: bool) -> list[str]:
-    bad = (FAIL, WARN) if drain_on_warn else (FAIL,)
+    bad = (Status.FAIL, Status.WARN) if drain_on_warn else (Status.FAIL,)
     return [c.id for c in checks if c.status in bad]
 
 
@@ -172,7 +173,7 @@ def leftover_checks(nvml: Optional[Nvml], buses: list[tuple[int, str]]) -> list[
     """After a job: no compute process and no memory left on its GPUs."""
     want = "no process and no memory left on the job's GPUs"
     if nvml is None:
-        return [CheckResult("gpu.leftover", SKIP, None, want, "", "NVML unavailable")]
+        return [CheckResult("gpu.leftover", Status.SKIP, None, want, "", "NVML unavailable")]
     procs_left: list[str] = []
     mem_left: list[str] = []
     for index, bus in buses:
@@ -191,14 +192,14 @@ def leftover_checks(nvml: Optional[Nvml], buses: list[tuple[int, str]]) -> list[
     return [
         CheckResult(
             "gpu.leftover_processes",
-            FAIL if procs_left else PASS,
+            Status.FAIL if procs_left else Status.PASS,
             "; ".join(procs_left) or f"{len(buses)} GPU(s) free",
             want,
             hint if procs_left else "",
         ),
         CheckResult(
             "gpu.leftover_memory",
-            FAIL if mem_left else PASS,
+            Status.FAIL if mem_left else Status.PASS,
             "; ".join(mem_left) or "none",
             f"at most {LEFTOVER_BYTES >> 20} MiB used",
             hint if mem_left else "",
@@ -220,7 +221,7 @@ def mode_checks(ctx: Context, mode: str, environ: Mapping[str, str]) -> list[Che
         wanted = job_gpus(environ)
         buses = [(g.index, g.pci_bus_id) for g in topo.gpus if wanted is None or g.index in wanted]
         if not topo.gpus:
-            return [CheckResult("gpu.leftover", SKIP, None, None, "", "no GPU on this node")]
+            return [CheckResult("gpu.leftover", Status.SKIP, None, None, "", "no GPU on this node")]
         return leftover_checks(nvml, buses)
     finally:
         if nvml is not None:

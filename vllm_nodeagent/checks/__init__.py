@@ -10,13 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, STATUSES, WARN, CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.status import Status
 
 # Area modules in the order doctor shows them.
 AREAS = ("shm", "limits", "kernel", "storage", "gpu", "link", "xid", "stack", "fabric", "p2p", "metrics")
-
-# The textfile metric value of each status (vllm_nodeagent_check_status).
-STATUS_VALUE = {PASS: 0, WARN: 1, FAIL: 2, SKIP: -1}
 
 
 def run_all(probe: Probe, areas: tuple[str, ...] = AREAS) -> list[CheckResult]:
@@ -28,10 +26,15 @@ def run_all(probe: Probe, areas: tuple[str, ...] = AREAS) -> list[CheckResult]:
         except (OSError, ValueError, LookupError, ArithmeticError) as exc:  # a host fault, reported, not raised
             results.append(
                 CheckResult(
-                    area, WARN, None, None, f"report this: the {area} checks failed", f"{type(exc).__name__}: {exc}"
+                    area,
+                    Status.WARN,
+                    None,
+                    None,
+                    f"report this: the {area} checks failed",
+                    f"{type(exc).__name__}: {exc}",
                 )
             )
     return results
 
 
-__all__ = ["AREAS", "FAIL", "PASS", "SKIP", "STATUSES", "STATUS_VALUE", "WARN", "CheckResult", "Probe", "run_all"]
+__all__ = ["AREAS", "CheckResult", "Probe", "Status", "run_all"]

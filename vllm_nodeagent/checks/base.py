@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import Host, HostError
 from vllm_nodeagent.host.accounts import Account, Accounts
 from vllm_nodeagent.host.proc import Procfs
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
     from vllm_nodeagent.serving.state import Running
     from vllm_nodeagent.topology import Gpu, Topology
 
-# What a check can say; doctor, its JSON, the textfile metrics and `doctor --strict` all use these.
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
-STATUSES = (PASS, WARN, FAIL, SKIP)
 SpaceFn = Callable[[str], Optional[tuple[int, int]]]
 
 
@@ -46,7 +44,7 @@ class CheckResult:
     """One line of doctor's report, from a readiness check here or from doctor's setting/host/vLLM checks."""
 
     id: str
-    status: str  # one of STATUSES
+    status: Status
     current: Optional[str] = None
     desired: Optional[str] = None
     hint: str = ""  # what to do about it
@@ -54,7 +52,7 @@ class CheckResult:
     fix: Optional[Fix] = None  # a command that fixes it; None: ``hint`` is advice for a person
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "status": self.status.value}
 
 
 @dataclass
@@ -128,11 +126,3 @@ def planned_gpus(probe: Probe) -> list[Gpu]:
 def descendants(probe: Probe, root: int) -> set[int]:
     """``root`` and every process below it."""
     return {root, *Procfs(probe.host).descendants(root)}
-
-
-def worst(statuses: list[str]) -> str:
-    """The status a group of per-GPU results rolls up to: fail > warn > pass > skip."""
-    for s in (FAIL, WARN, PASS):
-        if s in statuses:
-            return s
-    return SKIP

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.nvml import NvmlCallError
 
 STATES = {0: "not supported", 1: "not started", 2: "in progress", 3: "completed"}
@@ -30,7 +31,7 @@ def fm_version(probe: Probe) -> Optional[str]:
 def checks(probe: Probe) -> list[CheckResult]:
     nvml = probe.nvml
     if nvml is None or not probe.topo.gpus:
-        return [] if not probe.topo.gpus else [CheckResult("fabric", SKIP, None, None, "", "NVML unavailable")]
+        return [] if not probe.topo.gpus else [CheckResult("fabric", Status.SKIP, None, None, "", "NVML unavailable")]
     states: dict[int, tuple[int, int]] = {}
     for g in probe.topo.gpus:
         try:
@@ -38,21 +39,21 @@ def checks(probe: Probe) -> list[CheckResult]:
         except NvmlCallError:
             continue
     if not states or all(s == 0 for s, _ in states.values()):
-        return [CheckResult("fabric", SKIP, None, None, "", "no NVSwitch fabric (PCIe board or NVLink bridges)")]
+        return [CheckResult("fabric", Status.SKIP, None, None, "", "no NVSwitch fabric (PCIe board or NVLink bridges)")]
     bad = {i: (s, st) for i, (s, st) in states.items() if s != 3 or st != 0}
     want = "completed, status success"
     if bad:
         shown = "; ".join(f"GPU{i}: {STATES.get(s, s)}, status {st}" for i, (s, st) in bad.items())
         state = CheckResult(
             "fabric.state",
-            FAIL if any(s != 2 for s, _ in bad.values()) else WARN,
+            Status.FAIL if any(s != 2 for s, _ in bad.values()) else Status.WARN,
             shown,
             want,
             "systemctl start nvidia-fabricmanager; journalctl -u nvidia-fabricmanager",
             "CUDA fails with error 802 until the fabric is registered",
         )
     else:
-        state = CheckResult("fabric.state", PASS, f"{len(states)} GPU(s) completed", want)
+        state = CheckResult("fabric.state", Status.PASS, f"{len(states)} GPU(s) completed", want)
     pid = probe.running(FM_COMM)
     try:
         driver = nvml.driver_version()
@@ -62,15 +63,19 @@ def checks(probe: Probe) -> list[CheckResult]:
     shown = f"{FM_COMM} {'pid ' + str(pid) if pid else 'not running'}, version {version or 'unknown'}"
     want_fm = f"running, version {driver or 'of the driver'}"
     if pid is None:
-        manager = CheckResult("fabric.manager", FAIL, shown, want_fm, "systemctl enable --now nvidia-fabricmanager")
+        manager = CheckResult(
+            "fabric.manager", Status.FAIL, shown, want_fm, "systemctl enable --now nvidia-fabricmanager"
+        )
     elif version and driver and version != driver:
         manager = CheckResult(
             "fabric.manager",
-            FAIL,
+            Status.FAIL,
             shown,
             want_fm,
             f"install nvidia-fabricmanager {driver} (it must match the driver exactly)",
         )
     else:
-        manager = CheckResult("fabric.manager", PASS, shown, want_fm, "", "" if version else "version not in dpkg")
+        manager = CheckResult(
+            "fabric.manager", Status.PASS, shown, want_fm, "", "" if version else "version not in dpkg"
+        )
     return [state, manager]

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe, descendants, planned_gpus, worst
+from vllm_nodeagent.checks.base import CheckResult, Probe, descendants, planned_gpus
+from vllm_nodeagent.checks.status import Status, worst
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
 from vllm_nodeagent.settings.gpu_clocks import show as show_clocks
 from vllm_nodeagent.settings.gpu_clocks import top
@@ -47,7 +48,7 @@ def _get(nvml: Nvml, bus: str, fn: str, *args: object) -> Any:
         return None  # "Not Supported" on this board (ECC off, no row remapper, no MIG): judged as absent
 
 
-def memory_health(nvml: Nvml, bus: str) -> tuple[str, str]:
+def memory_health(nvml: Nvml, bus: str) -> tuple[Status, str]:
     """(status, what) of one GPU's memory."""
     rows = _get(nvml, bus, "nvmlDeviceGetRemappedRows")
     unc = _get(nvml, bus, "nvmlDeviceGetTotalEccErrors", ECC_UNCORRECTED, ECC_VOLATILE)
@@ -57,31 +58,33 @@ def memory_health(nvml: Nvml, bus: str) -> tuple[str, str]:
     except NvmlCallError:
         action = None
     if rows is None and unc is None and action is None:
-        return SKIP, "no ECC/row-remap reporting"
-    problems: list[tuple[str, str]] = []
+        return Status.SKIP, "no ECC/row-remap reporting"
+    problems: list[tuple[Status, str]] = []
     if isinstance(rows, tuple):
         _corr_rows, unc_rows, pending, failed = (int(x) for x in rows)
         if failed:
-            problems.append((FAIL, "row remapping failed (no spare rows: replace the GPU)"))
+            problems.append((Status.FAIL, "row remapping failed (no spare rows: replace the GPU)"))
         elif pending:
-            problems.append((WARN, f"row remap pending ({unc_rows} uncorrectable row(s)): reset the GPU"))
+            problems.append((Status.WARN, f"row remap pending ({unc_rows} uncorrectable row(s)): reset the GPU"))
     if isinstance(unc, int) and unc > 0:
-        problems.append((FAIL, f"{unc} uncorrectable ECC error(s) since the driver loaded"))
+        problems.append((Status.FAIL, f"{unc} uncorrectable ECC error(s) since the driver loaded"))
     if action:
-        problems.append((WARN if action == 3 else FAIL, f"driver asks for: {RECOVERY_ACTIONS.get(action, action)}"))
+        problems.append(
+            (Status.WARN if action == 3 else Status.FAIL, f"driver asks for: {RECOVERY_ACTIONS.get(action, action)}")
+        )
     note = f", {corr} corrected (not a failure)" if isinstance(corr, int) and corr else ""
     if not problems:
-        return PASS, "ok" + note
+        return Status.PASS, "ok" + note
     return worst([s for s, _ in problems]), "; ".join(w for _, w in problems) + note
 
 
 def memory_health_check(probe: Probe, nvml: Nvml) -> CheckResult:
     per = {g.index: memory_health(nvml, g.pci_bus_id) for g in probe.topo.gpus}
     status = worst([s for s, _ in per.values()])
-    current = "; ".join(f"GPU{i}: {w}" for i, (s, w) in per.items() if s != PASS) or f"{len(per)} GPU(s) ok"
+    current = "; ".join(f"GPU{i}: {w}" for i, (s, w) in per.items() if s != Status.PASS) or f"{len(per)} GPU(s) ok"
     hint = {
-        FAIL: "drain the node; nvidia-smi -q -d ROW_REMAPPER,ECC; reset the GPU or RMA it",
-        WARN: "drain, then reset the GPU (nvidia-smi -r) so the pending remap takes effect",
+        Status.FAIL: "drain the node; nvidia-smi -q -d ROW_REMAPPER,ECC; reset the GPU or RMA it",
+        Status.WARN: "drain, then reset the GPU (nvidia-smi -r) so the pending remap takes effect",
     }.get(status, "")
     return CheckResult("gpu.memory_health", status, current, "no pending remaps, no uncorrectable ECC", hint)
 
@@ -92,12 +95,12 @@ def foreign_check(probe: Probe, nvml: Nvml) -> CheckResult:
     vllm = probe.vllm_pid()
     ours = descendants(probe, vllm) if vllm is not None else set()
     problems: list[str] = []
-    statuses: list[str] = []
+    statuses: list[Status] = []
     for g in gpus:
         procs = _get(nvml, g.pci_bus_id, "nvmlDeviceGetComputeRunningProcesses")
         mem = _get(nvml, g.pci_bus_id, "nvmlDeviceGetMemoryInfo")
         if procs is None and mem is None:
-            statuses.append(SKIP)
+            statuses.append(Status.SKIP)
             continue
         foreign = [p for p in procs or [] if int(p.pid) not in ours]
         accounted = sum(int(p.usedGpuMemory or 0) for p in procs or [])
@@ -105,16 +108,16 @@ def foreign_check(probe: Probe, nvml: Nvml) -> CheckResult:
         if foreign:
             names = ", ".join(f"{int(p.pid)} {probe.processes().get(int(p.pid), '?')}" for p in foreign[:3])
             problems.append(f"GPU{g.index}: {names}")
-            statuses.append(FAIL)
+            statuses.append(Status.FAIL)
         elif used - accounted > UNEXPLAINED_MEMORY and not (ours and procs):
             problems.append(f"GPU{g.index}: {used / GIB:.1f} GiB used, no visible process (another container?)")
-            statuses.append(WARN)
+            statuses.append(Status.WARN)
         else:
-            statuses.append(PASS)
+            statuses.append(Status.PASS)
     status = worst(statuses)
     want = "only vLLM's processes on the planned GPUs"
-    if status in (PASS, SKIP):
-        return CheckResult(cid, status, f"{len(gpus)} planned GPU(s) free" if status == PASS else None, want)
+    if status in (Status.PASS, Status.SKIP):
+        return CheckResult(cid, status, f"{len(gpus)} planned GPU(s) free" if status == Status.PASS else None, want)
     return CheckResult(
         cid,
         status,
@@ -137,9 +140,9 @@ def mode_checks(probe: Probe, nvml: Nvml) -> list[CheckResult]:
     bad = {i: m for i, m in known.items() if m != 0}
     current = ", ".join(f"GPU{i}: {COMPUTE_MODES.get(m, m)}" for i, m in bad.items()) or "Default"
     if not known:
-        compute = CheckResult("gpu.compute_mode", SKIP, None, "Default", "", "not reported")
+        compute = CheckResult("gpu.compute_mode", Status.SKIP, None, "Default", "", "not reported")
     elif bad:
-        status = FAIL if 2 in bad.values() else WARN
+        status = Status.FAIL if 2 in bad.values() else Status.WARN
         compute = CheckResult(
             "gpu.compute_mode",
             status,
@@ -149,16 +152,16 @@ def mode_checks(probe: Probe, nvml: Nvml) -> list[CheckResult]:
             "Prohibited: no CUDA context at all; Exclusive: one process per GPU",
         )
     else:
-        compute = CheckResult("gpu.compute_mode", PASS, current, "Default")
+        compute = CheckResult("gpu.compute_mode", Status.PASS, current, "Default")
     known_mig = {i: m for i, m in migs.items() if m is not None}
     pending = {i: m for i, m in known_mig.items() if m[0] != m[1]}
     enabled = {i: m for i, m in known_mig.items() if m[0] == 1 and m[0] == m[1]}
     if not known_mig:
-        mig_r = CheckResult("gpu.mig", SKIP, None, "disabled, nothing pending", "", "not MIG-capable")
+        mig_r = CheckResult("gpu.mig", Status.SKIP, None, "disabled, nothing pending", "", "not MIG-capable")
     elif pending:
         mig_r = CheckResult(
             "gpu.mig",
-            WARN,
+            Status.WARN,
             ", ".join(f"GPU{i}: {m[0]}->{m[1]} pending" for i, m in pending.items()),
             "disabled, nothing pending",
             "drain, then reset the GPU (nvidia-smi -r) to apply the MIG change",
@@ -166,14 +169,14 @@ def mode_checks(probe: Probe, nvml: Nvml) -> list[CheckResult]:
     elif enabled:
         mig_r = CheckResult(
             "gpu.mig",
-            WARN,
+            Status.WARN,
             ", ".join(f"GPU{i}: enabled" for i in enabled),
             "disabled",
             "nvidia-smi -mig 0 -i <gpu>, or give vLLM MIG device UUIDs",
             "a MIG-enabled GPU offers only its MIG instances to CUDA",
         )
     else:
-        mig_r = CheckResult("gpu.mig", PASS, "disabled", "disabled, nothing pending")
+        mig_r = CheckResult("gpu.mig", Status.PASS, "disabled", "disabled, nothing pending")
     return [compute, mig_r]
 
 
@@ -207,17 +210,17 @@ def power_check(probe: Probe, nvml: Nvml) -> CheckResult:
             )
             low.append(f"GPU{g.index}: {watts(lim.current)} below its default {watts(lim.default)}{source}")
     if not seen:
-        return CheckResult(cid, SKIP, None, want, "", "power limits not reported")
+        return CheckResult(cid, Status.SKIP, None, want, "", "power limits not reported")
     if low:
         return CheckResult(
             cid,
-            WARN,
+            Status.WARN,
             "; ".join(low),
             want,
             '[gpu] power_limit = "default" (or "max"), or nvidia-smi -i <gpu> -pl <watts>',
             "a lowered limit clocks the GPU down under load (clocks event reason SW Power Cap)",
         )
-    return CheckResult(cid, PASS, summarise(seen), want)
+    return CheckResult(cid, Status.PASS, summarise(seen), want)
 
 
 def clocks_check(probe: Probe, nvml: Nvml) -> CheckResult:
@@ -238,17 +241,17 @@ def clocks_check(probe: Probe, nvml: Nvml) -> CheckResult:
         if isinstance(reasons, int) and reasons & REASON_CLOCK_SETTING:
             low.append(f"GPU{g.index}: held below its top by a clock setting (locked clocks: nvidia-smi -lgc)")
     if not seen:
-        return CheckResult(cid, SKIP, None, want, "", "application clocks not reported")
+        return CheckResult(cid, Status.SKIP, None, want, "", "application clocks not reported")
     if low:
         return CheckResult(
             cid,
-            WARN,
+            Status.WARN,
             "; ".join(low),
             want,
             '[gpu] clocks = "max", or nvidia-smi -i <gpu> -rac; locked clocks: nvidia-smi -i <gpu> -rgc -rmc',
             "a GPU held below its top clocks serves slower",
         )
-    return CheckResult(cid, PASS, summarise(seen), want)
+    return CheckResult(cid, Status.PASS, summarise(seen), want)
 
 
 def ecc_check(probe: Probe, nvml: Nvml) -> CheckResult:
@@ -275,17 +278,17 @@ def ecc_check(probe: Probe, nvml: Nvml) -> CheckResult:
         elif isinstance(agg, int) and agg:
             problems.append(f"GPU{g.index}: {agg} uncorrected over its lifetime (aggregate)")
     if not parts:
-        return CheckResult(cid, SKIP, None, want, "", "no ECC on these GPUs")
+        return CheckResult(cid, Status.SKIP, None, want, "", "no ECC on these GPUs")
     if problems:
         return CheckResult(
             cid,
-            WARN,
+            Status.WARN,
             "; ".join(problems),
             want,
             "nvidia-smi -i <gpu> -e 1, then reset the GPU (drained); nvidia-smi -q -d ECC,ROW_REMAPPER",
             "ECC costs a little memory bandwidth and catches the errors that corrupt a served model's weights",
         )
-    return CheckResult(cid, PASS, summarise(parts), want)
+    return CheckResult(cid, Status.PASS, summarise(parts), want)
 
 
 def checks(probe: Probe) -> list[CheckResult]:
@@ -293,7 +296,7 @@ def checks(probe: Probe) -> list[CheckResult]:
         return []  # a host without GPUs has no GPU checks (as for the gpu.* settings)
     if probe.nvml is None:
         return [
-            CheckResult(cid, SKIP, None, None, "", "NVML unavailable")
+            CheckResult(cid, Status.SKIP, None, None, "", "NVML unavailable")
             for cid in CHECK_IDS
             if cid != "gpu.compute_mode" or not managed(probe)
         ]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from vllm_nodeagent.checks.base import PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.status import Status
 
 NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
 # systemd-sysctl's directories, lowest precedence last; a file name in an earlier directory masks a later one.
@@ -22,18 +23,20 @@ def numa_balancing_check(probe: Probe) -> CheckResult:
     cid = "kernel.numa_balancing"
     value = probe.host.read_or(NUMA_BALANCING)
     if value is None:
-        return CheckResult(cid, SKIP, None, "0", "", "this kernel has no automatic NUMA balancing")
+        return CheckResult(cid, Status.SKIP, None, "0", "", "this kernel has no automatic NUMA balancing")
     managed = [s for s in probe.config.sysctl or () if s.name == "kernel.numa_balancing"]
     if managed:
-        return CheckResult(cid, SKIP, value.strip(), managed[0].value, "", "managed: see sysctl.kernel.numa_balancing")
+        return CheckResult(
+            cid, Status.SKIP, value.strip(), managed[0].value, "", "managed: see sysctl.kernel.numa_balancing"
+        )
     if value.strip() == "0":
-        return CheckResult(cid, PASS, "0", "0")
+        return CheckResult(cid, Status.PASS, "0", "0")
     nodes = len(probe.topo.numa_nodes)
     if nodes <= 1:
-        return CheckResult(cid, PASS, value.strip(), "0", "", "one NUMA node: balancing has nothing to move")
+        return CheckResult(cid, Status.PASS, value.strip(), "0", "", "one NUMA node: balancing has nothing to move")
     return CheckResult(
         cid,
-        WARN,
+        Status.WARN,
         value.strip(),
         "0",
         "add to [sysctl]: 'kernel.numa_balancing' = { value = 0, mode = \"exact\" }",
@@ -80,7 +83,7 @@ def sysctl_d_check(probe: Probe) -> CheckResult:
     cid = "owners.sysctl_d"
     settings = probe.config.sysctl or ()
     if not settings:
-        return CheckResult(cid, SKIP, None, None, "", "[sysctl] is not configured")
+        return CheckResult(cid, Status.SKIP, None, None, "", "[sysctl] is not configured")
     conflicts: list[str] = []
     agreeing: list[str] = []
     files = sysctl_files(probe)
@@ -94,13 +97,13 @@ def sysctl_d_check(probe: Probe) -> CheckResult:
     if conflicts:
         return CheckResult(
             cid,
-            WARN,
+            Status.WARN,
             "; ".join(conflicts),
             want,
             "remove the key from that file or make it agree with [sysctl]",
             "systemd-sysctl writes it at boot, the agent writes it back: two owners",
         )
-    return CheckResult(cid, PASS, "; ".join(agreeing) or f"{len(files)} file(s), none set a managed key", want)
+    return CheckResult(cid, Status.PASS, "; ".join(agreeing) or f"{len(files)} file(s), none set a managed key", want)
 
 
 def tuned_check(probe: Probe) -> CheckResult:
@@ -112,7 +115,7 @@ def tuned_check(probe: Probe) -> CheckResult:
     if pid is None:
         return CheckResult(
             cid,
-            PASS,
+            Status.PASS,
             "tuned not running",
             "one owner per setting",
             "",
@@ -120,10 +123,12 @@ def tuned_check(probe: Probe) -> CheckResult:
         )
     current = f"tuned pid {pid}, profile {profile or '(none)'}"
     if not manages:
-        return CheckResult(cid, PASS, current, "one owner per setting", "", "the agent manages no kernel setting")
+        return CheckResult(
+            cid, Status.PASS, current, "one owner per setting", "", "the agent manages no kernel setting"
+        )
     return CheckResult(
         cid,
-        WARN,
+        Status.WARN,
         current,
         "one owner per setting",
         "tuned-adm off (or a profile without sysctl/vm/disk/cpu), or drop those sections from the config",
@@ -134,7 +139,7 @@ def tuned_check(probe: Probe) -> CheckResult:
 def power_profiles_check(probe: Probe) -> CheckResult:
     cid = "owners.power_profiles"
     if probe.config.cpu is None or probe.config.cpu.governor is None:
-        return CheckResult(cid, SKIP, None, None, "", "[cpu] governor is not managed")
+        return CheckResult(cid, Status.SKIP, None, None, "", "[cpu] governor is not managed")
     owner: Optional[int] = None
     name = ""
     for comm in ("power-profiles-daemon", "tuned-ppd"):
@@ -143,10 +148,10 @@ def power_profiles_check(probe: Probe) -> CheckResult:
             name = comm
             break
     if owner is None:
-        return CheckResult(cid, PASS, "no power-profiles daemon", "one owner of the CPU governor")
+        return CheckResult(cid, Status.PASS, "no power-profiles daemon", "one owner of the CPU governor")
     return CheckResult(
         cid,
-        WARN,
+        Status.WARN,
         f"{name} pid {owner}",
         "one owner of the CPU governor",
         f"systemctl disable --now {name}.service",

@@ -12,7 +12,8 @@ import os
 import re
 from typing import Optional
 
-from vllm_nodeagent.checks.base import PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host.parse import ini_assignments
 
 UNITS = ("vllm-nodeagent-serve.service", "vllm-nodeagent.service")  # the serving unit when split, else the one
@@ -71,7 +72,7 @@ def _at_least(v: int, floor: int) -> bool:
     return v == INFINITY or v >= floor
 
 
-def judge(nofile: Optional[tuple[int, int]], memlock: Optional[tuple[int, int]]) -> tuple[str, str, str]:
+def judge(nofile: Optional[tuple[int, int]], memlock: Optional[tuple[int, int]]) -> tuple[Status, str, str]:
     """(status, current, detail) for a pair of (soft, hard) limits; None = systemd's default applies."""
     nof = nofile or (1024, 524288)
     mem = memlock or (8 << 20, 8 << 20)
@@ -81,7 +82,7 @@ def judge(nofile: Optional[tuple[int, int]], memlock: Optional[tuple[int, int]])
         problems.append(f"hard open-file limit {_show(nof[1])} < {NOFILE_MIN}")
     if mem[0] != INFINITY:
         problems.append("memlock is not unlimited (NCCL over RDMA registers pinned memory)")
-    return (WARN if problems else PASS), current, "; ".join(problems)
+    return (Status.WARN if problems else Status.PASS), current, "; ".join(problems)
 
 
 def find_unit(probe: Probe) -> Optional[tuple[str, list[str]]]:
@@ -108,7 +109,9 @@ HINT = "systemctl edit UNIT: [Service] LimitNOFILE=1048576 and LimitMEMLOCK=infi
 def unit_check(probe: Probe) -> CheckResult:
     found = find_unit(probe)
     if found is None:
-        return CheckResult("limits.unit", SKIP, "no unit file", WANT, "", "vllm-nodeagent is not installed as a unit")
+        return CheckResult(
+            "limits.unit", Status.SKIP, "no unit file", WANT, "", "vllm-nodeagent is not installed as a unit"
+        )
     path, texts = found
     limits = parse_unit_limits(texts)
     nofile = parse_unit_limit(limits["LimitNOFILE"]) if "LimitNOFILE" in limits else None
@@ -120,7 +123,7 @@ def unit_check(probe: Probe) -> CheckResult:
         status,
         current,
         WANT,
-        HINT.replace("UNIT", unit) if status != PASS else "",
+        HINT.replace("UNIT", unit) if status != Status.PASS else "",
         f"{path}: {detail}" if detail else path,
     )
 
@@ -128,10 +131,10 @@ def unit_check(probe: Probe) -> CheckResult:
 def process_check(probe: Probe) -> CheckResult:
     pid = probe.vllm_pid()
     if pid is None:
-        return CheckResult("limits.vllm", SKIP, None, WANT, "", "vLLM is not running (no live pid file)")
+        return CheckResult("limits.vllm", Status.SKIP, None, WANT, "", "vLLM is not running (no live pid file)")
     text = probe.host.read_or(f"/proc/{pid}/limits")
     if text is None:
-        return CheckResult("limits.vllm", SKIP, f"pid {pid}", WANT, "", f"/proc/{pid}/limits unreadable")
+        return CheckResult("limits.vllm", Status.SKIP, f"pid {pid}", WANT, "", f"/proc/{pid}/limits unreadable")
     parsed = parse_proc_limits(text)
     status, current, detail = judge(parsed.get("Max open files"), parsed.get("Max locked memory"))
     return CheckResult(
@@ -139,7 +142,7 @@ def process_check(probe: Probe) -> CheckResult:
         status,
         f"pid {pid}: {current}",
         WANT,
-        HINT.replace("UNIT", UNITS[-1]) if status != PASS else "",
+        HINT.replace("UNIT", UNITS[-1]) if status != Status.PASS else "",
         detail,
     )
 

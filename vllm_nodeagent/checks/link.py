@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe, worst
+from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.status import Status, worst
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
 
 BUSY_PERCENT = 30  # utilization from which a downshifted generation means something
@@ -40,7 +41,7 @@ def _sysfs_int(probe: Probe, bus: str, attr: str) -> Optional[int]:
     return int(text) if text.isdigit() else None
 
 
-def link_state(probe: Probe, bus: str) -> tuple[str, str]:
+def link_state(probe: Probe, bus: str) -> tuple[Status, str]:
     """(status, what) of one GPU's link."""
     nvml = probe.nvml
     q = (lambda fn: _get(nvml, bus, fn)) if nvml is not None else (lambda fn: None)
@@ -48,27 +49,27 @@ def link_state(probe: Probe, bus: str) -> tuple[str, str]:
     if width is None or max_width is None:  # no NVML answer: the kernel knows the width too
         width, max_width = _sysfs_int(probe, bus, "current_link_width"), _sysfs_int(probe, bus, "max_link_width")
     if width is None or max_width is None:
-        return SKIP, "link width not reported"
+        return Status.SKIP, "link width not reported"
     gen, max_gen = q("nvmlDeviceGetCurrPcieLinkGeneration"), q("nvmlDeviceGetMaxPcieLinkGeneration")
     util = q("nvmlDeviceGetUtilizationRates")
     pct = int(util.gpu) if util is not None else 0
     busy = pct >= BUSY_PERCENT
     shown = f"x{width}/x{max_width}" + (f" Gen{gen}/Gen{max_gen}" if gen is not None and max_gen else "")
     if int(width) < int(max_width):
-        return WARN, f"{shown}: narrower than the link can be"
+        return Status.WARN, f"{shown}: narrower than the link can be"
     if gen is not None and max_gen is not None and int(gen) < int(max_gen):
         if busy:
-            return WARN, f"{shown} at {pct}% busy: running below its generation"
-        return PASS, f"{shown} (idle: a lower generation saves power)"
-    return PASS, shown
+            return Status.WARN, f"{shown} at {pct}% busy: running below its generation"
+        return Status.PASS, f"{shown} (idle: a lower generation saves power)"
+    return Status.PASS, shown
 
 
 def pcie_check(probe: Probe) -> CheckResult:
     per = {g.index: link_state(probe, g.pci_bus_id) for g in probe.topo.gpus}
     status = worst([s for s, _ in per.values()])
     if not per:
-        return CheckResult("gpu.pcie_link", SKIP, None, None, "", "no GPU")
-    bad = [f"GPU{i}: {w}" for i, (s, w) in per.items() if s == WARN]
+        return CheckResult("gpu.pcie_link", Status.SKIP, None, None, "", "no GPU")
+    bad = [f"GPU{i}: {w}" for i, (s, w) in per.items() if s == Status.WARN]
     first = next(iter(per.values()))[1]
     current = (
         "; ".join(bad)
@@ -84,7 +85,7 @@ def pcie_check(probe: Probe) -> CheckResult:
         status,
         current,
         "full width; full generation under load",
-        "reseat the GPU or riser, check the slot's bifurcation in the BIOS" if status == WARN else "",
+        "reseat the GPU or riser, check the slot's bifurcation in the BIOS" if status == Status.WARN else "",
     )
 
 
@@ -96,7 +97,7 @@ def reasons(nvml: Nvml, bus: str) -> Optional[int]:
     return None
 
 
-def judge_reasons(samples: list[int]) -> tuple[str, str]:
+def judge_reasons(samples: list[int]) -> tuple[Status, str]:
     """(status, what) from throttle-reason samples of one GPU."""
     seen = 0
     for s in samples:
@@ -106,39 +107,39 @@ def judge_reasons(samples: list[int]) -> tuple[str, str]:
         always_hw &= s
     named = [name for bit, name in REASONS.items() if seen & bit]
     if seen & HARDWARE:
-        return (FAIL if always_hw else WARN), ", ".join(named)
+        return (Status.FAIL if always_hw else Status.WARN), ", ".join(named)
     if seen & SW_THERMAL:
-        return WARN, ", ".join(named)
+        return Status.WARN, ", ".join(named)
     if all(s & IDLE for s in samples):
-        return PASS, "idle"
-    return PASS, ", ".join(named) or "none"
+        return Status.PASS, "idle"
+    return Status.PASS, ", ".join(named) or "none"
 
 
 def throttle_check(probe: Probe) -> CheckResult:
     cid = "gpu.throttle"
     nvml = probe.nvml
     if nvml is None or not probe.topo.gpus:
-        return CheckResult(cid, SKIP, None, None, "", "no GPU" if not probe.topo.gpus else "NVML unavailable")
+        return CheckResult(cid, Status.SKIP, None, None, "", "no GPU" if not probe.topo.gpus else "NVML unavailable")
     first = {g.index: reasons(nvml, g.pci_bus_id) for g in probe.topo.gpus}
     if all(v is None for v in first.values()):
-        return CheckResult(cid, SKIP, None, None, "", "throttle reasons not reported")
+        return CheckResult(cid, Status.SKIP, None, None, "", "throttle reasons not reported")
     # Every GPU idle: nothing can be throttling work, so no window (doctor stays fast on an idle node).
     window = not all(v is None or v & IDLE for v in first.values())
     if window:
         probe.sleep(SAMPLE_GAP_S)
-    per: dict[int, tuple[str, str]] = {}
+    per: dict[int, tuple[Status, str]] = {}
     for g in probe.topo.gpus:
         a = first[g.index]
         b = reasons(nvml, g.pci_bus_id) if window else None
         if a is not None:
             per[g.index] = judge_reasons([a] if b is None else [a, b])
     status = worst([s for s, _ in per.values()])
-    bad = [f"GPU{i}: {w}" for i, (s, w) in per.items() if s != PASS]
+    bad = [f"GPU{i}: {w}" for i, (s, w) in per.items() if s != Status.PASS]
     current = "; ".join(bad) or ", ".join(sorted({w for _, w in per.values()}))
     want = "no hardware, thermal or power-brake slowdown"
     hint = {
-        FAIL: "check cooling, power cables and PSU (nvidia-smi -q -d PERFORMANCE); drain until fixed",
-        WARN: "watch it: nvidia-smi -q -d PERFORMANCE,TEMPERATURE",
+        Status.FAIL: "check cooling, power cables and PSU (nvidia-smi -q -d PERFORMANCE); drain until fixed",
+        Status.WARN: "watch it: nvidia-smi -q -d PERFORMANCE,TEMPERATURE",
     }.get(status, "")
     return CheckResult(cid, status, current, want, hint)
 

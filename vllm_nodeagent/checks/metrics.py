@@ -11,7 +11,8 @@ from __future__ import annotations
 import errno
 import os
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import dirfd
 from vllm_nodeagent.host.parse import ini_assignments
 from vllm_nodeagent.textfile import resolve_textfile
@@ -58,7 +59,7 @@ def covered(directory: str, paths: list[str]) -> bool:
 def checks(probe: Probe) -> list[CheckResult]:
     configured = probe.config.agent.metrics_textfile
     if not configured:
-        return [CheckResult(CHECK_ID, SKIP, "off", None, "", "[agent] metrics_textfile is empty: no metrics")]
+        return [CheckResult(CHECK_ID, Status.SKIP, "off", None, "", "[agent] metrics_textfile is empty: no metrics")]
     path = resolve_textfile(probe.host, configured)
     directory = os.path.dirname(path)
     shown = path if configured != "auto" else f"{path} (auto)"
@@ -69,7 +70,7 @@ def checks(probe: Probe) -> list[CheckResult]:
         return [
             CheckResult(
                 CHECK_ID,
-                FAIL,
+                Status.FAIL,
                 shown,
                 "an existing directory",
                 f"{install}  (or set [agent] metrics_textfile)",
@@ -81,7 +82,7 @@ def checks(probe: Probe) -> list[CheckResult]:
         return [
             CheckResult(
                 CHECK_ID,
-                FAIL,
+                Status.FAIL,
                 shown,
                 "a real directory, no link on the way",
                 f"replace the link at {exc.filename} by a directory: {install}",
@@ -91,7 +92,11 @@ def checks(probe: Probe) -> list[CheckResult]:
     if mode & 0o005 != 0o005:
         return [
             CheckResult(
-                CHECK_ID, WARN, f"{shown} mode {mode:04o}", "readable by node_exporter", f"chmod 0755 {directory}"
+                CHECK_ID,
+                Status.WARN,
+                f"{shown} mode {mode:04o}",
+                "readable by node_exporter",
+                f"chmod 0755 {directory}",
             )
         ]
     texts = unit_texts(probe)
@@ -99,7 +104,7 @@ def checks(probe: Probe) -> list[CheckResult]:
         return [
             CheckResult(
                 CHECK_ID,
-                FAIL,
+                Status.FAIL,
                 shown,
                 f"writable in {UNIT}",
                 f"add {DROPIN} with [Service] ReadWritePaths={directory}, then systemctl daemon-reload "
@@ -108,4 +113,4 @@ def checks(probe: Probe) -> list[CheckResult]:
             )
         ]
     owner = "root" if uid == 0 else f"uid {uid}"
-    return [CheckResult(CHECK_ID, PASS, shown, None, "", f"directory {owner}, mode {mode:04o}")]
+    return [CheckResult(CHECK_ID, Status.PASS, shown, None, "", f"directory {owner}, mode {mode:04o}")]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from vllm_nodeagent.checks.base import PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import paths
 from vllm_nodeagent.nvml import NvmlCallError
 
@@ -69,7 +70,7 @@ def status_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> CheckResult
     cid = "p2p.status"
     nvml = probe.nvml
     if nvml is None:
-        return CheckResult(cid, SKIP, None, "OK", "", "NVML unavailable")
+        return CheckResult(cid, Status.SKIP, None, "OK", "", "NVML unavailable")
     gpus = probe.topo.gpus
     bad, known = [], 0
     for a, b, label in pairs:
@@ -81,17 +82,17 @@ def status_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> CheckResult
         if s != 0:
             bad.append(f"GPU{gpus[a].index}-GPU{gpus[b].index} ({label}): {P2P_STATUS.get(s, s)}")
     if not known:
-        return CheckResult(cid, SKIP, None, "OK", "", "P2P status not reported")
+        return CheckResult(cid, Status.SKIP, None, "OK", "", "P2P status not reported")
     if bad:
         return CheckResult(
             cid,
-            WARN,
+            Status.WARN,
             "; ".join(bad[:4]) + (f"; +{len(bad) - 4} more" if len(bad) > 4 else ""),
             "OK",
             "check ACS/IOMMU below; nvidia-smi topo -p2p r",
             "NCCL falls back to copies through host memory: slower tensor parallelism",
         )
-    return CheckResult(cid, PASS, f"{known} PCIe pair(s) OK", "OK")
+    return CheckResult(cid, Status.PASS, f"{known} PCIe pair(s) OK", "OK")
 
 
 def acs_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> CheckResult:
@@ -116,19 +117,19 @@ def acs_check(probe: Probe, pairs: list[tuple[int, int, str]]) -> CheckResult:
             redirecting.append(f"{br}: {'+'.join(flags)}")
     want = "no ACS redirect between GPUs"
     if not bridges:
-        return CheckResult(cid, PASS, "no bridge between the GPUs", want)
+        return CheckResult(cid, Status.PASS, "no bridge between the GPUs", want)
     if redirecting:
         return CheckResult(
             cid,
-            WARN,
+            Status.WARN,
             "; ".join(redirecting),
             want,
             "disable ACS in the BIOS (or setpci -s BRIDGE ECAP_ACS+6.w=0 at boot)",
             "peer-to-peer traffic is redirected through the root complex: NCCL hangs or slows",
         )
     if unreadable == len(bridges):
-        return CheckResult(cid, SKIP, None, want, "", "bridge config space unreadable (run doctor as root)")
-    return CheckResult(cid, PASS, f"{len(bridges)} bridge(s), none redirect", want)
+        return CheckResult(cid, Status.SKIP, None, want, "", "bridge config space unreadable (run doctor as root)")
+    return CheckResult(cid, Status.PASS, f"{len(bridges)} bridge(s), none redirect", want)
 
 
 def iommu_check(probe: Probe) -> CheckResult:
@@ -145,20 +146,20 @@ def iommu_check(probe: Probe) -> CheckResult:
     if translated:
         return CheckResult(
             cid,
-            WARN,
+            Status.WARN,
             current,
             want,
             "boot with iommu=pt (intel_iommu=on iommu=pt on Intel)",
             "a translating IOMMU breaks or slows GPU peer-to-peer over PCIe",
         )
-    return CheckResult(cid, PASS, current, want)
+    return CheckResult(cid, Status.PASS, current, want)
 
 
 def checks(probe: Probe) -> list[CheckResult]:
     gpus = probe.topo.gpus
     if len(gpus) < 2:
-        return [] if not gpus else [CheckResult("p2p", SKIP, None, None, "", "one GPU: no GPU-to-GPU traffic")]
+        return [] if not gpus else [CheckResult("p2p", Status.SKIP, None, None, "", "one GPU: no GPU-to-GPU traffic")]
     pairs = pcie_pairs(probe)
     if not pairs:
-        return [CheckResult("p2p", SKIP, "NVLink", None, "", "NVLink/NVSwitch carries every GPU pair's traffic")]
+        return [CheckResult("p2p", Status.SKIP, "NVLink", None, "", "NVLink/NVSwitch carries every GPU pair's traffic")]
     return [status_check(probe, pairs), acs_check(probe, pairs), iommu_check(probe)]

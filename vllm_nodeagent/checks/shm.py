@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host.parse import ini_assignments
 
 GIB, MIB = 1 << 30, 1 << 20
@@ -59,7 +60,7 @@ def shm_size_check(space: Optional[tuple[int, int]]) -> CheckResult:
     if space is None:
         return CheckResult(
             cid,
-            FAIL,
+            Status.FAIL,
             "no /dev/shm",
             want,
             "mount a tmpfs on /dev/shm (fstab: tmpfs /dev/shm tmpfs defaults 0 0)",
@@ -69,24 +70,26 @@ def shm_size_check(space: Optional[tuple[int, int]]) -> CheckResult:
     current = f"size {size // MIB} MiB, free {free // MIB} MiB"
     hint = "mount -o remount,size=16G /dev/shm (and the same size= in fstab); in a container: --ipc=host"
     if size < SHM_MINIMUM:
-        return CheckResult(cid, FAIL, current, want, hint, "too small for NCCL's SHM transport")
+        return CheckResult(cid, Status.FAIL, current, want, hint, "too small for NCCL's SHM transport")
     if size < SHM_RECOMMENDED:
-        return CheckResult(cid, WARN, current, want, hint, "small for tensor-parallel message queues")
+        return CheckResult(cid, Status.WARN, current, want, hint, "small for tensor-parallel message queues")
     if free < SHM_FREE_MINIMUM:
         return CheckResult(
-            cid, WARN, current, want, "remove stale files in /dev/shm (leftovers of killed runs)", "nearly full"
+            cid, Status.WARN, current, want, "remove stale files in /dev/shm (leftovers of killed runs)", "nearly full"
         )
-    return CheckResult(cid, PASS, current, want)
+    return CheckResult(cid, Status.PASS, current, want)
 
 
 def remove_ipc_check(probe: Probe) -> CheckResult:
     cid = "shm.remove_ipc"
     cfg = probe.config.vllm
     if cfg is None:
-        return CheckResult(cid, SKIP, None, None, "", "[vllm] is not configured")
+        return CheckResult(cid, Status.SKIP, None, None, "", "[vllm] is not configured")
     acct = probe.account(cfg.user)
     if acct is None:
-        return CheckResult(cid, SKIP, f"user {cfg.user} not in /etc/passwd", None, "", "cannot judge an unknown user")
+        return CheckResult(
+            cid, Status.SKIP, f"user {cfg.user} not in /etc/passwd", None, "", "cannot judge an unknown user"
+        )
     remove = parse_logind_remove_ipc(logind_texts(probe))
     effective = True if remove is None else remove
     sys_max = parse_sys_uid_max(probe.host.read_or("/etc/login.defs", "") or "")
@@ -94,10 +97,10 @@ def remove_ipc_check(probe: Probe) -> CheckResult:
     current = f"{shown}, {acct.name} uid {acct.uid}"
     want = f"RemoveIPC=no, or a system user (uid <= {sys_max})"
     if not effective or acct.uid <= sys_max:
-        return CheckResult(cid, PASS, current, want)
+        return CheckResult(cid, Status.PASS, current, want)
     return CheckResult(
         cid,
-        WARN,
+        Status.WARN,
         current,
         want,
         "printf '[Login]\\nRemoveIPC=no\\n' > /etc/systemd/logind.conf.d/vllm.conf, or recreate the user "

@@ -14,7 +14,8 @@ import re
 import stat
 from typing import Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import HostError
 from vllm_nodeagent.host import paths as host_paths
 from vllm_nodeagent.nvml import NvmlCallError
@@ -74,22 +75,22 @@ def wheel_cuda(probe: Probe) -> tuple[Optional[tuple[int, int]], str]:
 def cuda_check(probe: Probe) -> CheckResult:
     cid = "stack.cuda_version"
     if probe.nvml is None:
-        return CheckResult(cid, SKIP, None, None, "", "NVML unavailable")
+        return CheckResult(cid, Status.SKIP, None, None, "", "NVML unavailable")
     try:
         raw = int(probe.nvml.system_get("nvmlSystemGetCudaDriverVersion"))
     except NvmlCallError as exc:
-        return CheckResult(cid, SKIP, None, None, "", str(exc))
+        return CheckResult(cid, Status.SKIP, None, None, "", str(exc))
     drv = (raw // 1000, raw % 1000 // 10)
     wheel, where = wheel_cuda(probe)
     current = f"driver CUDA {drv[0]}.{drv[1]}"
     if wheel is None:
-        return CheckResult(cid, SKIP, current, None, "", where)
+        return CheckResult(cid, Status.SKIP, current, None, "", where)
     current += f", torch built for CUDA {wheel[0]}.{wheel[1]}"
     want = "driver CUDA >= the wheel's"
     if drv[0] < wheel[0]:
         return CheckResult(
             cid,
-            FAIL,
+            Status.FAIL,
             current,
             want,
             "upgrade the NVIDIA driver or install a wheel built for this CUDA",
@@ -98,26 +99,26 @@ def cuda_check(probe: Probe) -> CheckResult:
     if drv < wheel:
         return CheckResult(
             cid,
-            WARN,
+            Status.WARN,
             current,
             want,
             "upgrade the driver to the wheel's CUDA minor",
             "minor-version compatibility: runs, but kernels needing newer PTX JIT fail",
         )
-    return CheckResult(cid, PASS, current, want, "", where)
+    return CheckResult(cid, Status.PASS, current, want, "", where)
 
 
 def modules_checks(probe: Probe) -> list[CheckResult]:
     text = probe.host.read_or("/proc/modules")
     if text is None:
-        return [CheckResult("stack.modules", SKIP, None, None, "", "/proc/modules unreadable")]
+        return [CheckResult("stack.modules", Status.SKIP, None, None, "", "/proc/modules unreadable")]
     mods = parse_modules(text)
     out = []
     if "nouveau" in mods:
         out.append(
             CheckResult(
                 "stack.nouveau",
-                FAIL,
+                Status.FAIL,
                 "nouveau loaded",
                 "nouveau absent",
                 "blacklist nouveau (modprobe.d), update the initramfs, reboot",
@@ -125,7 +126,7 @@ def modules_checks(probe: Probe) -> list[CheckResult]:
             )
         )
     else:
-        out.append(CheckResult("stack.nouveau", PASS, "not loaded", "nouveau absent"))
+        out.append(CheckResult("stack.nouveau", Status.PASS, "not loaded", "nouveau absent"))
     uvm_loaded = "nvidia_uvm" in mods
     node = probe.host.path(UVM)
     try:
@@ -147,7 +148,7 @@ def modules_checks(probe: Probe) -> list[CheckResult]:
     out.append(
         CheckResult(
             "stack.nvidia_uvm",
-            FAIL if problems else PASS,
+            Status.FAIL if problems else Status.PASS,
             current,
             "loaded, device usable",
             "modprobe nvidia-uvm && nvidia-modprobe -u -c=0 (or install nvidia-modprobe)" if problems else "",
@@ -162,14 +163,14 @@ def libcuda_check(probe: Probe) -> CheckResult:
     try:
         data = host_paths.read_capped(probe.host.path(LD_CACHE), 64 << 20)
     except OSError:
-        return CheckResult(cid, SKIP, None, "one libcuda.so.1", "", f"{LD_CACHE} unreadable")
+        return CheckResult(cid, Status.SKIP, None, "one libcuda.so.1", "", f"{LD_CACHE} unreadable")
     paths = libcuda_paths(data)
     if len(paths) == 1:
-        return CheckResult(cid, PASS, paths[0], "one libcuda.so.1")
+        return CheckResult(cid, Status.PASS, paths[0], "one libcuda.so.1")
     if not paths:
         return CheckResult(
             cid,
-            FAIL,
+            Status.FAIL,
             "none",
             "one libcuda.so.1",
             "install the driver's libraries, then ldconfig",
@@ -180,12 +181,16 @@ def libcuda_check(probe: Probe) -> CheckResult:
         # Seen on the lent H100: /lib and /usr/local/nvidia/lib64 both hold 580.159.04's library. Copies of one
         # build are harmless, whichever comes first.
         return CheckResult(
-            cid, PASS, f"{len(paths)} copies of libcuda.so.{builds.pop()}", "one libcuda build", detail=", ".join(paths)
+            cid,
+            Status.PASS,
+            f"{len(paths)} copies of libcuda.so.{builds.pop()}",
+            "one libcuda build",
+            detail=", ".join(paths),
         )
     found = ", ".join(f"{p} ({libcuda_build(probe, p) or 'build unknown'})" for p in paths)
     return CheckResult(
         cid,
-        WARN,
+        Status.WARN,
         found,
         "one libcuda build",
         "remove the stale copy (cuda-compat or an old driver) and run ldconfig",

@@ -14,7 +14,8 @@ import shlex
 import stat
 from typing import Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import paths
 from vllm_nodeagent.host.accounts import Account
 from vllm_nodeagent.host.parse import ParseError, parse_meminfo
@@ -188,7 +189,7 @@ def weights_size(probe: Probe, directory: str) -> int:
 def checks(probe: Probe) -> list[CheckResult]:
     cfg = probe.config.vllm
     if cfg is None or not cfg.model:
-        return [CheckResult("storage", SKIP, None, None, "", "no [vllm] model configured")]
+        return [CheckResult("storage", Status.SKIP, None, None, "", "no [vllm] model configured")]
     acct = probe.account(cfg.user)
     found, where = model_dir(probe, cfg.model, acct)
     results = [fs_check(probe, found or where, found is not None)]
@@ -200,7 +201,7 @@ def checks(probe: Probe) -> list[CheckResult]:
         results.append(
             CheckResult(
                 "storage.cache_writable",
-                SKIP,
+                Status.SKIP,
                 f"user {cfg.user} not in /etc/passwd",
                 None,
                 "",
@@ -218,15 +219,15 @@ def fs_check(probe: Probe, path: str, present: bool) -> CheckResult:
     real = probe.host.realpath(path) if probe.host.exists(path) else path
     m = mount_of(mounts, real)
     if m is None:
-        return CheckResult(cid, SKIP, real, "local filesystem", "", "no mount table (/proc/self/mountinfo)")
+        return CheckResult(cid, Status.SKIP, real, "local filesystem", "", "no mount table (/proc/self/mountinfo)")
     kind = fs_class(m[1])
     current = f"{real} on {m[0]} ({m[1]}, {m[2]})"
     note = "" if present else "model not downloaded yet: this is where it will go"
     if kind == "local":
-        return CheckResult(cid, PASS, current, "local filesystem", "", note)
+        return CheckResult(cid, Status.PASS, current, "local filesystem", "", note)
     return CheckResult(
         cid,
-        WARN,
+        Status.WARN,
         current,
         "local filesystem",
         PREWARM_HINT,
@@ -237,24 +238,24 @@ def fs_check(probe: Probe, path: str, present: bool) -> CheckResult:
 def memory_check(probe: Probe, size: int, found: Optional[str]) -> CheckResult:
     cid = "storage.model_memory"
     if not found or size == 0:
-        return CheckResult(cid, SKIP, None, "weights fit in MemAvailable", "", "no weight files found locally")
+        return CheckResult(cid, Status.SKIP, None, "weights fit in MemAvailable", "", "no weight files found locally")
     try:
         avail = parse_meminfo(probe.host.read_or("/proc/meminfo", "") or "").get("MemAvailable")
     except ParseError as exc:
-        return CheckResult(cid, SKIP, None, None, "", f"/proc/meminfo: {exc}")
+        return CheckResult(cid, Status.SKIP, None, None, "", f"/proc/meminfo: {exc}")
     if avail is None:
-        return CheckResult(cid, SKIP, None, None, "", "no MemAvailable in /proc/meminfo")
+        return CheckResult(cid, Status.SKIP, None, None, "", "no MemAvailable in /proc/meminfo")
     current = f"weights {size / GIB:.1f} GiB, MemAvailable {avail / GIB:.1f} GiB"
     if size > avail:
         return CheckResult(
             cid,
-            WARN,
+            Status.WARN,
             current,
             "weights fit in MemAvailable",
             "add memory or accept disk-speed loads ([prewarm] cannot hold what does not fit)",
             "the page cache cannot hold the weights: every restart reads them from storage",
         )
-    return CheckResult(cid, PASS, current, "weights fit in MemAvailable")
+    return CheckResult(cid, Status.PASS, current, "weights fit in MemAvailable")
 
 
 def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) -> CheckResult:
@@ -263,7 +264,7 @@ def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) ->
     cid = "storage.model_residency"
     want = f">= {RESIDENT_MINIMUM:.0%} of the weights in the page cache"
     if not found:
-        return CheckResult(cid, SKIP, None, want, "", "no weight files found locally")
+        return CheckResult(cid, Status.SKIP, None, want, "", "no weight files found locally")
     # Imported here: ctypes (residency) costs doctor's start-up only when a model is present.
     from vllm_nodeagent.prewarm.residency import HIDDEN, Residency, resident_bytes
     from vllm_nodeagent.prewarm.targets import resolve_hf, resolve_targets
@@ -276,12 +277,12 @@ def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) ->
         res = Residency()
         counted = [(f, resident_bytes(res, f)) for f in weights]
     except (LookupError, OSError, ValueError) as exc:
-        return CheckResult(cid, SKIP, None, want, "", f"weights not readable: {exc}")
+        return CheckResult(cid, Status.SKIP, None, want, "", f"weights not readable: {exc}")
     if any(r == HIDDEN for _, r in counted):
         # The kernel reports every page as cached to a caller that neither owns nor may write the file.
         return CheckResult(
             cid,
-            SKIP,
+            Status.SKIP,
             None,
             want,
             "run doctor as root",
@@ -290,7 +291,7 @@ def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) ->
     sized = [(f.size, r) for f, r in counted if r is not None]  # None: the file went away meanwhile
     total = sum(s for s, _ in sized)
     if total == 0:
-        return CheckResult(cid, SKIP, None, want, "", "no weight files found locally")
+        return CheckResult(cid, Status.SKIP, None, want, "", "no weight files found locally")
     resident = sum(r for _, r in sized)
     share = resident / total
     current = (
@@ -300,13 +301,13 @@ def residency_check(probe: Probe, model: str, found: Optional[str], hub: str) ->
     if share < RESIDENT_MINIMUM:
         return CheckResult(
             cid,
-            WARN,
+            Status.WARN,
             current,
             want,
             f"vllm-nodeagent prewarm {shlex.quote(model)}",
             "vLLM's first load reads the rest from storage",
         )
-    return CheckResult(cid, PASS, current, want)
+    return CheckResult(cid, Status.PASS, current, want)
 
 
 def free_check(probe: Probe, path: str) -> CheckResult:
@@ -316,19 +317,19 @@ def free_check(probe: Probe, path: str) -> CheckResult:
         probe_at = os.path.dirname(probe_at)
     space = probe.space(probe_at or "/")
     if space is None:
-        return CheckResult(cid, SKIP, path, None, "", "statvfs failed")
+        return CheckResult(cid, Status.SKIP, path, None, "", "statvfs failed")
     current = f"{space[1] / GIB:.1f} GiB free of {space[0] / GIB:.1f} GiB at {probe_at}"
     want = f">= {FREE_MINIMUM // GIB} GiB free"
     if space[1] < FREE_MINIMUM:
         return CheckResult(
             cid,
-            WARN,
+            Status.WARN,
             current,
             want,
             "free space where the model and caches live",
             "downloads and compile caches fail with ENOSPC mid-load",
         )
-    return CheckResult(cid, PASS, current, want)
+    return CheckResult(cid, Status.PASS, current, want)
 
 
 def writable_checks(probe: Probe, acct: Account) -> list[CheckResult]:
@@ -337,12 +338,12 @@ def writable_checks(probe: Probe, acct: Account) -> list[CheckResult]:
         cid = f"storage.writable.{key.lower()}"
         ok, why = writable(probe, path, acct)
         if ok:
-            out.append(CheckResult(cid, PASS, f"{path} ({why})", f"writable by {acct.name}"))
+            out.append(CheckResult(cid, Status.PASS, f"{path} ({why})", f"writable by {acct.name}"))
         else:
             out.append(
                 CheckResult(
                     cid,
-                    FAIL,
+                    Status.FAIL,
                     f"{path} ({why})",
                     f"writable by {acct.name}",
                     f"install -d -o {acct.name} -g {acct.gid} {path}  (or set {key} in [vllm.env])",

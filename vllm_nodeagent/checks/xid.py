@@ -17,33 +17,34 @@ import re
 import shutil
 from typing import Optional
 
-from vllm_nodeagent.checks.base import FAIL, PASS, SKIP, WARN, CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import paths
 
 KMSG = "/dev/kmsg"
 JOURNAL_TIMEOUT_S = 5.0
 MAX_BYTES = 16 << 20  # the largest kernel ring buffer is far smaller; a runaway fake file stops here
 # Xid code -> (severity, what it means, the catalog's immediate action)
-XIDS: dict[int, tuple[str, str]] = {
-    13: (WARN, "graphics engine exception (application fault)"),
-    31: (WARN, "GPU memory page fault (application fault)"),
-    43: (WARN, "GPU stopped processing (application fault)"),
-    45: (WARN, "preemptive cleanup after an earlier error"),
-    63: (WARN, "ECC page retirement / row remap recorded"),
-    68: (WARN, "video decoder exception"),
-    92: (WARN, "high single-bit ECC error rate"),
-    94: (WARN, "contained ECC error (the affected application was stopped)"),
-    48: (FAIL, "double-bit ECC error: reset the GPU"),
-    64: (FAIL, "row remapping failed: reset, then RMA if it recurs"),
-    74: (FAIL, "NVLink error: reset the GPU, check the link"),
-    79: (FAIL, "GPU has fallen off the bus: reboot, check power and seating"),
-    95: (FAIL, "uncontained ECC error: reset the GPU"),
-    119: (FAIL, "GSP RPC timeout: reset the GPU"),
-    120: (FAIL, "GSP error: reset the GPU"),
-    121: (FAIL, "C2C link error: reset the GPU"),
-    140: (FAIL, "unrecovered ECC error: reset the GPU"),
-    149: (FAIL, "NVLink/fabric error: reset the GPU"),
-    154: (FAIL, "the driver asks for a recovery action (see gpu.memory_health)"),
+XIDS: dict[int, tuple[Status, str]] = {
+    13: (Status.WARN, "graphics engine exception (application fault)"),
+    31: (Status.WARN, "GPU memory page fault (application fault)"),
+    43: (Status.WARN, "GPU stopped processing (application fault)"),
+    45: (Status.WARN, "preemptive cleanup after an earlier error"),
+    63: (Status.WARN, "ECC page retirement / row remap recorded"),
+    68: (Status.WARN, "video decoder exception"),
+    92: (Status.WARN, "high single-bit ECC error rate"),
+    94: (Status.WARN, "contained ECC error (the affected application was stopped)"),
+    48: (Status.FAIL, "double-bit ECC error: reset the GPU"),
+    64: (Status.FAIL, "row remapping failed: reset, then RMA if it recurs"),
+    74: (Status.FAIL, "NVLink error: reset the GPU, check the link"),
+    79: (Status.FAIL, "GPU has fallen off the bus: reboot, check power and seating"),
+    95: (Status.FAIL, "uncontained ECC error: reset the GPU"),
+    119: (Status.FAIL, "GSP RPC timeout: reset the GPU"),
+    120: (Status.FAIL, "GSP error: reset the GPU"),
+    121: (Status.FAIL, "C2C link error: reset the GPU"),
+    140: (Status.FAIL, "unrecovered ECC error: reset the GPU"),
+    149: (Status.FAIL, "NVLink/fabric error: reset the GPU"),
+    154: (Status.FAIL, "the driver asks for a recovery action (see gpu.memory_health)"),
 }
 _XID = re.compile(r"NVRM: Xid \(PCI:([0-9A-Fa-f:.]+)\): (\d+)")
 _SXID = re.compile(r"SXid \(PCI:([0-9A-Fa-f:.]+)\): (\d+), ([^,]*)")
@@ -114,11 +115,13 @@ def parse_events(text: str) -> list[tuple[str, str, int, str]]:
     return out
 
 
-def severity(kind: str, code: int, text: str) -> tuple[str, str]:
+def severity(kind: str, code: int, text: str) -> tuple[Status, str]:
     if kind == "SXid":
         fatal = "non-fatal" not in text.lower() and "fatal" in text.lower()
-        return (FAIL if fatal else WARN), ("fatal NVSwitch error: reset the fabric" if fatal else "non-fatal")
-    return XIDS.get(code, (WARN, "not in the table: look it up in NVIDIA's Xid catalog"))
+        return (Status.FAIL if fatal else Status.WARN), (
+            "fatal NVSwitch error: reset the fabric" if fatal else "non-fatal"
+        )
+    return XIDS.get(code, (Status.WARN, "not in the table: look it up in NVIDIA's Xid catalog"))
 
 
 def checks(probe: Probe) -> list[CheckResult]:
@@ -128,10 +131,12 @@ def checks(probe: Probe) -> list[CheckResult]:
         return []  # a host without GPUs has no GPU checks
     text, source = kernel_log(probe)
     if text is None:
-        return [CheckResult(cid, SKIP, None, want, "", f"{KMSG} and the journal unreadable (run doctor as root)")]
+        return [
+            CheckResult(cid, Status.SKIP, None, want, "", f"{KMSG} and the journal unreadable (run doctor as root)")
+        ]
     events = parse_events(text)
     if not events:
-        return [CheckResult(cid, PASS, "none", want, "", f"from {source}")]
+        return [CheckResult(cid, Status.PASS, "none", want, "", f"from {source}")]
     counts: dict[tuple[str, str, int], int] = {}
     for kind, pci, code, _ in events:
         counts[(kind, pci, code)] = counts.get((kind, pci, code), 0) + 1
@@ -143,7 +148,7 @@ def checks(probe: Probe) -> list[CheckResult]:
         status, what = severity(kind, code, texts[key])
         statuses.append(status)
         shown.append(f"{kind} {code} x{n} on {pci}: {what}")
-    status = FAIL if FAIL in statuses else WARN
+    status = Status.FAIL if Status.FAIL in statuses else Status.WARN
     return [
         CheckResult(
             cid,
@@ -151,7 +156,7 @@ def checks(probe: Probe) -> list[CheckResult]:
             "; ".join(shown[:6]) + (f"; +{len(shown) - 6} more" if len(shown) > 6 else ""),
             want,
             "dmesg | grep -E 'S?Xid'; act on the catalog's resolution, then reboot to clear the log"
-            if status == FAIL
+            if status == Status.FAIL
             else "application faults: check the vLLM logs at those times",
             f"{len(events)} event(s) in the kernel log ({source})",
         )

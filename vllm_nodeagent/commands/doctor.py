@@ -13,7 +13,8 @@ import shutil
 import sys
 from typing import Any, Optional
 
-from vllm_nodeagent.checks.base import STATUSES, CheckResult
+from vllm_nodeagent.checks.base import CheckResult
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.context import EXIT_USAGE, Context, print_json
 from vllm_nodeagent.doctor import exit_code, run_checks, summary
 
@@ -72,7 +73,7 @@ def check_json(c: CheckResult, invocation: list[str]) -> dict[str, Any]:
     fix = {"command": command, "note": note or None} if command is not None or note else None
     return {
         "id": c.id,
-        "status": c.status,
+        "status": c.status.value,
         "current": c.current or None,  # null, not "": one way to say "nothing to show"
         "desired": c.desired or None,
         "hint": hint_line(c, invocation) or None,
@@ -81,7 +82,7 @@ def check_json(c: CheckResult, invocation: list[str]) -> dict[str, Any]:
     }
 
 
-COLOURS = {"pass": "32", "warn": "33", "fail": "31", "skip": "2"}  # green, yellow, red, dim
+COLOURS = {Status.PASS: "32", Status.WARN: "33", Status.FAIL: "31", Status.SKIP: "2"}  # green, yellow, red, dim
 MIN_VALUE = 12  # CURRENT/DESIRED never narrower than this when fitting
 MIN_NOTE = 20
 
@@ -128,13 +129,13 @@ def render(checks: list[CheckResult], invocation: list[str], width: Optional[int
         note = r[4] if width is None else _cut(r[4], max(0, width - len(head) - 2))
         line = f"{head}  {note}".rstrip()
         if colour and r[0].lower() in COLOURS:
-            line = f"\x1b[{COLOURS[r[0].lower()]}m{r[0]}\x1b[0m{line[len(r[0]) :]}"
+            line = f"\x1b[{COLOURS[Status(r[0].lower())]}m{r[0]}\x1b[0m{line[len(r[0]) :]}"
         lines.append(line)
         if fix:
             lines.append(f"    {fix}")
     counts = summary(checks)
     lines.append("")
-    lines.append(", ".join(f"{counts[s]} {s}" for s in STATUSES))
+    lines.append(", ".join(f"{counts[s.value]} {s}" for s in Status))
     return "\n".join(lines)
 
 

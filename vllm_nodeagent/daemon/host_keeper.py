@@ -199,10 +199,10 @@ class HostKeeper:
         if not metrics.enabled:
             return
         if self.loop.topo is not None:
-            from vllm_nodeagent.checks import STATUS_VALUE, Probe, run_all
+            from vllm_nodeagent.checks import Probe, run_all
 
             results = run_all(Probe(self.ctx.host, self.ctx.config, self.loop.topo, self.loop.nvml))
-            metrics.set_checks({r.id: STATUS_VALUE[r.status] for r in results})
+            metrics.set_checks({r.id: r.status.metric for r in results})
         metrics.checked(time.time())
 
     def _revert(self) -> None:

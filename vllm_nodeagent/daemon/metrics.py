@@ -233,7 +233,7 @@ class Metrics:
         self._set("vllm_nodeagent_vllm_ready_seconds", round(seconds, 3))
 
     def set_checks(self, statuses: dict[str, int]) -> None:
-        """Readiness check results by id (values from checks.STATUS_VALUE)."""
+        """Readiness check results by id (values: checks.status.Status.metric)."""
         for cid, value in statuses.items():
             self._set("vllm_nodeagent_check_status", value, (cid,))
 

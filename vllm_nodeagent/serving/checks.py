@@ -8,6 +8,7 @@ import shutil
 from typing import TYPE_CHECKING, Optional
 
 from vllm_nodeagent.checks.base import CheckResult
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.host import HostError
 from vllm_nodeagent.host.parse import format_cpulist
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from vllm_nodeagent.topology import Topology
 
 
-def _check(cid: str, status: str, current: str, desired: str, hint: str = "") -> CheckResult:
+def _check(cid: str, status: Status, current: str, desired: str, hint: str = "") -> CheckResult:
     return CheckResult(cid, status, current, desired, hint)
 
 
@@ -38,7 +39,7 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
     checks.append(
         _check(
             "vllm.numactl",
-            "pass" if numactl else ("fail" if needs_numactl and launching else "warn"),
+            Status.PASS if numactl else (Status.FAIL if needs_numactl and launching else Status.WARN),
             numactl or "missing",
             "numactl on PATH",
             "" if numactl else "apt install numactl / dnf install numactl",
@@ -48,7 +49,7 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
         checks.append(
             _check(
                 "vllm.user",
-                "warn",
+                Status.WARN,
                 "root",
                 "an unprivileged user",
                 "vLLM serves a network API; run it as the 'vllm' system user",
@@ -57,34 +58,38 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
     else:
         try:
             who = resolve_user(cfg.user, ctx.host)
-            checks.append(_check("vllm.user", "pass", f"{who.name} (uid {who.uid})", cfg.user))
+            checks.append(_check("vllm.user", Status.PASS, f"{who.name} (uid {who.uid})", cfg.user))
         except LaunchError as exc:
-            checks.append(_check("vllm.user", "fail" if launching else "warn", "unusable", cfg.user, str(exc)))
+            checks.append(
+                _check("vllm.user", Status.FAIL if launching else Status.WARN, "unusable", cfg.user, str(exc))
+            )
     for f in static_findings(list(cfg.args)):
         checks.append(
             _check(
                 f"vllm.args.{f.flag.lstrip('-')}",
-                "fail" if f.kind == "removed" else "warn",
+                Status.FAIL if f.kind == "removed" else Status.WARN,
                 f.flag,
                 "not used" if f.kind == "risky" else "a flag current vLLM accepts",
                 f.message,
             )
         )
     if not launching:
-        checks.append(_check("vllm.args", "skip", "", "", "nothing to launch ([vllm] model is empty)"))
+        checks.append(_check("vllm.args", Status.SKIP, "", "", "nothing to launch ([vllm] model is empty)"))
     else:
         try:
             _, _, pr = probe_as_user(ctx, cfg, prepare=False)  # launch's probe: same user, same environment
         except LaunchError as exc:
             pr = ProbeResult(False, reason=f"not probed: {exc}")
         if not pr.available:
-            checks.append(_check("vllm.args", "skip", "", "accepted by vLLM's parser", pr.reason))
+            checks.append(_check("vllm.args", Status.SKIP, "", "accepted by vLLM's parser", pr.reason))
         elif pr.error:
             checks.append(
-                _check("vllm.args", "fail", pr.error, "accepted by vLLM's parser", f"vLLM {pr.version} ({pr.python})")
+                _check(
+                    "vllm.args", Status.FAIL, pr.error, "accepted by vLLM's parser", f"vLLM {pr.version} ({pr.python})"
+                )
             )
         else:
-            checks.append(_check("vllm.args", "pass", f"vLLM {pr.version}", "accepted by vLLM's parser"))
+            checks.append(_check("vllm.args", Status.PASS, f"vLLM {pr.version}", "accepted by vLLM's parser"))
     checks.append(_binding_check(ctx, cfg, topo, numactl))
     checks.extend(env_path_checks(ctx.host, cfg, _vllm_uid(ctx, cfg)))
     return checks
@@ -113,10 +118,10 @@ def _binding_check(ctx: Context, cfg: VllmConfig, topo: Topology, numactl: Optio
     dirs = [str(ctx.host.path(d)) for d in (ctx.config.agent.state_dir, SERVE_RUNTIME_DIR)]
     running = find_running(dirs, _vllm_uid(ctx, cfg), procfs)
     if running.problem:
-        return _check("vllm.binding", "warn", "", "", running.problem)
+        return _check("vllm.binding", Status.WARN, "", "", running.problem)
     pid, saved = running.pid, running.plan
     if pid is None:
-        return _check("vllm.binding", "skip", "", "", "vLLM is not running (no live pid file)")
+        return _check("vllm.binding", Status.SKIP, "", "", "vLLM is not running (no live pid file)")
     source = "the daemon's plan"
     if saved is not None:
         expected = plan_from_json(saved)
@@ -125,10 +130,10 @@ def _binding_check(ctx: Context, cfg: VllmConfig, topo: Topology, numactl: Optio
         try:
             expected = plan(cfg, topo, numactl=numactl or "numactl", run_as=RunAs(cfg.user, 0, 0, [], "/", False))
         except LaunchError as exc:
-            return _check("vllm.binding", "warn", f"pid {pid}", "", f"cannot plan: {exc}")
+            return _check("vllm.binding", Status.WARN, f"pid {pid}", "", f"cannot plan: {exc}")
     procs = live_binding(pid, procfs)
     problems = binding_mismatches(expected, procs)
     current = "; ".join(f"{p['pid']}: cpus {p['cpus']} mems {p['mems']} {p['mempolicy']}" for p in procs)
     desired = f"cpus {format_cpulist(expected.cpus)} {expected.mempolicy}" if expected.cpus else "unbound"
     desired += f" (binding {expected.binding}, from {source})"
-    return _check("vllm.binding", "fail" if problems else "pass", current, desired, "; ".join(problems))
+    return _check("vllm.binding", Status.FAIL if problems else Status.PASS, current, desired, "; ".join(problems))

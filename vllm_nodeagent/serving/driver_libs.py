@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from vllm_nodeagent.checks.status import Status
+
 if TYPE_CHECKING:
     from vllm_nodeagent.host import Host
 
@@ -93,7 +95,7 @@ def find(host: Host, lib: str, ld_library_path: str, conf_dirs: list[str]) -> Fo
 
 @dataclass(frozen=True)
 class Verdict:
-    status: str  # "pass" | "fail" | "warn"
+    status: Status  # pass, fail or warn
     current: str
     hint: str
 
@@ -106,13 +108,13 @@ def check(host: Host, vllm_env: Mapping[str, str], agent_env: Mapping[str, str])
     missing = [f.lib for f in child if not f.directory]
     current = ", ".join(f"{f.lib}: {f.directory} ({f.via})" if f.directory else f"{f.lib}: not found" for f in child)
     if not missing:
-        return Verdict("pass", current, "")
+        return Verdict(Status.PASS, current, "")
     agent = [find(host, lib, agent_env.get("LD_LIBRARY_PATH", ""), conf) for lib in missing]
     where = sorted({f.directory for f in agent if f.directory})
     if where:
         dirs = ":".join(where)
         return Verdict(
-            "fail",
+            Status.FAIL,
             current,
             (
                 f"{', '.join(missing)} only in {dirs}, which only the agent's own LD_LIBRARY_PATH names: vLLM starts "
@@ -121,7 +123,7 @@ def check(host: Host, vllm_env: Mapping[str, str], agent_env: Mapping[str, str])
             ),
         )
     return Verdict(
-        "warn",
+        Status.WARN,
         current,
         (
             f"{', '.join(missing)} not found on the loader path (LD_LIBRARY_PATH of [vllm.env], /etc/ld.so.conf, "

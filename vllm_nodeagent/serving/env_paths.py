@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from vllm_nodeagent.checks.base import CheckResult
+from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host.untrusted import others_can_change
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def env_path_checks(host: Host, cfg: VllmConfig, vllm_uid: Optional[int]) -> lis
                 f"[vllm] env {key}: code there runs as the vLLM user; use directories only root (or the vLLM "
                 "user) can write: " + "; ".join(problems)
             )
-            out.append(CheckResult(cid, "fail", value, "paths only root or the vLLM user can change", hint))
+            out.append(CheckResult(cid, Status.FAIL, value, "paths only root or the vLLM user can change", hint))
         else:
-            out.append(CheckResult(cid, "pass", value, "paths only root or the vLLM user can change"))
+            out.append(CheckResult(cid, Status.PASS, value, "paths only root or the vLLM user can change"))
     return out
