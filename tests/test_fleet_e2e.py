@@ -131,6 +131,11 @@ class Node:
         root = self.bed.root
         (root / "etc").mkdir(parents=True, exist_ok=True)
         (root / "etc/os-release").write_text('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\n')
+        if not vllm:
+            # audit mode never writes, even at start: the node must start tuned, else the drift alert is pending
+            # before the test breaks anything (it fired "1.1 s after the break" with for: 3s) and the drift-event
+            # counter is read before the one change it should count
+            (root / "proc/sys/vm/max_map_count").write_text("262144\n")
         self.textdir = root / "var/lib/prometheus/node-exporter"  # "auto" on Debian
         self.port = free_port()
         self.instance = f"127.0.0.1:{self.port}"
@@ -355,7 +360,11 @@ def test_fleet_alerts_and_dashboard_with_real_prometheus(fleet: Any) -> None:
     wait_for(lambda: "vllm_nodeagent_vllm_up 1.0" in serve.textfile(), "the stand-in vLLM past the readiness gate")
     wait_for(lambda: len(stack.query("vllm_nodeagent_heartbeat_timestamp_seconds")) == 2, "both agents in Prometheus")
     wait_for(
-        lambda: stack.query('vllm_nodeagent_setting_compliant{id="sysctl.vm.max_map_count"} == 1'), "compliance seen"
+        lambda: len(stack.query('vllm_nodeagent_setting_compliant{id="sysctl.vm.max_map_count"} == 1')) == 2,
+        "both nodes compliant",
+    )
+    assert not stack.alerts("VllmNodeagentSettingDrifted", "pending") and not stack.alerts(
+        "VllmNodeagentSettingDrifted", "firing"
     )
     times["stack_ready_s"] = time.monotonic() - times["t0"]
 
