@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from vllm_nodeagent.config import parse_config
-from vllm_nodeagent.doctor import setting_checks
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.serving import bytecode as bc
 from vllm_nodeagent.settings import bytecode, engine, restore
+from vllm_nodeagent.settings.checks import setting_checks
 from vllm_nodeagent.settings.journal import Journal
 
 SYSTEM_PY = "/usr/bin/python3"

@@ -86,4 +86,6 @@ def test_doctor_only(hgx: FakeHost, tmp_path: Path) -> None:
     rc, out, _ = doctor(hgx.root, "--config", str(cfg), "--only", "thp", "--json")
     assert rc == 0 and [c["id"] for c in json.loads(out)["checks"]] == ["thp.enabled"]
     rc, out, err = doctor(hgx.root, "--only", "nosuch")
+    assert rc == 2 and out == "" and "--only nosuch: no such check; known: config, nvml," in err
+    rc, out, err = doctor(hgx.root, "--only", "sysctl.vm.nosuch")  # a known family, nothing of that name here
     assert rc == 2 and out == "" and "matches no check" in err

@@ -196,7 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help=json_help)
     d.add_argument("--strict", action="store_true", help="exit 1 on a warning too, not only on a failure")
     d.add_argument(
-        "--only", nargs="+", metavar="ID", default=None, help="only these check ids or prefixes (sysctl, gpu., ...)"
+        "--only",
+        nargs="+",
+        metavar="ID",
+        default=None,
+        help="only these check ids or prefixes (sysctl, gpu., ...); an unknown id is an error naming the known ones",
     )
     d.add_argument(
         "--wide", action="store_true", help="on a terminal too: one line per check, nothing cut (as when piped)"

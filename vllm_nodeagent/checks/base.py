@@ -19,6 +19,7 @@ from vllm_nodeagent.host.proc import Procfs
 
 if TYPE_CHECKING:
     from vllm_nodeagent.config import Config
+    from vllm_nodeagent.context import Context
     from vllm_nodeagent.nvml import Nvml
     from vllm_nodeagent.serving.state import Running
     from vllm_nodeagent.topology import Gpu, Topology
@@ -55,6 +56,30 @@ class CheckResult:
         return {**asdict(self), "status": self.status.value}
 
 
+@dataclass(frozen=True)
+class Registered:
+    """A room's entry in doctor's one registry (checks/registry.py): the ids its results carry and what makes them.
+
+    ``ids``: each a check id, or ``PREFIX.*`` for ids named at run time (``sysctl.*`` from the config,
+    ``vllm.args.*`` from vLLM's flags); ``doctor --only`` is checked against them and runs only the entries an id
+    selects. ``run``: read-only, from a ``Probe``."""
+
+    ids: tuple[str, ...]
+    run: Callable[[Probe], list[CheckResult]]
+
+    def selected_by(self, want: str) -> bool:
+        """``want`` (an id or a dotted prefix, as ``--only`` takes) can select a result of this entry."""
+        want = want.rstrip(".")
+        for i in self.ids:
+            if i.endswith(".*"):
+                family = i[:-2]
+                if want == family or want.startswith(family + ".") or family.startswith(want + "."):
+                    return True
+            elif i == want or i.startswith(want + "."):
+                return True
+        return False
+
+
 @dataclass
 class Probe:
     """The host, the config and what discovery found; caches reads several checks share."""
@@ -65,8 +90,16 @@ class Probe:
     nvml: Optional[Nvml] = None
     space_fn: Optional[SpaceFn] = None  # tests replace statvfs: a fake tree cannot fake a filesystem's size
     sleep: Callable[[float], None] = time.sleep  # between samples of a short window (tests: no real wait)
+    nvml_why: str = ""  # why NVML is None (discovery's words)
+    ctx: Optional[Context] = None  # the command's context: doctor's own checks (settings, vLLM) need it
     _comms: Optional[dict[int, str]] = field(default=None, repr=False)
     _running: Optional[Running] = field(default=None, repr=False)
+
+    def context(self) -> Context:
+        """The command's context (doctor gives it; the daemon's readiness probe runs only checks that need none)."""
+        if self.ctx is None:
+            raise LookupError("this check needs the command's context (doctor's), not the daemon's readiness probe")
+        return self.ctx
 
     def processes(self) -> dict[int, str]:
         """pid -> comm of every process (one /proc scan per doctor run)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.nvml import NvmlCallError
 
@@ -79,3 +79,6 @@ def checks(probe: Probe) -> list[CheckResult]:
             "fabric.manager", Status.PASS, shown, want_fm, "", "" if version else "version not in dpkg"
         )
     return [state, manager]
+
+
+CHECKS = Registered(("fabric", "fabric.state", "fabric.manager"), checks)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from vllm_nodeagent.checks.base import CheckResult, Probe, descendants, planned_gpus
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered, descendants, planned_gpus
 from vllm_nodeagent.checks.status import Status, worst
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
 from vllm_nodeagent.settings.gpu_clocks import show as show_clocks
@@ -320,3 +320,6 @@ CHECK_IDS = (
 def managed(probe: Probe) -> bool:
     """[gpu] compute_mode manages the mode: its per-GPU settings (gpu.<i>.compute_mode) replace the check."""
     return probe.config.gpu is not None and probe.config.gpu.compute_mode is not None
+
+
+CHECKS = Registered(CHECK_IDS, checks)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status
 
 NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
@@ -161,3 +161,6 @@ def power_profiles_check(probe: Probe) -> CheckResult:
 
 def checks(probe: Probe) -> list[CheckResult]:
     return [numa_balancing_check(probe), tuned_check(probe), sysctl_d_check(probe), power_profiles_check(probe)]
+
+
+CHECKS = Registered(("kernel.numa_balancing", "owners.tuned", "owners.sysctl_d", "owners.power_profiles"), checks)

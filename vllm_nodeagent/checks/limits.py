@@ -12,7 +12,7 @@ import os
 import re
 from typing import Optional
 
-from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host.parse import ini_assignments
 
@@ -149,3 +149,6 @@ def process_check(probe: Probe) -> CheckResult:
 
 def checks(probe: Probe) -> list[CheckResult]:
     return [unit_check(probe), process_check(probe)]
+
+
+CHECKS = Registered(("limits.unit", "limits.vllm"), checks)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status, worst
 from vllm_nodeagent.nvml import Nvml, NvmlCallError
 
@@ -148,3 +148,6 @@ def checks(probe: Probe) -> list[CheckResult]:
     if not probe.topo.gpus:
         return []  # a host without GPUs has no GPU checks
     return [pcie_check(probe), throttle_check(probe)]
+
+
+CHECKS = Registered(("gpu.pcie_link", "gpu.throttle"), checks)

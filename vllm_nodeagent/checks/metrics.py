@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 
-from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import dirfd
 from vllm_nodeagent.host.parse import ini_assignments
@@ -114,3 +114,6 @@ def checks(probe: Probe) -> list[CheckResult]:
         ]
     owner = "root" if uid == 0 else f"uid {uid}"
     return [CheckResult(CHECK_ID, Status.PASS, shown, None, "", f"directory {owner}, mode {mode:04o}")]
+
+
+CHECKS = Registered((CHECK_ID,), checks)

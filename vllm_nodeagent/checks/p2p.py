@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import paths
 from vllm_nodeagent.nvml import NvmlCallError
@@ -163,3 +163,6 @@ def checks(probe: Probe) -> list[CheckResult]:
     if not pairs:
         return [CheckResult("p2p", Status.SKIP, "NVLink", None, "", "NVLink/NVSwitch carries every GPU pair's traffic")]
     return [status_check(probe, pairs), acs_check(probe, pairs), iommu_check(probe)]
+
+
+CHECKS = Registered(("p2p.status", "p2p.acs", "p2p.iommu"), checks)

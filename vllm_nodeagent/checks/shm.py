@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host.parse import ini_assignments
 
@@ -115,3 +115,6 @@ SHM = "/dev/shm"  # noqa: S108 - inspected (statvfs), never written
 def checks(probe: Probe) -> list[CheckResult]:
     shm = probe.space(SHM) if probe.host.is_dir(SHM) else None
     return [shm_size_check(shm), remove_ipc_check(probe)]
+
+
+CHECKS = Registered(("shm.size", "shm.remove_ipc"), checks)

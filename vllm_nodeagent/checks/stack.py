@@ -14,7 +14,7 @@ import re
 import stat
 from typing import Optional
 
-from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import HostError
 from vllm_nodeagent.host import paths as host_paths
@@ -213,3 +213,8 @@ def checks(probe: Probe) -> list[CheckResult]:
     if not probe.topo.gpus:
         return []
     return [cuda_check(probe), *modules_checks(probe), libcuda_check(probe)]
+
+
+CHECKS = Registered(
+    ("stack.cuda_version", "stack.modules", "stack.nouveau", "stack.nvidia_uvm", "stack.libcuda"), checks
+)

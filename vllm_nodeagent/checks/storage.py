@@ -14,7 +14,7 @@ import shlex
 import stat
 from typing import Optional
 
-from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import paths
 from vllm_nodeagent.host.accounts import Account
@@ -351,3 +351,17 @@ def writable_checks(probe: Probe, acct: Account) -> list[CheckResult]:
                 )
             )
     return out
+
+
+CHECKS = Registered(
+    (
+        "storage",
+        "storage.cache_writable",
+        "storage.writable.*",
+        "storage.model_fs",
+        "storage.model_memory",
+        "storage.model_residency",
+        "storage.free_space",
+    ),
+    checks,
+)

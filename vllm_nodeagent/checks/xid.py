@@ -17,7 +17,7 @@ import re
 import shutil
 from typing import Optional
 
-from vllm_nodeagent.checks.base import CheckResult, Probe
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import paths
 
@@ -161,3 +161,6 @@ def checks(probe: Probe) -> list[CheckResult]:
             f"{len(events)} event(s) in the kernel log ({source})",
         )
     ]
+
+
+CHECKS = Registered(("gpu.xid",), checks)

@@ -13,6 +13,7 @@ import shutil
 import sys
 from typing import Any, Optional
 
+from vllm_nodeagent.checks import registry
 from vllm_nodeagent.checks.base import CheckResult
 from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.context import EXIT_USAGE, Context, print_json
@@ -24,12 +25,19 @@ def cmd_doctor(ctx: Context, args: argparse.Namespace) -> int:
         from vllm_nodeagent.commands.slurm import cmd_slurm
 
         return cmd_slurm(ctx, args)
-    checks = run_checks(ctx)
     if args.only:
-        checks = [c for c in checks if any(c.id == o or c.id.startswith(o.rstrip(".") + ".") for o in args.only)]
-        if not checks:
-            print(f"vllm-nodeagent: doctor --only {' '.join(args.only)}: matches no check", file=sys.stderr)
+        unknown = registry.unknown(args.only)
+        if unknown:
+            print(
+                f"vllm-nodeagent: doctor --only {' '.join(unknown)}: no such check; known: "
+                f"{', '.join(registry.known_ids())}",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
+    checks = run_checks(ctx, args.only)
+    if args.only and not checks:
+        print(f"vllm-nodeagent: doctor --only {' '.join(args.only)}: matches no check", file=sys.stderr)
+        return EXIT_USAGE
     invocation = ctx.invocation()
     if args.json:
         print_json({"checks": [check_json(c, invocation) for c in checks], "summary": summary(checks)}, "doctor")

@@ -1,5 +1,6 @@
-"""Doctor's ``vllm.*`` launch checks: numactl, the user, vLLM's args (the shared probe), the live binding.
-Read-only.
+"""Doctor's serving checks: ``agent.layout`` (which unit runs vLLM) and the ``vllm.*`` launch checks — numactl,
+the user, vLLM's args (the shared probe), the live binding, the environment's paths, the driver's libraries.
+Read-only; registered in doctor's registry (checks/registry.py) as LAYOUT and VLLM.
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import shutil
 from typing import TYPE_CHECKING, Optional
 
-from vllm_nodeagent.checks.base import CheckResult
+from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.host import HostError
@@ -137,3 +138,44 @@ def _binding_check(ctx: Context, cfg: VllmConfig, topo: Topology, numactl: Optio
     desired = f"cpus {format_cpulist(expected.cpus)} {expected.mempolicy}" if expected.cpus else "unbound"
     desired += f" (binding {expected.binding}, from {source})"
     return _check("vllm.binding", Status.FAIL if problems else Status.PASS, current, desired, "; ".join(problems))
+
+
+def layout_check(probe: Probe) -> list[CheckResult]:
+    """Which unit layout is active: whether vLLM runs in its own unit or under the root agent."""
+    from vllm_nodeagent.serving.layout import detect
+
+    layout = detect(probe.host)
+    where = "vllm-nodeagent-serve.service" if layout.split else "vllm-nodeagent.service (run)"
+    return [CheckResult("agent.layout", Status.PASS, layout.name, None, "", f"vLLM runs in {where}: {layout.reason}")]
+
+
+def vllm_checks(probe: Probe) -> list[CheckResult]:
+    ctx = probe.context()
+    checks = doctor_checks(ctx, probe.topo)
+    if ctx.config.vllm is None:
+        # numactl is a host fact worth showing; the rest only means something when vLLM is managed
+        checks = [c for c in checks if c.id == "vllm.numactl"]
+        checks.append(CheckResult("vllm", Status.SKIP, None, None, "", "[vllm] is not configured: nothing to launch"))
+    elif probe.topo.gpus and something_to_launch(ctx.config.vllm):
+        checks.append(driver_libs_check(ctx))
+    return checks
+
+
+def driver_libs_check(ctx: Context) -> CheckResult:
+    """vLLM gets a clean environment: can its loader find libcuda/libnvidia-ml there (issue 17)?"""
+    import os
+
+    from vllm_nodeagent.serving import driver_libs
+
+    vllm_env = dict(ctx.config.vllm.env if ctx.config.vllm else {})
+    v = driver_libs.check(ctx.host, vllm_env, os.environ)
+    return CheckResult(
+        "vllm.driver_libs", v.status, v.current, "libcuda.so.1, libnvidia-ml.so.1 loadable by vLLM", v.hint
+    )
+
+
+LAYOUT = Registered(("agent.layout",), layout_check)
+VLLM = Registered(
+    ("vllm", "vllm.numactl", "vllm.user", "vllm.args", "vllm.args.*", "vllm.binding", "vllm.env.*", "vllm.driver_libs"),
+    vllm_checks,
+)
