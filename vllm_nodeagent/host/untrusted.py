@@ -101,3 +101,22 @@ def others_can_change(host_real_root: str, path: str, trusted: set[int], _hops: 
         if depth < len(parts):
             current = f"{current}/{parts[depth]}"
     return ""
+
+
+def interpreter_unsafe(python: str, runner: int) -> str:
+    """Why someone other than root and ``runner`` (the uid about to run it) could change what ``python`` runs, ""
+    when nobody can: the executable and every directory on its way (links resolved, each checked), and the
+    ``pyvenv.cfg`` Python reads beside the executable or one level up (its ``home`` picks the standard library
+    that ``-I -S -m compileall`` imports). A venv in the vLLM user's home is that user's program: root must not
+    run it."""
+    real = os.path.realpath(python)
+    for path in dict.fromkeys([python, real]):
+        why = others_can_change("/", path, {runner})
+        if why:
+            return f"the interpreter {python}: {why}"
+    for exe_dir in dict.fromkeys([os.path.dirname(python), os.path.dirname(real)]):
+        for cfg in (os.path.join(exe_dir, "pyvenv.cfg"), os.path.join(os.path.dirname(exe_dir), "pyvenv.cfg")):
+            why = others_can_change("/", cfg, {runner})
+            if why:
+                return f"the interpreter {python}: {why}"
+    return ""

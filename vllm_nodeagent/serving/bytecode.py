@@ -12,7 +12,9 @@ Safety:
 - compiling runs ``python -I -S -m compileall``: stdlib only, it reads and compiles source, it imports none;
 - each directory is compiled by its owner: a user-owned tree as that user (dropped before exec), a root-owned
   one as root only when neither it, its ``__pycache__`` nor any ancestor (sticky ones aside) can be written by
-  anyone else. Anything else is left and counted.
+  anyone else. Anything else is left and counted;
+- an owner runs the interpreter only when nobody else can change it (host.untrusted.interpreter_unsafe: the
+  executable, its directories, its ``pyvenv.cfg``): a venv in the vLLM user's home is never run by root.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Optional
 
 from vllm_nodeagent.host import paths as hpaths
 from vllm_nodeagent.host import subp
+from vllm_nodeagent.host.untrusted import interpreter_unsafe
 from vllm_nodeagent.serving.env import SAFE_PATH, RunAs, popen_user_kwargs
 
 # Runs in the vLLM interpreter (as the vLLM user, or with -I -S for root): stdlib only, one JSON line.
@@ -260,6 +263,11 @@ def compile_missing(python: str, missing: Sequence[str], workers: int = 0) -> Co
         owner = verdict[d]
         if owner is not None:
             by_owner.setdefault(owner, []).append(py)
+    for owner in list(by_owner):  # each owner runs the interpreter: only one it (or root) alone can change
+        why = interpreter_unsafe(python, owner[0])
+        if why:
+            who = "root" if owner[0] == 0 else f"uid {owner[0]}"
+            report.refused.append(f"{why}; {who} does not run it ({len(by_owner.pop(owner))} files left)")
     jobs = [
         (owner, files[i : i + BATCH]) for owner, files in sorted(by_owner.items()) for i in range(0, len(files), BATCH)
     ]
