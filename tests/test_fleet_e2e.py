@@ -19,7 +19,6 @@ prometheus, prometheus-node-exporter and prometheus-alertmanager.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import re
@@ -28,7 +27,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -37,6 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from fleet_webhook import Webhook
 from test_daemon import REPO, STANDIN, Bed, free_port, toml_value
 
 RULES = REPO / "packaging/prometheus/vllm-nodeagent.rules.yml"
@@ -81,45 +80,6 @@ def rules_for_test(tmp: Path) -> Path:
     out = tmp / "rules.yml"
     out.write_text(text)
     return out
-
-
-class Webhook:
-    """Alertmanager's webhook receiver: every notification with the time it arrived."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[float, dict[str, Any]]] = []
-        webhook = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                webhook.got.append((time.time(), json.loads(body)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def first(self, alertname: str, status: str, instance: str, after: float = 0.0) -> Optional[tuple[float, Any]]:
-        for t, payload in list(self.got):
-            for a in payload.get("alerts", []):
-                labels = a["labels"]
-                if (
-                    t >= after
-                    and labels.get("alertname") == alertname
-                    and a["status"] == status
-                    and labels.get("instance") == instance
-                ):
-                    return t, a
-        return None
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class Node:
@@ -333,10 +293,26 @@ def fleet() -> Iterator[tuple[list[Node], Stack, Webhook, dict[str, float]]]:
             print(f"--- agent {n.name}\n" + (log.read_text()[-3000:] if log.exists() else ""))
         times["wall_s"] = time.monotonic() - times["t0"]
         report = {k: round(v, 2) for k, v in times.items() if k != "t0"}
+        print(summary(report))
         print("fleet e2e times (s):", json.dumps(report))
         if os.environ.get("VNA_FLEET_REPORT"):
             Path(os.environ["VNA_FLEET_REPORT"]).write_text(json.dumps(report, indent=1) + "\n")
         shutil.rmtree(base, ignore_errors=True)
+
+
+MEASURED = {  # report key: what it measures (webhook arrival time - the step's start)
+    "drift_fire_s": f"setting broken -> SettingDrifted firing (for: 3s, {SCRAPE_S} s scrape/eval, 1 s drift interval)",
+    "drift_resolve_s": "`apply --only` -> SettingDrifted resolved",
+    "heartbeat_fire_s": f"agent stopped -> HeartbeatStale firing (threshold {HEARTBEAT_STALE_S} s, for: 2s)",
+    "stack_ready_s": "start -> both agents scraped, both nodes compliant",
+    "wall_s": "the whole test (start, checks, stop)",
+}
+
+
+def summary(report: dict[str, float]) -> str:
+    """The measured times, one line each, for the lead to quote (a step that did not run says n/a)."""
+    rows = [f"  {report[k]:7.2f} s  {w}" if k in report else f"      n/a  {w}" for k, w in MEASURED.items()]
+    return "\n".join(["fleet e2e measured (wall clock):", *rows])
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
