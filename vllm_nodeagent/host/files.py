@@ -21,6 +21,7 @@ from vllm_nodeagent.host.errors import HostError
 __all__ = ["Host", "HostError"]  # HostError lives in errors.py (fsafe needs it too); still importable here
 
 _MAX_LINK_FOLLOWS = 40
+READ_CAP = 64 << 20  # /proc/interrupts of a 512-CPU host is a few MiB; a 3 GiB file in a --root tree is not read
 
 
 class Host:
@@ -76,12 +77,22 @@ class Host:
 
     # -- reads -----------------------------------------------------------------------------------------
     def read(self, host_path: str) -> str:
-        """The file's text with one trailing newline removed; raises HostError."""
+        """The file's text with one trailing newline removed; raises HostError. Kernel attributes and a fake
+        tree's files are regular files: a FIFO, socket or device (planted in a ``--root`` tree) is refused before
+        a read blocks on it (O_NONBLOCK open, fstat), and a file over READ_CAP is refused, never read whole."""
         try:
-            with open(self.path(host_path), encoding="utf-8", errors="replace") as f:
-                text = f.read()
+            fd = os.open(self.path(host_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise HostError("read", host_path, exc) from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise HostError("read", host_path, OSError(errno.EINVAL, "not a regular file (a FIFO or device?)"))
+            data = fsafe.read_fd(fd, host_path, READ_CAP)
+        except OSError as exc:
+            raise HostError("read", host_path, exc) from exc
+        finally:
+            os.close(fd)
+        text = data.decode("utf-8", errors="replace")
         return text[:-1] if text.endswith("\n") else text
 
     def read_or(self, host_path: str, default: Optional[str] = None) -> Optional[str]:
@@ -122,7 +133,7 @@ class Host:
         """Write a kernel attribute: no create, no truncate semantics beyond what the kernel does."""
         target = self.path(host_path)
         try:
-            fd = os.open(target, os.O_WRONLY)
+            fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a planted FIFO: ENXIO, no hang
             try:
                 data = value.encode()
                 written = os.write(fd, data)
