@@ -336,16 +336,31 @@ def replace_file(
         os.close(dfd)
 
 
-def open_regular(path: str) -> int:
-    """A read-only fd of a regular file (model weights, libraries to warm): the last component is never a link
-    (O_NOFOLLOW) and a FIFO or device is refused before anything blocks on it."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+def open_regular(path: str, expect: Optional[tuple[int, int]] = None) -> int:
+    """A read-only fd of a regular file (model weights, libraries to warm); OSError otherwise.
+
+    The last component is never a link (O_NOFOLLOW), and a FIFO or device is never opened at all: the file is
+    first taken ``O_PATH`` (which opens nothing: opening ``/dev/watchdog`` arms it, a tape rewinds, a FIFO wakes
+    its writer), checked on that fd, then opened through ``/proc/self/fd``, the same inode. ``expect``: the
+    ``(st_dev, st_ino)`` a scan saw; a directory on the way swapped for a link since (to a larger file, another
+    user's) is refused, so a warm-up or mlock sized by the scan never takes another file."""
+    pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(pfd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, f"{path}: not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
+        if expect is not None and (st.st_dev, st.st_ino) != expect:
+            raise OSError(errno.ESTALE, f"{path}: replaced since it was found (a directory on the way changed?)")
+        try:
+            fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:  # no /proc: by name again, and the same inode or nothing
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            again = os.fstat(fd)
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                os.close(fd)
+                raise OSError(errno.ESTALE, f"{path}: replaced while it was opened") from None
+    finally:
+        os.close(pfd)
     return fd
 
 

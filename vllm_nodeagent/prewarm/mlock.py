@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from typing import Optional
 
 from vllm_nodeagent.host import paths
 from vllm_nodeagent.prewarm.libc import errno_error, libc, map_shared_readonly, unmap
@@ -27,9 +28,10 @@ class LockedPages:
     def bytes(self) -> int:
         return sum(length for _, _, length in self._maps)
 
-    def lock_file(self, path: str) -> int:
-        """Map and lock one file; returns the bytes locked. Raises OSError with the mlock errno."""
-        fd = paths.open_regular(path)
+    def lock_file(self, path: str, expect: Optional[tuple[int, int]] = None) -> int:
+        """Map and lock one file (``expect``: the inode the scan saw, see open_regular); returns the bytes locked.
+        Raises OSError with the mlock errno."""
+        fd = paths.open_regular(path, expect)
         try:
             size = os.fstat(fd).st_size
             if size == 0:

@@ -238,7 +238,7 @@ def read_files(
             if first and hook is not None:
                 hook(seg.file.path)
             try:
-                fd = paths.open_regular(seg.file.real)
+                fd = paths.open_regular(seg.file.real, (seg.file.dev, seg.file.ino))
             except OSError as exc:
                 fail(
                     seg.file,

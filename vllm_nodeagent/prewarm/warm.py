@@ -215,7 +215,7 @@ def prewarm(
             if f.path in file_errors:
                 continue
             try:
-                locked.lock_file(f.real)
+                locked.lock_file(f.real, (f.dev, f.ino))
             except OSError as exc:
                 locked.release()
                 result.errors.append(lock_failure_message(f.path, exc))
