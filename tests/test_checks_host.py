@@ -59,6 +59,8 @@ def test_remove_ipc_system_user_passes_and_login_defs_moves_the_line(hgx: FakeHo
 
 def test_remove_ipc_skips(hgx: FakeHost) -> None:
     assert results(probe(hgx), "shm")["shm.remove_ipc"].status == "skip"  # no [vllm]
+    hgx.write("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\n")  # the tree's own: the machine may have a vllm
+    hgx.write("/etc/group", "root:x:0:\n")
     r = results(probe(hgx, VLLM), "shm")["shm.remove_ipc"]  # no such user
     assert r.status == "skip" and "not in /etc/passwd" in (r.current or "")
 
