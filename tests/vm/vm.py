@@ -3,7 +3,8 @@
 ``base_image()`` builds (once per machine, keyed by a hash of ``build_image.sh``) the image under
 ``/var/cache/vllm-nodeagent-vm/<hash>/``. ``VM`` boots one guest over a qcow2 overlay of it, with a
 second (data) disk, user-mode networking restricted to this machine and ssh forwarded to
-127.0.0.1 only, a throw-away key, and the serial console logged to a file.
+127.0.0.1 only, a throw-away key, and the serial console logged to a file. ``Link`` gives two guests a
+private L2 link without host root: a second NIC on a qemu UDP socket netdev between two loopback ports.
 
 Accelerator: ``VLLM_NODEAGENT_VM_ACCEL`` = ``auto`` (default) | ``kvm`` | ``tcg``. ``auto`` tries KVM
 once per process with a short bounded boot and falls back to TCG (nested KVM guests have been seen
@@ -101,11 +102,35 @@ def kvm_usable() -> bool:
 Cmd = Union[str, "list[str]"]
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Link:
+    """A private L2 link between two guests: each one's second NIC sends its frames as UDP datagrams from its
+    own loopback port to the other's (qemu ``-netdev socket,udp=…,localaddr=…``; no multicast, no host root,
+    no start order). The ports are picked free at creation, so two beds on one machine do not collide."""
+
+    def __init__(self) -> None:
+        self.ports = (free_udp_port(), free_udp_port())
+        while self.ports[1] == self.ports[0]:
+            self.ports = (self.ports[0], free_udp_port())
+
+    def side(self, index: int) -> tuple[int, int, str]:
+        """(local port, remote port, MAC) of side 0 or 1; the guest's address is 10.77.0.<index + 1>."""
+        return self.ports[index], self.ports[1 - index], f"52:54:00:77:00:{index + 1:02x}"
+
+
 class VM:
     """One qemu guest. ``start()`` boots it and waits for ssh; ``ssh()`` runs commands as root."""
 
-    def __init__(self, name: str, workdir: Path, key: Path, memory_mb: int = 2048) -> None:
+    def __init__(
+        self, name: str, workdir: Path, key: Path, memory_mb: int = 2048, link: Optional[tuple[Link, int]] = None
+    ) -> None:
         self.name = name
+        self.link = link
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key = key
@@ -181,6 +206,7 @@ class VM:
             f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
             "-device",
             "virtio-net-pci,netdev=n0",
+            *self._link_argv(),
             "-device",
             "virtio-rng-pci",
             "-display",
@@ -189,6 +215,17 @@ class VM:
             "none",
             "-serial",
             f"file:{self.serial}",
+        ]
+
+    def _link_argv(self) -> list[str]:
+        if self.link is None:
+            return []
+        local, remote, mac = self.link[0].side(self.link[1])
+        return [
+            "-netdev",
+            f"socket,id=n1,udp=127.0.0.1:{remote},localaddr=127.0.0.1:{local}",
+            "-device",
+            f"virtio-net-pci,netdev=n1,mac={mac}",
         ]
 
     # ---- lifecycle --------------------------------------------------------------------------
