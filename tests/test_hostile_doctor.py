@@ -37,7 +37,7 @@ def plant(path: Path, kind: str) -> None:
 
 
 CASES = [
-    *((["doctor"], kind) for kind in ("fifo", "giant", "loop", "dir")),
+    *((["doctor"], kind) for kind in ("fifo", "giant", "loop", "dir", "garbage")),
     (["apply"], "fifo"),
     (["apply"], "giant"),
     (["apply", "--dry-run"], "fifo"),
@@ -65,7 +65,8 @@ def test_hostile_kernel_files_end_with_one_line(tmp_path: Path, kind: str, comma
         pytest.fail(f"{command} hung on a {kind} in the tree")
     out = res.stdout + res.stderr
     assert "Traceback" not in out and res.returncode in (0, 1, 2, 3, 5), (res.returncode, out[-2000:])
-    assert len(out) < 200_000  # nothing of a giant file echoed
+    assert len(out) < 400_000  # nothing of a giant file echoed
+    assert "\x1b" not in out and "\x00" not in out  # garbage bytes shown escaped: no ESC sequence reaches a terminal
 
 
 def test_host_read_refuses_what_is_no_kernel_file(tmp_path: Path) -> None:
@@ -80,3 +81,10 @@ def test_host_read_refuses_what_is_no_kernel_file(tmp_path: Path) -> None:
     with pytest.raises(HostError):
         host.write("/fifo", "1")  # no reader: ENXIO at once, not a wait for one
     assert host.read_or("/fifo", "x") == "x"
+
+
+def test_printable_escapes_controls_and_keeps_colour() -> None:
+    from vllm_nodeagent.host.tty import printable
+
+    assert printable("a\x1b[2Jb\x1b]0;title\x07\r\u2028\tc\n") == "a\\x1b[2Jb\\x1b]0;title\\x07\\r\\u2028\tc\n"
+    assert printable("\x1b[1;31mFAIL\x1b[0m") == "\x1b[1;31mFAIL\x1b[0m"

@@ -18,12 +18,13 @@ import importlib
 import os
 import sys
 import textwrap
-from typing import Callable, Optional
+from typing import Callable, Optional, TextIO, cast
 
 from vllm_nodeagent import __version__, log
 from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, ConfigError
 from vllm_nodeagent.context import EXIT_HOST, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Context, read_config
 from vllm_nodeagent.host import Host
+from vllm_nodeagent.host.tty import Printable
 from vllm_nodeagent.nvml import NvmlOpener
 
 
@@ -324,6 +325,15 @@ def main(
     """Entry point. ``nvml_opener`` and ``host_cls`` let tests replay recorded NVML and kernel behaviour."""
     parser = build_parser()
     args = parse_args(parser, argv)
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = cast(TextIO, Printable(out)), cast(TextIO, Printable(err))  # no raw ESC shown
+    try:
+        return _main(args, nvml_opener, host_cls)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(args: argparse.Namespace, nvml_opener: Optional[NvmlOpener], host_cls: type[Host]) -> int:
     try:
         return _run(args, nvml_opener, host_cls)
     except ConfigError as exc:
