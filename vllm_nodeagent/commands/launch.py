@@ -63,6 +63,7 @@ def cmd_launch(ctx: Context, args: argparse.Namespace) -> int:
         return EXIT_HOST
     try:
         loop = Loop(ctx, topology=topo)
+        loop.prints_failure = True
         loop.add(ServeKeeper(loop, prewarm=False, gpus=args.gpus))
         rc = loop.run()
     finally:

@@ -109,6 +109,7 @@ class Loop:
         self._held: dict[Component, float] = {}  # not ticked before (after a failed tick): no busy loop of tracebacks
         self.exit_code: Optional[int] = None
         self.failure = ""  # why the daemon gave up, in one sentence (launch prints it as its one error line)
+        self.prints_failure = False  # launch: the failure is its one error line, so components do not log it too
         self.next_watchdog = 0.0
         self._stop_requested = False
         self._stops = 0  # SIGTERM/SIGINT seen (stop_signalled compares)

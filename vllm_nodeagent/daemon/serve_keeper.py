@@ -222,7 +222,8 @@ class ServeKeeper:
         except (LaunchError, OSError) as exc:
             if self.loop.pending_stop():  # a SIGTERM ended a wait of the start: a stop, not a failure
                 return
-            self.log.error("vllm_start_failed", error=str(exc))
+            if not (initial and self.loop.prints_failure):  # launch says it once, as its error line
+                self.log.error("vllm_start_failed", error=str(exc))
             if initial:
                 why = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
                 self.loop.fail(f"cannot start vLLM: {why}", 3 if getattr(exc, "host_fault", False) else 1)
@@ -302,7 +303,8 @@ class ServeKeeper:
         try:
             accept_args(pr)
         except LaunchError as exc:
-            self.log.error("vllm_start_failed", error=str(exc))
+            if not (self.loop.prints_failure and not self.loop.ready_sent):  # launch: its error line says it
+                self.log.error("vllm_start_failed", error=str(exc))
             if self.child is not None:
                 self.child.stop(self.vcfg.stop_timeout_s, self.loop.stop_signalled)
                 self.child = None
@@ -393,7 +395,8 @@ class ServeKeeper:
         self.child = None
         self.smoke = None
         if not self.loop.ready_sent:
-            self.log.error("vllm_failed_start", pid=ex.pid, result=ex.describe())
+            if not self.loop.prints_failure:  # launch says it once, as its error line (issue 26.6)
+                self.log.error("vllm_failed_start", pid=ex.pid, result=ex.describe())
             self.loop.fail(f"vLLM (pid {ex.pid}) ended before it was ready: {ex.describe()}; see its output above")
             return
         self._schedule_restart(now, ex.describe(), pid=ex.pid)
