@@ -1,4 +1,4 @@
-"""A launch fault reaches the operator once (issue 26.6): launch, launch --dry-run and serve on a fake root tree
+"""A launch fault reaches the operator once (issue 26.6): launch and launch --dry-run on a fake root tree
 whose config names a vLLM user that does not exist, run as the CLI in a new process; the fault's text appears
 exactly once across stdout and stderr (launch: its one error line, not also an error log line before it)."""
 
@@ -15,7 +15,7 @@ SAMPLE = (Path(__file__).resolve().parent.parent / "etc/config.toml").read_text(
 FAULT = "[vllm] user 'nosuchuser' does not exist"
 
 
-@pytest.mark.parametrize("command", [["launch", "--dry-run"], ["launch"], ["serve"]])
+@pytest.mark.parametrize("command", [["launch", "--dry-run"], ["launch"]])
 def test_a_launch_fault_is_said_once(tmp_path: Path, command: list[str]) -> None:
     root = tmp_path / "root"
     two_socket_8gpu(root)
