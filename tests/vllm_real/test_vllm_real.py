@@ -328,8 +328,20 @@ def test_g_doctor_sees_version_and_live_binding(agent: Agent) -> None:
     agent.wait_line("READY=1")
     cache = agent.root / "var/lib/vllm-nodeagent/vllm-probe-cache.json"
     before = cache.stat()
+    # doctor under --root reads the tree's /proc (the container case: the host's root at /host, its real /proc
+    # at /host/proc); this tree's /proc is a fixture holding sysctls only, while vLLM runs for real. So doctor
+    # runs in a private mount namespace where the tree's /proc is the real one: the live binding it reads is the
+    # real vLLM's, and the daemon beside it keeps its fixture.
     r = subprocess.run(
         [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            'mount --bind /proc "$0" && exec "$@"',
+            str(agent.root / "proc"),
             sys.executable,
             "-m",
             "vllm_nodeagent.cli",
