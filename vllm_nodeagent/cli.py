@@ -1,6 +1,6 @@
 """Command line: argparse, the dispatch table and the error boundary; each command lives in vllm_nodeagent.commands.
 The operator-facing text (--help and the man page, vllm_nodeagent/manpage.py) is DESCRIPTION, COMMANDS and
-EXIT_STATUS below.
+EXIT_STATUS in cli_text.py.
 
 Exit codes: 0 ok; 1 a setting or check failed; 2 usage or config error; 3 a host or state fault (not root, the
 state dir or journal unusable or refused, the journal lock not obtained, a host file unreadable); 4 an internal
@@ -21,7 +21,8 @@ import textwrap
 from typing import Callable, Optional, TextIO, cast
 
 from vllm_nodeagent import __version__, log
-from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, ConfigError
+from vllm_nodeagent.cli_text import COMMANDS, DESCRIPTION, EXIT_STATUS
+from vllm_nodeagent.config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from vllm_nodeagent.context import EXIT_HOST, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Context, read_config
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.host.tty import Printable
@@ -36,102 +37,6 @@ def parse_gpu_list(text: str) -> list[int]:
     if any(v < 0 for v in values) or not values:
         raise argparse.ArgumentTypeError(f"--gpus: expected comma-separated indices, got {text!r}")
     return values
-
-
-DESCRIPTION = """\
-Tunes a GPU server for vLLM and keeps it tuned: discovers the GPU/NUMA topology, applies host settings
-(sysctls, transparent hugepages, block scheduler, CPU governor, NVIDIA persistence, IRQs) with every original
-journaled for revert, prewarms model files into the page cache, and launches vLLM under the NUMA binding of its
-GPUs. Start with `doctor`: it changes nothing and says what apply would do."""
-
-EXIT_STATUS = """\
-exit status (every command):
-  0    ok (apply --dry-run: nothing to do)
-  1    a setting or check failed (doctor: a FAIL; with --strict, a WARN too)
-  2    usage or config error (one line naming the file, line, key and value)
-  3    host or state fault: not root, the state dir or journal unusable, the journal lock not obtained
-  4    internal error (a bug: VLLM_NODEAGENT_DEBUG=1 adds the traceback; please report it)
-  5    apply --dry-run: changes pending
-  130  interrupted"""
-
-# Per command: (one-line summary, what it does for an operator, examples). The same text makes --help and the
-# man page (vllm_nodeagent/manpage.py), so the two cannot disagree.
-COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "topology": (
-        "show the GPU/NUMA/NIC/disk map",
-        "Which NUMA node and CPUs each GPU, NIC and disk is local to, the CPUs this process may use (online, "
-        "affinity, cgroup cpuset) and what was left out and why. NVML when it answers, sysfs otherwise. Read-only.",
-        ("vllm-nodeagent topology", "vllm-nodeagent topology --json | jq '.gpus[0]'"),
-    ),
-    "doctor": (
-        "audit settings and readiness (read-only)",
-        "Every configured setting (current vs what apply would write) and the readiness checks (/dev/shm, limits, "
-        "storage, GPU health, driver stack, P2P): pass, warn, fail or skip, each with a fix you can paste. Changes "
-        "no setting.",
-        (
-            "vllm-nodeagent doctor",
-            "vllm-nodeagent doctor --config /etc/vllm-nodeagent/config.toml --strict",
-            "vllm-nodeagent doctor --only sysctl thp gpu.xid --wide",
-            "vllm-nodeagent doctor --json | jq '.checks[] | select(.status == \"fail\")'",
-            "vllm-nodeagent --root /srv/snapshot doctor",
-            "vllm-nodeagent doctor --slurm   # as Slurm's HealthCheckProgram (docs/slurm.md)",
-        ),
-    ),
-    "apply": (
-        "apply and verify the configured settings",
-        "Writes each setting that does not hold (floors never lower a host already above), after journaling its "
-        "original durably, then reads it back. --dry-run shows what would be written and writes nothing.",
-        (
-            "vllm-nodeagent apply --dry-run",
-            "sudo vllm-nodeagent apply",
-            "sudo vllm-nodeagent apply --only sysctl thp.enabled",
-        ),
-    ),
-    "revert": (
-        "restore what apply wrote",
-        "For every journaled setting: puts the original back where the live value is still what the agent wrote; "
-        "a value someone changed since is left as is and reported. Then clears the journal. Needs no config.",
-        (
-            "vllm-nodeagent revert --dry-run",
-            "sudo vllm-nodeagent revert",
-            "sudo vllm-nodeagent revert --forget sysctl.vm.max_map_count",
-        ),
-    ),
-    "journal": (
-        "what apply wrote, when, and whether it still holds",
-        "journal show: every journaled setting with its original, what the agent wrote and when, and whether the "
-        "live value is still that (revert would restore it) or someone changed it since. Read-only.",
-        ("vllm-nodeagent journal show", "vllm-nodeagent journal show --json | jq '.entries[]'"),
-    ),
-    "prewarm": (
-        "read model files into the page cache",
-        "Reads files, directories or Hugging Face model ids (from the offline cache) into the page cache at disk "
-        "speed within a memory budget and reports how much is resident (cachestat/mincore).",
-        (
-            "vllm-nodeagent prewarm /models/llama-3-8b",
-            "vllm-nodeagent prewarm --budget 64G meta-llama/Llama-3.1-8B-Instruct",
-            "vllm-nodeagent prewarm --lock --budget 0.5 /models/m   # hold the pages until Ctrl-C",
-        ),
-    ),
-    "launch": (
-        "run vLLM under the NUMA binding of its GPUs (foreground)",
-        "Starts the [vllm] command as its unprivileged user under the numactl binding that matches its GPUs and "
-        "supervises it in the foreground. --dry-run prints the plan (argv, binding, environment) and starts nothing.",
-        ("vllm-nodeagent launch --dry-run", "vllm-nodeagent launch --dry-run --json --gpus 2,3"),
-    ),
-    "run": (
-        "the daemon (what vllm-nodeagent.service starts)",
-        'Applies the settings (or, with [agent] mode = "audit", only verifies them), then watches drift, exports '
-        "metrics and, in the single layout, prewarms and supervises vLLM. Type=notify: STATUS= says what it does.",
-        ("systemctl start vllm-nodeagent", "vllm-nodeagent run --layout split"),
-    ),
-    "serve": (
-        "vLLM's own unit: prewarm, launch, READY when serving",
-        "What vllm-nodeagent-serve.service starts, as user vllm: prewarm, launch vLLM under the binding, READY=1 "
-        "once it passed the readiness gate; exits when vLLM fails so systemd restarts it.",
-        ("systemctl start vllm-nodeagent-serve", "vllm-nodeagent serve --configured && echo configured"),
-    ),
-}
 
 
 def examples(name: str) -> str:
@@ -276,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start nothing; exit 0 when [vllm] has something to serve as user vllm, 1 when not",
     )
+
+    rl = command("reload")
+    rl.add_argument("pid", nargs="?", type=int, default=None, metavar="PID", help="the daemon (default: $MAINPID)")
     return p
 
 
@@ -306,7 +214,9 @@ _COMMANDS: dict[str, str] = {
     "launch": "vllm_nodeagent.commands.launch:cmd_launch",
     "run": "vllm_nodeagent.commands.run:cmd_run",
     "serve": "vllm_nodeagent.commands.serve:cmd_serve",
+    "reload": "vllm_nodeagent.commands.reload:cmd_reload",
 }
+NO_CONFIG = frozenset({"reload"})  # the daemon judges its own config (and knows which file it is)
 
 CommandFn = Callable[[Context, argparse.Namespace], int]
 
@@ -354,7 +264,7 @@ def _run(args: argparse.Namespace, nvml_opener: Optional[NvmlOpener], host_cls: 
     if not host.root.is_dir():
         print(f"vllm-nodeagent: --root {args.root}: not a directory", file=sys.stderr)
         return EXIT_USAGE
-    config = read_config(host, args.config)
+    config = Config(path="(not read)") if args.command in NO_CONFIG else read_config(host, args.config)
     log_format = args.log_format or config.agent.log_format
     long_running = args.command in LONG_RUNNING or args.command == "launch"
     # One-shot commands print their results on stdout; stderr carries only warnings and errors (issue 26.5).

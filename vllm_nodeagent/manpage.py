@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vllm_nodeagent import cli
+from vllm_nodeagent import cli, cli_text
 from vllm_nodeagent.config import DEFAULT_CONFIG_PATH
 
 
@@ -60,7 +60,7 @@ def render() -> str:
         "\\fBvllm\\-nodeagent\\fR [\\fB\\-\\-root\\fR \\fIDIR\\fR] [\\fB\\-\\-config\\fR \\fIFILE\\fR] "
         "[\\fB\\-\\-log\\-format\\fR \\fIconsole\\fR|\\fIjson\\fR] \\fICOMMAND\\fR [\\fIoptions\\fR]",
         ".SH DESCRIPTION",
-        esc(" ".join(cli.DESCRIPTION.split())),
+        esc(" ".join(cli_text.DESCRIPTION.split())),
         ".PP",
         "The global options may come before or after the command.",
         ".SH GLOBAL OPTIONS",
@@ -68,14 +68,14 @@ def render() -> str:
         ".SH COMMANDS",
     ]
     for name, sub in _subparsers(parser).items():
-        summary, text, examples = cli.COMMANDS[name]
+        summary, text, examples = cli_text.COMMANDS[name]
         out += [f".SS {esc(name)} \\(em {esc(summary)}", esc(text)]
         for leaf in [sub, *_subparsers(sub).values()]:
             usage = " ".join(leaf.format_usage().split()[1:])
             out += [".PP", f"\\fB{esc(usage)}\\fR", *_options(leaf, skip_global=True)]
         out += [".PP", "Examples:", ".RS", ".nf", *(esc(e) for e in examples), ".fi", ".RE"]
     out += [".SH EXIT STATUS"]
-    for line in cli.EXIT_STATUS.splitlines()[1:]:
+    for line in cli_text.EXIT_STATUS.splitlines()[1:]:
         code, _, what = line.strip().partition(" ")
         out += [".TP", f"\\fB{code}\\fR", esc(what.strip())]
     out += [

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Protocol
 from vllm_nodeagent import log
 from vllm_nodeagent.config import Config, ConfigError
 from vllm_nodeagent.daemon.metrics import Metrics, resolve_textfile
-from vllm_nodeagent.daemon.notify import Notifier
+from vllm_nodeagent.daemon.notify import Notifier, monotonic_usec
+from vllm_nodeagent.daemon.reload_ack import ReloadAck, ack_path, write_ack
 
 if TYPE_CHECKING:
     from vllm_nodeagent.context import Context
@@ -91,6 +92,7 @@ class Loop:
         notifier: Optional[Notifier] = None,
         clock: Callable[[], float] = time.monotonic,
         export_metrics: bool = True,
+        reload_ack: Optional[str] = None,
     ) -> None:
         self.ctx = ctx
         self.topo = topology
@@ -104,6 +106,8 @@ class Loop:
         self.nvml_error = ""
         self.ready_sent = False
         self.reload_pending = False  # RELOADING=1 sent; a component restarted: READY=1 once all are ready again
+        self.reload_ack = ack_path() if reload_ack is None else reload_ack  # "" = nobody waits (not systemd)
+        self._reload_usec = 0  # when the SIGHUP being handled was taken in: the ack names it
         self.failures: dict[str, int] = {}  # component_failed per boundary
         self.retry_after_failure_s = RETRY_AFTER_FAILURE_S
         self._held: dict[Component, float] = {}  # not ticked before (after a failed tick): no busy loop of tracebacks
@@ -205,10 +209,12 @@ class Loop:
         a vLLM restart: systemd ignores the repeat, a reader of the notify stream sees when serving resumed."""
         if all(c.ready() for c in self.components):
             self.ready_sent = True
-            self.reload_pending = False
             text = self.status_text()
             self.notify.ready(text)
             self.log.info("ready", status=text)
+            if self.reload_pending:
+                self.reload_pending = False
+                self._ack_reload(ReloadAck(self._reload_usec, True, ""))
 
     # -- signals -----------------------------------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -321,7 +327,13 @@ class Loop:
         self.guarded("metrics", self.metrics.write)
 
     # -- reload / stop -----------------------------------------------------------------------------------------------
+    def _ack_reload(self, ack: ReloadAck) -> None:
+        """Tell ``vllm-nodeagent reload`` (ExecReload=) that this reload is over; it waits for nothing else."""
+        if self.reload_ack:
+            self.guarded("reload", lambda: write_ack(self.ctx.host, self.reload_ack, ack))
+
     def _reload(self) -> None:
+        self._reload_usec = monotonic_usec()
         self.notify.reloading()
         old: Config = self.ctx.config
         try:
@@ -329,6 +341,7 @@ class Loop:
         except ConfigError as exc:
             self.log.error("config_reload_failed", error=str(exc), kept=old.path)
             self.notify.ready(self.status_text())
+            self._ack_reload(ReloadAck(self._reload_usec, False, f"{exc} (the running config is kept)"))
             return
         self.ctx.config = new
         self.log.info("config_reloaded", path=new.path)
@@ -342,6 +355,7 @@ class Loop:
             self.guarded(c.name, functools.partial(c.reload, old, new))
         if not self.reload_pending:  # a component that restarted (vLLM) sends READY=1 once it is ready again
             self.notify.ready(self.status_text())
+            self._ack_reload(ReloadAck(self._reload_usec, True, ""))
 
     def _stop(self) -> int:
         """Stop fans out to every component, the last added first (vLLM stops before settings are reverted)."""
