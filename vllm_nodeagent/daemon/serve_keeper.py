@@ -17,9 +17,10 @@ from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.daemon.loop import Status
 from vllm_nodeagent.daemon.prewarm_step import learn_after_ready, prewarm_before_start
 from vllm_nodeagent.daemon.serve_child import keeper_status, pid_file_path, pin_pending, verify_binding
+from vllm_nodeagent.daemon.serve_gate import check_loading
 from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
 from vllm_nodeagent.serving.env import LaunchError
-from vllm_nodeagent.serving.plan import LaunchPlan, accept_args, something_to_launch, start_plan
+from vllm_nodeagent.serving.plan import LaunchPlan, something_to_launch, start_plan
 from vllm_nodeagent.serving.probe import ProbeBeside
 from vllm_nodeagent.serving.readiness import SmokeCheck
 from vllm_nodeagent.serving.reaper import reclaim
@@ -29,11 +30,6 @@ if TYPE_CHECKING:
     from vllm_nodeagent.config import Config
     from vllm_nodeagent.daemon.loop import Loop
 
-HEALTH_POLL_S = 0.5  # while vLLM loads
-GATE_POLL_S = 0.2  # while the smoke completion runs (in its thread)
-GATE_RETRY_S = 2.0  # after a failed smoke completion, while vLLM still runs
-EXTEND_EVERY_S = 10.0  # EXTEND_TIMEOUT_USEC cadence while loading
-EXTEND_BY_S = 30.0
 PIN_POLL_S = 2.0  # looking for workers to pin (binding "numactl+pin")
 NO_PIDFD_POLL_S = 1.0  # a kernel without pidfd: poll the child
 CRASH_LOOP_AFTER = 3
@@ -152,7 +148,7 @@ class ServeKeeper:
                 self._child_exited(ex, self.clock())
                 return
         if self.phase in ("loading", "gating") and self.child is not None:
-            self._check_loading(now)
+            check_loading(self, now)
         elif self.phase == "backoff" and now >= self.restart_at:
             self._start_child(initial=False)
         elif self.phase == "serving" and self.child is not None and self.child.healthy_since is not None:
@@ -252,96 +248,6 @@ class ServeKeeper:
     def _awaiting_ready(self) -> bool:
         """systemd waits for READY=1: the first start, or a reload that restarts vLLM."""
         return not self.loop.ready_sent or self.loop.reload_pending
-
-    def _check_loading(self, now: float) -> None:
-        if self.child is None:
-            return
-        if self._awaiting_ready() and now >= self.next_extend:
-            remaining = self.load_deadline - now
-            if remaining > 0:
-                self.loop.notify.extend_timeout(min(EXTEND_BY_S, remaining + 5.0))
-            self.next_extend = now + EXTEND_EVERY_S
-        if now >= self.load_deadline:
-            self.loop.metrics.add_gate_failure()
-            self.log.error("vllm_start_timeout", pid=self.child.pid, start_timeout_s=self.vcfg.start_timeout_s)
-            self.child.stop(self.vcfg.stop_timeout_s, self.loop.stop_signalled)
-            self.child = None
-            self.smoke = None
-            if not self.loop.ready_sent:
-                self.loop.fail(
-                    f"vLLM was not ready within [vllm] start_timeout_s = "
-                    f"{self.vcfg.start_timeout_s:g} s: raise it, or see vLLM's output above"
-                )
-            else:
-                self._schedule_restart(now, "start timeout")
-            return
-        if self.args_probe is not None and not self._args_accepted(self.args_probe, now):
-            return
-        if self.phase == "gating":
-            self._check_gate(now)
-            return
-        if now < self.next_health:
-            return
-        if not health_ok(self.vcfg.health_url):
-            self.next_health = self.clock() + HEALTH_POLL_S
-            return
-        if self.vcfg.readiness == "health":
-            self._child_healthy(self.clock(), "health")
-            return
-        self.log.info("vllm_health_ok", pid=self.child.pid, load_s=round(self.clock() - self.child.started_at, 3))
-        self._start_gate(self.clock())
-
-    def _args_accepted(self, args_probe: ProbeBeside, now: float) -> bool:
-        """The argument probe beside vLLM's start: False while it runs (no READY before vLLM's parser accepted
-        ``[vllm] args``) and when it rejected them; then vLLM is stopped and the start fails as it did when the
-        probe ran before it (same error, exit 1 for the first start, a backoff restart after a reload)."""
-        pr = args_probe.result()
-        if pr is None:
-            self.next_health = now + HEALTH_POLL_S
-            return False
-        self.args_probe = None
-        try:
-            accept_args(pr)
-        except LaunchError as exc:
-            if not (self.loop.prints_failure and not self.loop.ready_sent):  # launch: its error line says it
-                self.log.error("vllm_start_failed", error=str(exc))
-            if self.child is not None:
-                self.child.stop(self.vcfg.stop_timeout_s, self.loop.stop_signalled)
-                self.child = None
-            self.plan = None
-            if not self.loop.ready_sent:
-                self.loop.fail(f"cannot start vLLM: {exc}")
-            else:
-                self._schedule_restart(self.clock(), f"start failed: {exc}")
-            return False
-        return True
-
-    def _start_gate(self, now: float) -> None:
-        """Second half of the gate: a one-token completion, in a thread; the loop polls it."""
-        self.phase = "gating"
-        self.smoke = SmokeCheck(self.vcfg)
-        self.next_gate = now + GATE_POLL_S
-        self.loop.status_now()
-
-    def _check_gate(self, now: float) -> None:
-        if now < self.next_gate or self.child is None:
-            return
-        if self.smoke is None:
-            self.smoke = SmokeCheck(self.vcfg)
-        result = self.smoke.result()
-        if result is None:
-            self.next_gate = now + GATE_POLL_S
-            return
-        self.smoke = None
-        ok, detail = result
-        if ok:
-            self.log.info("vllm_smoke_ok", pid=self.child.pid, detail=detail)
-            self._child_healthy(self.clock(), "health+completion")
-            return
-        # /health said 200 but no token came: not ready. Retry while it runs (a crash is noticed by its exit).
-        self.loop.metrics.add_gate_failure()
-        self.log.warning("vllm_smoke_failed", pid=self.child.pid, detail=detail, retry_in_s=GATE_RETRY_S)
-        self.next_gate = now + GATE_RETRY_S
 
     def _child_healthy(self, now: float, gate: str) -> None:
         """vLLM passed the readiness gate: serving, and READY=1 once every component is ready."""
