@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +20,17 @@ def cpumask(cpus: list[int]) -> str:
     return ",".join(f"{(value >> (32 * w)) & 0xFFFFFFFF:08x}" for w in reversed(range(words)))
 
 
+def real_accounts(root: Path, *names: str) -> None:
+    """The tree's own /etc/passwd and /etc/group holding root and ``names`` with this machine's real uid/gid, for
+    trees whose processes really run as those users (under --root the agent reads accounts from the tree only)."""
+    users = [pwd.getpwnam("root"), *(pwd.getpwnam(n) for n in names if n != "root")]
+    gids = sorted({u.pw_gid for u in users})
+    etc = root / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "passwd").write_text("".join(f"{u.pw_name}:x:{u.pw_uid}:{u.pw_gid}::{u.pw_dir}:/bin/false\n" for u in users))
+    (etc / "group").write_text("".join(f"{grp.getgrgid(g).gr_name}:x:{g}:\n" for g in gids))
+
+
 class FakeHost:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -28,6 +41,10 @@ class FakeHost:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text if text.endswith("\n") or text == "" else text + "\n")
         return p
+
+    def accounts(self, *names: str) -> None:
+        """The tree's own /etc/passwd and /etc/group: root and ``names``, with the machine's uids (real_accounts)."""
+        real_accounts(self.root, *names)
 
     def link(self, host_path: str, target: str) -> None:
         p = self.root / host_path.lstrip("/")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakehost import real_accounts
 
 from vllm_nodeagent.config import parse_config
 from vllm_nodeagent.host import Host
@@ -62,6 +63,7 @@ def make(tmp_path: Path, base: Path, extra: str = "", user: str = "nobody") -> t
         f'[vllm]\ncommand = ["{base}/venv/bin/python", "-m", "vllm"]\nmodel = "m"\nuser = "{user}"\n{extra}', "c"
     )
     host = Host(tmp_path / "root")
+    real_accounts(tmp_path / "root", "nobody")  # the tree's accounts: root and the machine's real nobody
     state = tmp_path / "root" / STATE.lstrip("/")
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o755)

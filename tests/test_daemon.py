@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+from fakehost import real_accounts
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "tests" / "standin_vllm.py"
@@ -114,6 +115,7 @@ class Bed:
         (sysvm / "max_map_count").write_text("65530\n")
         (self.root / "proc/meminfo").write_text("MemTotal: 8000000 kB\nMemAvailable: 4000000 kB\n")
         self.metrics.parent.mkdir(parents=True)
+        real_accounts(self.root, "nobody")  # under --root the accounts are the tree's: root, the machine's nobody
 
     def write_config(
         self,

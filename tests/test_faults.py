@@ -658,6 +658,7 @@ def test_launch_start_failure_is_one_plain_line(
     says: str,
 ) -> None:
     """A vLLM that cannot start, or dies while loading, ends `launch` with one plain line (not only log events)."""
+    host.accounts("nobody")
     rc, out, err = run(
         host.root,
         capsys,

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from fakehost import real_accounts
 from hostile_user import as_user, attacker_user
 
 from vllm_nodeagent.config import parse_config
@@ -49,6 +50,7 @@ def test_root_never_runs_an_interpreter_the_vllm_user_can_swap(tmp_path: Path) -
             cfg = parse_config(f'[vllm]\ncommand = ["{py}", "-m", "vllm"]\nmodel = "m"\nuser = "{atk.pw_name}"\n', "c")
             assert cfg.vllm is not None
             host = Host(tmp_path / "root")
+            real_accounts(tmp_path / "root", atk.pw_name)  # the tree's accounts: the attacker's real uid
             (tmp_path / "root" / STATE.lstrip("/")).mkdir(parents=True)
             t = bytecode.Bytecode(host, cfg.vllm, STATE)
             env, _ = t._environment()

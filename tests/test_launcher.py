@@ -13,9 +13,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fakehost import real_accounts
 from jsoncontract import check
 
 from vllm_nodeagent.config import VllmConfig
+from vllm_nodeagent.host import Host
 from vllm_nodeagent.serving import args as vllm_args
 from vllm_nodeagent.serving import checks as serving_checks
 from vllm_nodeagent.serving import state as serving_state
@@ -145,10 +147,9 @@ def test_child_env_cache_dirs(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 def test_prepare_cache_dir_owned_by_the_user_and_refuses_links(tmp_path: Path) -> None:
-    from vllm_nodeagent.host import Host
     from vllm_nodeagent.serving.env import prepare_cache_dir
 
-    who = resolve_user("nobody")
+    who = resolve_user("nobody", Host("/"))
     path = prepare_cache_dir(Host(tmp_path), "/var/cache/vna", who)
     st = os.stat(path)
     assert path == str(tmp_path / "var/cache/vna/nobody")
@@ -265,7 +266,7 @@ def test_probe_runs_as_the_vllm_user_never_root(tmp_path: Path) -> None:
         marker = base / "w" / "uid"
         init = Path(site) / "vllm" / "__init__.py"
         init.write_text(init.read_text() + f"import os\nopen({str(marker)!r}, 'w').write(str(os.getuid()))\n")
-        who = resolve_user("nobody")
+        who = resolve_user("nobody", Host("/"))
         r = vllm_args.probe(python, ["--port", "1"], env={"PATH": "/usr/bin", "PYTHONPATH": site}, run_as=who)
         assert r.available and r.error == "", r
         assert r.uid == who.uid != 0
@@ -289,6 +290,8 @@ def run_cli(
     node = root / "sys/devices/system/node/node0"
     node.mkdir(parents=True, exist_ok=True)
     (node / "cpulist").write_text("0-1\n")
+    if not (root / "etc/passwd").exists():  # a test's own accounts stay; else root and the machine's nobody
+        real_accounts(root, "nobody")
     full = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     return subprocess.run(
         [
@@ -358,7 +361,6 @@ def test_launch_rejects_args_vllm_refuses(tmp_path: Path) -> None:
 def test_doctor_checks(tmp_path: Path) -> None:
     from vllm_nodeagent.config import AgentConfig, Config
     from vllm_nodeagent.context import Context
-    from vllm_nodeagent.host import Host
 
     state = tmp_path / "state"
     state.mkdir()
@@ -399,7 +401,6 @@ def test_doctor_reads_the_daemons_plan_instead_of_replanning(tmp_path: Path) -> 
     """binding = "vllm" (vLLM binds its own workers): a re-plan with defaults would expect numactl and FAIL."""
     from vllm_nodeagent.config import AgentConfig, Config
     from vllm_nodeagent.context import Context
-    from vllm_nodeagent.host import Host
 
     state = tmp_path / "state"
     state.mkdir()

@@ -252,6 +252,34 @@ def test_the_file_reader_sees_each_form() -> None:
     ]
 
 
+# -- accounts (issue 26.8): users and groups come from host/accounts.py only (the --root tree's files, never NSS) --
+ACCOUNT_MODULES = {"pwd", "grp", "spwd", "getpass"}
+ACCOUNT_CALLS = {"os.getlogin", "os.getgrouplist", "os.initgroups"}
+
+
+def account_lookups(tree: ast.Module) -> list[str]:
+    """``line: what`` of every import of an account module and every call that asks NSS for an account."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [f"{node.lineno}: import {a.name}" for a in node.names if a.name in ACCOUNT_MODULES]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "") in ACCOUNT_MODULES:
+            found.append(f"{node.lineno}: from {node.module}")
+        elif isinstance(node, ast.Call) and _dotted(node.func) in ACCOUNT_CALLS:
+            found.append(f"{node.lineno}: {_dotted(node.func)}")
+    return found
+
+
+def test_only_the_account_model_looks_up_accounts() -> None:
+    found = {rel: account_lookups(tree) for rel, tree in modules().items() if rel != "host/accounts.py"}
+    assert {rel: f for rel, f in found.items() if f} == {}
+
+
+def test_the_account_reader_sees_each_form() -> None:
+    tree = ast.parse("import pwd\nfrom grp import getgrnam\nimport getpass\nos.getlogin()\nos.getuid()\n")
+    assert account_lookups(tree) == ["1: import pwd", "2: from grp", "3: import getpass", "4: os.getlogin"]
+
+
 # -- one status (issue 26) ----------------------------------------------------------------------------------------
 STATUS_MODULE = "checks/status.py"
 STATUS_VALUES = {"pass", "warn", "fail", "skip"}

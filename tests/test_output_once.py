@@ -37,6 +37,7 @@ def test_topology_says_nvml_is_missing_once_and_logs_console_off_a_tty(tmp_path:
 
 
 def test_json_logs_only_when_asked(hgx: FakeHost) -> None:
+    hgx.accounts()  # root, from the tree's own /etc/passwd
     hgx.write("/sys/devices/system/node/node1/cpulist", "garbage")  # a warning: node 1 unreadable
     cfg = hgx.root.parent / "c.toml"
     cfg.write_text('[vllm]\nmodel = "org/m"\nnodes = [0]\nuser = "root"\n')

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakehost import real_accounts
 
 from vllm_nodeagent.cli import main
 
@@ -74,6 +75,7 @@ def base() -> Iterator[Path]:
 
 def run(tmp_path: Path, base: Path, *args: str, stack: bool = True, mem_kb: int = 8 << 20) -> int:
     root = tmp_path / "root"
+    real_accounts(root, "nobody")  # under --root the accounts are the tree's: the machine's real nobody
     (root / "proc").mkdir(parents=True, exist_ok=True)
     (root / "proc" / "meminfo").write_text(f"MemTotal: {2 * mem_kb} kB\nMemAvailable: {mem_kb} kB\n")
     cfg = tmp_path / "config.toml"
@@ -185,6 +187,7 @@ def test_daemon_warm_up_beside_the_start_returns_at_once_then_reads_stack_then_w
     weights.parent.mkdir()
     weights.write_bytes(os.urandom(MIB))
     root = tmp_path / "root"
+    real_accounts(root, "nobody")
     (root / "proc").mkdir(parents=True)
     (root / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
     cfg = parse_config(

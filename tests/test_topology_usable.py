@@ -314,6 +314,7 @@ def test_no_command_dies_on_malformed_sysfs(tmp_path: Path) -> None:
     h.write("/sys/devices/pci0000:00/0000:01:00.0/local_cpulist", "??")
     h.write("/sys/devices/pci0000:00/0000:01:00.0/local_cpus", "xyz")
     h.write("/proc/driver/nvidia/gpus/0000:01:00.0/numa_status", "Node: none\n")
+    h.accounts()  # root, from the tree's own /etc/passwd
     conf = h.root / "c.toml"
     conf.write_text('[vllm]\nmodel = "org/m"\nnodes = [1]\nuser = "root"\n')
     conf.chmod(0o600)

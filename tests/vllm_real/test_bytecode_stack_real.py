@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakehost import real_accounts
 
 from vllm_nodeagent.cli import main
 from vllm_nodeagent.config import parse_config
@@ -56,6 +57,7 @@ def make(tmp: Path, copy: Path, pythonpath: bool = True, prewarm: str = "") -> t
     state = root / STATE.lstrip("/")
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o755)
+    real_accounts(root, "nobody")  # under --root the accounts are the tree's: the machine's real nobody
     (root / "proc").mkdir(exist_ok=True)
     (root / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
     text = (

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from fakehost import real_accounts
 
+from vllm_nodeagent.host import Host
 from vllm_nodeagent.serving import args as vllm_args
 from vllm_nodeagent.serving.env import resolve_user
 
@@ -115,7 +117,7 @@ def model_dir() -> Iterator[str]:
 def test_probe_real_parser_tables_and_numa_bind() -> None:
     """One probe (each costs a vLLM import): the interpreter + -m form, as nobody. Every removed flag is unknown to
     the real parser, every risky flag is accepted, --numa-bind(-nodes) are known."""
-    nobody = resolve_user("nobody")
+    nobody = resolve_user("nobody", Host("/"))
     risky = ["--enforce-eager", "--trust-remote-code", "--disable-custom-all-reduce"]
     assert set(risky) == set(vllm_args.RISKY_FLAGS)
     command = [f"{VENV}/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
@@ -150,7 +152,7 @@ def test_probe_console_script_resolves_and_rejects_a_removed_flag() -> None:
         ["--swap-space", "4"],
         path_env=f"{VENV}/bin:/usr/bin",
         env={"PATH": f"{VENV}/bin:/usr/bin:/bin", "HOME": "/tmp"},
-        run_as=resolve_user("nobody"),
+        run_as=resolve_user("nobody", Host("/")),
     )
     assert r.available, r.reason
     assert "--swap-space" in r.error
@@ -166,6 +168,7 @@ class Agent:
         node.mkdir(parents=True)
         (node / "cpulist").write_text(",".join(str(c) for c in sorted(os.sched_getaffinity(0))) + "\n")
         (node / "meminfo").write_text("Node 0 MemTotal:       8000000 kB\n")
+        real_accounts(self.root, "nobody")  # the tree's accounts: vLLM really runs as the machine's nobody
         (self.root / "proc").mkdir()
         (self.root / "proc/meminfo").write_text("MemTotal: 8000000 kB\nMemAvailable: 4000000 kB\n")
         (self.root / "var/lib/node_exporter").mkdir(parents=True)

@@ -119,6 +119,15 @@ class Probe:
         except HostError:
             return None
 
+    def account_unknown(self, name: str) -> str:
+        """Why ``account(name)`` is None, naming the file (the tree's under --root): for the check's line."""
+        accounts = Accounts.of(self.host)
+        try:
+            accounts.users()
+        except HostError as exc:
+            return str(exc)
+        return accounts.unknown(name)
+
     def vllm_pid(self) -> Optional[int]:
         """The live vLLM pid from its pid file (None when vLLM is not running, or the file or the process is not
         trusted: ``vllm_running().problem`` says why): the root agent's state dir (single layout) or the serve

@@ -88,7 +88,12 @@ def remove_ipc_check(probe: Probe) -> CheckResult:
     acct = probe.account(cfg.user)
     if acct is None:
         return CheckResult(
-            cid, Status.SKIP, f"user {cfg.user} not in /etc/passwd", None, "", "cannot judge an unknown user"
+            cid,
+            Status.SKIP,
+            f"user {cfg.user}: {probe.account_unknown(cfg.user)}",
+            None,
+            "",
+            "cannot judge an unknown user",
         )
     remove = parse_logind_remove_ipc(logind_texts(probe))
     effective = True if remove is None else remove

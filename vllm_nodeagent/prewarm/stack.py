@@ -146,7 +146,7 @@ def learned_libraries(host: Host, state_dir: str) -> Optional[set[str]]:
     return {p for p in libs if isinstance(p, str)} if isinstance(libs, list) else None
 
 
-def config_stack(config: Config, host: Optional[Host] = None) -> tuple[list[WarmFile], list[str]]:
+def config_stack(config: Config, host: Host) -> tuple[list[WarmFile], list[str]]:
     """The stack of the configured vLLM (``[vllm]`` command/python/user/env); ([], [why]) when there is none to
     ask. The interpreter's path is asked as the vLLM user (serving/bytecode.env_info), never run as root."""
     from vllm_nodeagent.serving import bytecode as bc
@@ -158,7 +158,7 @@ def config_stack(config: Config, host: Optional[Host] = None) -> tuple[list[Warm
     if cfg is None or not something_to_launch(cfg):
         return [], []
     try:
-        who = resolve_user(cfg.user)
+        who = resolve_user(cfg.user, host)
     except LaunchError as exc:
         return [], [f"serving stack not warmed: {exc}"]
     env = child_env(cfg, who, [])
@@ -169,5 +169,5 @@ def config_stack(config: Config, host: Optional[Host] = None) -> tuple[list[Warm
         info = bc.env_info(python, env, who)
     except bc.BytecodeError as exc:
         return [], [f"serving stack not warmed: {exc}"]
-    learned = learned_libraries(host, config.agent.state_dir) if host is not None else None
+    learned = learned_libraries(host, config.agent.state_dir)
     return stack_files(python, info.path, learned)

@@ -48,17 +48,18 @@ class RunAs:
     switch: bool  # False when the agent already runs as this user
 
 
-def resolve_user(name: str, host: Optional[Host] = None) -> RunAs:
-    """The account vLLM runs as, from the host's /etc/passwd and /etc/group (``--root``'s under a root; never
-    NSS). Root only when written explicitly; switching needs the agent to be root."""
-    accounts = Accounts.of(host) if host is not None else Accounts("/")
+def resolve_user(name: str, host: Host) -> RunAs:
+    """The account vLLM runs as, from the host's /etc/passwd and /etc/group (``--root``'s only under a root, even
+    when the tree has none; never NSS). Root only when written explicitly; switching needs the agent to be root."""
+    accounts = Accounts.of(host)
     try:
         pw = accounts.user(name)
     except HostError as exc:
         raise LaunchError(f"[vllm] user {name!r}: cannot read the accounts: {exc}") from None
     if pw is None:
         raise LaunchError(
-            f"[vllm] user {name!r} does not exist (the package creates 'vllm'; or: useradd --system {name})"
+            f"[vllm] user {name!r} does not exist: {accounts.unknown(name)}"
+            f" (the package creates 'vllm'; or: {accounts.add_hint(name)})"
         ) from None
     euid = os.geteuid()
     if pw.uid == 0 and name != "root":

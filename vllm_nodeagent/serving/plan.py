@@ -23,7 +23,7 @@ from vllm_nodeagent import log
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.host.parse import format_cpulist
 from vllm_nodeagent.serving.args import NUMA_BIND_FLAG, NUMA_BIND_NODES_FLAG, ProbeResult, static_findings
-from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, RunAs, child_env, resolve_user
+from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, RunAs, child_env
 from vllm_nodeagent.serving.probe import ProbeBeside, probe_as_user, probe_beside
 from vllm_nodeagent.slurm_step import StepGpuError, StepGpus, step_gpus
 from vllm_nodeagent.topology import Topology
@@ -121,14 +121,14 @@ def plan(
     *,
     gpus_override: Optional[list[int]] = None,
     vllm_numa_bind: Callable[[], bool] = lambda: False,
-    run_as: Optional[RunAs] = None,
+    run_as: RunAs,
     numactl: Optional[str] = None,
     source_env: Optional[dict[str, str]] = None,
     cache_dir: str = "",
 ) -> LaunchPlan:
     """The launch plan. ``vllm_numa_bind`` answers whether the installed vLLM knows ``--numa-bind-nodes``
     (asked only when the GPUs span nodes, because it costs a vLLM import in a subprocess)."""
-    who = run_as or resolve_user(cfg.user)
+    who = run_as
     try:
         step = step_gpus(os.environ if source_env is None else source_env, topo)
     except StepGpuError as exc:

@@ -60,7 +60,7 @@ class Bytecode(TunableDefaults):
         if self.cfg is None:
             raise NotApplicable("no [vllm] section")
         try:
-            who = resolve_user(self.cfg.user)
+            who = resolve_user(self.cfg.user, self.host)
         except LaunchError as exc:
             raise NotApplicable(str(exc)) from None
         env = child_env(self.cfg, who, [])
