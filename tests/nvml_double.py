@@ -173,6 +173,10 @@ class NvmlDouble:
                 )
         return out
 
+    def nvmlDeviceGetCudaComputeCapability(self, h: dict[str, Any]) -> tuple[int, int]:
+        major, minor = _answer(h, "cuda_compute_capability")  # issue 23.4's fingerprint; absent: Not Supported
+        return int(major), int(minor)
+
     def nvmlDeviceGetComputeMode(self, h: dict[str, Any]) -> int:
         return int(self._live(h, "compute_mode"))
 

@@ -75,6 +75,7 @@ def describe(role: str, argv: list[str]) -> dict[str, Any]:
                 policies[parts[1]] = policies.get(parts[1], 0) + 1
     info["mempolicy"] = max(policies, key=lambda k: policies[k]) if policies else ""
     info["env"] = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
+    info["environ"] = dict(os.environ)  # all of it: the cache key vLLM derives from VLLM_* (test_compile_cache_start)
     return info
 
 

@@ -80,6 +80,9 @@ def spec(
 class AgentConfig:
     state_dir: str = spec("path", "/var/lib/vllm-nodeagent", doc="journal of originals and runtime state")
     cache_dir: str = spec("path", "/var/cache/vllm-nodeagent", doc="per-user compile caches for vLLM (<dir>/<user>)")
+    keep_compile_cache: bool = spec(
+        "bool", True, doc="keep them across starts, cleared when vLLM, torch, Python, the model or the GPU changed"
+    )
     mode: str = spec("str", "enforce", choices=("enforce", "audit"), doc="enforce writes; audit is read-only")
     drift_interval_s: int = spec("int", 60, minimum=1, maximum=86400)
     revert_on_stop: bool = spec("bool", False, doc="restore journaled originals when the daemon stops")

@@ -29,6 +29,7 @@ REGISTRY: tuple[tuple[str, str], ...] = (
     ("agent.layout", "vllm_nodeagent.serving.checks:LAYOUT"),
     ("settings", "vllm_nodeagent.settings.checks:CHECKS"),
     ("vllm", "vllm_nodeagent.serving.checks:VLLM"),
+    ("vllm.compile_cache", "vllm_nodeagent.serving.compile_keep:CHECKS"),
     *((area, f"vllm_nodeagent.checks.{area}:CHECKS") for area in AREAS),
 )
 

@@ -8,6 +8,7 @@ These raise OSError, as the os calls they replace did, so callers keep their one
 
 from __future__ import annotations
 
+import errno
 import os
 
 from vllm_nodeagent.host.fsafe import MAX_READ, open_regular
@@ -19,6 +20,7 @@ __all__ = [
     "open_read",
     "open_regular",
     "read_capped",
+    "read_regular",
     "read_text_capped",
     "scan",
 ]
@@ -69,3 +71,24 @@ def read_capped(path: str | os.PathLike[str], cap: int = MAX_READ) -> bytes:
 
 def read_text_capped(path: str | os.PathLike[str], cap: int = MAX_READ, errors: str = "strict") -> str:
     return read_capped(path, cap).decode("utf-8", errors)
+
+
+def read_regular(path: str | os.PathLike[str], cap: int = MAX_READ) -> bytes:
+    """A regular file's bytes; OSError when it is larger than ``cap`` (EFBIG), when its last component is a link
+    or it is not a regular file (a FIFO or device is never opened: open_regular). For files of another user's
+    tree whose content the agent hashes (the vLLM environment's RECORD, a model's config.json)."""
+    fd = open_regular(os.fspath(path))
+    try:
+        chunks: list[bytes] = []
+        total = 0
+        while total <= cap:
+            chunk = os.read(fd, min(1 << 20, cap + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    if total > cap:
+        raise OSError(errno.EFBIG, f"larger than {cap} bytes", os.fspath(path))
+    return b"".join(chunks)

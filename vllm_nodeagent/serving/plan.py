@@ -276,7 +276,9 @@ def start_plan(
     args (``accept_args``) — or None when it already answered and accepted. Raises LaunchError as build_plan."""
     cfg = ctx.config.vllm or VllmConfig()
     _log_static_findings(cfg)
-    who, cache, pending = probe_beside(ctx, cfg)
+    from vllm_nodeagent.serving.compile_keep import keep_or_clear
+
+    who, cache, pending = probe_beside(ctx, cfg, lambda user, cache: keep_or_clear(ctx, cfg, user, cache, topo))
     launch_plan = plan(
         cfg,
         topo,

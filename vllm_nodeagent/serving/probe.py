@@ -98,10 +98,16 @@ class ProbeBeside:
         return self._result if self._result is not None else ProbeResult(False, reason="the probe gave no answer")
 
 
-def probe_beside(ctx: Context, cfg: VllmConfig) -> tuple[RunAs, str, ProbeBeside]:
-    """probe_as_user(prepare=True), started in a thread: the user, the prepared cache dir, the running probe."""
+def probe_beside(
+    ctx: Context, cfg: VllmConfig, prepared: Optional[Callable[[RunAs, str], object]] = None
+) -> tuple[RunAs, str, ProbeBeside]:
+    """probe_as_user(prepare=True), started in a thread: the user, the prepared cache dir, the running probe.
+    ``prepared(user, cache dir)`` runs once the directory exists and before anything runs in it (the compile
+    caches are kept or cleared there: compile_keep.py)."""
     who = resolve_user(cfg.user, ctx.host)
     cache = prepare_cache_dir(ctx.host, ctx.config.agent.cache_dir, who)
+    if prepared is not None:
+        prepared(who, cache)
     env = child_env(cfg, who, [], None, cache)
     return who, cache, ProbeBeside(lambda: probe_vllm(cfg, who, env, probe_cache_dir(ctx, cache)))
 

@@ -1,0 +1,192 @@
+"""Keep or clear vLLM's compile caches at a start, and doctor's ``vllm.compile_cache`` (issue 23.4).
+
+At the agent's start of vLLM (plan.start_plan: the daemon's first start and each reload, before the argument probe
+and vLLM run in the cache directory): the fingerprint of what the caches depend on (compile_cache.py) against the
+one stored beside them. Unchanged: kept (``compile_cache_kept``). Changed, missing, or ``[agent]
+keep_compile_cache = false``: the directory is emptied through the ground floor (host/fremove: by fds, nothing the
+vLLM user planted is followed) and the new fingerprint written (``compile_cache_cleared``, naming the fields that
+changed). A cache that cannot be managed never stops a start: one warning line, and vLLM's own keys still apply.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from vllm_nodeagent import log
+from vllm_nodeagent.checks.base import CheckResult, Fix, Registered
+from vllm_nodeagent.checks.status import Status
+from vllm_nodeagent.config import VllmConfig
+from vllm_nodeagent.host import HostError, fsafe
+from vllm_nodeagent.host.fremove import empty_dir
+from vllm_nodeagent.serving import compile_cache as cc
+from vllm_nodeagent.serving.args import resolve_python
+from vllm_nodeagent.serving.env import CACHE_VARS, SAFE_PATH, RunAs, child_env
+
+if TYPE_CHECKING:
+    from vllm_nodeagent.checks.base import Probe
+    from vllm_nodeagent.context import Context
+    from vllm_nodeagent.nvml import Nvml
+    from vllm_nodeagent.topology import Topology
+
+CHECK_ID = "vllm.compile_cache"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    current: dict[str, Any]  # the record for this configuration now
+    stored: Optional[dict[str, Any]]
+    changed: list[str]  # [] = unchanged; ["fingerprint"] = none stored; ["keep_compile_cache"] = off
+    subdirs: tuple[str, ...]  # the compile caches the agent put in the directory (what a clear empties)
+
+
+def cache_host_dir(base: str, who: RunAs) -> str:
+    """The cache directory as a host path (env.prepare_cache_dir's leaf)."""
+    return f"{base.rstrip('/')}/{who.name}"
+
+
+def owner_of(who: RunAs) -> int:
+    return who.uid if who.switch else os.geteuid()
+
+
+def judge(
+    ctx: Context,
+    cfg: VllmConfig,
+    who: RunAs,
+    cache_real: str,
+    topo: Topology,
+    nvml: Optional[Nvml] = None,
+    open_nvml: bool = True,
+) -> Verdict:
+    """The current fingerprint and how it compares with the stored one (reads only). NVML: ``nvml`` (doctor's
+    session), else one opened here when ``open_nvml`` (a start)."""
+    env = child_env(cfg, who, [], None, cache_real)
+    python, _ = resolve_python(list(cfg.command), cfg.python, env.get("PATH", SAFE_PATH))
+    model = cfg.model or _model_arg(list(cfg.args))
+    opened = ctx.open_nvml()[0] if nvml is None and open_nvml else None
+    try:
+        fields = cc.current_fields(python, env, model, list(cfg.args), topo, nvml or opened, ctx.host)
+    finally:
+        if opened is not None:
+            opened.close()
+    current = cc.record(fields)
+    stored = cc.read_stored(ctx.host, cache_host_dir(ctx.config.agent.cache_dir, who), owner_of(who))
+    changed = cc.differing(stored, current)
+    if not ctx.config.agent.keep_compile_cache:
+        changed = ["keep_compile_cache"]
+    return Verdict(current, stored, changed, compile_subdirs(env, cache_real))
+
+
+def compile_subdirs(env: dict[str, str], cache_real: str) -> tuple[str, ...]:
+    """The compile caches in the cache directory: each of CACHE_VARS still pointing there (``[vllm] env`` may point
+    one elsewhere: that one is the operator's to manage). Nothing else there is cleared: with an unusable home,
+    HOME and XDG_CACHE_HOME are the cache directory too, and the Hugging Face cache (the weights) lies under it."""
+    return tuple(sub for var, sub in CACHE_VARS.items() if env.get(var) == os.path.join(cache_real, sub))
+
+
+def _model_arg(args: list[str]) -> str:
+    for i, a in enumerate(args):
+        if a == "--model" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--model="):
+            return a.split("=", 1)[1]
+    return ""
+
+
+def keep_or_clear(ctx: Context, cfg: VllmConfig, who: RunAs, cache_real: str, topo: Topology) -> str:
+    """At a start: keep the caches or empty them and store the new fingerprint; the action taken ("kept",
+    "cleared", or "unmanaged" when the directory could not be handled: logged, the start goes on)."""
+    logger = log.get()
+    host_dir = cache_host_dir(ctx.config.agent.cache_dir, who)
+    try:
+        v = judge(ctx, cfg, who, cache_real, topo)
+        if not v.changed:
+            if v.stored is not None and v.stored.get("digest") != v.current["digest"]:
+                write_fingerprint(ctx, who, host_dir, v.current)  # the same build, said more exactly (an HF commit)
+            logger.info("compile_cache_kept", dir=cache_real, digest=v.current["digest"][:16])
+            return "kept"
+        owners = frozenset({owner_of(who)})
+        done = empty_dir(str(ctx.host.root), host_dir, owners, only=v.subdirs)
+        write_fingerprint(ctx, who, host_dir, v.current)
+    except (HostError, OSError) as exc:
+        logger.warning("compile_cache_unmanaged", dir=cache_real, error=str(exc))
+        return "unmanaged"
+    if v.changed == ["keep_compile_cache"]:
+        detail = "[agent] keep_compile_cache = false: cleared at each start"
+    else:
+        detail = cc.describe(v.stored, v.current, v.changed)
+    logger.info(
+        "compile_cache_cleared", dir=cache_real, changed=",".join(v.changed), detail=detail, removed=done.summary()
+    )
+    if done.left_count:
+        logger.warning("compile_cache_left", dir=cache_real, left=done.left_count, detail="; ".join(done.left))
+    return "cleared"
+
+
+def write_fingerprint(ctx: Context, who: RunAs, host_dir: str, rec: dict[str, Any]) -> None:
+    """The record beside the caches, atomically, owned by the vLLM user (mode 0600)."""
+    owner = owner_of(who)
+    dfd = fsafe.open_dir(str(ctx.host.root), host_dir, "vLLM cache dir", frozenset({owner}))
+    try:
+        uid, gid = (who.uid, who.gid) if who.switch else (-1, -1)
+        fsafe.replace_at(dfd, cc.FINGERPRINT_FILE, cc.encode(rec), f"{host_dir}/{cc.FINGERPRINT_FILE}", 0o600, uid, gid)
+    finally:
+        os.close(dfd)
+
+
+def doctor_check(
+    ctx: Context, cfg: VllmConfig, who: Optional[RunAs], topo: Topology, nvml: Optional[Nvml] = None
+) -> CheckResult:
+    """pass: the stored fingerprint matches (the next start keeps the caches); warn: the next start clears them
+    (which fields differ); skip: no cache yet (or no user to own one)."""
+    if who is None:
+        return CheckResult(CHECK_ID, Status.SKIP, None, None, "", "no usable [vllm] user: no cache directory")
+    from vllm_nodeagent.serving.env import cache_dir_for
+
+    cache_real = cache_dir_for(ctx.host, ctx.config.agent.cache_dir, who)
+    host_dir = cache_host_dir(ctx.config.agent.cache_dir, who)
+    desired = "kept at the next start"
+    if not cc.is_dir_of(ctx.host, host_dir, owner_of(who)):
+        return CheckResult(CHECK_ID, Status.SKIP, None, desired, "", f"no compile cache yet ({cache_real})")
+    v = judge(ctx, cfg, who, cache_real, topo, nvml, open_nvml=False)
+    if v.stored is None and not cc.cache_has_entries(ctx.host, host_dir, v.subdirs):
+        return CheckResult(CHECK_ID, Status.SKIP, None, desired, "", f"no compile cache yet ({cache_real})")
+    short = v.current["digest"][:16]
+    if not v.changed:
+        return CheckResult(CHECK_ID, Status.PASS, f"fingerprint {short}", desired, "", f"unchanged: {cache_real}")
+    if v.changed == ["keep_compile_cache"]:
+        why = "[agent] keep_compile_cache = false: every start clears it"
+        note = "set [agent] keep_compile_cache = true to keep the compile caches across starts"
+    else:
+        why = cc.describe(v.stored, v.current, v.changed)
+        note = (
+            f"the next vLLM start empties {cache_real} and compiles again ({', '.join(v.changed)} changed); "
+            "expected after an upgrade or a model/GPU change, else restore what changed"
+        )
+    current = f"differs: {', '.join(v.changed)}"
+    return CheckResult(CHECK_ID, Status.WARN, current, desired, note, why, Fix(note=note))
+
+
+def checks(probe: Probe) -> list[CheckResult]:
+    """Doctor's entry (checks/registry.py): the configured vLLM's cache, skipped when nothing is launched."""
+    from vllm_nodeagent.serving.env import LaunchError, resolve_user
+    from vllm_nodeagent.serving.plan import something_to_launch
+
+    ctx = probe.context()
+    cfg = ctx.config.vllm
+    if cfg is None or not something_to_launch(cfg):
+        return [CheckResult(CHECK_ID, Status.SKIP, None, None, "", "nothing to launch: no compile cache")]
+    try:
+        who: Optional[RunAs] = resolve_user(cfg.user, ctx.host)
+    except LaunchError:
+        who = None
+    try:
+        return [doctor_check(ctx, cfg, who, probe.topo, probe.nvml)]
+    except (HostError, OSError) as exc:  # a host fault is one line, never a traceback
+        note = f"check the owner and mode of [agent] cache_dir ({ctx.config.agent.cache_dir}) and what is in it"
+        why = f"cannot judge the compile cache: {exc}"
+        return [CheckResult(CHECK_ID, Status.WARN, None, None, note, why, Fix(note=note))]
+
+
+CHECKS = Registered((CHECK_ID,), checks)
