@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +50,38 @@ def test_json_logs_only_when_asked(hgx: FakeHost) -> None:
         lines = [ln for ln in r.stderr.splitlines() if ln]
         assert lines, r.stderr
         assert all(ln.startswith("{") == is_json for ln in lines), r.stderr
+
+
+CONSOLE_LINE = re.compile(r"^\S+Z \[(warning|error)\s*\] \S")
+
+
+def test_launch_under_root_says_only_warnings_and_errors_once_in_the_chosen_format(hgx: FakeHost) -> None:
+    """Issue 26.6: launch and launch --dry-run, run as the real CLI on a fake tree. stdout holds the result only (the
+    plan; a failed start prints nothing there), stderr only warnings and errors in the chosen format, each once: NVML's
+    absence under --root, the start's one error line, no info lines (vllm_started, daemon_started, ...)."""
+    hgx.accounts()
+    cfg = hgx.root.parent / "c.toml"  # /bin/false: no #! line (an info line today), exits at once without output
+    cfg.write_text('[vllm]\nmodel = "org/m"\nuser = "root"\nnuma = "none"\ncommand = ["/bin/false"]\n')
+    cfg.chmod(0o600)
+    for fmt in (None, "json"):
+        for command in (["launch", "--dry-run"], ["launch"]):
+            r = child("--root", str(hgx.root), "--config", str(cfg), *(["--log-format", fmt] if fmt else []), *command)
+            said = f"{fmt} {command}: {r.stdout}{r.stderr}"
+            lines = [ln for ln in r.stderr.splitlines() if ln]
+            if command == ["launch"]:
+                assert r.returncode == 1 and r.stdout == "", said
+                assert lines[-1].startswith("vllm-nodeagent: launch: ") and "ended before it was ready" in lines[-1]
+                lines = lines[:-1]  # the one error line (plain, as every command's fault)
+            else:
+                assert r.returncode == 0 and r.stdout.startswith("/bin/false --model org/m"), said
+            if fmt == "json":
+                levels = [json.loads(ln)["level"] for ln in lines]
+            else:
+                levels = [m.group(1) for m in map(CONSOLE_LINE.match, lines) if m]
+                assert len(levels) == len(lines), said  # every line a console log line
+            assert levels and set(levels) <= {"warning", "error"}, said
+            assert r.stderr.count("nvml_unavailable") == 1 and "NVML" not in r.stdout, said
+            assert "vllm_started" not in said and "daemon_started" not in said, said
 
 
 def run(root: Path, config: str, *args: str) -> tuple[int, str]:

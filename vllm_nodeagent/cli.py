@@ -266,9 +266,11 @@ def _run(args: argparse.Namespace, nvml_opener: Optional[NvmlOpener], host_cls: 
         return EXIT_USAGE
     config = Config(path="(not read)") if args.command in NO_CONFIG else read_config(host, args.config)
     log_format = args.log_format or config.agent.log_format
-    long_running = args.command in LONG_RUNNING or args.command == "launch"
-    # One-shot commands print their results on stdout; stderr carries only warnings and errors (issue 26.5).
-    log.configure(log_format, structured=args.command in LONG_RUNNING, level=log.INFO if long_running else log.WARNING)
+    # The services (run, serve) log their progress for journald. Every command an operator runs in a terminal,
+    # launch included, prints its results on stdout; stderr carries only warnings and errors, in the chosen format
+    # (issue 26.6): launch's fault is its one error line, vLLM's own output passes through as it is.
+    service = args.command in LONG_RUNNING
+    log.configure(log_format, structured=service, level=log.INFO if service else log.WARNING)
     ctx = Context(host=host, config=config, config_arg=args.config, log_format=log_format, nvml_opener=nvml_opener)
     return _command(args.command)(ctx, args)
 
