@@ -19,7 +19,7 @@ from vllm_nodeagent.daemon.prewarm_step import learn_after_ready, prewarm_before
 from vllm_nodeagent.daemon.serve_child import keeper_status, pid_file_path, pin_pending, verify_binding
 from vllm_nodeagent.daemon.serve_gate import check_loading
 from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
-from vllm_nodeagent.serving.env import LaunchError
+from vllm_nodeagent.serving.env import LaunchError, resolve_user
 from vllm_nodeagent.serving.plan import LaunchPlan, something_to_launch, start_plan
 from vllm_nodeagent.serving.probe import ProbeBeside
 from vllm_nodeagent.serving.readiness import SmokeCheck
@@ -97,14 +97,28 @@ class ServeKeeper:
 
     # -- the component -----------------------------------------------------------------------------------------------
     def start(self) -> None:
+        launching = something_to_launch(self.ctx.config.vllm)
+        if launching and not self._user_known():
+            return
         if self.do_prewarm:
             self.loop.guarded("prewarm", self._prewarm)
         if self.loop.pending_stop():
             return
-        if something_to_launch(self.ctx.config.vllm):
+        if launching:
             self._start_child(initial=True)
         else:
             self.phase = "watching"
+
+    def _user_known(self) -> bool:
+        """Who vLLM runs as, before anything runs beside its start: a user that does not exist fails the first
+        start here, said once. (The warm-up beside the start resolves the user too, in its thread; it logged the
+        same fault again whenever it got there before a slower start failed: issue 26.6.)"""
+        try:
+            resolve_user(self.vcfg.user, self.ctx.host)
+        except LaunchError as exc:
+            self._start_failed(exc, initial=True, now=self.clock())
+            return False
+        return True
 
     def _prewarm(self) -> None:
         self._prewarm_locked = prewarm_before_start(self.loop)
@@ -216,15 +230,7 @@ class ServeKeeper:
             if pid_file:
                 write_plan_file(os.path.dirname(pid_file), self.plan, self.child.pid, self.child.start_time)
         except (LaunchError, OSError) as exc:
-            if self.loop.pending_stop():  # a SIGTERM ended a wait of the start: a stop, not a failure
-                return
-            if not (initial and self.loop.prints_failure):  # launch says it once, as its error line
-                self.log.error("vllm_start_failed", error=str(exc))
-            if initial:
-                why = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-                self.loop.fail(f"cannot start vLLM: {why}", 3 if getattr(exc, "host_fault", False) else 1)
-                return
-            self._schedule_restart(now, f"start failed: {exc}")
+            self._start_failed(exc, initial, now)
             return
         self.pinned = set()
         self.phase = "loading"
@@ -244,6 +250,17 @@ class ServeKeeper:
         for note in self.plan.notes:
             self.log.info("vllm_binding_note", pid=self.child.pid, detail=note)
         self.loop.status_now()
+
+    def _start_failed(self, exc: LaunchError | OSError, initial: bool, now: float) -> None:
+        if self.loop.pending_stop():  # a SIGTERM ended a wait of the start: a stop, not a failure
+            return
+        if not (initial and self.loop.prints_failure):  # launch says it once, as its error line
+            self.log.error("vllm_start_failed", error=str(exc))
+        if initial:
+            why = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.loop.fail(f"cannot start vLLM: {why}", 3 if getattr(exc, "host_fault", False) else 1)
+            return
+        self._schedule_restart(now, f"start failed: {exc}")
 
     def _awaiting_ready(self) -> bool:
         """systemd waits for READY=1: the first start, or a reload that restarts vLLM."""
