@@ -15,7 +15,7 @@ import pytest
 
 from vllm_nodeagent.host import HostError
 from vllm_nodeagent.host.fremove import MAX_DEPTH, empty_dir
-from vllm_nodeagent.host.fsafe import Refused
+from vllm_nodeagent.host.trust import Refused
 
 OUTSIDE = b"outside the cache: must survive\n"
 

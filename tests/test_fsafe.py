@@ -21,8 +21,9 @@ import pytest
 
 from vllm_nodeagent.host import Host, HostError
 from vllm_nodeagent.host.accounts import Accounts
-from vllm_nodeagent.host.fsafe import Refused, lock_holder, open_regular
+from vllm_nodeagent.host.fsafe import lock_holder, open_regular
 from vllm_nodeagent.host.parse import parse_group, parse_passwd, parse_proc_locks
+from vllm_nodeagent.host.trust import Refused, not_regular
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the hostile party is another uid")
@@ -298,3 +299,14 @@ def test_proc_locks_parser() -> None:
     text = "1: FLOCK  ADVISORY  WRITE 4242 00:2c:1234 0 EOF\n1: -> FLOCK  ADVISORY  WRITE 99 00:2c:1234 0 EOF\n"
     text += "2: POSIX  ADVISORY  READ 7 fd:01:99 0 EOF\n"
     assert parse_proc_locks(text) == [("FLOCK", 4242, (0, 0x2C, 1234)), ("POSIX", 7, (0xFD, 1, 99))]
+
+
+def test_the_one_regular_file_check_names_what_it_is_instead(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    os.mkfifo(tmp_path / "p")
+    os.symlink("f", tmp_path / "l")
+    assert not_regular(os.stat(tmp_path / "f")) == ""
+    assert not_regular(os.stat(tmp_path / "p")) == "not a regular file (a FIFO)"
+    assert not_regular(os.stat(tmp_path)) == "not a regular file (a directory)"
+    assert not_regular(os.lstat(tmp_path / "l")) == "not a regular file (a symbolic link)"
+    assert not_regular(os.stat("/dev/null")) == "not a regular file (a character device)"

@@ -20,7 +20,7 @@ import pytest
 from hostile_user import as_user, attacker_user
 
 from vllm_nodeagent.host.fremove import empty_dir
-from vllm_nodeagent.host.fsafe import Refused
+from vllm_nodeagent.host.trust import Refused
 
 SECRET = b"root-only\n"
 ROUNDS = 300

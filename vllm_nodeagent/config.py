@@ -417,7 +417,8 @@ def load_config(explicit: Optional[str], default_path: Path, default_shown: str 
     path, shown = (Path(explicit), explicit) if explicit is not None else (default_path, default_shown)
     # The agent runs as root and acts on the config: refuse one others could have written (host/fsafe).
     from vllm_nodeagent.host import HostError
-    from vllm_nodeagent.host.fsafe import Refused, read_file
+    from vllm_nodeagent.host.fsafe import read_file
+    from vllm_nodeagent.host.trust import Refused
 
     try:
         raw = read_file("/", os.path.abspath(path), "config", follow=True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
-import stat
 from pathlib import Path
 from typing import Optional
 
 from vllm_nodeagent.host import fsafe
 from vllm_nodeagent.host.errors import HostError
+from vllm_nodeagent.host.trust import not_regular
 
 __all__ = ["Host", "HostError"]  # HostError lives in errors.py (fsafe needs it too); still importable here
 
@@ -85,8 +85,9 @@ class Host:
         except OSError as exc:
             raise HostError("read", host_path, exc) from exc
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise HostError("read", host_path, OSError(errno.EINVAL, "not a regular file (a FIFO or device?)"))
+            why = not_regular(os.fstat(fd))
+            if why:
+                raise HostError("read", host_path, OSError(errno.EINVAL, why))
             data = fsafe.read_fd(fd, host_path, READ_CAP)
         except OSError as exc:
             raise HostError("read", host_path, exc) from exc
@@ -141,7 +142,7 @@ class Host:
                     raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
                 # Only fake trees hold regular files: cut the old tail after the write (not O_TRUNC before it),
                 # so a crash between open and write leaves the old value, as a kernel attribute would.
-                if stat.S_ISREG(os.fstat(fd).st_mode):
+                if not not_regular(os.fstat(fd)):
                     os.ftruncate(fd, written)
             finally:
                 os.close(fd)

@@ -32,6 +32,7 @@ from typing import Callable, Optional
 
 from vllm_nodeagent.host import fsafe
 from vllm_nodeagent.host.errors import HostError
+from vllm_nodeagent.host.trust import Refused, refuse_unsafe, trusted
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_DEPTH = 64  # torch/triton/vLLM caches nest ~6 deep; a deeper tree is left, not walked (fds, recursion)
@@ -81,7 +82,7 @@ def empty_dir(
             top = os.open(name, _DIR_FLAGS, dir_fd=pfd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise fsafe.Refused(
+                raise Refused(
                     "open",
                     host_path,
                     f"a {what} that is a symbolic link or not a directory: {host_path}",
@@ -92,7 +93,7 @@ def empty_dir(
         os.close(pfd)
     try:
         st = os.fstat(top)
-        fsafe.refuse_unsafe(host_path, st, what, fsafe.trusted(owners))
+        refuse_unsafe(host_path, st, what, trusted(owners))
         walk = _Walk(st.st_dev, _before_descent)
         walk.empty(top, host_path.rstrip("/"), 0, set(keep), None if only is None else set(only))
         return walk.done

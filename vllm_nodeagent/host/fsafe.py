@@ -8,6 +8,7 @@ already checked, so nobody else can have put it there; it is followed chroot-sty
 final file is opened ``O_NOFOLLOW`` in the last checked directory fd and checked on its own fd; reads are
 size-capped. Writes go to a random ``O_CREAT | O_EXCL | O_NOFOLLOW`` name in that fd, are fsynced, renamed over
 the target through the same fd and the directory is fsynced: a planted name or link is never opened.
+What counts as trusted (owners, modes, regular files) and how a refusal reads is ``host/trust.py``.
 """
 
 from __future__ import annotations
@@ -20,64 +21,11 @@ import stat
 from typing import Optional
 
 from vllm_nodeagent.host.errors import HostError
+from vllm_nodeagent.host.trust import Refused, not_regular, refuse_unsafe, trusted
 
 MAX_READ = 1 << 20  # what the agent reads for trust (config, journal, plan, pid, caches) is KiB, never MiB
 _MAX_LINK_FOLLOWS = 40
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
-
-
-class Refused(HostError):
-    """A directory or file the agent will not use because someone else could have written it (or it is not the
-    kind of file the agent uses there): one line, "refusing ...; fix: ..."."""
-
-    def __init__(self, op: str, path: str, why: str, fix: str = "") -> None:
-        super().__init__(op, path, OSError(errno.EPERM, why))
-        self.why = why
-        self.line = f"refusing {why}" + (f"; fix: {fix}" if fix else "")
-        self.args = (self.line,)
-
-    def __str__(self) -> str:
-        return self.line
-
-
-def trusted(owners: Optional[frozenset[int] | set[int]] = None) -> frozenset[int]:
-    """Owners whose files the agent may act on: root, the running uid, and any the caller names."""
-    return frozenset({0, os.geteuid(), *(owners or ())})
-
-
-def owner_name(uid: int) -> str:
-    # A name only for the message; a missing account shows the bare uid. Local import: accounts uses fsafe.
-    from vllm_nodeagent.host.accounts import name_of_uid
-
-    name = name_of_uid(uid)
-    return f"uid {uid} ({name})" if name else f"uid {uid}"
-
-
-def why_unsafe(st: os.stat_result, owners: frozenset[int], passing: bool = False) -> str:
-    """ "" when only a trusted owner can have changed what ``st`` describes, else "owner" or "mode".
-
-    ``passing``: a directory only walked through; a sticky one (``/tmp``) is fine there, since nobody can rename
-    or remove what a trusted owner put in it.
-    """
-    if st.st_uid not in owners:
-        return "owner"
-    mode = stat.S_IMODE(st.st_mode)
-    if st.st_mode & _WRITABLE_BY_OTHERS and not (passing and stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX):
-        return "mode"
-    return ""
-
-
-def refuse_unsafe(path: str, st: os.stat_result, what: str, owners: frozenset[int], passing: bool = False) -> None:
-    """The one "refuse what others can write" check: raise Refused naming ``path``, its owner and mode."""
-    why = why_unsafe(st, owners, passing)
-    if not why:
-        return
-    seen = f"{path} (owner {owner_name(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o})"
-    if why == "owner":
-        allowed = " or ".join(owner_name(u) if u else "root" for u in sorted(owners))
-        raise Refused("use", path, f"a {what} not owned by {allowed}: {seen}", f"chown root {path}")
-    raise Refused("use", path, f"a group- or world-writable {what}: {seen}", f"chmod go-w {path}")
 
 
 def _parts(host_path: str) -> list[str]:
@@ -200,8 +148,9 @@ def open_file_at(
         raise HostError("open", shown, exc) from exc
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Refused("open", shown, f"a {what} that is not a regular file: {shown}", f"remove {shown}")
+        why = not_regular(st)
+        if why:
+            raise Refused("open", shown, f"a {what} that is {why}: {shown}", f"remove {shown}")
         refuse_unsafe(shown, st, what, trusted(owners))
     except BaseException:
         os.close(fd)
@@ -347,8 +296,9 @@ def open_regular(path: str, expect: Optional[tuple[int, int]] = None) -> int:
     pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(pfd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, f"{path}: not a regular file")
+        why = not_regular(st)
+        if why:
+            raise OSError(errno.EINVAL, f"{path}: {why}")
         if expect is not None and (st.st_dev, st.st_ino) != expect:
             raise OSError(errno.ESTALE, f"{path}: replaced since it was found (a directory on the way changed?)")
         try:

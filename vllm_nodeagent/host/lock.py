@@ -9,9 +9,9 @@ import contextlib
 import errno
 import fcntl
 import os
-import stat
 
 from vllm_nodeagent.host.proc import Procfs
+from vllm_nodeagent.host.trust import not_regular
 
 
 class LockHeld(Exception):
@@ -28,7 +28,7 @@ def hold(path: str) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        if not_regular(st) or st.st_uid != os.geteuid():
             raise OSError(errno.EPERM, f"not a regular file of uid {os.geteuid()}", path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

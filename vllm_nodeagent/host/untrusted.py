@@ -12,7 +12,7 @@ import os
 import stat
 from typing import Optional
 
-from vllm_nodeagent.host.fsafe import why_unsafe
+from vllm_nodeagent.host.trust import not_regular, why_unsafe
 
 
 class UntrustedFileError(Exception):
@@ -32,9 +32,10 @@ def read_capped(path: str, max_bytes: int, owners: set[int]) -> Optional[bytes]:
         raise UntrustedFileError(f"{path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UntrustedFileError(f"{path} is not a regular file: refused")
-        why = why_unsafe(st, frozenset(owners))  # the one "refuse what others can write" predicate (fsafe)
+        irregular = not_regular(st)  # the one regular-file check and the one "what others can write" one (trust)
+        if irregular:
+            raise UntrustedFileError(f"{path} is {irregular}: refused")
+        why = why_unsafe(st, frozenset(owners))
         if why == "owner":
             want = ", ".join(str(u) for u in sorted(owners))
             raise UntrustedFileError(f"{path} is owned by uid {st.st_uid}, not by uid {want}: refused")

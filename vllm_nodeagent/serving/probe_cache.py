@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from vllm_nodeagent import log
 from vllm_nodeagent.host import Host, HostError
-from vllm_nodeagent.host.fsafe import Refused
+from vllm_nodeagent.host.trust import Refused
 from vllm_nodeagent.serving.args import ProbeResult
 
 CACHE_FILE = "vllm-probe-cache.json"

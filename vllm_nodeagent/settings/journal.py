@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from vllm_nodeagent.host import Host, HostError
-from vllm_nodeagent.host.fsafe import Refused, lock_holder
+from vllm_nodeagent.host.fsafe import lock_holder
+from vllm_nodeagent.host.trust import Refused
 from vllm_nodeagent.settings.base import MAX_MEMBERS
 
 JOURNAL_NAME = "originals.json"
