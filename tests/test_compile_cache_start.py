@@ -14,8 +14,10 @@ import secrets
 import signal
 from typing import Any
 
+import pytest
 from test_daemon import Bed, bed, wait_until  # noqa: F401
 
+NO_BYTECODE = {"bytecode": False}  # the daemon's bytecode step (issue 23.1) is not what these starts are about
 STABLE_PREFIXES = ("VLLM_", "TORCH", "TRITON_", "CUDA_", "HF_", "XDG_", "HOME", "PATH")
 
 
@@ -42,7 +44,7 @@ def one_start(b: Bed, n: int) -> tuple[dict[str, str], list[dict[str, Any]]]:
 
 
 def test_same_config_same_environment_and_the_cache_is_kept(bed: Bed) -> None:
-    bed.write_config(vllm={})
+    bed.write_config(vllm=NO_BYTECODE)
     leaf = bed.root / "var/cache/vllm-nodeagent/root"
     env1, ev1 = one_start(bed, 1)
     assert [e["event"] for e in ev1] == ["compile_cache_cleared"] and ev1[0]["changed"] == "fingerprint"
@@ -57,14 +59,31 @@ def test_same_config_same_environment_and_the_cache_is_kept(bed: Bed) -> None:
     fingerprint = json.loads((leaf / "compile-fingerprint.json").read_text())
     assert fingerprint["fields"]["model"] == "standin-model@main (not in the HF cache)"
 
-    bed.write_config(vllm={"env": {"VLLM_ATTENTION_BACKEND": "FLASH_ATTN"}})
+    bed.write_config(vllm={**NO_BYTECODE, "env": {"VLLM_ATTENTION_BACKEND": "FLASH_ATTN"}})
     env3, ev3 = one_start(bed, 3)
     assert env3 != env1 and env3["VLLM_ATTENTION_BACKEND"] == "FLASH_ATTN"
     assert {k: v for k, v in env3.items() if k != "VLLM_ATTENTION_BACKEND"} == env1
     assert [e["event"] for e in ev3] == ["compile_cache_kept"] and artifact.exists()  # vLLM keys on its env itself
 
-    bed.write_config(vllm={"model": "other-model"})
+    bed.write_config(vllm={**NO_BYTECODE, "model": "other-model"})
     _, ev4 = one_start(bed, 4)
     assert [e["event"] for e in ev4] == ["compile_cache_cleared"] and ev4[0]["changed"] == "model"
     assert not artifact.exists() and not (leaf / "vllm/torch_compile_cache").exists()
     assert sorted(os.listdir(leaf)) == ["compile-fingerprint.json"]
+
+
+@pytest.mark.parametrize(("keep", "want"), [("true", "compile_cache_kept"), ("false", "compile_cache_cleared")])
+def test_a_crash_restart_judges_the_caches_again(bed: Bed, keep: str, want: str) -> None:
+    """The daemon restarts a crashed vLLM with the plan it has: the caches are judged at that start too —
+    kept while unchanged, cleared at each start with keep_compile_cache = false."""
+    bed.write_config(
+        vllm={**NO_BYTECODE, "restart_backoff_initial_s": 0.3},
+        agent=f"keep_compile_cache = {keep}",
+        standin_args=["--crash-after", "1.0"],
+    )
+    bed.start()
+    wait_until(lambda: len(bed.records()) >= 2, "a crash restart")
+    bed.signal(signal.SIGTERM)
+    assert bed.wait_exit() == 0
+    ev = [e["event"] for e in bed.events() if str(e.get("event", "")).startswith("compile_cache")]
+    assert ev[:2] == ["compile_cache_cleared", want], ev  # the first start (nothing stored), then the restart

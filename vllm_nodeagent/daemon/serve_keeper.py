@@ -18,6 +18,7 @@ from vllm_nodeagent.daemon.loop import Status
 from vllm_nodeagent.daemon.prewarm_step import learn_after_ready, prewarm_before_start
 from vllm_nodeagent.daemon.serve_child import keeper_status, pid_file_path, pin_pending, verify_binding
 from vllm_nodeagent.daemon.serve_gate import check_loading
+from vllm_nodeagent.serving import compile_keep
 from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
 from vllm_nodeagent.serving.env import LaunchError, resolve_user
 from vllm_nodeagent.serving.plan import LaunchPlan, something_to_launch, start_plan
@@ -223,6 +224,8 @@ class ServeKeeper:
                 self.plan, self.args_probe = start_plan(
                     self.ctx, self.loop.topo, self.gpus_override, self.loop.pending_stop
                 )
+            elif self.loop.topo is not None:  # a crash restart with the same plan: the compile caches judged again
+                compile_keep.at_restart(self.ctx, self.loop.topo)
             pid_file = pid_file_path(self)
             if initial and pid_file:  # a vLLM that a killed agent left holds the port and the GPUs
                 reclaim(pid_file, self.vcfg.stop_timeout_s, self.loop.stop_signalled)

@@ -1,11 +1,12 @@
 """Keep or clear vLLM's compile caches at a start, and doctor's ``vllm.compile_cache`` (issue 23.4).
 
 At the agent's start of vLLM (plan.start_plan: the daemon's first start and each reload, before the argument probe
-and vLLM run in the cache directory): the fingerprint of what the caches depend on (compile_cache.py) against the
-one stored beside them. Unchanged: kept (``compile_cache_kept``). Changed, missing, or ``[agent]
-keep_compile_cache = false``: the directory is emptied through the ground floor (host/fremove: by fds, nothing the
-vLLM user planted is followed) and the new fingerprint written (``compile_cache_cleared``, naming the fields that
-changed). A cache that cannot be managed never stops a start: one warning line, and vLLM's own keys still apply.
+and vLLM run in the cache directory; ``at_restart``: a crash restart with the same plan): the fingerprint of what
+the caches depend on (compile_cache.py) against the one stored beside them. Unchanged: kept
+(``compile_cache_kept``). Changed, missing, or ``[agent] keep_compile_cache = false``: the agent's compile caches
+in the directory are emptied through the ground floor (host/fremove: by fds, nothing the vLLM user planted is
+followed) and the new fingerprint written (``compile_cache_cleared``, naming the fields that changed). A cache that
+cannot be managed never stops a start: one warning line, and vLLM's own keys still apply.
 """
 
 from __future__ import annotations
@@ -122,6 +123,16 @@ def keep_or_clear(ctx: Context, cfg: VllmConfig, who: RunAs, cache_real: str, to
     if done.left_count:
         logger.warning("compile_cache_left", dir=cache_real, left=done.left_count, detail="; ".join(done.left))
     return "cleared"
+
+
+def at_restart(ctx: Context, topo: Topology) -> str:
+    """A restart after a crash reuses the daemon's plan: the caches are judged again all the same (a start is a
+    start: ``keep_compile_cache = false`` clears here too, and an install changed meanwhile is seen)."""
+    from vllm_nodeagent.serving.env import cache_dir_for, resolve_user
+
+    cfg = ctx.config.vllm or VllmConfig()
+    who = resolve_user(cfg.user, ctx.host)
+    return keep_or_clear(ctx, cfg, who, cache_dir_for(ctx.host, ctx.config.agent.cache_dir, who), topo)
 
 
 def write_fingerprint(ctx: Context, who: RunAs, host_dir: str, rec: dict[str, Any]) -> None:
