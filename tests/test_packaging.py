@@ -162,6 +162,59 @@ def test_serve_unit_security_exposure_at_most_3() -> None:
     assert float(match.group(1)) <= 3.0
 
 
+# -- the declared runtime dependencies: each one imported by the agent and pinned in the wheelhouse's lock ----------
+IMPORT_NAMES = {"nvidia-ml-py": "pynvml"}  # distribution -> the module the agent imports, where they differ
+LOCK_ONLY = {"typing-extensions": "structlog's, on Python < 3.11"}  # pinned for the offline wheelhouse, not imported
+
+
+def _dist(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def _agent_imports() -> set[str]:
+    """Top-level modules the agent imports: import statements and ``importlib.import_module("literal")``."""
+    import ast
+
+    found: set[str] = set()
+    for path in sorted((REPO / "vllm_nodeagent").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "import_module"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                found.add(node.args[0].value.split(".")[0])
+    return found
+
+
+def test_every_runtime_dependency_is_imported_by_the_agent_and_pinned() -> None:
+    """Declared and never imported (psutil, prometheus-client, py-cpuinfo were) ships dead weight in every
+    install's wheelhouse; imported and not declared breaks the offline install."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11: tomli, a runtime dependency there
+        import tomli as tomllib  # type: ignore[no-redef]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {_dist(r) for r in project["dependencies"]}
+    wanted = {IMPORT_NAMES.get(d, d.replace("-", "_")) for d in declared}
+    imported = _agent_imports()
+    assert wanted - imported == set()  # each declared dependency is imported somewhere
+    if hasattr(sys, "stdlib_module_names"):  # Python 3.10+
+        third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "vllm_nodeagent"}
+        assert third_party == wanted  # and nothing else is
+    lines = (PACKAGING / "requirements.lock").read_text(encoding="utf-8").splitlines()
+    pinned = {_dist(line) for line in lines if line.strip() and not line.lstrip().startswith("#")}
+    assert pinned == declared | set(LOCK_ONLY), pinned ^ (declared | set(LOCK_ONLY))
+    assert "psutil" in {_dist(r) for r in project["optional-dependencies"]["test"]}  # tests cross-check /proc with it
+
+
 # -- the wheelhouse closure check ---------------------------------------------------------------
 def fake_wheel(house: Path, name: str, version: str, tag: str, requires: list[str], requires_python: str = "") -> None:
     dist = f"{name.replace('-', '_')}-{version}"

@@ -2,7 +2,7 @@
 # Issue 7: prove discovery, doctor, prewarm and launch on the lent GPU machine. READ-ONLY on the GPU:
 # nothing here changes persistence mode, clocks, power, compute or MIG mode, and `apply` is never run.
 # Usage (repo root, on the GPU machine): bash tests/gpu/run_on_gpu.sh OUTDIR
-# Expects carried wheels in .whl/ (structlog, sdnotify, prometheus-client) and Debian debs in .debs/
+# Expects carried wheels in .whl/ (structlog, sdnotify) and Debian debs in .debs/
 # (numactl, libnuma1, vmtouch): that machine has no network.
 set -uo pipefail
 out=${1:?usage: run_on_gpu.sh OUTDIR}

@@ -6,8 +6,8 @@
 #
 # From the root of the tree the device tool sends, one stage per call, calls back to back (the machine keeps /tmp
 # for ~30 s between calls). G is the carried folder made by ../shared/gpu/build-vllm-carry.sh G plus G/deps (the
-# agent's wheels for Python 3.12: `pip download --no-deps ... -d G/deps structlog sdnotify prometheus-client
-# nvidia-ml-py py-cpuinfo psutil`); stage 1 carries G/c1 and G/deps, stage 2 G/c2, stage 3 G/c3:
+# agent's wheels for Python 3.12: `pip download --no-deps ... -d G/deps structlog sdnotify
+# nvidia-ml-py py-cpuinfo psutil`; psutil for time_to_serve.py, not the agent); stage 1 carries G/c1 and G/deps, stage 2 G/c2, stage 3 G/c3:
 #   bash tests/gpu/tts_h200.sh 1 G   pieces 1/3, agent deps, user vllm, the 8B-shaped random model
 #   bash tests/gpu/tts_h200.sh 2 G   pieces 2/3
 #   bash tests/gpu/tts_h200.sh 3 G   pieces 3/3, install vLLM; bytecode before/after `apply --only vllm.bytecode`
