@@ -300,3 +300,57 @@ def test_a_cache_the_operator_moved_elsewhere_is_not_touched(tmp_path: Path, eve
     assert keep_or_clear(ctx, moved, who, leaf, CPU_ONLY) == "cleared"
     assert (elsewhere / "torch_compile_cache/x").read_text() == "the operator's"
     assert (Path(leaf) / "vllm").is_dir() and not (Path(leaf) / "triton").exists()  # only the agent's caches
+
+
+def test_doctor_cli_reports_the_check_with_a_pasteable_hint(tmp_path: Path, events: io.StringIO) -> None:
+    """`doctor --only vllm.compile_cache --json` on a --root tree: skip before a start, pass after it, warn (with
+    a hint that is one valid shell line, a comment) once the model changed; exit 0 (a warn is not a failure)."""
+    import contextlib
+    import subprocess
+
+    from fakehost import real_accounts
+
+    from vllm_nodeagent import cli
+
+    root = tmp_path / "root"
+    py = fake_env(tmp_path)
+    (root / "models/m").mkdir(parents=True)
+    (root / "models/m/config.json").write_text('{"layers": 2}')
+    real_accounts(root, "root")
+    for d in (root, root / "etc"):
+        d.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agent]\ncache_dir = "/var/cache/vna"\nstate_dir = "/var/lib/vna"\n'
+        f'[vllm]\nmodel = "/models/m"\npython = "{py}"\nuser = "root"\n'
+    )
+    config.chmod(0o600)
+
+    def doctor() -> tuple[int, dict[str, object]]:
+        out = io.StringIO()
+        argv = ["--root", str(root), "--config", str(config), "doctor", "--json", "--only", "vllm.compile_cache"]
+        with contextlib.redirect_stdout(out):
+            rc = cli.main(argv)
+        (check,) = json.loads(out.getvalue())["checks"]
+        return rc, check
+
+    assert doctor()[1]["status"] == "skip"
+    ctx = Context(
+        Host(root), Config(path=str(config), agent=AgentConfig(cache_dir="/var/cache/vna"), vllm=None), None, "json"
+    )
+    vcfg = VllmConfig(model="/models/m", python=str(py), user="root")
+    who = RunAs("root", 0, 0, [], "/root", switch=False)
+    leaf = root / "var/cache/vna/root"
+    leaf.mkdir(parents=True, mode=0o700)
+    (root / "var/cache/vna").chmod(0o755)
+    keep_or_clear(ctx, vcfg, who, str(leaf), CPU_ONLY)
+    compiled(str(leaf))
+    rc, ok = doctor()
+    assert (rc, ok["status"]) == (0, "pass")
+    (root / "models/m/config.json").write_text('{"layers": 4}')
+    rc, warn = doctor()
+    assert (rc, warn["status"], warn["current"]) == (0, "warn", "differs: model")
+    hint = str(warn["hint"])
+    assert hint.startswith("# the next vLLM start empties") and "model changed" in hint
+    assert subprocess.run(["bash", "-n", "-c", hint], check=False).returncode == 0
+    assert (leaf / "vllm/torch_compile_cache").is_dir()  # doctor only reads
