@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Optional, Union
 
+from sshmux import Master
+
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build_image.sh"
 CACHE_ROOT = Path(os.environ.get("VLLM_NODEAGENT_VM_CACHE", "/var/cache/vllm-nodeagent-vm"))
@@ -42,6 +44,7 @@ KVM_BANNER_TIMEOUT = float(os.environ.get("VLLM_NODEAGENT_VM_KVM_BANNER_TIMEOUT"
 
 _accel_decided: Optional[str] = None
 _accel_lock = threading.Lock()
+_timings_lock = threading.Lock()
 timings: dict[str, float] = {}
 
 
@@ -141,6 +144,7 @@ class VM:
         self.serial = self.dir / "serial.log"
         self._qemu_log: Optional[IO[bytes]] = None
         self.image = base_image()
+        self.master = Master()  # connection sharing for ssh()/put(), from the end of each boot on
 
     # ---- disks and command line -------------------------------------------------------------
     def _make_disks(self) -> None:
@@ -240,6 +244,7 @@ class VM:
         self.proc = subprocess.Popen(self._argv(accel), stdout=self._qemu_log, stderr=subprocess.STDOUT)
 
     def _kill(self) -> None:
+        self.master.stop()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -286,6 +291,7 @@ class VM:
             return False
         boot_s = time.monotonic() - t0
         timings.setdefault(f"boot_{accel}_s", boot_s)
+        self._start_master()
         log(f"{self.name}: up in {boot_s:.0f} s ({accel})")
         return True
 
@@ -324,6 +330,7 @@ class VM:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=30)
         self._kill()
+        self.master.close()
 
     # ---- ssh ----------------------------------------------------------------------------------
     # Options shared by ssh and scp: a throwaway guest with a per-run key, never prompting.
@@ -338,7 +345,11 @@ class VM:
         "BatchMode=yes",
     )
 
-    def ssh_base(self) -> list[str]:
+    def ssh_base(self, shared: bool = True) -> list[str]:
+        """ssh to the guest as root; ``shared``: over the master connection when there is one (sshmux)."""
+        return [*self._ssh_argv(), *(self.master.options() if shared else ()), "root@127.0.0.1"]
+
+    def _ssh_argv(self) -> list[str]:
         return [
             "ssh",
             "-i",
@@ -352,8 +363,11 @@ class VM:
             "ServerAliveInterval=10",
             "-o",
             "ServerAliveCountMax=6",
-            "root@127.0.0.1",
         ]
+
+    def _start_master(self) -> None:
+        if not self.master.start(self._ssh_argv(), "root@127.0.0.1"):
+            log(f"{self.name}: no shared ssh connection; each call connects on its own")
 
     def ssh(
         self, cmd: Cmd, timeout: float = 300, check: bool = True, input_text: Optional[str] = None
@@ -363,13 +377,19 @@ class VM:
         if self.proc is None or self.proc.poll() is not None:
             raise VMError(f"{self.name}: qemu is not running")
         # No stdin of ours reaches the guest (CI runs without one; an interactive run must not block on it).
-        res = subprocess.run(
-            [*self.ssh_base(), remote],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=input_text if input_text is not None else "",
-        )
+        t0 = time.monotonic()
+        try:
+            res = subprocess.run(
+                [*self.ssh_base(), remote],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                input=input_text if input_text is not None else "",
+            )
+        finally:  # what the bed spends in ssh (commands included), summed over all guests
+            with _timings_lock:
+                timings["ssh_calls_n"] = timings.get("ssh_calls_n", 0) + 1
+                timings["ssh_total_s"] = timings.get("ssh_total_s", 0.0) + time.monotonic() - t0
         if check and res.returncode != 0:
             raise VMError(
                 f"{self.name}: `{remote}` exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
@@ -390,6 +410,7 @@ class VM:
                 "-P",
                 str(self.port),
                 *self.SSH_OPTIONS,
+                *self.master.options(),
                 str(local),
                 f"root@127.0.0.1:{remote}",
             ],
@@ -410,7 +431,7 @@ class VM:
                 raise VMError(f"qemu exited (rc={None if self.proc is None else self.proc.returncode})")
             try:
                 res = subprocess.run(
-                    [*self.ssh_base(), "systemctl is-system-running --wait"],
+                    [*self.ssh_base(shared=False), "systemctl is-system-running --wait"],
                     capture_output=True,
                     text=True,
                     stdin=subprocess.DEVNULL,
@@ -432,6 +453,7 @@ class VM:
         before = self.boot_id()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.ssh("systemctl reboot", timeout=30, check=False)
+        self.master.stop()  # that boot's connection goes with it: never wait on it (its keep-alive takes a minute)
         deadline = time.monotonic() + timeout
         t0 = time.monotonic()
         while time.monotonic() < deadline:
@@ -444,6 +466,7 @@ class VM:
             if res.returncode == 0 and now and now != before:
                 self.wait_ssh(max(30.0, deadline - time.monotonic()))
                 timings.setdefault(f"reboot_{self.accel}_s", time.monotonic() - t0)
+                self._start_master()
                 return
         raise VMError(f"{self.name}: no new boot within {timeout:.0f} s\n{self.serial_tail()}")
 
