@@ -124,10 +124,22 @@ def test_waits_for_a_restarted_vllm_to_pass_the_gate(bed: Bed) -> None:
             waiter.wait()
 
 
-def test_a_daemon_that_dies_during_the_reload_fails_it(bed: Bed, tmp_path: Path) -> None:
+def test_a_daemon_that_dies_during_the_reload_fails_it(bed: Bed) -> None:
     runtime_dir(bed)
-    victim = subprocess.Popen(["sleep", "60"])  # SIGHUP's default action ends it: no answer will ever come
+    armed = bed.base / "armed"
+    # SIGHUP's default action ends it: no answer will ever come. Set explicitly: a run under nohup inherits SIG_IGN.
+    victim = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import pathlib,signal,time\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+            f"pathlib.Path({str(armed)!r}).write_text('')\n"
+            "time.sleep(60)",
+        ]
+    )
     try:
+        wait_until(armed.exists, "the victim's default SIGHUP action")
         res = reload(bed, victim.pid)
         assert res.returncode == 1
         assert f"pid {victim.pid}" in res.stderr and "exited during the reload" in res.stderr
