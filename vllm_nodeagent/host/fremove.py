@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from vllm_nodeagent.host import fsafe
-from vllm_nodeagent.host.errors import HostError
-from vllm_nodeagent.host.trust import Refused, refuse_unsafe, trusted
+from vllm_nodeagent.host.trust import refuse_unsafe, trusted
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_DEPTH = 64  # torch/triton/vLLM caches nest ~6 deep; a deeper tree is left, not walked (fds, recursion)
@@ -78,17 +77,7 @@ def empty_dir(
     parent, name = fsafe.split(host_path)
     pfd = fsafe.open_dir(root, parent, f"parent of the {what}", owners)
     try:
-        try:
-            top = os.open(name, _DIR_FLAGS, dir_fd=pfd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise Refused(
-                    "open",
-                    host_path,
-                    f"a {what} that is a symbolic link or not a directory: {host_path}",
-                    f"remove {host_path}",
-                ) from None
-            raise HostError("open", host_path, exc) from exc
+        top = fsafe.open_subdir(pfd, name, host_path, what, f"remove {host_path}")
     finally:
         os.close(pfd)
     try:

@@ -158,24 +158,30 @@ def open_file_at(
     return fd
 
 
-def read_fd(fd: int, shown: str, cap: int) -> bytes:
-    """At most ``cap`` bytes of an open file; more is refused (a file this large is not one the agent wrote)."""
+def read_upto(fd: int, cap: int, chunk_size: int = 1 << 16) -> bytes:
+    """At most ``cap`` + 1 bytes of an open file: a result longer than ``cap`` means the file is too large."""
     chunks: list[bytes] = []
     total = 0
+    while total <= cap:
+        chunk = os.read(fd, min(chunk_size, cap + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def read_fd(fd: int, shown: str, cap: int) -> bytes:
+    """At most ``cap`` bytes of an open file; more is refused (a file this large is not one the agent wrote)."""
     try:
-        while total <= cap:
-            chunk = os.read(fd, min(1 << 16, cap + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
+        data = read_upto(fd, cap)
     except OSError as exc:
         raise HostError("read", shown, exc) from exc
-    if total > cap:
+    if len(data) > cap:
         raise Refused(
             "read", shown, f"{shown}: larger than {cap} bytes, not a file this agent wrote", f"move {shown} aside"
         )
-    return b"".join(chunks)
+    return data
 
 
 def read_file(
@@ -314,6 +320,16 @@ def open_regular(path: str, expect: Optional[tuple[int, int]] = None) -> int:
     return fd
 
 
+def open_subdir(dir_fd: int, name: str, shown: str, what: str, fix: str) -> int:
+    """``name`` in ``dir_fd`` as a directory fd, never through a link: a link or a non-directory is Refused."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise Refused("open", shown, f"a {what} that is a symbolic link or not a directory: {shown}", fix) from None
+        raise HostError("open", shown, exc) from exc
+
+
 def ensure_dir_at(
     dir_fd: int, name: str, shown: str, mode: int, uid: int = -1, gid: int = -1, what: str = "directory"
 ) -> None:
@@ -324,17 +340,7 @@ def ensure_dir_at(
         pass
     except OSError as exc:
         raise HostError("mkdir", shown, exc) from exc
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise Refused(
-                "open",
-                shown,
-                f"a {what} that is a symbolic link or not a directory: {shown}",
-                f"remove {shown} so the agent can create it",
-            ) from None
-        raise HostError("open", shown, exc) from exc
+    fd = open_subdir(dir_fd, name, shown, what, f"remove {shown} so the agent can create it")
     try:
         st = os.fstat(fd)
         if (uid != -1 or gid != -1) and (st.st_uid, st.st_gid) != (uid, gid):

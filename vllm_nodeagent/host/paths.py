@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 
-from vllm_nodeagent.host.fsafe import MAX_READ, open_regular
+from vllm_nodeagent.host.fsafe import MAX_READ, open_regular, read_upto
 
 __all__ = [
     "devnull_writer",
@@ -79,16 +79,9 @@ def read_regular(path: str | os.PathLike[str], cap: int = MAX_READ) -> bytes:
     tree whose content the agent hashes (the vLLM environment's RECORD, a model's config.json)."""
     fd = open_regular(os.fspath(path))
     try:
-        chunks: list[bytes] = []
-        total = 0
-        while total <= cap:
-            chunk = os.read(fd, min(1 << 20, cap + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
+        data = read_upto(fd, cap, 1 << 20)
     finally:
         os.close(fd)
-    if total > cap:
+    if len(data) > cap:
         raise OSError(errno.EFBIG, f"larger than {cap} bytes", os.fspath(path))
-    return b"".join(chunks)
+    return data
