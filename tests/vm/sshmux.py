@@ -18,6 +18,17 @@ from pathlib import Path
 from typing import Optional
 
 
+def end_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """TERM, then KILL if it is still there after ``timeout``: qemu and the ssh master end the same way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
 class Master:
     def __init__(self) -> None:
         # A short private directory: a unix socket's path has ~100 bytes at most, and the workdir may be long.
@@ -51,13 +62,7 @@ class Master:
 
     def stop(self) -> None:
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout=10)
+            end_process(self._proc)
             self._proc = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Optional, Union
 
-from sshmux import Master
+from sshmux import Master, end_process
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build_image.sh"
@@ -245,13 +245,8 @@ class VM:
 
     def _kill(self) -> None:
         self.master.stop()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            end_process(self.proc)
         self.proc = None
         if self._qemu_log is not None:
             self._qemu_log.close()
