@@ -216,7 +216,7 @@ def model_identity(model: str, args: Sequence[str], env: Mapping[str, str], host
         return "none"
     if model.startswith(("/", "./", "../")):
         return f"{model} config.json {_sha(str(host.path(model) / 'config.json'), _SMALL_CAP * 16)}"
-    revision = _arg(args, "--revision") or "main"
+    revision = arg_value(args, "--revision") or "main"
     hub_env = dict(env)
     hub_env.setdefault("XDG_CACHE_HOME", os.path.join(env.get("HOME", "/"), ".cache"))
     from vllm_nodeagent.prewarm.targets import hf_cache_dir
@@ -239,7 +239,8 @@ def _under(host: Host, path: str) -> str:
     return path if host.is_real or path.startswith(root + "/") else str(host.path(path))
 
 
-def _arg(args: Sequence[str], flag: str) -> str:
+def arg_value(args: Sequence[str], flag: str) -> str:
+    """The value of ``flag`` in a vLLM argv (``--flag V`` or ``--flag=V``); "" when absent."""
     for i, a in enumerate(args):
         if a == flag and i + 1 < len(args):
             return args[i + 1]

@@ -64,7 +64,7 @@ def judge(
     session), else one opened here when ``open_nvml`` (a start)."""
     env = child_env(cfg, who, [], None, cache_real)
     python, _ = resolve_python(list(cfg.command), cfg.python, env.get("PATH", SAFE_PATH))
-    model = cfg.model or _model_arg(list(cfg.args))
+    model = cfg.model or cc.arg_value(cfg.args, "--model")
     opened = ctx.open_nvml()[0] if nvml is None and open_nvml else None
     try:
         fields = cc.current_fields(python, env, model, list(cfg.args), topo, nvml or opened, ctx.host)
@@ -84,15 +84,6 @@ def compile_subdirs(env: dict[str, str], cache_real: str) -> tuple[str, ...]:
     one elsewhere: that one is the operator's to manage). Nothing else there is cleared: with an unusable home,
     HOME and XDG_CACHE_HOME are the cache directory too, and the Hugging Face cache (the weights) lies under it."""
     return tuple(sub for var, sub in CACHE_VARS.items() if env.get(var) == os.path.join(cache_real, sub))
-
-
-def _model_arg(args: list[str]) -> str:
-    for i, a in enumerate(args):
-        if a == "--model" and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith("--model="):
-            return a.split("=", 1)[1]
-    return ""
 
 
 def keep_or_clear(ctx: Context, cfg: VllmConfig, who: RunAs, cache_real: str, topo: Topology) -> str:
