@@ -16,7 +16,11 @@
   starts N workers; all in the server's process group, none watching its parent (a leader that dies leaves
   them running, PPID 1).
 * Crashing: ``--crash-after S`` (or env ``STANDIN_CRASH_AFTER``) exits with status 3 S seconds after it became
-  healthy; ``--crash-during-load`` (or env ``STANDIN_CRASH_DURING_LOAD=1``) exits 4 while loading.
+  healthy; ``--crash-during-load`` (or env ``STANDIN_CRASH_DURING_LOAD=1``) exits 4 while loading;
+  ``--crash-during-load-while FILE`` does so only while FILE exists.
+* ``--compile-file REL``: vLLM's compile cache at start: ``$VLLM_CACHE_ROOT/REL`` is read when it is there (a hit)
+  and written with this pid when not, before loading (so a crash while loading leaves it); the server's record
+  says which (``compile``: "hit" or "wrote").
 
 Any other argument (``serve``, the model, vLLM flags) is accepted and ignored.
 """
@@ -77,6 +81,17 @@ def describe(role: str, argv: list[str]) -> dict[str, Any]:
     info["env"] = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
     info["environ"] = dict(os.environ)  # all of it: the cache key vLLM derives from VLLM_* (test_compile_cache_start)
     return info
+
+
+def compile_into(rel: str) -> str:
+    """A compile cache entry under VLLM_CACHE_ROOT: "hit" when it is there, else written now ("wrote")."""
+    path = os.path.join(os.environ["VLLM_CACHE_ROOT"], rel)
+    if os.path.isfile(path):
+        return "hit"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"compiled by pid {os.getpid()}\n")
+    return "wrote"
 
 
 def record(path: Optional[str], info: dict[str, Any]) -> None:
@@ -214,6 +229,8 @@ def main() -> int:
     p.add_argument(
         "--crash-during-load", action="store_true", default=os.environ.get("STANDIN_CRASH_DURING_LOAD") == "1"
     )
+    p.add_argument("--crash-during-load-while", default="")
+    p.add_argument("--compile-file", default="")
     p.add_argument("--refuse-while-loading", action="store_true")
     p.add_argument("--workers-ignore-term", action="store_true", help="workers survive SIGTERM (need SIGKILL)")
     p.add_argument("--standin-worker", action="store_true", help=argparse.SUPPRESS)
@@ -229,7 +246,8 @@ def main() -> int:
     if args.standin_engine >= 0:
         return engine_main(args.record, args.workers_ignore_term, args.standin_engine)
 
-    record(args.record, describe("server", argv))
+    compiled = compile_into(args.compile_file) if args.compile_file else ""
+    record(args.record, {**describe("server", argv), **({"compile": compiled} if compiled else {})})
     spawn_workers(args.record, args.workers_ignore_term, args.workers)
     if args.engine_workers:
         spawn_workers(args.record, args.workers_ignore_term, 1, f"--standin-engine={args.engine_workers}")
@@ -237,7 +255,7 @@ def main() -> int:
     positional = [a for a in unknown if not a.startswith("-") and a != "serve"]
     state.served = args.served_model_name or args.model or (positional[0] if positional else "standin")
     state.smoke_fail, state.smoke_hold, state.record = args.smoke_fail, args.smoke_hold_file, args.record
-    if args.crash_during_load:
+    if args.crash_during_load or (args.crash_during_load_while and os.path.exists(args.crash_during_load_while)):
         time.sleep(min(args.load_seconds, 0.1))
         return 4
     if args.refuse_while_loading:

@@ -21,7 +21,7 @@ from vllm_nodeagent.context import Context
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.nvml import Nvml
 from vllm_nodeagent.serving import compile_cache as cc
-from vllm_nodeagent.serving.compile_keep import doctor_check, keep_or_clear
+from vllm_nodeagent.serving.compile_keep import doctor_check, keep_or_clear, prove
 from vllm_nodeagent.serving.env import RunAs
 from vllm_nodeagent.topology import Gpu, NumaNode, Topology
 
@@ -205,6 +205,7 @@ def test_kept_while_unchanged_cleared_when_the_model_changes(tmp_path: Path, eve
     assert stored["schema"] == cc.SCHEMA and stored["fields"]["vllm"] == "0.26.0"
     assert (Path(leaf) / cc.FINGERPRINT_FILE).stat().st_mode & 0o777 == 0o600
     artifact = compiled(leaf)
+    prove(ctx, vcfg, who)  # that start served (test_compile_cache_proof: one that did not)
     assert keep_or_clear(ctx, vcfg, who, leaf, CPU_ONLY) == "kept"  # a restart, a reboot: same fingerprint
     assert artifact.read_text() == "compiled"
     config_json.write_text('{"layers": 4}')
@@ -212,9 +213,14 @@ def test_kept_while_unchanged_cleared_when_the_model_changes(tmp_path: Path, eve
     assert sorted(os.listdir(leaf)) == [".cache", cc.FINGERPRINT_FILE, "vllm-probe-cache.json"]
     assert (Path(leaf) / ".cache/huggingface/hub/models--org--name/blobs/w.safetensors").read_text() == "weights"
     ev = [e for e in lines(events) if str(e["event"]).startswith("compile_cache")]
-    assert [e["event"] for e in ev] == ["compile_cache_cleared", "compile_cache_kept", "compile_cache_cleared"]
-    assert ev[0]["changed"] == "fingerprint" and ev[2]["changed"] == "model"
-    assert "config.json" in str(ev[2]["detail"]) and "2 files" in str(ev[2]["removed"])
+    assert [e["event"] for e in ev] == [
+        "compile_cache_cleared",
+        "compile_cache_proven",
+        "compile_cache_kept",
+        "compile_cache_cleared",
+    ]
+    assert ev[0]["changed"] == "fingerprint" and ev[3]["changed"] == "model"
+    assert "config.json" in str(ev[3]["detail"]) and "2 files" in str(ev[3]["removed"])
     assert not (tmp_path / "RAN").exists()
 
 
@@ -262,6 +268,7 @@ def test_doctor_passes_warns_and_skips(tmp_path: Path, events: io.StringIO) -> N
     assert doctor_check(ctx, vcfg, who, CPU_ONLY).status == Status.SKIP  # no cache yet
     keep_or_clear(ctx, vcfg, who, leaf, CPU_ONLY)
     compiled(leaf)
+    prove(ctx, vcfg, who)
     ok = doctor_check(ctx, vcfg, who, CPU_ONLY)
     assert ok.status == Status.PASS and ok.current is not None and ok.current.startswith("fingerprint ")
     warn = doctor_check(ctx, vcfg, who, H200)
@@ -281,6 +288,7 @@ def test_an_hf_model_downloaded_by_the_first_start_does_not_clear_what_it_compil
     stored = json.loads((Path(leaf) / cc.FINGERPRINT_FILE).read_text())
     assert stored["fields"]["model"] == "org/name@main (not in the HF cache)"
     artifact = compiled(leaf)
+    prove(ctx, vcfg, who)
     refs = Path(leaf) / ".cache/huggingface/hub/models--org--name/refs"  # no usable home: HOME is the cache dir
     refs.mkdir(parents=True)
     (refs / "main").write_text("c" * 40)
@@ -345,6 +353,7 @@ def test_doctor_cli_reports_the_check_with_a_pasteable_hint(tmp_path: Path, even
     (root / "var/cache/vna").chmod(0o755)
     keep_or_clear(ctx, vcfg, who, str(leaf), CPU_ONLY)
     compiled(str(leaf))
+    prove(ctx, vcfg, who)
     rc, ok = doctor()
     assert (rc, ok["status"]) == (0, "pass")
     (root / "models/m/config.json").write_text('{"layers": 4}')

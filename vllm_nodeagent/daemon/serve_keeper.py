@@ -287,6 +287,7 @@ class ServeKeeper:
             gate=gate,
         )
         verify_binding(self)
+        compile_keep.mark_proven(self.ctx)  # the caches this start wrote served: kept through later crashes
         learn_after_ready(self.loop, self.child.pid)  # the libraries it mapped: what the next warm-up reads
         self.loop.component_ready()
 

@@ -9,7 +9,9 @@ fingerprint is coarser: what the caches depend on — the installed vLLM and tor
 distribution's RECORD, which lists every file's hash), the interpreter's version and tag, the model, the GPUs —
 read as data: files of the vLLM environment are read, nothing of it is imported or run. It is stored beside the
 caches (``<cache_dir>/<user>/compile-fingerprint.json``); at a start an unchanged fingerprint keeps the directory
-and a changed or missing one empties it (host/fremove: by fds, never following what the vLLM user planted).
+and a changed or missing one empties it (host/fremove: by fds, never following what the vLLM user planted). The
+record also says whether a start that served used the caches (``proven``: compile_keep.py); an unproven one is
+emptied too.
 """
 
 from __future__ import annotations
@@ -75,10 +77,40 @@ def _same(key: str, old: str, new: str) -> bool:
     return new.startswith(model + "@") and bool(_HEX40.fullmatch(new[len(model) + 1 :]))
 
 
+UNPROVEN = "unproven"
+NEVER_SERVED = (
+    "the last start that wrote it never served (it crashed, timed out or was stopped while vLLM loaded and "
+    "compiled): what it wrote may be partial"
+)
+
+
+def is_proven(stored: Optional[Mapping[str, Any]]) -> bool:
+    """A start served with the caches the record describes. A record without the field (an agent before this
+    one wrote it) counts as proven: an agent upgrade is no mass recompile."""
+    return stored is None or stored.get("proven", True) is not False
+
+
+def with_proof(rec: Mapping[str, Any], launch: str, proven_at: Optional[str]) -> dict[str, Any]:
+    """The record as stored: ``proven`` (a start of ``launch`` reached serving, at ``proven_at``; None: not yet),
+    beside the fields and outside the digest (a proof does not change what the caches were built for)."""
+    out = {k: v for k, v in rec.items() if k not in ("proven", "proven_at", "launch")}
+    out.update(proven=proven_at is not None, launch=launch)
+    if proven_at is not None:
+        out["proven_at"] = proven_at
+    return out
+
+
+def launch_digest(parts: Mapping[str, Any]) -> str:
+    """What vLLM is started with (command, model, args, env): another launch may compile new cache entries."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def describe(stored: Optional[Mapping[str, Any]], current: Mapping[str, Any], fields: Sequence[str]) -> str:
-    """One line: ``model: A -> B; gpu: C -> D`` (or why nothing was stored)."""
+    """One line: ``model: A -> B; gpu: C -> D`` (or why nothing was stored, or why it is not trusted)."""
     if list(fields) == ["fingerprint"]:
         return "no fingerprint stored (first start, or the caches predate it)"
+    if list(fields) == [UNPROVEN]:
+        return NEVER_SERVED
     old = stored["fields"] if stored else {}
     return "; ".join(f"{k}: {old.get(k, '')} -> {current['fields'][k]}" for k in fields)
 

@@ -7,11 +7,19 @@ the caches depend on (compile_cache.py) against the one stored beside them. Unch
 in the directory are emptied through the ground floor (host/fremove: by fds, nothing the vLLM user planted is
 followed) and the new fingerprint written (``compile_cache_cleared``, naming the fields that changed). A cache that
 cannot be managed never stops a start: one warning line, and vLLM's own keys still apply.
+
+Proof: a record written at a start says ``proven: false`` until that start passes the readiness gate
+(``mark_proven``, from the serve keeper at READY). A start that finds the same fingerprint unproven empties the
+caches all the same (``changed=unproven``): the start that wrote them crashed, timed out or was stopped before it
+served, and a half-written Inductor/Triton/vLLM entry could fail every start after it. A start that served keeps
+its proof through later crashes; a start with another launch (command, model, args, env: vLLM may compile new
+entries) keeps the caches but leaves them unproven until it serves.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -86,30 +94,47 @@ def compile_subdirs(env: dict[str, str], cache_real: str) -> tuple[str, ...]:
     return tuple(sub for var, sub in CACHE_VARS.items() if env.get(var) == os.path.join(cache_real, sub))
 
 
+def launch_of(cfg: VllmConfig) -> str:
+    """The digest of what vLLM is started with, as far as its compile keys go (the config's side of them)."""
+    parts = {"command": list(cfg.command), "python": cfg.python, "model": cfg.model, "args": list(cfg.args)}
+    return cc.launch_digest({**parts, "env": dict(cfg.env)})
+
+
+def to_clear(v: Verdict) -> list[str]:
+    """Why this start empties the caches ([] = it keeps them): what changed, else a record no start served."""
+    return v.changed or ([] if cc.is_proven(v.stored) else [cc.UNPROVEN])
+
+
 def keep_or_clear(ctx: Context, cfg: VllmConfig, who: RunAs, cache_real: str, topo: Topology) -> str:
-    """At a start: keep the caches or empty them and store the new fingerprint; the action taken ("kept",
-    "cleared", or "unmanaged" when the directory could not be handled: logged, the start goes on)."""
+    """At a start: keep the caches or empty them and store the new fingerprint, unproven until this start serves
+    (``mark_proven``); the action taken ("kept", "cleared", or "unmanaged" when the directory could not be
+    handled: logged, the start goes on)."""
     logger = log.get()
     host_dir = cache_host_dir(ctx.config.agent.cache_dir, who)
+    launch = launch_of(cfg)
     try:
         v = judge(ctx, cfg, who, cache_real, topo)
-        if not v.changed:
-            if v.stored is not None and v.stored.get("digest") != v.current["digest"]:
-                write_fingerprint(ctx, who, host_dir, v.current)  # the same build, said more exactly (an HF commit)
-            logger.info("compile_cache_kept", dir=cache_real, digest=v.current["digest"][:16])
+        changed = to_clear(v)
+        if not changed and v.stored is not None:
+            same = v.stored.get("launch") == launch  # else vLLM may compile new entries: unproven until it serves
+            proof = str(v.stored.get("proven_at", "")) if same else None
+            if not same or v.stored.get("digest") != v.current["digest"]:  # or said more exactly (an HF commit)
+                write_fingerprint(ctx, who, host_dir, cc.with_proof(v.current, launch, proof))
+            shown = "unproven until this start serves (another launch)" if proof is None else f"proven {proof}".strip()
+            logger.info("compile_cache_kept", dir=cache_real, digest=v.current["digest"][:16], proof=shown)
             return "kept"
         owners = frozenset({owner_of(who)})
         done = empty_dir(str(ctx.host.root), host_dir, owners, only=v.subdirs)
-        write_fingerprint(ctx, who, host_dir, v.current)
+        write_fingerprint(ctx, who, host_dir, cc.with_proof(v.current, launch, None))
     except (HostError, OSError) as exc:
         logger.warning("compile_cache_unmanaged", dir=cache_real, error=str(exc))
         return "unmanaged"
-    if v.changed == ["keep_compile_cache"]:
+    if changed == ["keep_compile_cache"]:
         detail = "[agent] keep_compile_cache = false: cleared at each start"
     else:
-        detail = cc.describe(v.stored, v.current, v.changed)
+        detail = cc.describe(v.stored, v.current, changed)
     logger.info(
-        "compile_cache_cleared", dir=cache_real, changed=",".join(v.changed), detail=detail, removed=done.summary()
+        "compile_cache_cleared", dir=cache_real, changed=",".join(changed), detail=detail, removed=done.summary()
     )
     if done.left_count:
         logger.warning("compile_cache_left", dir=cache_real, left=done.left_count, detail="; ".join(done.left))
@@ -124,6 +149,31 @@ def at_restart(ctx: Context, topo: Topology) -> str:
     cfg = ctx.config.vllm or VllmConfig()
     who = resolve_user(cfg.user, ctx.host)
     return keep_or_clear(ctx, cfg, who, cache_dir_for(ctx.host, ctx.config.agent.cache_dir, who), topo)
+
+
+def mark_proven(ctx: Context) -> None:
+    """vLLM passed the readiness gate (the serve keeper calls this at READY): ``prove`` for the configured user.
+    Never raises: a record that cannot be written is one warning line, and the next start clears the caches."""
+    from vllm_nodeagent.serving.env import LaunchError, resolve_user
+
+    cfg = ctx.config.vllm or VllmConfig()
+    try:
+        prove(ctx, cfg, resolve_user(cfg.user, ctx.host))
+    except (HostError, OSError, LaunchError) as exc:
+        log.get().warning("compile_cache_unmanaged", dir=ctx.config.agent.cache_dir, error=f"marking it proven: {exc}")
+
+
+def prove(ctx: Context, cfg: VllmConfig, who: RunAs) -> Optional[str]:
+    """The record this start wrote says that it served, and when (returned; None when nothing was to mark: no
+    record, one already proven, or one written for another launch)."""
+    host_dir = cache_host_dir(ctx.config.agent.cache_dir, who)
+    stored = cc.read_stored(ctx.host, host_dir, owner_of(who))
+    if stored is None or cc.is_proven(stored) or stored.get("launch") != launch_of(cfg):
+        return None
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_fingerprint(ctx, who, host_dir, cc.with_proof(stored, launch_of(cfg), at))
+    log.get().info("compile_cache_proven", dir=host_dir, digest=str(stored.get("digest", ""))[:16], at=at)
+    return at
 
 
 def write_fingerprint(ctx: Context, who: RunAs, host_dir: str, rec: dict[str, Any]) -> None:
@@ -155,18 +205,31 @@ def doctor_check(
     if v.stored is None and not cc.cache_has_entries(ctx.host, host_dir, v.subdirs):
         return CheckResult(CHECK_ID, Status.SKIP, None, desired, "", f"no compile cache yet ({cache_real})")
     short = v.current["digest"][:16]
-    if not v.changed:
-        return CheckResult(CHECK_ID, Status.PASS, f"fingerprint {short}", desired, "", f"unchanged: {cache_real}")
-    if v.changed == ["keep_compile_cache"]:
+    changed = to_clear(v)
+    if not changed:
+        at = str(v.stored.get("proven_at", "")) if v.stored else ""
+        proof = f"proven by a start at {at}" if at else "written before starts were proven"
+        if v.stored is not None and v.stored.get("launch") not in (None, launch_of(cfg)):
+            proof += "; the configured launch differs: the next start keeps it, proven once that start serves"
+        return CheckResult(
+            CHECK_ID, Status.PASS, f"fingerprint {short}", desired, "", f"unchanged, {proof}: {cache_real}"
+        )
+    if changed == [cc.UNPROVEN]:
+        why = cc.NEVER_SERVED
+        note = (
+            f"the next vLLM start empties {cache_real} and compiles again: the start that wrote it has not served "
+            "(one still loading proves it once it serves); if vLLM keeps failing before it serves, see its log"
+        )
+    elif changed == ["keep_compile_cache"]:
         why = "[agent] keep_compile_cache = false: every start clears it"
         note = "set [agent] keep_compile_cache = true to keep the compile caches across starts"
     else:
-        why = cc.describe(v.stored, v.current, v.changed)
+        why = cc.describe(v.stored, v.current, changed)
         note = (
-            f"the next vLLM start empties {cache_real} and compiles again ({', '.join(v.changed)} changed); "
+            f"the next vLLM start empties {cache_real} and compiles again ({', '.join(changed)} changed); "
             "expected after an upgrade or a model/GPU change, else restore what changed"
         )
-    current = f"differs: {', '.join(v.changed)}"
+    current = "unproven" if changed == [cc.UNPROVEN] else f"differs: {', '.join(changed)}"
     return CheckResult(CHECK_ID, Status.WARN, current, desired, note, why, Fix(note=note))
 
 
