@@ -75,7 +75,8 @@ def test_phase_split_reparses_every_recorded_start() -> None:
     ):
         for r in jsonl(name):
             text = (RUN / logs / f"{prefix}{r['case']}-{r['n']}.log").read_text()
-            assert tts.phases(text, r["ready_s"]) == r["phases"], (name, r["case"])
+            got = tts.phases(text, r["ready_s"])  # phases added since the run are not in the record
+            assert {k: got[k] for k in r["phases"]} == r["phases"], (name, r["case"])
             assert tts.vllm_timings(text) == r["vllm"], (name, r["case"])
             assert r["phases"]["api_import_s"] is not None and r["phases"]["engine_init_s"] is not None
 

@@ -10,7 +10,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -204,10 +205,147 @@ def test_daemon_warm_up_beside_the_start_returns_at_once_then_reads_stack_then_w
         watchdog=lambda now: None,
         clock=time.monotonic,
     )
-    assert prewarm_before_start(loop) is None  # type: ignore[arg-type]  # returns before anything is read
+    assert prewarm_before_start(loop, lambda: True) is None  # type: ignore[arg-type]  # returns before any read
     thread = next(t for t in threading.enumerate() if t.name == "prewarm-beside-start")
     thread.join(120)
     parts = [kw.get("part") for ev, kw in log.events if ev == "prewarm_done"]
-    assert parts == ["stack", "weights"], log.events
+    assert parts == ["stack", "weights"], log.events  # no compile cache yet: no third part
     done = {kw["part"]: kw for ev, kw in log.events if ev == "prewarm_done"}
     assert done["weights"]["files"] == 1 and int(str(done["stack"]["stack_files"])) > 10
+
+
+def make_compile_cache(root: Path, base: Path) -> tuple[Path, Path]:
+    """A compile cache of user nobody under the tree's default [agent] cache_dir, with one artifact, and two links
+    an unprivileged owner of the cache could plant: a directory link and a file link to a decoy of this test."""
+    decoy = base / "decoy"
+    decoy.mkdir()
+    secret = decoy / "secret.bin"
+    secret.write_bytes(os.urandom(MIB))
+    cache = root / "var/cache/vllm-nodeagent/nobody"
+    artifact = cache / "vllm/torch_compile_cache/abc/rank_0_0/backbone/artifact"
+    artifact.parent.mkdir(parents=True)
+    artifact.write_bytes(os.urandom(MIB))
+    (cache / "vllm/evil_dir").symlink_to(decoy)
+    (cache / "triton").mkdir()
+    (cache / "triton/evil_file").symlink_to(secret)
+    for p in (artifact, secret):
+        drop(p)
+    return artifact, secret
+
+
+def test_the_weights_wait_for_vllms_imports_and_the_compile_caches_come_last_without_a_link_followed(
+    tmp_path: Path, base: Path
+) -> None:
+    """The default warm-up beside the start: the stack at once; the weights only once vLLM's imports are done
+    (measured on the H200: weights read during the API server's import made the start slower than no warm-up);
+    then the compile caches. A link in the cache (its owner, the vLLM user, can plant one) is not followed:
+    the decoy it points to stays out of the page cache, by mincore."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from vllm_nodeagent.config import parse_config
+    from vllm_nodeagent.daemon.prewarm_step import prewarm_before_start
+    from vllm_nodeagent.host import Host
+
+    make_stack(base)
+    weights = base / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(os.urandom(MIB))
+    root = tmp_path / "root"
+    real_accounts(root, "nobody")
+    (root / "proc").mkdir(parents=True)
+    (root / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
+    artifact, secret = make_compile_cache(root, base)
+    drop(weights)
+    cfg = parse_config(
+        f'[prewarm]\n[vllm]\ncommand = ["{base}/venv/bin/python", "-m", "vllm"]\nmodel = "{weights.parent}"\n'
+        'user = "nobody"\n',
+        "c",
+    )
+    log = _Log()
+    loop = SimpleNamespace(
+        ctx=SimpleNamespace(config=cfg, host=Host(root)),
+        log=log,
+        notify=SimpleNamespace(status=lambda s: None),
+        metrics=SimpleNamespace(set_prewarm=lambda *a: None),
+        watchdog=lambda now: None,
+        clock=time.monotonic,
+    )
+    imported = threading.Event()
+    assert prewarm_before_start(loop, imported.is_set) is None  # type: ignore[arg-type]
+    thread = next(t for t in threading.enumerate() if t.name == "prewarm-beside-start")
+    deadline = time.monotonic() + 60
+    while not any(kw.get("part") == "stack" for _ev, kw in log.events) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # vLLM still importing: nothing more is read
+    assert [kw.get("part") for ev, kw in log.events if ev == "prewarm_done"] == ["stack"], log.events
+    assert fincore([weights])[str(weights)] == 0
+    imported.set()
+    thread.join(120)
+    events = [(ev, kw.get("part")) for ev, kw in log.events if ev.startswith("prewarm_")]
+    assert events == [
+        ("prewarm_done", "stack"),
+        ("prewarm_weights_begin", None),
+        ("prewarm_done", "weights"),
+        ("prewarm_done", "compile_cache"),
+    ], log.events
+    begin = next(kw for ev, kw in log.events if ev == "prewarm_weights_begin")
+    assert begin["imports_done"] is True and float(str(begin["waited_s"])) >= 0.9
+    cache_done = next(kw for ev, kw in log.events if kw.get("part") == "compile_cache")
+    assert cache_done["stack_files"] == 1, cache_done  # the artifact; neither link
+    res = fincore([artifact, secret, weights])
+    assert res[str(artifact)] == MIB and res[str(weights)] == MIB and res[str(secret)] == 0, res
+
+
+def test_prewarm_command_reads_the_compile_caches_with_the_stack_and_follows_no_link_in_them(
+    tmp_path: Path, base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_stack(base)
+    weights = base / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(os.urandom(MIB))
+    artifact, secret = make_compile_cache(tmp_path / "root", base)
+    assert run(tmp_path, base) == 0
+    paths = json.loads(capsys.readouterr().out)["paths"]
+    cache_paths = [p for p in paths if "/var/cache/vllm-nodeagent/" in p]
+    assert cache_paths == [str(artifact)], cache_paths
+    assert fincore([artifact, secret]) == {str(artifact): MIB, str(secret): 0}
+
+
+def _wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_vllms_imports_are_done_when_it_starts_a_process_of_its_own_interpreter(method: str, tmp_path: Path) -> None:
+    """The sign the weights wait for, on real processes: a helper of another binary (ldconfig, gcc at import
+    time; `sleep` here) is not it; the engine core, forked or spawned with the same interpreter, is."""
+    from vllm_nodeagent.serving.child import imports_done
+
+    marker = str(tmp_path / "importing")
+    code = (
+        "import multiprocessing as mp, os, subprocess, time\n"
+        f"h = subprocess.Popen(['sleep', '30']); open({marker!r}, 'w').close()\n"
+        f"while os.path.exists({marker!r}): time.sleep(0.02)\n"
+        f"p = mp.get_context({method!r}).Process(target=time.sleep, args=(30,)); p.start(); p.join()\n"
+    )
+    api = subprocess.Popen([SYSTEM_PY, "-c", code])
+    try:
+        assert _wait_until(lambda: os.path.exists(marker))
+        time.sleep(0.3)  # the helper runs; the "imports" go on
+        assert not imports_done(api.pid)
+        os.unlink(marker)  # the "imports" end: the engine starts
+        assert _wait_until(lambda: imports_done(api.pid)), "the engine's start was not seen"
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(api.pid)], check=False)
+        api.kill()
+        api.wait()
+    assert not imports_done(api.pid)  # gone: False, no error

@@ -20,7 +20,10 @@ Issue 23 (``--cfg-dir DIR``: DIR/cfg-<name>.toml, every case through the root da
   warm            the page cache as the previous case left it (a warm restart)
   cold            drop the cache; no [prewarm]
   warmup_full     drop the cache; [prewarm] stack + weights, all before vLLM starts (overlap = false)
-  warmup_overlap  drop the cache; [prewarm] the stack before vLLM starts, the weights while it imports
+  warmup_overlap  drop the cache; [prewarm] overlap = true (what it did on the day of the run: see its fixture)
+  warmup_default  the same config since the weights wait: the stack beside vLLM's start, the weights once its API
+                  server's imports are done (its engine process started), then the compile caches
+  weights_overlap the same with [prewarm] stack = false (the weights only)
   compiled_first  drop the cache and vLLM/torch/triton's compile caches; no --enforce-eager; the default warm-up
   compiled_second the same again, caches kept (what a restart or reboot sees)
 
@@ -113,6 +116,7 @@ def phases(text: str, ready_s: Optional[float]) -> dict[str, Optional[float]]:
     at = {
         "vllm_started": _first_at(text, r'"event": "vllm_started"'),
         "prewarm_stack_done": _first_at(text, r'(?=.*"event": "prewarm_done")(?=.*"part": "stack")'),
+        "prewarm_weights_begin": _first_at(text, r'"event": "prewarm_weights_begin"'),
         "prewarm_done": _first_at(text, r'(?=.*"event": "prewarm_done")(?=.*"part": "(all|weights)")'),
         "api_first_log": _first_at(text, r"^(\(APIServer pid=\d+\) )?(INFO|WARNING|DEBUG) \d\d-\d\d "),
         "engine_first_log": _first_at(text, r"^\(EngineCore(_\d+)? pid=\d+\) (INFO|WARNING|DEBUG) "),
@@ -475,6 +479,8 @@ TTS23 = {  # issue 23: case -> (config name, drop the page cache, clear the comp
     "cold": ("plain", True, False),
     "warmup_full": ("full", True, False),
     "warmup_overlap": ("overlap", True, False),
+    "warmup_default": ("overlap", True, False),  # the same config as warmup_overlap, after the weights moved
+    "weights_overlap": ("weights", True, False),  # [prewarm] stack = false: only the weights, after the imports
     "compiled_first": ("compiled", True, True),
     "compiled_second": ("compiled", True, False),
 }

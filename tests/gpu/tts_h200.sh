@@ -56,7 +56,7 @@ stop_leftovers() {
     rm -f "$f"
 }
 
-write_configs() {  # plain (no prewarm), full (stack + weights before the start), overlap, compiled
+write_configs() {  # plain (no prewarm), full (all before the start), overlap (the default), weights, compiled
     mkdir -p "$CFG"
     local ldp=${LD_LIBRARY_PATH:-} cmd args pyp
     if [ -n "$DRY" ]; then
@@ -84,6 +84,7 @@ write_configs() {  # plain (no prewarm), full (stack + weights before the start)
     mk plain "$eager" ""
     mk full "$eager" "overlap = false"
     mk overlap "$eager" "overlap = true"
+    mk weights "$eager" $'overlap = true\nstack = false'
     mk compiled "$( [ -n "$DRY" ] || echo ', "--max-num-seqs", "32"')" "overlap = true"
 }
 

@@ -205,6 +205,7 @@ class Agent:
                     'state_dir = "/var/lib/vllm-nodeagent"',
                     "drift_interval_s = 60",
                     'metrics_textfile = "/var/lib/node_exporter/metrics.prom"',
+                    "[prewarm]",  # the default warm-up beside the start: the weights wait for vLLM's imports
                     "[vllm]",
                     f"command = {json.dumps([f'{VENV}/bin/python', '-m', 'vllm.entrypoints.openai.api_server'])}",
                     f"model = {json.dumps(self.model)}",
@@ -324,7 +325,15 @@ def test_a_ready_only_after_the_gate_then_serves(agent: Agent) -> None:
     bindings = agent.events("vllm_binding")
     assert bindings and all(b["mempolicy"] == "bind:0" and b["mems"] == "0" for b in bindings), bindings
     assert not agent.events("vllm_binding_mismatch")
-    print(f"MEASURED agent start -> READY (real vLLM, gate passed): {ready_s:.1f} s")
+    # the warm-up saw real vLLM's imports end (its engine core started), not the two-minute fallback
+    begin = agent.events("prewarm_weights_begin")
+    assert begin and begin[0]["imports_done"] is True, begin
+    parts = [e["part"] for e in agent.events("prewarm_done")]
+    assert parts[:2] == ["stack", "weights"], parts
+    print(
+        f"MEASURED agent start -> READY (real vLLM, gate passed): {ready_s:.1f} s; weights warm-up waited "
+        f"{begin[0]['waited_s']} s for vLLM's imports"
+    )
 
 
 def test_g_doctor_sees_version_and_live_binding(agent: Agent) -> None:

@@ -18,7 +18,7 @@ from vllm_nodeagent.config import PrewarmConfig
 from vllm_nodeagent.context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, print_json
 from vllm_nodeagent.host import HostError
 from vllm_nodeagent.host.parse import ParseError
-from vllm_nodeagent.prewarm.stack import config_stack
+from vllm_nodeagent.prewarm.stack import config_compile_caches, config_stack
 from vllm_nodeagent.prewarm.targets import (
     BudgetError,
     WarmFile,
@@ -106,6 +106,7 @@ def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
         targets, env = config_targets(ctx.config)
         if cfg.stack:  # the default prewarm: the serving stack first, then the weights (issue 23)
             stack, stack_errors = config_stack(ctx.config, ctx.host)
+        stack += config_compile_caches(ctx.config, ctx.host)  # small beside the weights: read with the stack
         if not targets and not stack:
             print(
                 "vllm-nodeagent: prewarm: no TARGET given and none configured ([prewarm] paths, [vllm] model)",

@@ -1,15 +1,20 @@
 """The serve keeper's first start-up step: read what vLLM will read into the page cache — the serving stack (the
 vLLM interpreter and the libraries on its path, prewarm/stack.py) first, then the model's files (``[prewarm]``
-paths + ``[vllm] model``) — with ``STATUS=prewarming N%`` and watchdog pings from the progress callback (a stalled
-read stops the pings). A failed prewarm is logged and never stops serving.
+paths + ``[vllm] model``), then the agent-owned compile caches — with ``STATUS=prewarming N%`` and watchdog pings
+from the progress callback (a stalled read stops the pings). A failed prewarm is logged and never stops serving.
 
-With ``[prewarm] overlap`` (issue 23, the default) nothing is read before vLLM starts: the stack, then the weights,
-are read in a thread while vLLM imports (its imports take longer than reading the weights at disk speed), so the
-warm-up is not on the start's critical path. ``lock`` needs the pages held by this process: it warms all first."""
+With ``[prewarm] overlap`` (issue 23, the default) nothing is read before vLLM starts. A thread reads the stack
+beside vLLM's imports, then waits until the API server's imports are done (it started its engine process:
+serving/child.imports_done) and reads the weights while the engine imports. Measured on an H200 (bench/README.md):
+the weights read *during* the API server's import slowed that import from ~10 s to 16-21 s on one virtio disk, so
+the warm-up beside the start was slower than none; the engine's import is CPU-bound and hides the read. Then the
+compile caches, which vLLM reads after the weights. ``lock`` needs the pages held by this process: it warms all
+first."""
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
@@ -19,8 +24,16 @@ if TYPE_CHECKING:
     from vllm_nodeagent.prewarm.warm import PrewarmResult
 
 
-def prewarm_before_start(loop: Loop) -> Any:
-    """Prewarm what the config names; the mlock handle to keep while the daemon runs (``[prewarm] lock``), or None."""
+# How long the weights wait for vLLM's imports before they are read anyway (a command that is not vLLM's own
+# interpreter, e.g. a wrapper script, never shows the sign): well past a cold import on the slowest machine seen.
+IMPORTS_WAIT_S = 120.0
+_IMPORTS_POLL_S = 0.2
+
+
+def prewarm_before_start(loop: Loop, imports_done: Callable[[], bool] = lambda: True) -> Any:
+    """Prewarm what the config names; the mlock handle to keep while the daemon runs (``[prewarm] lock``), or None.
+    ``imports_done``: whether the vLLM just started has finished importing (the weights beside the start wait
+    for it)."""
     ctx = loop.ctx
     pcfg = ctx.config.prewarm
     if pcfg is None:
@@ -32,7 +45,10 @@ def prewarm_before_start(loop: Loop) -> Any:
         # Measured on an H200 (bench/README.md): a warm-up vLLM waits for costs more than it saves. So the stack,
         # then the weights, are read in a daemon thread while vLLM starts (a SIGTERM does not wait for it).
         threading.Thread(
-            target=_background, args=(loop, pcfg, targets, env), name="prewarm-beside-start", daemon=True
+            target=_background,
+            args=(loop, pcfg, targets, env, imports_done),
+            name="prewarm-beside-start",
+            daemon=True,
         ).start()
         return None
     stack = _stack(loop, pcfg)
@@ -48,6 +64,7 @@ def prewarm_before_start(loop: Loop) -> Any:
             loop.notify.status(f"prewarming {pct}%")
             loop.watchdog(loop.clock())  # a stalled prewarm stops pinging
 
+    stack += _compile_caches(loop)  # after the weights: vLLM reads them after its weights too
     result = _warm(loop, pcfg, targets, env, stack, progress, lock=pcfg.lock, what="all")
     return result.locked if result is not None else None
 
@@ -63,8 +80,17 @@ def _stack(loop: Loop, pcfg: PrewarmConfig) -> list[WarmFile]:
     return stack
 
 
-def _background(loop: Loop, pcfg: PrewarmConfig, targets: list[str], env: dict[str, str]) -> None:
-    """Beside vLLM's start: the stack (what its imports read), then the weights (read ~20 s later by it)."""
+def _compile_caches(loop: Loop) -> list[WarmFile]:
+    from vllm_nodeagent.prewarm.stack import config_compile_caches
+
+    return config_compile_caches(loop.ctx.config, loop.ctx.host)
+
+
+def _background(
+    loop: Loop, pcfg: PrewarmConfig, targets: list[str], env: dict[str, str], imports_done: Callable[[], bool]
+) -> None:
+    """Beside vLLM's start: the stack (what its imports read); the weights once its imports are done; then the
+    compile caches."""
     try:
         stack = _stack(loop, pcfg)
     except Exception as exc:  # never let a warm-up bug reach the daemon
@@ -74,8 +100,33 @@ def _background(loop: Loop, pcfg: PrewarmConfig, targets: list[str], env: dict[s
     if stack:
         done = _warm(loop, pcfg, [], env, stack, None, lock=False, what="stack", threads=pcfg.threads or 16)
         used = done.total_bytes if done is not None else 0
+    waited, seen = _wait_for_imports(loop, imports_done)
+    loop.log.info("prewarm_weights_begin", waited_s=round(waited, 3), imports_done=seen)
     if targets:
-        _warm(loop, pcfg, targets, env, [], None, False, "weights", used)
+        done = _warm(loop, pcfg, targets, env, [], None, False, "weights", used)
+        used += done.total_bytes if done is not None else 0
+    try:
+        caches = _compile_caches(loop)
+    except Exception as exc:  # never let a warm-up bug reach the daemon
+        loop.log.error("prewarm_failed", part="compile_cache", error=f"{type(exc).__name__}: {exc}")
+        caches = []
+    if caches:
+        _warm(loop, pcfg, [], env, caches, None, False, "compile_cache", used, threads=pcfg.threads or 16)
+
+
+def _wait_for_imports(loop: Loop, imports_done: Callable[[], bool]) -> tuple[float, bool]:
+    """Seconds waited, and whether the imports were seen done (False: IMPORTS_WAIT_S passed, or the probe
+    failed: the weights are read anyway)."""
+    start = time.monotonic()
+    while time.monotonic() - start < IMPORTS_WAIT_S:
+        try:
+            if imports_done():
+                return time.monotonic() - start, True
+        except Exception as exc:  # a probe bug must not hold the weights back for two minutes
+            loop.log.warning("prewarm_imports_probe_failed", error=f"{type(exc).__name__}: {exc}")
+            break
+        time.sleep(_IMPORTS_POLL_S)
+    return time.monotonic() - start, False
 
 
 def _warm(
@@ -109,7 +160,7 @@ def _warm(
     except Exception as exc:  # a failed prewarm must not stop serving; it is logged
         loop.log.error("prewarm_failed", part=what, error=f"{type(exc).__name__}: {exc}")
         return None
-    if what != "stack":
+    if what in ("all", "weights"):  # the metric is the model's residency
         loop.metrics.set_prewarm(result.resident_after_bytes, result.resident_fraction)
     for err in result.errors:
         loop.log.warning("prewarm_error", detail=err)

@@ -122,7 +122,12 @@ class ServeKeeper:
         return True
 
     def _prewarm(self) -> None:
-        self._prewarm_locked = prewarm_before_start(self.loop)
+        self._prewarm_locked = prewarm_before_start(self.loop, self._imports_done)
+
+    def _imports_done(self) -> bool:
+        """For the warm-up's thread: the vLLM now starting has finished importing (a restart's counts too)."""
+        child = self.child
+        return child is not None and child.imports_done()
 
     def ready(self) -> bool:
         return self.phase in ("serving", "watching")

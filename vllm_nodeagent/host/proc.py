@@ -138,6 +138,24 @@ class Procfs:
             raise NoSuchProcess(pid, f"no such process: pid {pid}")
         return tids
 
+    def children(self, pid: int) -> list[int]:
+        """The direct children of ``pid`` (every thread's /proc/<pid>/task/<tid>/children, proc(5)); [] when gone."""
+        found: set[int] = set()
+        for tid in self.host.listdir(f"/proc/{pid}/task"):
+            text = self.host.read_or(f"/proc/{pid}/task/{tid}/children", "") or ""
+            found.update(int(c) for c in text.split() if c.isdigit())
+        return sorted(found)
+
+    def exe_key(self, pid: int) -> tuple[int, int]:
+        """(device, inode) of the binary ``pid`` runs: a stat through /proc/<pid>/exe, never an open of it."""
+        try:
+            st = self.host.stat(f"/proc/{pid}/exe")
+        except HostError as exc:
+            if exc.errno in _GONE:
+                raise NoSuchProcess(pid, f"no such process: pid {pid}") from None
+            raise ProcError(pid, f"/proc/{pid}/exe: {exc.strerror}") from None
+        return (st.st_dev, st.st_ino)
+
     def identity(self, pid: int) -> Identity:
         st = self.stat(pid)
         uid = self.uid(pid)

@@ -171,3 +171,45 @@ def config_stack(config: Config, host: Host) -> tuple[list[WarmFile], list[str]]
         return [], [f"serving stack not warmed: {exc}"]
     learned = learned_libraries(host, config.agent.state_dir)
     return stack_files(python, info.path, learned)
+
+
+def tree_files(top: str, limit: int = 200_000) -> list[WarmFile]:
+    """Every regular file under ``top``, in name order, depth first; links are neither followed nor read, and
+    the reader opens each file by its (device, inode) again (one swapped since is refused).
+    At most ``limit`` files: a cache tree is not allowed to make the warm-up walk forever."""
+    files: list[WarmFile] = []
+    todo = [top]
+    while todo and len(files) < limit:
+        d = todo.pop()
+        try:
+            entries = sorted(hpaths.scan(d), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    subdirs.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    st = e.stat(follow_symlinks=False)
+                    files.append(WarmFile(e.path, e.path, st.st_size, st.st_dev, st.st_ino))
+            except OSError:
+                continue
+        todo.extend(reversed(subdirs))
+    return files[:limit]
+
+
+def config_compile_caches(config: Config, host: Host) -> list[WarmFile]:
+    """The files of the agent-owned compile caches of the configured vLLM user (``[agent] cache_dir``/<user>:
+    VLLM_CACHE_ROOT, torch inductor's and Triton's, serving/env.CACHE_VARS). A start without ``--enforce-eager``
+    reads them after the weights (torch.compile's artifacts, CUDA graph capture's kernels); [] when none."""
+    from vllm_nodeagent.serving.env import LaunchError, cache_dir_for, resolve_user
+    from vllm_nodeagent.serving.plan import something_to_launch
+
+    if config.vllm is None or not something_to_launch(config.vllm):
+        return []
+    try:
+        who = resolve_user(config.vllm.user, host)
+    except LaunchError:
+        return []  # the start says why, once
+    return tree_files(cache_dir_for(host, config.agent.cache_dir, who))

@@ -125,6 +125,9 @@ class Child:
             self._pidfd = -1
         return Exit(self.pid, rc)
 
+    def imports_done(self) -> bool:
+        return imports_done(self.pid)
+
     def reaper(self) -> Reaper:
         return Reaper(self.pid, self.plan.uid if self.plan.switch_user else os.geteuid())
 
@@ -179,6 +182,24 @@ class Child:
         ex = Exit(self.pid, rc)
         logger.info("vllm_stopped", pid=self.pid, result=ex.describe())
         return ex
+
+
+def imports_done(pid: int) -> bool:
+    """vLLM's API server ``pid`` has finished importing: it started a process that runs its own interpreter (the
+    engine core, forked or spawned: vLLM does that right after its imports and argument parsing). Helpers it
+    runs while importing (ldconfig, gcc, nvidia-smi) run other binaries and do not count."""
+    procfs = Procfs()
+    try:
+        own = procfs.exe_key(pid)
+        for child in procfs.children(pid):
+            try:
+                if procfs.exe_key(child) == own:
+                    return True
+            except ProcError:
+                continue
+    except ProcError:
+        return False
+    return False
 
 
 def parent_death_signal(parent: int) -> Callable[[], None]:
