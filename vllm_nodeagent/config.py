@@ -139,8 +139,12 @@ class PrewarmConfig:
     memory_budget_fraction: float = spec("float", 0.5, minimum=0.01, maximum=0.95)
     lock: bool = spec("bool", False, doc="mlock the warmed pages while the daemon runs")
     threads: int = spec("int", 0, minimum=0, maximum=256, doc="0 = what the reader picks for the storage")
-    stack: bool = spec("bool", True, doc="warm the vLLM interpreter and libraries first; false = weights only")
-    overlap: bool = spec("bool", True, doc="the daemon reads the weights while vLLM starts (after the stack)")
+    stack: bool = spec(
+        "bool", True, doc="prewarm and overlap = false: the vLLM interpreter and libraries first; false = weights only"
+    )
+    overlap: bool = spec(
+        "bool", True, doc="the daemon reads the weights once vLLM's imports are done, not before; false = all before"
+    )
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,13 @@ pack_logs() {  # at most 8 files come back: one archive of the logs, the results
     mv "$OUT/$1/results.jsonl" "$OUT/$1-results.jsonl" 2>/dev/null; rmdir "$OUT/$1" 2>/dev/null
 }
 
+pack_small() {  # at most 8 files come back: the small reports of a stage in one archive
+    local small
+    small=$(cd "$OUT" && ls apply-* bytecode* doctor-* host-facts.txt model.json 2>/dev/null)
+    [ -n "$small" ] || return 0
+    (cd "$OUT" && tar -czf "reports-$1.tar.gz" $small && rm -f $small)
+}
+
 bytecode_report() {  # LABEL: doctor's vllm.bytecode, hashes of every .py on the path, versions, as the vLLM user
     local label=$1 t=$SECONDS
     "${AGENT[@]}" --config "$CFG/cfg-plain.toml" doctor --json > "$OUT/doctor-$label.json" 2>/dev/null
@@ -183,7 +190,7 @@ print("MemTotal after touching", round(mem("MemTotal"), 1), "GiB")' 2>&1 | tee -
     # vLLM's first start on a fresh machine fills its own caches: untimed (no row counts it)
     tts r1 --cases "${CASES3:-warmup,warm,cold,warmup_full,warmup_overlap}" --timeout 400 \
         --budget-s $(( ${BUDGET3:-480} - (SECONDS - T0) ))
-    stop_leftovers; pack_logs r1
+    stop_leftovers; pack_logs r1; pack_small 3
     say "stage 3 done in $((SECONDS - T0)) s"
     ;;
 4|5)

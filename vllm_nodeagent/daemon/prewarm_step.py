@@ -1,15 +1,18 @@
-"""The serve keeper's first start-up step: read what vLLM will read into the page cache — the serving stack (the
-vLLM interpreter and the libraries on its path, prewarm/stack.py) first, then the model's files (``[prewarm]``
-paths + ``[vllm] model``), then the agent-owned compile caches — with ``STATUS=prewarming N%`` and watchdog pings
-from the progress callback (a stalled read stops the pings). A failed prewarm is logged and never stops serving.
+"""The serve keeper's first start-up step: read what vLLM will read into the page cache, with
+``STATUS=prewarming N%`` and watchdog pings from the progress callback (a stalled read stops the pings). A
+failed prewarm is logged and never stops serving.
 
-With ``[prewarm] overlap`` (issue 23, the default) nothing is read before vLLM starts. A thread reads the stack
-beside vLLM's imports, then waits until the API server's imports are done (it started its engine process:
-serving/child.imports_done) and reads the weights while the engine imports. Measured on an H200 (bench/README.md):
-the weights read *during* the API server's import slowed that import from ~10 s to 16-21 s on one virtio disk, so
-the warm-up beside the start was slower than none; the engine's import is CPU-bound and hides the read. Then the
-compile caches, which vLLM reads after the weights. ``lock`` needs the pages held by this process: it warms all
-first."""
+``[prewarm] overlap = true`` (issue 23, the default): nothing is read before vLLM starts, and nothing while its
+API server imports. A thread waits until those imports are done (the API server started its engine process:
+serving/child.imports_done), then reads the model's files (``[prewarm]`` paths + ``[vllm] model``) while the
+engine imports, then the agent-owned compile caches (read after the weights by vLLM too). Measured on an H200
+(bench/README.md): any read beside the API server's import slowed it — the weights from ~10 s to 16-21 s, the
+serving stack (4.6 GB) from 13.1 to 17.2 s — so warming beside it was slower than no warm-up; the engine's import
+is CPU-bound and hides the weights' read. The stack is not read there: vLLM's own import reads it.
+
+``overlap = false``: all before vLLM starts — the stack (the vLLM interpreter and the libraries on its path,
+prewarm/stack.py; ``[prewarm] stack``), then the weights, then the compile caches. ``lock`` needs the pages held
+by this process: it warms all first."""
 
 from __future__ import annotations
 
@@ -42,8 +45,8 @@ def prewarm_before_start(loop: Loop, imports_done: Callable[[], bool] = lambda: 
 
     targets, env = config_targets(ctx.config)
     if pcfg.overlap and not pcfg.lock:
-        # Measured on an H200 (bench/README.md): a warm-up vLLM waits for costs more than it saves. So the stack,
-        # then the weights, are read in a daemon thread while vLLM starts (a SIGTERM does not wait for it).
+        # Measured on an H200 (bench/README.md): a warm-up vLLM waits for costs more than it saves, and so does one
+        # beside its API server's import: a daemon thread reads once those are done (a SIGTERM does not wait).
         threading.Thread(
             target=_background,
             args=(loop, pcfg, targets, env, imports_done),
@@ -89,22 +92,13 @@ def _compile_caches(loop: Loop) -> list[WarmFile]:
 def _background(
     loop: Loop, pcfg: PrewarmConfig, targets: list[str], env: dict[str, str], imports_done: Callable[[], bool]
 ) -> None:
-    """Beside vLLM's start: the stack (what its imports read); the weights once its imports are done; then the
-    compile caches."""
-    try:
-        stack = _stack(loop, pcfg)
-    except Exception as exc:  # never let a warm-up bug reach the daemon
-        loop.log.error("prewarm_failed", part="stack", error=f"{type(exc).__name__}: {exc}")
-        stack = []
-    used = 0
-    if stack:
-        done = _warm(loop, pcfg, [], env, stack, None, lock=False, what="stack", threads=pcfg.threads or 16)
-        used = done.total_bytes if done is not None else 0
+    """Beside vLLM's start: nothing while its API server imports; then the weights, then the compile caches."""
     waited, seen = _wait_for_imports(loop, imports_done)
     loop.log.info("prewarm_weights_begin", waited_s=round(waited, 3), imports_done=seen)
+    used = 0
     if targets:
-        done = _warm(loop, pcfg, targets, env, [], None, False, "weights", used)
-        used += done.total_bytes if done is not None else 0
+        done = _warm(loop, pcfg, targets, env, [], None, False, "weights")
+        used = done.total_bytes if done is not None else 0
     try:
         caches = _compile_caches(loop)
     except Exception as exc:  # never let a warm-up bug reach the daemon
