@@ -20,7 +20,7 @@ from vllm_nodeagent.daemon.serve_child import keeper_status, pid_file_path, pin_
 from vllm_nodeagent.daemon.serve_gate import check_loading
 from vllm_nodeagent.serving import compile_keep
 from vllm_nodeagent.serving.child import Backoff, Child, Exit, health_ok
-from vllm_nodeagent.serving.env import LaunchError, resolve_user
+from vllm_nodeagent.serving.env import LaunchError, program_missing, resolve_user
 from vllm_nodeagent.serving.plan import LaunchPlan, something_to_launch, start_plan
 from vllm_nodeagent.serving.probe import ProbeBeside
 from vllm_nodeagent.serving.readiness import SmokeCheck
@@ -99,7 +99,7 @@ class ServeKeeper:
     # -- the component -----------------------------------------------------------------------------------------------
     def start(self) -> None:
         launching = something_to_launch(self.ctx.config.vllm)
-        if launching and not self._user_known():
+        if launching and not self._runnable():
             return
         if self.do_prewarm:
             self.loop.guarded("prewarm", self._prewarm)
@@ -110,14 +110,19 @@ class ServeKeeper:
         else:
             self.phase = "watching"
 
-    def _user_known(self) -> bool:
-        """Who vLLM runs as, before anything runs beside its start: a user that does not exist fails the first
-        start here, said once. (The warm-up beside the start resolves the user too, in its thread; it logged the
-        same fault again whenever it got there before a slower start failed: issue 26.6.)"""
+    def _runnable(self) -> bool:
+        """Who vLLM runs as and the program its start execs, before anything runs beside the start: a user that
+        does not exist, or a ``[vllm] command`` whose program is not there (on the PATH vLLM gets), fails the first
+        start here, said once. (The warm-up beside the start resolves the user and, from the command, the vLLM
+        interpreter too, in its thread; it logged the same fault again as a ``prewarm_error`` whenever it got there
+        before the start failed: issue 26.6 for the user, 26 "output once" for the program.)"""
         try:
-            resolve_user(self.vcfg.user, self.ctx.host)
+            missing = program_missing(self.vcfg, resolve_user(self.vcfg.user, self.ctx.host))
         except LaunchError as exc:
             self._start_failed(exc, initial=True, now=self.clock())
+            return False
+        if missing is not None:
+            self._start_failed(missing, initial=True, now=self.clock())
             return False
         return True
 

@@ -10,7 +10,9 @@ user, mode 0700) and points those variables at it unless the operator set them.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 from typing import Optional
@@ -69,6 +71,20 @@ def resolve_user(name: str, host: Host) -> RunAs:
     if euid != 0:
         raise LaunchError(f"cannot run vLLM as {name!r}: the agent runs as uid {euid}, not root")
     return RunAs(name, pw.uid, pw.gid, accounts.group_ids(pw), pw.home, switch=True)
+
+
+def program_missing(cfg: VllmConfig, run_as: RunAs) -> Optional[OSError]:
+    """Why a start cannot exec ``[vllm] command``'s program, as the exec would say it (``vllm: No such file or
+    directory``), or None: a name is looked up on the PATH the child gets (child_env), as exec (or numactl's) does.
+    The start itself would fail the same way; asked before anything runs beside it, the fault is said once."""
+    if not cfg.command:
+        return None
+    program = cfg.command[0]
+    if shutil.which(program, path=child_env(cfg, run_as, [], {}).get("PATH", SAFE_PATH)):
+        return None
+    there = "/" in program and os.path.lexists(program)
+    code = errno.EACCES if there else errno.ENOENT
+    return OSError(code, os.strerror(code), program)
 
 
 def popen_user_kwargs(run_as: Optional[RunAs]) -> dict[str, object]:
