@@ -78,11 +78,10 @@ def test_missing_path_fails_but_warms_the_rest(tmp_path: Path, capsys: pytest.Ca
 def test_unknown_model_id_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", "/cache")
     assert run(make_root(tmp_path), "acme/absent") == 1
     err = capsys.readouterr().err
-    assert "acme/absent: not a path, and not in the Hugging Face cache" in err
-    assert str(tmp_path / "cache") in err
+    assert f"acme/absent: not a path, and not in the Hugging Face cache {tmp_path / 'root' / 'cache'} " in err
 
 
 @pytest.mark.parametrize("bad", ["lots", "1.5", "0", "-3G", "0.0"])
@@ -128,8 +127,8 @@ def test_no_targets_and_none_configured(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_targets_from_config_with_vllm_env_hf_home(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    hf_home = tmp_path / "hf"
-    repo = hf_home / "hub" / "models--acme--tiny"
+    hf_home = "/hf"  # a path of the --root tree: the cache is looked up there
+    repo = tmp_path / "root" / "hf" / "hub" / "models--acme--tiny"
     write_file(repo / "blobs" / "abc", 2 * MIB)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("r1")
@@ -187,14 +186,15 @@ def test_lock_holds_until_sigterm(tmp_path: Path) -> None:
 
 
 # -- issue 22: HF revisions and refs that walk out of the cache --------------------------------------------
-def _hf_repo(tmp_path: Path) -> tuple[Path, Path]:
-    cache = tmp_path / "cache"
-    repo = cache / "models--acme--tiny"
+def _hf_repo(tmp_path: Path) -> tuple[str, Path]:
+    """models--acme--tiny in the --root tree's /cache (under --root a model id is looked up in the tree):
+    (the cache as HF_HUB_CACHE names it, the repo where it lies)."""
+    repo = tmp_path / "root" / "cache" / "models--acme--tiny"
     rev = "0123456789abcdef0123456789abcdef01234567"
     write_file(repo / "snapshots" / rev / "config.json", 100)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(rev)
-    return cache, repo
+    return "/cache", repo
 
 
 @pytest.mark.parametrize("depth", [3, 12])
@@ -202,11 +202,11 @@ def test_revision_walking_out_of_the_cache_is_refused_without_echo(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, depth: int
 ) -> None:
     cache, _ = _hf_repo(tmp_path)
-    secret = tmp_path / "x" / "file"
+    secret = tmp_path / "root" / "x" / "file"
     secret.parent.mkdir()
     secret.write_text("TOP-SECRET-LINE\nmore\n")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    # From refs/: three ".." reach tmp_path; deeper ones stop at "/", then the absolute path down again.
+    monkeypatch.setenv("HF_HUB_CACHE", cache)
+    # From refs/: three ".." reach the tree's root; deeper ones stop at "/", then the absolute path down again.
     rel = "/".join([".."] * depth)
     target = f"acme/tiny@{rel}/{secret.relative_to('/') if depth > 3 else 'x/file'}"
     assert run(make_root(tmp_path), target) == 1
@@ -227,7 +227,7 @@ def test_ref_file_linked_outside_the_cache_does_not_choose_the_snapshot(
     (tmp_path / "planted").write_text(other)
     (repo / "refs" / "main").unlink()
     (repo / "refs" / "main").symlink_to(tmp_path / "planted")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", cache)
     assert run(make_root(tmp_path), "--json", "acme/tiny") == 1
     cap = capsys.readouterr()
     assert "refusing a ref that leads out of the cache" in cap.err
@@ -239,7 +239,7 @@ def test_ref_with_junk_content_is_refused_without_echo(
 ) -> None:
     cache, repo = _hf_repo(tmp_path)
     (repo / "refs" / "main").write_text("../../../../etc SECRET-CONTENT\n")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", cache)
     assert run(make_root(tmp_path), "acme/tiny") == 1
     err = capsys.readouterr().err
     assert "SECRET-CONTENT" not in err and "content not shown" in err

@@ -24,8 +24,8 @@ from vllm_nodeagent.prewarm.targets import (
     WarmFile,
     budget_from_config,
     config_targets,
-    hf_cache_dir,
     parse_budget,
+    vllm_hf_cache,
 )
 from vllm_nodeagent.prewarm.warm import prewarm
 
@@ -100,10 +100,12 @@ def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
     cfg = ctx.config.prewarm or PrewarmConfig()
     targets: list[str] = list(args.targets)
     env: Mapping[str, str] = os.environ
+    hf_cache = vllm_hf_cache(None, ctx.host, env)  # TARGETs named here: the process environment and home
     stack: list[WarmFile] = []
     stack_errors: list[str] = []
     if not targets:
         targets, env = config_targets(ctx.config)
+        hf_cache = vllm_hf_cache(ctx.config, ctx.host, env)  # where the configured vLLM looks (its user's ~)
         if cfg.stack:  # the default prewarm: the serving stack first, then the weights (issue 23)
             stack, stack_errors = config_stack(ctx.config, ctx.host)
         stack += config_compile_caches(ctx.config, ctx.host)  # small beside the weights: read with the stack
@@ -137,7 +139,7 @@ def cmd_prewarm(ctx: Context, args: argparse.Namespace) -> int:
             threads=threads,
             lock=args.lock,
             progress=bar,
-            hf_cache=hf_cache_dir(env),
+            hf_cache=hf_cache,
             stack=stack,
         )
     finally:

@@ -136,7 +136,7 @@ def _warm(
     threads: int = 0,
 ) -> Optional[PrewarmResult]:
     """One prewarm pass; ``used``: bytes of the budget an earlier pass (the stack) already took."""
-    from vllm_nodeagent.prewarm.targets import budget_from_config, hf_cache_dir
+    from vllm_nodeagent.prewarm.targets import budget_from_config, vllm_hf_cache
     from vllm_nodeagent.prewarm.warm import prewarm
 
     try:
@@ -148,7 +148,7 @@ def _warm(
             threads=threads or pcfg.threads,  # the stack: many small files, more reads in flight
             lock=lock,
             progress=progress,
-            hf_cache=hf_cache_dir(env),
+            hf_cache=vllm_hf_cache(loop.ctx.config, loop.ctx.host, env),
             stack=stack,
         )
     except Exception as exc:  # a failed prewarm must not stop serving; it is logged

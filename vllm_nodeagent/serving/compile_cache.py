@@ -249,11 +249,12 @@ def model_identity(model: str, args: Sequence[str], env: Mapping[str, str], host
     if model.startswith(("/", "./", "../")):
         return f"{model} config.json {_sha(str(host.path(model) / 'config.json'), _SMALL_CAP * 16)}"
     revision = arg_value(args, "--revision") or "main"
-    hub_env = dict(env)
-    hub_env.setdefault("XDG_CACHE_HOME", os.path.join(env.get("HOME", "/"), ".cache"))
+    from vllm_nodeagent.host.accounts import Accounts
     from vllm_nodeagent.prewarm.targets import hf_cache_dir
 
-    repo = os.path.join(hf_cache_dir(hub_env), "models--" + model.replace("/", "--"))
+    # `~` as the child expands it: its HOME (the user's, or the cache dir child_env gave it), ~name the host's.
+    hub = hf_cache_dir(env, env.get("HOME", "/"), Accounts.of(host))
+    repo = os.path.join(hub, "models--" + model.replace("/", "--"))
     commit = revision if _HEX40.fullmatch(revision) else ""
     if not commit:
         try:
