@@ -3,8 +3,8 @@
 Targets are data paths, not host configuration: they are used as given (not re-rooted under ``--root``); only
 /proc/meminfo (the budget's MemAvailable) is read through the Host seam. Model ids are resolved offline in the
 local HF cache; links are followed only while they stay inside the snapshot's cache (or the named directory). The
-cache is where the host keeps it (``vllm_hf_cache``): ``~`` is the vLLM user's home as the host's accounts say, and
-under ``--root`` the cache lies in the tree (Host.path), as vLLM on that host would find it.
+cache is where the host keeps it (serving/hf_cache.vllm_hf_cache, re-exported here): ``~`` is the vLLM user's home
+as the host's accounts say, and under ``--root`` the cache lies in the tree (Host.path), as vLLM there finds it.
 """
 
 from __future__ import annotations
@@ -12,16 +12,34 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from vllm_nodeagent.host import Host, HostError, paths
-from vllm_nodeagent.host.accounts import Accounts
 from vllm_nodeagent.host.parse import ParseError, parse_meminfo
+from vllm_nodeagent.serving.hf_cache import expand_home, hf_cache_dir, vllm_hf_cache
 
 if TYPE_CHECKING:
     from vllm_nodeagent.config import Config
+
+__all__ = [
+    "WANTED_NAMES",
+    "WANTED_SUFFIXES",
+    "BudgetError",
+    "WarmFile",
+    "apply_budget",
+    "budget_from_config",
+    "config_targets",
+    "expand_home",  # serving/hf_cache.py, here for prewarm's API (docs/prewarm.md)
+    "hf_cache_dir",
+    "mem_available",
+    "parse_budget",
+    "resolve_hf",
+    "resolve_targets",
+    "vllm_hf_cache",
+    "wanted",
+]
 
 # What vLLM reads at start: weights, configs, tokenizers, chat templates.
 WANTED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".tiktoken", ".jinja")
@@ -86,73 +104,6 @@ def parse_budget(text: str, host: Host) -> int:
 
 
 # -- target resolution ----------------------------------------------------------------------------------
-def expand_home(path: str, home: Optional[str] = None, accounts: Optional[Accounts] = None) -> str:
-    """``~`` and ``~/...`` with ``home``, ``~name/...`` with ``name``'s home in ``accounts``, as expanduser does for
-    the process itself (an unknown ``~name`` stays as written). Without ``home`` / ``accounts``: the calling
-    process's (os.path.expanduser)."""
-    if not path.startswith("~"):
-        return path
-    name, slash, rest = path[1:].partition("/")
-    if (not name and home is None) or (name and accounts is None):
-        return os.path.expanduser(path)
-    base = home
-    if name and accounts is not None:
-        try:
-            account = accounts.user(name)
-        except (HostError, ValueError):  # an unsafe or damaged /etc/passwd: no one is known
-            account = None
-        base = account.home if account is not None else None
-    if base is None:
-        return path
-    return (base.rstrip("/") + (f"/{rest}" if slash else "")) or "/"
-
-
-def hf_cache_dir(
-    env: Optional[Mapping[str, str]] = None, home: Optional[str] = None, accounts: Optional[Accounts] = None
-) -> str:
-    """The Hugging Face hub cache, as huggingface_hub finds it: HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE (legacy),
-    HF_HOME/hub, XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub; a path of the host (not re-rooted),
-    ``~`` expanded by ``expand_home`` (``home``: whose ``~``; default the calling process's)."""
-    e = os.environ if env is None else env
-
-    def expand(path: str) -> str:
-        return expand_home(path, home, accounts)
-
-    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if e.get(key):
-            return expand(e[key])
-    if e.get("HF_HOME"):
-        return os.path.join(expand(e["HF_HOME"]), "hub")
-    if e.get("XDG_CACHE_HOME"):
-        return os.path.join(expand(e["XDG_CACHE_HOME"]), "huggingface", "hub")
-    return os.path.join(expand("~"), ".cache", "huggingface", "hub")
-
-
-def vllm_hf_cache(config: Optional[Config], host: Host, env: Optional[Mapping[str, str]] = None) -> str:
-    """The hub cache the configured vLLM uses (hf_cache_dir of ``env``), where it lies here. ``~`` is the HOME
-    vLLM gets (serving/env.child_env): ``[vllm] env`` HOME, else the home of ``[vllm] user`` in the host's accounts
-    (the tree's /etc/passwd under --root); ``~name`` is name's home there. Without a ``[vllm]`` section or a user
-    the accounts know: HOME of ``env`` (the calling process's, as before). Under --root the path is mapped into
-    the tree (Host.path: links resolved chroot-style); a relative one is used as given."""
-    e = os.environ if env is None else env
-    accounts = Accounts.of(host)
-    vllm = config.vllm if config is not None else None
-    home = vllm.env.get("HOME", "") if vllm is not None else ""
-    if not home and vllm is not None and vllm.user:
-        try:
-            account = accounts.user(vllm.user)
-        except (HostError, ValueError):  # unreadable or unsafe accounts: the start says so; here, the fallback
-            account = None
-        home = account.home if account is not None else ""
-    cache = hf_cache_dir(e, home or e.get("HOME") or None, accounts)
-    if not cache.startswith("/"):
-        return cache
-    try:
-        return str(host.path(cache))
-    except HostError:  # a link loop inside the tree: the cache is not there; its lookups say "not in the cache"
-        return str(host.root).rstrip("/") + cache
-
-
 def config_targets(config: Config) -> tuple[list[str], dict[str, str]]:
     """Targets from ``[prewarm] paths`` (+ ``[vllm] model`` when include_model) and the environment to resolve
     model ids in: the process environment overlaid with ``[vllm] env`` (vLLM looks where its env says)."""

@@ -250,7 +250,7 @@ def model_identity(model: str, args: Sequence[str], env: Mapping[str, str], host
         return f"{model} config.json {_sha(str(host.path(model) / 'config.json'), _SMALL_CAP * 16)}"
     revision = arg_value(args, "--revision") or "main"
     from vllm_nodeagent.host.accounts import Accounts
-    from vllm_nodeagent.prewarm.targets import hf_cache_dir
+    from vllm_nodeagent.serving.hf_cache import hf_cache_dir
 
     # `~` as the child expands it: its HOME (the user's, or the cache dir child_env gave it), ~name the host's.
     hub = hf_cache_dir(env, env.get("HOME", "/"), Accounts.of(host))
