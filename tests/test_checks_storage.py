@@ -67,6 +67,26 @@ def test_hf_model_on_local_disk_passes_and_sizes_each_blob_once(hgx: FakeHost) -
     assert weights_size(p, repo) == 3001  # 3000 bytes + newline the fake writer adds, once
 
 
+@pytest.mark.parametrize(
+    ("env", "repo"),
+    [
+        ("XDG_CACHE_HOME = '~/xdg'\n", "/var/lib/vllm/xdg/huggingface/hub/models--org--m"),
+        ("HUGGINGFACE_HUB_CACHE = '/srv/hub'\n", "/srv/hub/models--org--m"),
+    ],
+    ids=["xdg", "legacy"],
+)
+def test_doctor_finds_an_hf_model_where_prewarm_does(hgx: FakeHost, env: str, repo: str) -> None:
+    """The hub cache by prewarm's one precedence (targets.hf_cache_dir): XDG_CACHE_HOME and the legacy
+    HUGGINGFACE_HUB_CACHE count too (doctor read only HF_HUB_CACHE and HF_HOME: 'no weight files found locally')."""
+    user(hgx)
+    hgx.write(f"{repo}/refs/main", "abc")
+    hgx.write(f"{repo}/blobs/b1", "w" * 3000)
+    hgx.link(f"{repo}/snapshots/abc/model.safetensors", "../../blobs/b1")
+    got = results(probe(hgx, model_cfg("org/m", env)), "storage")
+    assert got["storage.model_memory"].status == "pass", got["storage.model_memory"]
+    assert got["storage.model_fs"].current is not None and got["storage.model_fs"].current.startswith(repo)
+
+
 def test_model_bigger_than_memavailable_warns(hgx: FakeHost) -> None:
     hgx.meminfo(64, 1)  # kB: 1 KiB available
     hgx.write("/models/llama/model.safetensors", "x" * 8192)

@@ -17,7 +17,7 @@ from typing import Optional
 from vllm_nodeagent.checks.base import CheckResult, Probe, Registered
 from vllm_nodeagent.checks.status import Status
 from vllm_nodeagent.host import paths
-from vllm_nodeagent.host.accounts import Account
+from vllm_nodeagent.host.accounts import Account, Accounts
 from vllm_nodeagent.host.parse import ParseError, parse_meminfo
 
 GIB = 1 << 30
@@ -150,11 +150,10 @@ def model_dir(probe: Probe, model: str, acct: Optional[Account]) -> tuple[Option
     """(host path of the model's files or None, where it would be): a local path, or an HF id in the cache."""
     if model.startswith("/"):
         return (model if probe.host.is_dir(model) else None), model
-    home = acct.home if acct else "/root"
-    hub = probe.vllm_env("HF_HUB_CACHE") or (
-        f"{probe.vllm_env('HF_HOME')}/hub" if probe.vllm_env("HF_HOME") else f"{home}/.cache/huggingface/hub"
-    )
-    hub = expand(hub, home)
+    from vllm_nodeagent.serving.hf_cache import hf_cache_dir  # the one precedence (HF_HUB_CACHE ... ~/.cache)
+
+    env = probe.config.vllm.env if probe.config.vllm is not None else {}
+    hub = hf_cache_dir(env, acct.home if acct else "/root", Accounts.of(probe.host))
     repo = f"{hub}/models--{model.partition('@')[0].replace('/', '--')}"
     return (repo if probe.host.is_dir(repo) else None), hub
 
