@@ -581,3 +581,52 @@ def test_sighup_ready_only_after_the_new_vllm_passed_the_gate(bed: Bed) -> None:
     assert bed.notify.lines()[ready + 1].startswith("STATUS=serving")
     new_pid = bed.records()[1]["pid"]
     assert [c["pid"] for c in completions(bed) if c["code"] == 200][-1] == new_pid
+
+
+def _prewarm_config(bed: Bed, standin_args: list[str]) -> None:
+    weights = bed.base / "weights.bin"
+    weights.write_bytes(os.urandom(1 << 20))
+    bed.write_config(
+        vllm={},
+        extra=f'[prewarm]\npaths = ["{weights}"]\ninclude_model = false\n',
+        standin_args=["--hold-file", str(bed.hold), *standin_args],
+    )
+
+
+def _warm_events(bed: Bed) -> list[dict[str, Any]]:
+    return [e for e in bed.events() if e.get("event") in ("prewarm_weights_begin", "prewarm_done")]
+
+
+def test_warmup_beside_a_start_without_engine_waits_only_until_vllm_serves(bed: Bed) -> None:
+    """A vLLM that never starts an engine process (a stand-in, a wrapper) gives no sign of its imports: the
+    weights wait while it loads, and are read once it serves, not after the two-minute fallback (the CI's fleet leg
+    timed out on that)."""
+    bed.hold.write_text("")
+    _prewarm_config(bed, [])
+    bed.start()
+    wait_until(lambda: health(bed.port) == 503, "the stand-in to answer 503")
+    time.sleep(1.5)  # loading, no engine process: nothing is read
+    assert _warm_events(bed) == [], bed.events()
+    bed.hold.unlink()
+    bed.notify.wait_for("READY=1")
+    done = wait_until(lambda: [e for e in _warm_events(bed) if e["event"] == "prewarm_done"], "the warm-up", 30)
+    begin = next(e for e in _warm_events(bed) if e["event"] == "prewarm_weights_begin")
+    assert begin["after"] == "vLLM serving" and begin["imports_done"] is False, begin
+    assert float(begin["waited_s"]) < 60, begin
+    assert done[0]["part"] == "weights", done
+
+
+def test_warmup_beside_a_start_reads_once_the_engine_process_runs(bed: Bed) -> None:
+    """vLLM's shape (the API server starts an engine process running its own interpreter): the weights are read
+    while vLLM still loads."""
+    bed.hold.write_text("")
+    _prewarm_config(bed, ["--engine-workers", "1"])
+    bed.start()
+    done = wait_until(lambda: [e for e in _warm_events(bed) if e["event"] == "prewarm_done"], "the warm-up", 30)
+    assert health(bed.port) == 503  # still loading
+    assert "READY=1" not in bed.notify.lines()
+    begin = next(e for e in _warm_events(bed) if e["event"] == "prewarm_weights_begin")
+    assert begin["after"] == "imports done" and begin["imports_done"] is True, begin
+    assert done[0]["part"] == "weights", done
+    bed.hold.unlink()
+    bed.notify.wait_for("READY=1")

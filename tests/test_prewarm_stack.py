@@ -276,9 +276,9 @@ def test_the_weights_wait_for_vllms_imports_and_the_compile_caches_come_last_wit
     imported = threading.Event()
     asked = threading.Event()
 
-    def imports_done() -> bool:
+    def imports_done() -> str | None:
         asked.set()
-        return imported.is_set()
+        return "imports done" if imported.is_set() else None
 
     assert prewarm_before_start(loop, imports_done) is None  # type: ignore[arg-type]
     thread = next(t for t in threading.enumerate() if t.name == "prewarm-beside-start")

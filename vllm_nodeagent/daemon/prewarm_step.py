@@ -1,18 +1,20 @@
-"""The serve keeper's first start-up step: read what vLLM will read into the page cache, with
-``STATUS=prewarming N%`` and watchdog pings from the progress callback (a stalled read stops the pings). A
-failed prewarm is logged and never stops serving.
+"""The serve keeper's first start-up step: read what vLLM will read into the page cache, with ``STATUS=prewarming N%``
+and watchdog pings from the progress callback (a stalled read stops the pings). A failed prewarm is logged and never
+stops serving.
 
-``[prewarm] overlap = true`` (issue 23, the default): nothing is read before vLLM starts, and nothing while its
-API server imports. A thread waits until those imports are done (the API server started its engine process:
-serving/child.imports_done), then reads the model's files (``[prewarm]`` paths + ``[vllm] model``) while the
-engine imports, then the agent-owned compile caches (read after the weights by vLLM too). Measured on an H200
-(bench/README.md): any read beside the API server's import slowed it — the weights from ~10 s to 16-21 s, the
-serving stack (4.6 GB) from 13.1 to 17.2 s — so warming beside it was slower than no warm-up; the engine's import
-is CPU-bound and hides the weights' read. The stack is not read there: vLLM's own import reads it.
+``[prewarm] overlap = true`` (issue 23, the default): nothing is read before vLLM starts, and nothing while its API
+server imports. A thread waits until those imports are done (the API server started its engine process:
+serving/child.imports_done) or there is nothing left to wait for (vLLM already serves: a stand-in or a wrapper that
+never starts an engine process; or no start is under way), then reads the model's files (``[prewarm]`` paths +
+``[vllm] model``) while the engine imports, then the agent-owned compile caches (read after the weights by vLLM
+too). Measured on an H200 (bench/README.md): any read beside the API server's import slowed it — the weights from
+~10 s to 16-21 s, the serving stack (4.6 GB) from 13.1 to 17.2 s — so warming beside it was slower than no warm-up;
+the engine's import is CPU-bound and hides the weights' read. The stack is not read there: vLLM's own import reads
+it.
 
 ``overlap = false``: all before vLLM starts — the stack (the vLLM interpreter and the libraries on its path,
-prewarm/stack.py; ``[prewarm] stack``), then the weights, then the compile caches. ``lock`` needs the pages held
-by this process: it warms all first."""
+prewarm/stack.py; ``[prewarm] stack``), then the weights, then the compile caches. ``lock`` needs the pages held by
+this process: it warms all first."""
 
 from __future__ import annotations
 
@@ -33,10 +35,18 @@ IMPORTS_WAIT_S = 120.0
 _IMPORTS_POLL_S = 0.2
 
 
-def prewarm_before_start(loop: Loop, imports_done: Callable[[], bool] = lambda: True) -> Any:
+# Why the weights beside the start stopped waiting: the one reason that is the sign itself.
+IMPORTS_DONE = "imports done"
+
+
+def _now() -> Optional[str]:
+    return IMPORTS_DONE
+
+
+def prewarm_before_start(loop: Loop, may_read: Callable[[], Optional[str]] = _now) -> Any:
     """Prewarm what the config names; the mlock handle to keep while the daemon runs (``[prewarm] lock``), or None.
-    ``imports_done``: whether the vLLM just started has finished importing (the weights beside the start wait
-    for it)."""
+    ``may_read``: None while the vLLM just started still imports (the weights beside the start wait), else why
+    they may be read now (``IMPORTS_DONE``, or e.g. "vLLM serving")."""
     ctx = loop.ctx
     pcfg = ctx.config.prewarm
     if pcfg is None:
@@ -49,7 +59,7 @@ def prewarm_before_start(loop: Loop, imports_done: Callable[[], bool] = lambda: 
         # beside its API server's import: a daemon thread reads once those are done (a SIGTERM does not wait).
         threading.Thread(
             target=_background,
-            args=(loop, pcfg, targets, env, imports_done),
+            args=(loop, pcfg, targets, env, may_read),
             name="prewarm-beside-start",
             daemon=True,
         ).start()
@@ -90,11 +100,11 @@ def _compile_caches(loop: Loop) -> list[WarmFile]:
 
 
 def _background(
-    loop: Loop, pcfg: PrewarmConfig, targets: list[str], env: dict[str, str], imports_done: Callable[[], bool]
+    loop: Loop, pcfg: PrewarmConfig, targets: list[str], env: dict[str, str], may_read: Callable[[], Optional[str]]
 ) -> None:
     """Beside vLLM's start: nothing while its API server imports; then the weights, then the compile caches."""
-    waited, seen = _wait_for_imports(loop, imports_done)
-    loop.log.info("prewarm_weights_begin", waited_s=round(waited, 3), imports_done=seen)
+    waited, why = _wait_for_imports(loop, may_read)
+    loop.log.info("prewarm_weights_begin", waited_s=round(waited, 3), imports_done=why == IMPORTS_DONE, after=why)
     used = 0
     if targets:
         done = _warm(loop, pcfg, targets, env, [], None, False, "weights")
@@ -108,19 +118,20 @@ def _background(
         _warm(loop, pcfg, [], env, caches, None, False, "compile_cache", used, threads=pcfg.threads or 16)
 
 
-def _wait_for_imports(loop: Loop, imports_done: Callable[[], bool]) -> tuple[float, bool]:
-    """Seconds waited, and whether the imports were seen done (False: IMPORTS_WAIT_S passed, or the probe
-    failed: the weights are read anyway)."""
+def _wait_for_imports(loop: Loop, may_read: Callable[[], Optional[str]]) -> tuple[float, str]:
+    """Seconds waited, and why the wait ended (``may_read``'s reason; "timeout" when IMPORTS_WAIT_S passed,
+    "probe failed" when the probe raised: the weights are read anyway)."""
     start = time.monotonic()
     while time.monotonic() - start < IMPORTS_WAIT_S:
         try:
-            if imports_done():
-                return time.monotonic() - start, True
+            why = may_read()
         except Exception as exc:  # a probe bug must not hold the weights back for two minutes
             loop.log.warning("prewarm_imports_probe_failed", error=f"{type(exc).__name__}: {exc}")
-            break
+            return time.monotonic() - start, "probe failed"
+        if why is not None:
+            return time.monotonic() - start, why
         time.sleep(_IMPORTS_POLL_S)
-    return time.monotonic() - start, False
+    return time.monotonic() - start, "timeout"
 
 
 def _warm(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from vllm_nodeagent.config import VllmConfig
 from vllm_nodeagent.daemon.loop import Status
-from vllm_nodeagent.daemon.prewarm_step import learn_after_ready, prewarm_before_start
+from vllm_nodeagent.daemon.prewarm_step import IMPORTS_DONE, learn_after_ready, prewarm_before_start
 from vllm_nodeagent.daemon.serve_child import keeper_status, pid_file_path, pin_pending, verify_binding
 from vllm_nodeagent.daemon.serve_gate import check_loading
 from vllm_nodeagent.serving import compile_keep
@@ -127,12 +127,22 @@ class ServeKeeper:
         return True
 
     def _prewarm(self) -> None:
-        self._prewarm_locked = prewarm_before_start(self.loop, self._imports_done)
+        self._prewarm_locked = prewarm_before_start(self.loop, self._may_read_weights)
 
-    def _imports_done(self) -> bool:
-        """For the warm-up's thread: the vLLM now starting has finished importing (a restart's counts too)."""
+    def _may_read_weights(self) -> Optional[str]:
+        """For the warm-up's thread (prewarm_step.prewarm_before_start): None while the vLLM now starting still
+        imports, else why the weights may be read. Not only the sign of the imports: a vLLM that serves already
+        (a wrapper or a stand-in never shows the sign) or a start that failed or stops has nothing to wait for;
+        the CI's fleet leg waited the two-minute fallback for its stand-in before this."""
+        phase = self.phase  # set by the loop's thread; a str swap, read once
+        if phase in ("serving", "watching"):
+            return "vLLM serving"
+        if phase in ("backoff", "stopping"):
+            return f"vLLM {phase}"
         child = self.child
-        return child is not None and child.imports_done()
+        if child is not None and child.imports_done():
+            return IMPORTS_DONE
+        return None
 
     def ready(self) -> bool:
         return self.phase in ("serving", "watching")
