@@ -90,3 +90,59 @@ def test_fixture_readme_table_is_the_report() -> None:
     # every case, at least three rounds of the eager ones that decide the default
     for case in ("warm", "cold", "warmup_overlap"):
         assert sorted(r["round"] for r in rs if r["case"] == case) == [1, 2, 3]
+
+
+# -- 2026-12-03: the warm-up beside the start (one round; results rebuilt from the stamped logs) ----------------
+RUN3 = GPU / "h200-2026-12-03-tts"
+
+
+def jsonl3(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (RUN3 / name).read_text().splitlines() if line.strip()]
+
+
+def test_1203_bytecode_and_apply_lines(tmp_path: Path) -> None:
+    from vllm_nodeagent.commands.apply import render_outcome
+
+    before, after = jsonl3("bytecode.jsonl")
+    assert before["py_sha256"] == after["py_sha256"] and before["versions"] == after["versions"] == "0.26.0 2.11.0"
+    t = Bytecode(Host(str(tmp_path)), None, "/var/lib/vllm-nodeagent")
+    assert not t.compliant(before["check"]["current"]) and t.compliant(after["check"]["current"])
+    line = (RUN3 / "apply-bytecode.txt").read_text().splitlines()[0]
+    m = re.fullmatch(r"changed\s+vllm\.bytecode\s+(.+?) → (.+?)  \((.+)\)", line)
+    assert m, line
+    o = Outcome("vllm.bytecode", "changed", m.group(2), "<= 2% without bytecode", m.group(3), previous=m.group(1))
+    assert render_outcome(o) == line
+    assert (RUN3 / "apply-bytecode-2.txt").read_text().startswith("ok ")
+
+
+def test_1203_rows_are_what_the_logs_say() -> None:
+    """The rows were rebuilt from the logs: the harness's parser gives them again, READY included (the agent's
+    'ready' stamp)."""
+    tts = _module("time_to_serve")
+    for r in jsonl3("r1-results.jsonl"):
+        text = (RUN3 / r["log"]).read_text()
+        got = tts.phases(text, r["ready_s"])
+        assert {k: got[k] for k in r["phases"]} == r["phases"], r["case"]
+        assert tts.vllm_timings(text) == r["vllm"], r["case"]
+        assert r["ready_s"] == r["phases"]["at_ready"], r["case"]
+
+
+def test_1203_default_read_the_weights_after_the_imports_and_before_vllm_needed_them() -> None:
+    """The default since f348905 (recorded as weights_overlap): no stack; the weights begin once the API server's
+    imports are done and are all read before vLLM's own load ends; the stack beside the start began later."""
+    rs = {r["case"]: r for r in jsonl3("r1-results.jsonl")}
+    p = rs["weights_overlap"]["phases"]
+    assert p["at_prewarm_stack_done"] is None
+    assert p["at_api_first_log"] <= p["at_prewarm_weights_begin"] < p["at_prewarm_done"] < p["at_weights_done"]
+    text = (RUN3 / rs["weights_overlap"]["log"]).read_text()
+    stamped = (line.split("] ", 1)[1] for line in text.splitlines() if line.startswith("[t=") and "] {" in line)
+    begin = next(e for e in map(json.loads, stamped) if e.get("event") == "prewarm_weights_begin")
+    assert begin["imports_done"] is True  # the engine process was seen, not the fallback
+    assert rs["stack_beside"]["phases"]["at_prewarm_stack_done"] is not None
+
+
+def test_1203_readme_table_is_the_report() -> None:
+    report = _module("tts23_report")
+    rs = [r for r in report.rows(RUN3) if r["case"] != "warmup"]
+    readme = (RUN3 / "README.md").read_text()
+    assert report.table(rs) in readme and report.summary(rs) in readme

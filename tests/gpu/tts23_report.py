@@ -22,19 +22,21 @@ ORDER = (
     "cold",
     "warmup_full",
     "warmup_overlap",
+    "stack_beside",
     "warmup_default",
     "weights_overlap",
     "compiled_first",
     "compiled_second",
 )
-COLD_CASES = ("cold", "warmup_full", "warmup_overlap", "warmup_default", "weights_overlap")
+COLD_CASES = ("cold", "warmup_full", "warmup_overlap", "stack_beside", "warmup_default", "weights_overlap")
 LABEL = {
     "warm": "warm restart (page cache as left)",
     "cold": "cold (drop_caches), no warm-up",
     "warmup_full": "cold + full warm-up before vLLM starts",
     "warmup_overlap": "cold + stack before start, weights beside it",
-    "warmup_default": "cold + default warm-up: stack beside the start, weights after vLLM's imports",
-    "weights_overlap": "cold + weights only, after vLLM's imports",
+    "stack_beside": "cold + stack beside the start, weights after vLLM's imports (0858b44)",
+    "warmup_default": "cold + the default warm-up: the weights after vLLM's imports",
+    "weights_overlap": "cold + weights after vLLM's imports, stack = false",
     "compiled_first": "compiled (no --enforce-eager), first start",
     "compiled_second": "compiled, second start (caches kept)",
 }
