@@ -43,11 +43,13 @@ LABEL = {
 BASELINE_WARM_S = 46.5  # the issue's warm restart on the same machine, before this work
 
 
-def rounds(fixture: Path) -> list[tuple[str, int]]:
-    """(results file, round): the fixture's rounds.txt ("FILE ROUND" lines), else the first run's layout."""
+def rounds(fixture: Path) -> list[tuple[str, Optional[int]]]:
+    """(results file, round): the fixture's rounds.txt ("FILE ROUND" lines; ROUND ``n``: each row's own ``n``, for
+    one file holding interleaved rounds), else the first run's layout."""
     listed = fixture / "rounds.txt"
     if listed.exists():
-        return [(f, int(n)) for f, n in (line.split() for line in listed.read_text().splitlines() if line.strip())]
+        pairs = (line.split() for line in listed.read_text().splitlines() if line.strip())
+        return [(f, None if n == "n" else int(n)) for f, n in pairs]
     return [("a-results.jsonl", 1), ("b-r1-results.jsonl", 2), ("b-r5-results.jsonl", 3)]
 
 
@@ -57,7 +59,7 @@ def rows(fixture: Path) -> list[dict[str, Any]]:
         for line in (fixture / name).read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                r["round"] = rnd
+                r["round"] = r["n"] if rnd is None else rnd
                 out.append(r)
     return out
 
