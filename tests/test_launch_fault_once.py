@@ -128,3 +128,34 @@ def test_run_says_a_missing_program_once_as_a_fault(tmp_path: Path, vllm: str, f
     faults = [ln for ln in lines if ln["level"] in ("warning", "error") and fault in json.dumps(ln)]
     assert [ln["event"] for ln in faults] == ["vllm_start_failed"], proc.stderr
     assert [ln["id"] for ln in lines if ln["level"] == "info" and fault in json.dumps(ln)] == ["vllm.bytecode"]
+
+
+@pytest.mark.parametrize(("vllm", "fault"), NO_PROGRAM, ids=["command", "python"])
+def test_doctor_fails_a_missing_program(tmp_path: Path, vllm: str, fault: str) -> None:
+    """A node whose [vllm] command cannot be exec'd cannot serve: doctor fails vllm.program naming the program (it
+    only skipped vllm.args and vllm.bytecode before, and a node that could not start vLLM could pass)."""
+    root, cfg = program_tree(tmp_path, vllm)
+    argv = [sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(root), "--config", str(cfg), "doctor", "--json"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, cwd=str(REPO))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    check = next(c for c in json.loads(proc.stdout)["checks"] if c["id"] == "vllm.program")
+    assert check["status"] == "fail" and check["current"] == f"{fault}: No such file or directory", check
+    assert check["fix"]["command"] is None and "[vllm] command" in check["fix"]["note"], check
+
+
+def test_doctor_passes_a_program_on_the_vllm_path(tmp_path: Path) -> None:
+    """The same lookup the start makes: a bare name resolves on the PATH vLLM gets ([vllm.env] PATH here)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    prog = bindir / "vllm"
+    prog.write_text("#!/bin/sh\nexit 0\n")
+    prog.chmod(0o755)
+    root, cfg = program_tree(tmp_path, 'user = "root"\ncommand = ["vllm", "serve"]')
+    text = cfg.read_text()
+    assert text.count("[vllm.env]\n") == 1
+    cfg.write_text(text.replace("[vllm.env]\n", f'[vllm.env]\nPATH = "{bindir}"\n'))
+    argv = [sys.executable, "-m", "vllm_nodeagent.cli", "--root", str(root), "--config", str(cfg), "doctor", "--json"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, cwd=str(REPO))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    check = next(c for c in json.loads(proc.stdout)["checks"] if c["id"] == "vllm.program")
+    assert check == {**check, "status": "pass", "current": str(prog)}, check

@@ -15,7 +15,7 @@ from vllm_nodeagent.host import HostError
 from vllm_nodeagent.host.parse import format_cpulist
 from vllm_nodeagent.serving.args import ProbeResult, static_findings
 from vllm_nodeagent.serving.binding import binding_mismatches, live_binding
-from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, RunAs, resolve_user
+from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, RunAs, program_missing, program_path, resolve_user
 from vllm_nodeagent.serving.env_paths import env_path_checks
 from vllm_nodeagent.serving.plan import plan, plan_from_json, something_to_launch
 from vllm_nodeagent.serving.probe import probe_as_user
@@ -64,6 +64,8 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
             checks.append(
                 _check("vllm.user", Status.FAIL if launching else Status.WARN, "unusable", cfg.user, str(exc))
             )
+    if launching and cfg.command:
+        checks.append(_program_check(ctx, cfg))
     for f in static_findings(list(cfg.args)):
         checks.append(
             _check(
@@ -94,6 +96,28 @@ def doctor_checks(ctx: Context, topo: Topology) -> list[CheckResult]:
     checks.append(_binding_check(ctx, cfg, topo, numactl))
     checks.extend(env_path_checks(ctx.host, cfg, _vllm_uid(ctx, cfg)))
     return checks
+
+
+def _program_check(ctx: Context, cfg: VllmConfig) -> CheckResult:
+    """``[vllm] command``'s program, looked up as the start does (serving/env.program_missing: the PATH the vLLM
+    user's child gets). Missing, no start can succeed: FAIL (before, every other vllm.* check only skipped, and a
+    node that could not serve passed doctor). The program is the running machine's, under --root too: the start
+    execs it there."""
+    desired = "[vllm] command's program on the PATH vLLM gets"
+    try:
+        run_as = resolve_user(cfg.user, ctx.host)
+    except LaunchError:
+        return _check("vllm.program", Status.SKIP, "", desired, "the vLLM user is unusable: see vllm.user")
+    missing = program_missing(cfg, run_as)
+    if missing is not None:
+        return _check(
+            "vllm.program",
+            Status.FAIL,
+            f"{missing.filename}: {missing.strerror}",
+            desired,
+            "install vLLM where the vLLM user finds it, or set [vllm] command to the full path of its vllm",
+        )
+    return _check("vllm.program", Status.PASS, program_path(cfg, run_as) or cfg.command[0], desired)
 
 
 def _vllm_uid(ctx: Context, cfg: VllmConfig) -> Optional[int]:
@@ -176,6 +200,16 @@ def driver_libs_check(ctx: Context) -> CheckResult:
 
 LAYOUT = Registered(("agent.layout",), layout_check)
 VLLM = Registered(
-    ("vllm", "vllm.numactl", "vllm.user", "vllm.args", "vllm.args.*", "vllm.binding", "vllm.env.*", "vllm.driver_libs"),
+    (
+        "vllm",
+        "vllm.numactl",
+        "vllm.user",
+        "vllm.program",
+        "vllm.args",
+        "vllm.args.*",
+        "vllm.binding",
+        "vllm.env.*",
+        "vllm.driver_libs",
+    ),
     vllm_checks,
 )

@@ -73,15 +73,20 @@ def resolve_user(name: str, host: Host) -> RunAs:
     return RunAs(name, pw.uid, pw.gid, accounts.group_ids(pw), pw.home, switch=True)
 
 
+def program_path(cfg: VllmConfig, run_as: RunAs) -> Optional[str]:
+    """Where ``[vllm] command``'s program is found on the PATH the child gets (child_env), or None."""
+    if not cfg.command:
+        return None
+    return shutil.which(cfg.command[0], path=child_env(cfg, run_as, [], {}).get("PATH", SAFE_PATH))
+
+
 def program_missing(cfg: VllmConfig, run_as: RunAs) -> Optional[OSError]:
     """Why a start cannot exec ``[vllm] command``'s program, as the exec would say it (``vllm: No such file or
     directory``), or None: a name is looked up on the PATH the child gets (child_env), as exec (or numactl's) does.
     The start itself would fail the same way; asked before anything runs beside it, the fault is said once."""
-    if not cfg.command:
+    if not cfg.command or program_path(cfg, run_as) is not None:
         return None
     program = cfg.command[0]
-    if shutil.which(program, path=child_env(cfg, run_as, [], {}).get("PATH", SAFE_PATH)):
-        return None
     there = "/" in program and os.path.lexists(program)
     code = errno.EACCES if there else errno.ENOENT
     return OSError(code, os.strerror(code), program)
