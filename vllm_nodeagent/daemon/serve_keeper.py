@@ -135,7 +135,7 @@ class ServeKeeper:
         (a wrapper or a stand-in never shows the sign) or a start that failed or stops has nothing to wait for;
         the CI's fleet leg waited the two-minute fallback for its stand-in before this."""
         phase = self.phase  # set by the loop's thread; a str swap, read once
-        if phase in ("serving", "watching"):
+        if self.ready():
             return "vLLM serving"
         if phase in ("backoff", "stopping"):
             return f"vLLM {phase}"

@@ -108,16 +108,17 @@ def _program_check(ctx: Context, cfg: VllmConfig) -> CheckResult:
         run_as = resolve_user(cfg.user, ctx.host)
     except LaunchError:
         return _check("vllm.program", Status.SKIP, "", desired, "the vLLM user is unusable: see vllm.user")
-    missing = program_missing(cfg, run_as)
-    if missing is not None:
-        return _check(
-            "vllm.program",
-            Status.FAIL,
-            f"{missing.filename}: {missing.strerror}",
-            desired,
-            "install vLLM where the vLLM user finds it, or set [vllm] command to the full path of its vllm",
-        )
-    return _check("vllm.program", Status.PASS, program_path(cfg, run_as) or cfg.command[0], desired)
+    found = program_path(cfg, run_as)
+    if found is not None:
+        return _check("vllm.program", Status.PASS, found, desired)
+    missing = program_missing(cfg, run_as)  # how the exec would say it
+    return _check(
+        "vllm.program",
+        Status.FAIL,
+        f"{missing.filename}: {missing.strerror}" if missing else cfg.command[0],
+        desired,
+        "install vLLM where the vLLM user finds it, or set [vllm] command to the full path of its vllm",
+    )
 
 
 def _vllm_uid(ctx: Context, cfg: VllmConfig) -> Optional[int]:
