@@ -373,6 +373,9 @@ def test_g_doctor_sees_version_and_live_binding(agent: Agent) -> None:
     assert (cache.stat().st_ino, cache.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     checks = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
     assert checks["vllm.args"]["status"] == "pass" and checks["vllm.args"]["current"].startswith("vLLM 0."), checks
+    # the program the daemon exec'd, found by the start's own lookup (serving/env.program_path)
+    prog = checks["vllm.program"]
+    assert prog["status"] == "pass" and prog["current"] == f"{VENV}/bin/python", prog
     b = checks["vllm.binding"]
     assert b["status"] == "pass" and "from the daemon's plan" in b["desired"], b
     for p in vllm_processes(agent.vllm_pid()):
