@@ -25,10 +25,21 @@ ORDER = (
     "stack_beside",
     "warmup_default",
     "weights_overlap",
+    "warmup_learned",
     "compiled_first",
     "compiled_second",
+    "compiled_first_nomega",
+    "compiled_second_nomega",
 )
-COLD_CASES = ("cold", "warmup_full", "warmup_overlap", "stack_beside", "warmup_default", "weights_overlap")
+COLD_CASES = (
+    "cold",
+    "warmup_full",
+    "warmup_overlap",
+    "stack_beside",
+    "warmup_default",
+    "weights_overlap",
+    "warmup_learned",
+)
 LABEL = {
     "warm": "warm restart (page cache as left)",
     "cold": "cold (drop_caches), no warm-up",
@@ -37,8 +48,11 @@ LABEL = {
     "stack_beside": "cold + stack beside the start, weights after vLLM's imports (0858b44)",
     "warmup_default": "cold + the default warm-up: the weights after vLLM's imports",
     "weights_overlap": "cold + weights after vLLM's imports, stack = false",
+    "warmup_learned": "cold + the default warm-up: the learned stack pages before the start, weights after imports",
     "compiled_first": "compiled (no --enforce-eager), first start",
     "compiled_second": "compiled, second start (caches kept)",
+    "compiled_first_nomega": "compiled, first start, VLLM_USE_MEGA_AOT_ARTIFACT=0 (vLLM's own default)",
+    "compiled_second_nomega": "compiled, second start, VLLM_USE_MEGA_AOT_ARTIFACT=0",
 }
 BASELINE_WARM_S = 46.5  # the warm restart on the same machine, before this work
 

@@ -86,6 +86,9 @@ write_configs() {  # plain (no prewarm), full (all before the start), overlap (t
     mk overlap "$eager" "overlap = true"
     mk weights "$eager" $'overlap = true\nstack = false'
     mk compiled "$( [ -n "$DRY" ] || echo ', "--max-num-seqs", "32"')" "overlap = true"
+    # the same without the agent's VLLM_USE_MEGA_AOT_ARTIFACT=1 (serving/env.py): vLLM 0.26's own default on torch 2.11
+    mk compiled_nomega "$( [ -n "$DRY" ] || echo ', "--max-num-seqs", "32"')" "overlap = true"
+    printf 'VLLM_USE_MEGA_AOT_ARTIFACT = "0"\n' >> "$CFG/cfg-compiled_nomega.toml"
 }
 
 tts() {  # OUTSUB, then time_to_serve.py's flags

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 if TYPE_CHECKING:
     from vllm_nodeagent.config import PrewarmConfig
     from vllm_nodeagent.daemon.loop import Loop
+    from vllm_nodeagent.prewarm.reader import ReaderOptions
     from vllm_nodeagent.prewarm.targets import WarmFile
     from vllm_nodeagent.prewarm.warm import PrewarmResult
 
@@ -55,11 +56,13 @@ def prewarm_before_start(loop: Loop, may_read: Callable[[], Optional[str]] = _no
 
     targets, env = config_targets(ctx.config)
     if pcfg.overlap and not pcfg.lock:
-        # Measured on an H200 (bench/README.md): a warm-up vLLM waits for costs more than it saves, and so does one
-        # beside its API server's import: a daemon thread reads once those are done (a SIGTERM does not wait).
+        # Measured on an H200 (bench/README.md): any read beside vLLM's API-server import slows it, so the stack's
+        # learned pages (small, the pages that import faults in) are read first; the weights wait in a daemon
+        # thread for the imports to be done (a SIGTERM does not wait).
+        used = _learned_stack(loop, pcfg, env) if pcfg.stack else 0
         threading.Thread(
             target=_background,
-            args=(loop, pcfg, targets, env, may_read),
+            args=(loop, pcfg, targets, env, may_read, used),
             name="prewarm-beside-start",
             daemon=True,
         ).start()
@@ -67,6 +70,12 @@ def prewarm_before_start(loop: Loop, may_read: Callable[[], Optional[str]] = _no
     stack = _stack(loop, pcfg)
     if not targets and not stack:
         return None
+    stack += _compile_caches(loop)  # after the weights: vLLM reads them after its weights too
+    result = _warm(loop, pcfg, targets, env, stack, _progress(loop), lock=pcfg.lock, what="all")
+    return result.locked if result is not None else None
+
+
+def _progress(loop: Loop) -> Callable[[int, int], None]:
     loop.notify.status("prewarming")
     last = [-1]
 
@@ -77,9 +86,28 @@ def prewarm_before_start(loop: Loop, may_read: Callable[[], Optional[str]] = _no
             loop.notify.status(f"prewarming {pct}%")
             loop.watchdog(loop.clock())  # a stalled prewarm stops pinging
 
-    stack += _compile_caches(loop)  # after the weights: vLLM reads them after its weights too
-    result = _warm(loop, pcfg, targets, env, stack, progress, lock=pcfg.lock, what="all")
-    return result.locked if result is not None else None
+    return progress
+
+
+def _learned_stack(loop: Loop, pcfg: PrewarmConfig, env: dict[str, str]) -> int:
+    """Before vLLM starts: the pages of its stack a serving vLLM had resident (prewarm/learned.py), many reads in
+    flight (small ranges of many files). Nothing before the first start that served: it learns them. Bytes read
+    from the budget."""
+    from vllm_nodeagent.prewarm.learned import learned_pages
+
+    try:
+        files, stale = learned_pages(loop.ctx.host, loop.ctx.config.agent.state_dir)
+    except Exception as exc:  # never let a warm-up bug stop the start
+        loop.log.error("prewarm_failed", part="stack", error=f"{type(exc).__name__}: {exc}")
+        return 0
+    if stale:
+        loop.log.info("prewarm_stack_changed", files_left_out=stale, detail="changed since learned; relearned at READY")
+    if not files:
+        return 0
+    from vllm_nodeagent.prewarm.reader import LEARNED_READER
+
+    done = _warm(loop, pcfg, [], env, files, _progress(loop), False, "stack", reader=LEARNED_READER)
+    return done.total_bytes if done is not None else 0
 
 
 def _stack(loop: Loop, pcfg: PrewarmConfig) -> list[WarmFile]:
@@ -100,15 +128,20 @@ def _compile_caches(loop: Loop) -> list[WarmFile]:
 
 
 def _background(
-    loop: Loop, pcfg: PrewarmConfig, targets: list[str], env: dict[str, str], may_read: Callable[[], Optional[str]]
+    loop: Loop,
+    pcfg: PrewarmConfig,
+    targets: list[str],
+    env: dict[str, str],
+    may_read: Callable[[], Optional[str]],
+    used: int = 0,
 ) -> None:
-    """Beside vLLM's start: nothing while its API server imports; then the weights, then the compile caches."""
+    """Beside vLLM's start: nothing while its API server imports; then the weights, then the compile caches.
+    ``used``: bytes of the budget the stack before the start took."""
     waited, why = _wait_for_imports(loop, may_read)
     loop.log.info("prewarm_weights_begin", waited_s=round(waited, 3), imports_done=why == IMPORTS_DONE, after=why)
-    used = 0
     if targets:
-        done = _warm(loop, pcfg, targets, env, [], None, False, "weights")
-        used = done.total_bytes if done is not None else 0
+        done = _warm(loop, pcfg, targets, env, [], None, False, "weights", used)
+        used += done.total_bytes if done is not None else 0
     try:
         caches = _compile_caches(loop)
     except Exception as exc:  # never let a warm-up bug reach the daemon
@@ -145,6 +178,7 @@ def _warm(
     what: str,
     used: int = 0,
     threads: int = 0,
+    reader: Optional[ReaderOptions] = None,
 ) -> Optional[PrewarmResult]:
     """One prewarm pass; ``used``: bytes of the budget an earlier pass (the stack) already took."""
     from vllm_nodeagent.prewarm.targets import budget_from_config, vllm_hf_cache
@@ -161,6 +195,7 @@ def _warm(
             progress=progress,
             hf_cache=vllm_hf_cache(loop.ctx.config, loop.ctx.host, env),
             stack=stack,
+            reader=reader,
         )
     except Exception as exc:  # a failed prewarm must not stop serving; it is logged
         loop.log.error("prewarm_failed", part=what, error=f"{type(exc).__name__}: {exc}")
@@ -186,12 +221,14 @@ def _warm(
     return result
 
 
-def learn_after_ready(loop: Loop, pid: int) -> None:
-    """vLLM serves: remember the libraries it mapped, so the next warm-up reads those and not every .so of the
-    environment (prewarm/stack.learn). Never fails the start."""
+def learn_after_ready(loop: Loop, pid: int) -> Optional[threading.Thread]:
+    """vLLM serves: remember the libraries it mapped (prewarm/stack.learn: what ``overlap = false`` reads) and,
+    in a thread (a walk of the environment and a mincore of each file: seconds), the pages of its stack that are
+    resident now (prewarm/learned.py: what the next start reads first). Never fails the start. The thread, if one
+    was started (tests wait for it)."""
     pcfg = loop.ctx.config.prewarm
     if pcfg is None or not pcfg.stack:
-        return
+        return None
     from vllm_nodeagent.host import HostError
     from vllm_nodeagent.prewarm.stack import learn
 
@@ -199,5 +236,27 @@ def learn_after_ready(loop: Loop, pid: int) -> None:
         n = learn(loop.ctx.host, loop.ctx.config.agent.state_dir, pid)
     except (HostError, OSError, ValueError) as exc:
         loop.log.warning("prewarm_learn_failed", error=str(exc))
-        return
+        return None
     loop.log.info("prewarm_learned", libraries=n)
+    thread = threading.Thread(target=_learn_pages, args=(loop,), name="prewarm-learn-pages", daemon=True)
+    thread.start()
+    return thread
+
+
+def _learn_pages(loop: Loop) -> None:
+    from vllm_nodeagent.prewarm.learned import learn_pages
+    from vllm_nodeagent.prewarm.stack import config_stack
+
+    t0 = time.monotonic()
+    try:
+        stack, errors = config_stack(loop.ctx.config, loop.ctx.host, every_library=True)
+        if errors and not stack:
+            loop.log.warning("prewarm_learn_failed", error=errors[0])
+            return
+        files, nbytes = learn_pages(loop.ctx.host, loop.ctx.config.agent.state_dir, stack)
+    except Exception as exc:  # a learning bug must never reach the daemon: the next start just reads less
+        loop.log.warning("prewarm_learn_failed", error=f"{type(exc).__name__}: {exc}")
+        return
+    loop.log.info(
+        "prewarm_learned_pages", files=files, bytes=nbytes, of_files=len(stack), seconds=round(time.monotonic() - t0, 3)
+    )

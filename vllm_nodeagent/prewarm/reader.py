@@ -34,7 +34,8 @@ class ReaderOptions:
     method: "pread" (preadv into one reused buffer per thread), "sendfile" (sendfile(2) to /dev/null, no copy to
     user space; buffer_bytes is the chunk per call) or "populate" (mmap + MADV_POPULATE_READ).
     segment_bytes: files are cut into segments of this size that threads take in order (0 = whole files).
-    fadvise: "none", "seq" (POSIX_FADV_SEQUENTIAL) or "seq+willneed" (also WILLNEED on the segment).
+    fadvise: "none", "seq" (POSIX_FADV_SEQUENTIAL), "seq+willneed" (also WILLNEED on the segment) or "random"
+    (POSIX_FADV_RANDOM: no readahead, exactly the segment: learned ranges, prewarm/learned.py).
     ahead_bytes: keep POSIX_FADV_WILLNEED this far ahead of the read position (0 = the kernel's readahead only).
     """
 
@@ -48,6 +49,9 @@ class ReaderOptions:
 
 # Parallel streams over segments: NVMe, virtio, SSDs, network filesystems, unknown (storage.Storage.parallel).
 PARALLEL_READER = ReaderOptions(threads=4, buffer_bytes=64 << 20, segment_bytes=256 << 20)
+# The stack's learned pages: thousands of small ranges, many in flight, each read as it is and no further (a
+# virtio disk's read_ahead_kb of 8 MiB, seen on the H200, would read most of every library again).
+LEARNED_READER = ReaderOptions(threads=32, buffer_bytes=64 << 20, segment_bytes=256 << 20, fadvise="random")
 # One sequential stream, files in turn: spinning disks (a switch between streams is a seek) and memory.
 SEQUENTIAL_READER = ReaderOptions(threads=1, buffer_bytes=64 << 20, segment_bytes=0)
 
@@ -119,9 +123,11 @@ class _Segment:
 def _segments(files: Sequence[WarmFile], segment_bytes: int) -> list[_Segment]:
     out: list[_Segment] = []
     for f in files:
-        step = segment_bytes if segment_bytes > 0 else max(f.size, 1)
-        for start in range(0, max(f.size, 1), step):
-            out.append(_Segment(f, start, min(step, f.size - start)))
+        for first, length in f.ranges or ((0, f.size),):
+            length = max(0, min(length, f.size - first))  # a learned range past a file that shrank: cut
+            step = segment_bytes if segment_bytes > 0 else max(length, 1)
+            for start in range(first, first + max(length, 1), step):
+                out.append(_Segment(f, start, min(step, first + length - start)))
     return out
 
 
@@ -248,7 +254,9 @@ def read_files(
                 )
                 continue
             try:
-                if opts.fadvise != "none" and seg.length > 0:
+                if opts.fadvise == "random":
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # this fd only: vLLM's own reads keep theirs
+                elif opts.fadvise != "none" and seg.length > 0:
                     os.posix_fadvise(fd, seg.start, seg.length, os.POSIX_FADV_SEQUENTIAL)
                     if opts.fadvise == "seq+willneed":
                         os.posix_fadvise(fd, seg.start, seg.length, os.POSIX_FADV_WILLNEED)

@@ -12,6 +12,7 @@ import mmap
 import os
 import platform
 import threading
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Optional
 
 from vllm_nodeagent.host import paths
@@ -59,13 +60,13 @@ def cachestat_pages(fd: int) -> int:
     return int(cs.nr_cache)
 
 
-def mincore_pages(fd: int, size: int) -> int:
-    """Pages of the file in the page cache, by ``mincore(2)`` over a shared read-only mapping."""
+def _page_map(fd: int, size: int) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, one byte per page: 1 resident, 0 not) per window of the file, by ``mincore(2)`` over a
+    shared read-only mapping."""
     if size <= 0:
-        return 0
+        return
     addr = map_shared_readonly(fd, size)
     try:
-        resident = 0
         vec = (ctypes.c_ubyte * ((min(size, _MINCORE_WINDOW) + PAGE_SIZE - 1) // PAGE_SIZE))()
         off = 0
         while off < size:
@@ -73,11 +74,49 @@ def mincore_pages(fd: int, size: int) -> int:
             pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
             if libc().mincore(ctypes.c_void_p(addr + off), length, vec) != 0:
                 raise errno_error("mincore")
-            resident += bytes(vec)[:pages].translate(_LOWBIT).count(1)
+            yield off, bytes(vec)[:pages].translate(_LOWBIT)
             off += length
-        return resident
     finally:
         unmap(addr, size)
+
+
+def mincore_pages(fd: int, size: int) -> int:
+    """Pages of the file in the page cache, by ``mincore(2)``."""
+    return sum(window.count(1) for _, window in _page_map(fd, size))
+
+
+def resident_ranges(fd: int, size: int, join_pages: int = 16) -> list[tuple[int, int]]:
+    """The byte ranges (offset, length) of the file in the page cache, by ``mincore(2)``; runs fewer than
+    ``join_pages`` pages apart are joined (one read of a small gap costs less than another request)."""
+    runs: list[list[int]] = []  # [first page, end page)
+    for off, window in _page_map(fd, size):
+        base = off // PAGE_SIZE
+        start = window.find(1)
+        while start >= 0:
+            end = window.find(0, start)
+            end = len(window) if end < 0 else end
+            if runs and base + start - runs[-1][1] <= join_pages:
+                runs[-1][1] = base + end
+            else:
+                runs.append([base + start, base + end])
+            start = window.find(1, end)
+    return [(a * PAGE_SIZE, min(b * PAGE_SIZE, size) - a * PAGE_SIZE) for a, b in runs]
+
+
+def resident_in_ranges(fd: int, size: int, ranges: Sequence[tuple[int, int]]) -> int:
+    """Resident bytes of the file within ``ranges`` (whole pages, capped at each range's length)."""
+    if not ranges:
+        return 0
+    total = 0
+    maps = list(_page_map(fd, size))
+    for first, length in ranges:
+        a, b = first // PAGE_SIZE, (min(first + length, size) + PAGE_SIZE - 1) // PAGE_SIZE
+        pages = 0
+        for off, window in maps:
+            lo = off // PAGE_SIZE
+            pages += window[max(a - lo, 0) : max(b - lo, 0)].count(1)
+        total += min(pages * PAGE_SIZE, length)
+    return total
 
 
 _probe_lock = threading.Lock()
@@ -177,6 +216,9 @@ def resident_bytes(res: Residency, f: WarmFile) -> Optional[int]:
             return None
         if residency_hidden(st, f.real):
             return HIDDEN
+        if f.ranges:  # learned pages: what counts is those, not the rest of the file (mincore: per page)
+            res.used.add("mincore")
+            return resident_in_ranges(fd, st.st_size, f.ranges)
         return min(res.bytes_fd(fd, st.st_size), f.size)
     finally:
         os.close(fd)

@@ -146,9 +146,10 @@ def learned_libraries(host: Host, state_dir: str) -> Optional[set[str]]:
     return {p for p in libs if isinstance(p, str)} if isinstance(libs, list) else None
 
 
-def config_stack(config: Config, host: Host) -> tuple[list[WarmFile], list[str]]:
+def config_stack(config: Config, host: Host, every_library: bool = False) -> tuple[list[WarmFile], list[str]]:
     """The stack of the configured vLLM (``[vllm]`` command/python/user/env); ([], [why]) when there is none to
-    ask. The interpreter's path is asked as the vLLM user (serving/bytecode.env_info), never run as root."""
+    ask. The interpreter's path is asked as the vLLM user (serving/bytecode.env_info), never run as root.
+    ``every_library``: every .so, not only those ``learn`` saw mapped."""
     from vllm_nodeagent.serving import bytecode as bc
     from vllm_nodeagent.serving.args import resolve_python
     from vllm_nodeagent.serving.env import SAFE_PATH, LaunchError, child_env, resolve_user
@@ -169,7 +170,7 @@ def config_stack(config: Config, host: Host) -> tuple[list[WarmFile], list[str]]
         info = bc.env_info(python, env, who)
     except bc.BytecodeError as exc:
         return [], [f"serving stack not warmed: {exc}"]
-    learned = learned_libraries(host, config.agent.state_dir)
+    learned = None if every_library else learned_libraries(host, config.agent.state_dir)
     return stack_files(python, info.path, learned)
 
 

@@ -61,6 +61,14 @@ class WarmFile:
     size: int
     dev: int
     ino: int
+    # Byte ranges (offset, length) to read instead of the whole file: the pages a serving vLLM had in the page
+    # cache (prewarm/learned.py). Empty: the whole file.
+    ranges: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def want(self) -> int:
+        """The bytes a warm-up of this file reads: its ranges, else all of it."""
+        return sum(n for _, n in self.ranges) if self.ranges else self.size
 
 
 # -- budget ---------------------------------------------------------------------------------------------
@@ -276,9 +284,9 @@ def apply_budget(files: list[WarmFile], budget: Optional[int], first: int = 0) -
     skipped: list[WarmFile] = []
     left = budget
     for f in files[:first] + sorted(files[first:], key=lambda f: (-f.size, f.path)):
-        if f.size <= left:
+        if f.want <= left:
             taken.append(f)
-            left -= f.size
+            left -= f.want
         else:
             skipped.append(f)
     return taken, skipped

@@ -131,14 +131,14 @@ def prewarm(
     stack_keys = {(f.dev, f.ino) for f in stack}
     files = [*stack, *(f for f in files if (f.dev, f.ino) not in stack_keys)]
     taken, skipped = apply_budget(files, budget_bytes, first=len(stack))
-    result.skipped = [(f.path, f.size) for f in skipped]
+    result.skipped = [(f.path, f.want) for f in skipped]
     if skipped:
         logger.warning(
             "prewarm.budget",
             budget_bytes=budget_bytes,
             skipped_files=len(skipped),
             skipped_bytes=result.skipped_bytes,
-            warmed_bytes=sum(f.size for f in taken),
+            warmed_bytes=sum(f.want for f in taken),
         )
     file_errors: dict[str, str] = {}
     before: dict[str, int] = {}
@@ -164,14 +164,14 @@ def prewarm(
             detail="the kernel reports files this user neither owns nor may write as fully cached: "
             "read in full, residency not measured",
         )
-    to_read = [f for f in taken if f.path in before and before[f.path] < f.size]
+    to_read = [f for f in taken if f.path in before and before[f.path] < f.want]
     storage = main_storage(host, [f for f in taken if f.path in before])
     opts = reader or reader_for(storage)
     if threads:
         opts = dataclasses.replace(opts, threads=threads)
     result.threads = default_threads(opts.threads)
     result.reader = f"{describe_reader(opts)} on {storage.describe()}"
-    prog = _Progress(sum(f.size for f in to_read), progress)
+    prog = _Progress(sum(f.want for f in to_read), progress)
     t0 = time.monotonic()
     result.read_bytes = read_files(to_read, opts, prog, file_errors, _file_hook)
     result.seconds = time.monotonic() - t0
@@ -189,7 +189,7 @@ def prewarm(
             file_errors.setdefault(f.path, f"{f.path}: vanished during prewarm")
             continue
         if after == HIDDEN:
-            after = 0 if f.path in file_errors else f.size  # read in full without error; not measured
+            after = 0 if f.path in file_errors else f.want  # read in full without error; not measured
         try:
             now_size = paths.file_stat(f.real).st_size
         except OSError:
@@ -199,13 +199,13 @@ def prewarm(
         if f.path in file_errors:
             continue
         result.files += 1
-        result.total_bytes += f.size
+        result.total_bytes += f.want
         result.resident_before_bytes += before[f.path]
         result.resident_after_bytes += after
         result.paths.append(f.path)
         if (f.dev, f.ino) in stack_keys:
             result.stack_files += 1
-            result.stack_bytes += f.size
+            result.stack_bytes += f.want
             result.stack_resident_after_bytes += after
     result.errors.extend(file_errors[f.path] for f in taken if f.path in file_errors)
     result.residency_method = res.method + (f" (hidden for {len(hidden)} file(s): counted as read)" if hidden else "")
