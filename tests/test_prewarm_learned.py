@@ -159,7 +159,7 @@ def test_the_daemon_learns_what_vllm_had_resident_and_reads_it_first_at_the_next
     tmp_path: Path, base: Path
 ) -> None:
     """learn_after_ready keeps the resident pages of the stack (as the vLLM user sees its path); at the next
-    start prewarm_before_start (overlap, the default) reads those before it returns, i.e. before vLLM starts,
+    start prewarm_before_start (overlap, stack_learned) reads those before it returns, i.e. before vLLM starts,
     and the weights wait beside the start as before."""
     from vllm_nodeagent.config import parse_config
     from vllm_nodeagent.daemon.prewarm_step import learn_after_ready, prewarm_before_start
@@ -183,7 +183,7 @@ def test_the_daemon_learns_what_vllm_had_resident_and_reads_it_first_at_the_next
     state = tmp_path / "state"
     state.mkdir()
     cfg = parse_config(
-        f'[agent]\nstate_dir = "{state}"\n[prewarm]\n'
+        f'[agent]\nstate_dir = "{state}"\n[prewarm]\nstack_learned = true\n'
         f'[vllm]\ncommand = ["{base}/venv/bin/python", "-m", "vllm"]\nmodel = "{weights.parent}"\nuser = "nobody"\n',
         "c",
     )
@@ -218,3 +218,30 @@ def test_the_daemon_learns_what_vllm_had_resident_and_reads_it_first_at_the_next
         if t.name == "prewarm-beside-start":
             t.join(60)
     assert fincore([weights])[str(weights)] >= weights.stat().st_size  # then the weights
+
+
+def test_without_stack_learned_nothing_is_learned_nor_read_before_the_start(tmp_path: Path) -> None:
+    """The default (stack_learned = false, measured no gain on the H200): READY keeps only the mapped-library
+    list, and a pages file left from before is not read."""
+    from vllm_nodeagent.config import parse_config
+    from vllm_nodeagent.daemon.prewarm_step import learn_after_ready, prewarm_before_start
+
+    root = tmp_path / "root"
+    real_accounts(root, "nobody")
+    (root / "proc").mkdir(parents=True)
+    (root / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
+    state = tmp_path / "state"
+    (root / str(state).lstrip("/")).mkdir(parents=True)
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(os.urandom(64 * KIB))
+    st = lib.stat()
+    doc = {"version": 1, "files": [[str(lib), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, [[0, 64 * KIB]]]]}
+    (root / str(state).lstrip("/") / PAGES_FILE).write_text(json.dumps(doc))
+    cfg = parse_config(f'[agent]\nstate_dir = "{state}"\n[prewarm]\ninclude_model = false\n', "c")
+    log = _Log()
+    assert learn_after_ready(loop_for(root, cfg, log, []), os.getpid()) is None
+    assert [ev for ev, _ in log.events] == ["prewarm_learned"]
+    drop(lib)
+    prewarm_before_start(loop_for(root, cfg, log, []), lambda: "imports done")
+    assert not [kw for ev, kw in log.events if ev == "prewarm_done" and kw.get("part") == "stack"]
+    assert fincore([lib])[str(lib)] == 0

@@ -145,6 +145,9 @@ class PrewarmConfig:
     overlap: bool = spec(
         "bool", True, doc="the daemon reads the weights once vLLM's imports are done, not before; false = all before"
     )
+    stack_learned: bool = spec(
+        "bool", False, doc="overlap: first the stack's pages a serving vLLM had resident (learned at READY)"
+    )
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ Issue 23 (``--cfg-dir DIR``: DIR/cfg-<name>.toml, every case through the root da
   warmup_default  the same config since the weights wait: the stack beside vLLM's start, the weights once its API
                   server's imports are done (its engine process started), then the compile caches
   weights_overlap the same with [prewarm] stack = false (the weights only)
+  warmup_learned  drop the cache; [prewarm] stack_learned = true: the pages a serving vLLM had resident, first
   compiled_first  drop the cache and vLLM/torch/triton's compile caches; no --enforce-eager; the default warm-up
   compiled_second the same again, caches kept (what a restart or reboot sees)
 
@@ -484,12 +485,13 @@ TTS23 = {  # issue 23: case -> (config name, drop the page cache, clear the comp
     "warmup_overlap": ("overlap", True, False),
     "warmup_default": ("overlap", True, False),  # the same config as warmup_overlap, after the weights moved
     "weights_overlap": ("weights", True, False),  # [prewarm] stack = false: only the weights, after the imports
-    # the default since the stack's pages are learned: those pages before vLLM starts, then as weights_overlap
-    "warmup_learned": ("overlap", True, False),
+    # [prewarm] stack_learned = true: the stack's learned pages before vLLM starts, then as weights_overlap. Run on
+    # 2026-12-03 (6127aa3) with that behaviour in the "overlap" config, before it became a switch (off by default)
+    "warmup_learned": ("learned", True, False),
     "compiled_first": ("compiled", True, True),
     "compiled_second": ("compiled", True, False),
-    "compiled_first_nomega": ("compiled_nomega", True, True),
-    "compiled_second_nomega": ("compiled_nomega", True, False),
+    "compiled_first_mega": ("compiled_mega", True, True),  # [vllm.env] VLLM_USE_MEGA_AOT_ARTIFACT = "1"
+    "compiled_second_mega": ("compiled_mega", True, False),
 }
 COMPILE_CACHES = ("vllm", "torchinductor", "triton")
 

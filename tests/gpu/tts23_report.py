@@ -26,10 +26,12 @@ ORDER = (
     "warmup_default",
     "weights_overlap",
     "warmup_learned",
+    "unlearned",
+    "learned_beside",
     "compiled_first",
     "compiled_second",
-    "compiled_first_nomega",
-    "compiled_second_nomega",
+    "compiled_first_mega",
+    "compiled_second_mega",
 )
 COLD_CASES = (
     "cold",
@@ -39,6 +41,8 @@ COLD_CASES = (
     "warmup_default",
     "weights_overlap",
     "warmup_learned",
+    "unlearned",
+    "learned_beside",
 )
 LABEL = {
     "warm": "warm restart (page cache as left)",
@@ -48,11 +52,13 @@ LABEL = {
     "stack_beside": "cold + stack beside the start, weights after vLLM's imports (0858b44)",
     "warmup_default": "cold + the default warm-up: the weights after vLLM's imports",
     "weights_overlap": "cold + weights after vLLM's imports, stack = false",
-    "warmup_learned": "cold + the default warm-up: the learned stack pages before the start, weights after imports",
+    "warmup_learned": "cold + the learned stack pages before the start, weights after vLLM's imports",
+    "unlearned": "cold + the same config, nothing learned yet (= weights after vLLM's imports)",
+    "learned_beside": "cold + the learned stack pages beside the start, weights after vLLM's imports",
     "compiled_first": "compiled (no --enforce-eager), first start",
     "compiled_second": "compiled, second start (caches kept)",
-    "compiled_first_nomega": "compiled, first start, VLLM_USE_MEGA_AOT_ARTIFACT=0 (vLLM's own default)",
-    "compiled_second_nomega": "compiled, second start, VLLM_USE_MEGA_AOT_ARTIFACT=0",
+    "compiled_first_mega": "compiled, first start, VLLM_USE_MEGA_AOT_ARTIFACT=1 (vLLM's one-artifact AOT load)",
+    "compiled_second_mega": "compiled, second start, VLLM_USE_MEGA_AOT_ARTIFACT=1",
 }
 BASELINE_WARM_S = 46.5  # the warm restart on the same machine, before this work
 
@@ -125,6 +131,14 @@ def summary(rs: list[dict[str, Any]]) -> str:
     if first is not None and second is not None:
         a, b = first["vllm"]["compile_s"], second["vllm"]["compile_s"]
         lines.append(f"compiled: second start's torch.compile {b:.1f} s vs first {a:.1f} s = {b / a:.0%} (goal <= 10%)")
+    mega = [next((r for r in rs if r["case"] == f"compiled_{w}_mega"), None) for w in ("first", "second")]
+    if mega[0] is not None and mega[1] is not None and second is not None:
+        a, b = mega[0]["vllm"]["compile_s"], mega[1]["vllm"]["compile_s"]
+        lines.append(
+            f"compiled, VLLM_USE_MEGA_AOT_ARTIFACT=1: torch.compile {b:.1f} s vs {a:.1f} s = {b / a:.0%}, but engine "
+            f"init {mega[1]['vllm']['init_engine_s']:.1f} s and READY {mega[1]['ready_s']:.1f} s against "
+            f"{second['vllm']['init_engine_s']:.1f} s and {second['ready_s']:.1f} s without it"
+        )
     return "\n".join(lines)
 
 

@@ -12,6 +12,11 @@ too). Measured on an H200 (bench/README.md): any read beside the API server's im
 the engine's import is CPU-bound and hides the weights' read. The stack is not read there: vLLM's own import reads
 it.
 
+``stack_learned = true`` (overlap only; off by default): before vLLM starts, the pages of its stack that a serving
+vLLM had resident, learned by mincore at READY (prewarm/learned.py). Measured on the H200 (2.24 GB of 6,989 files,
+read in 3.8-4.1 s): the API server's import became 3-4 s shorter, which the read itself cost; read beside the start
+instead, no gain either. A disk that reads small ranges faster than that virtio disk may gain.
+
 ``overlap = false``: all before vLLM starts — the stack (the vLLM interpreter and the libraries on its path,
 prewarm/stack.py; ``[prewarm] stack``), then the weights, then the compile caches. ``lock`` needs the pages held by
 this process: it warms all first."""
@@ -56,10 +61,10 @@ def prewarm_before_start(loop: Loop, may_read: Callable[[], Optional[str]] = _no
 
     targets, env = config_targets(ctx.config)
     if pcfg.overlap and not pcfg.lock:
-        # Measured on an H200 (bench/README.md): any read beside vLLM's API-server import slows it, so the stack's
-        # learned pages (small, the pages that import faults in) are read first; the weights wait in a daemon
-        # thread for the imports to be done (a SIGTERM does not wait).
-        used = _learned_stack(loop, pcfg, env) if pcfg.stack else 0
+        # Measured on an H200 (bench/README.md): any read beside vLLM's API-server import slows it; the weights
+        # wait in a daemon thread for the imports to be done (a SIGTERM does not wait). ``stack_learned``: the
+        # stack's learned pages first, before vLLM starts (no gain on the H200's virtio disk: docs/prewarm.md).
+        used = _learned_stack(loop, pcfg, env) if pcfg.stack and pcfg.stack_learned else 0
         threading.Thread(
             target=_background,
             args=(loop, pcfg, targets, env, may_read, used),
@@ -238,6 +243,8 @@ def learn_after_ready(loop: Loop, pid: int) -> Optional[threading.Thread]:
         loop.log.warning("prewarm_learn_failed", error=str(exc))
         return None
     loop.log.info("prewarm_learned", libraries=n)
+    if not (pcfg.overlap and pcfg.stack_learned):
+        return None
     thread = threading.Thread(target=_learn_pages, args=(loop,), name="prewarm-learn-pages", daemon=True)
     thread.start()
     return thread

@@ -26,12 +26,6 @@ _PASS_ENV_PREFIXES = ("CUDA_", "NCCL_")
 _PASS_ENV = ("HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "LANG", "LC_ALL", "TZ")
 # Compile caches vLLM's stack writes at start (subdirectories of the agent's per-user cache directory).
 CACHE_VARS = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR": "triton", "VLLM_CACHE_ROOT": "vllm"}
-# With the caches kept, a second start loads vLLM's AOT-compiled model as one artifact instead of splitting the
-# graph again (vLLM >= 0.2x turns it on by itself only with torch >= 2.12; torch 2.10/2.11 have what it needs).
-# Measured on the H200 (docs/prewarm.md). Not set where the operator chose any of the compile switches it
-# depends on: VLLM_USE_STANDALONE_COMPILE=0 with it stops vLLM at start.
-MEGA_AOT = "VLLM_USE_MEGA_AOT_ARTIFACT"
-_MEGA_AOT_DEPENDS = (MEGA_AOT, "VLLM_USE_AOT_COMPILE", "VLLM_USE_STANDALONE_COMPILE", "VLLM_DISABLE_COMPILE_CACHE")
 
 
 class LaunchError(Exception):
@@ -163,7 +157,5 @@ def child_env(
             env["XDG_CACHE_HOME"] = os.path.join(cache_dir, ".cache")
         for var, sub in CACHE_VARS.items():
             env.setdefault(var, os.path.join(cache_dir, sub))
-        if not any(k in env or k in cfg.env for k in _MEGA_AOT_DEPENDS):
-            env[MEGA_AOT] = "1"
     env.update(cfg.env)
     return env
