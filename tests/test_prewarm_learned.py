@@ -134,6 +134,10 @@ def test_learned_pages_round_trip_and_what_changed_since_is_left_out(base: Path,
         '{"version": 1, "files": [["/x", 1, 2, 3, 4, [[0, -1]]]]}',
         '{"version": 1, "files": [["/x", 1, 2, 3, 4, [[0, 4096.5]]]]}',
         '{"version": 1, "files": "all"}',
+        '{"version": 1, "files": [["/x", 1, 2, 8192, 4, [[4096, 8192]]]]}',  # past the file's end
+        '{"version": 1, "files": [["/x", 1, 2, 8192, 4, [[4096, 10], [0, 10]]]]}',  # out of order
+        '{"version": 1, "files": [["/x", 1, 2, 8192, 4, []]]}',
+        '{"version": 1, "files": [["/x", 1, 2, 8192, 4, [[0, 1]], "more"]]}',
         "[]",
     ],
 )

@@ -56,14 +56,18 @@ def learn_pages(host: Host, state_dir: str, files: Sequence[WarmFile]) -> tuple[
     return len(kept), total
 
 
-def _ranges(value: Any) -> tuple[tuple[int, int], ...]:
-    if not isinstance(value, list):
+def _ranges(value: Any, size: int) -> tuple[tuple[int, int], ...]:
+    """Ranges inside a file of ``size`` bytes, in order and apart, as ``learn_pages`` writes them."""
+    if not isinstance(value, list) or not value:
         raise ValueError("ranges")
-    out = []
+    out: list[tuple[int, int]] = []
     for r in value:
-        if not (isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r) and r[0] >= 0 and r[1] > 0):
+        if not (isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)):
             raise ValueError("range")
-        out.append((r[0], r[1]))
+        first, length = r
+        if first < (out[-1][0] + out[-1][1] if out else 0) or length <= 0 or first + length > size:
+            raise ValueError("range")
+        out.append((first, length))
     return tuple(out)
 
 
@@ -88,7 +92,7 @@ def learned_pages(host: Host, state_dir: str) -> tuple[list[WarmFile], int]:
             path, dev, ino, size, mtime_ns, rng = e
             if not isinstance(path, str) or not all(type(x) is int for x in (dev, ino, size, mtime_ns)):
                 raise ValueError("entry")
-            ranges = _ranges(rng)
+            ranges = _ranges(rng, size)
         except (ValueError, TypeError):
             return [], 0  # not what learn_pages writes: nothing of it is trusted
         try:
