@@ -129,7 +129,9 @@ def test_bytecode_of_the_real_vllm_sources_same_code_real_venv_untouched(tmp_pat
     assert real_venv_state(tmp_path, copy) == real_before  # the real venv: not a file written
 
 
-def test_default_prewarm_makes_the_real_stack_resident(tmp_path: Path, copy: Path) -> None:
+def test_default_prewarm_makes_the_real_stack_resident(
+    tmp_path: Path, copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
@@ -149,6 +151,7 @@ def test_default_prewarm_makes_the_real_stack_resident(tmp_path: Path, copy: Pat
     assert sum(res.values()) < sum(p.stat().st_size for p in files) // 2, "the cache drop did not take"
     rc = main(["--root", str(tmp_path / "root"), "--config", str(cfg), "prewarm", "--json"])
     assert rc == 0
+    assert json.loads(capsys.readouterr().out)["stack_files"] > 100  # read, not printed: the leg runs with -s
     res = fincore(files)
     assert all(res[str(p)] >= min(p.stat().st_size, 4096) for p in files), res  # resident, by mincore
 
