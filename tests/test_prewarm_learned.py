@@ -148,6 +148,18 @@ def test_a_damaged_learned_file_is_not_trusted_at_all(tmp_path: Path, damage: st
     assert learned_pages(Host("/"), str(state)) == ([], 0)
 
 
+def agent_root(tmp_path: Path) -> tuple[Path, Path]:
+    """A --root tree with the machine's real nobody and a meminfo, and a state dir (its path as the agent sees
+    it; the directory itself inside the tree)."""
+    root = tmp_path / "root"
+    real_accounts(root, "nobody")
+    (root / "proc").mkdir(parents=True)
+    (root / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
+    state = tmp_path / "state"
+    (root / str(state).lstrip("/")).mkdir(parents=True)
+    return root, state
+
+
 def loop_for(root: Path, cfg: Any, log: _Log, status: list[str]) -> Any:
     return SimpleNamespace(
         ctx=SimpleNamespace(config=cfg, host=Host(root)),
@@ -180,12 +192,7 @@ def test_the_daemon_learns_what_vllm_had_resident_and_reads_it_first_at_the_next
     used = pycs[:2]  # what "vLLM" read: two modules' bytecode
     for p in used:
         p.read_bytes()
-    root = tmp_path / "root"
-    real_accounts(root, "nobody")
-    (root / "proc").mkdir(parents=True)
-    (root / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
-    state = tmp_path / "state"
-    state.mkdir()
+    root, state = agent_root(tmp_path)
     cfg = parse_config(
         f'[agent]\nstate_dir = "{state}"\n[prewarm]\nstack_learned = true\n'
         f'[vllm]\ncommand = ["{base}/venv/bin/python", "-m", "vllm"]\nmodel = "{weights.parent}"\nuser = "nobody"\n',
@@ -230,12 +237,7 @@ def test_without_stack_learned_nothing_is_learned_nor_read_before_the_start(tmp_
     from vllm_nodeagent.config import parse_config
     from vllm_nodeagent.daemon.prewarm_step import learn_after_ready, prewarm_before_start
 
-    root = tmp_path / "root"
-    real_accounts(root, "nobody")
-    (root / "proc").mkdir(parents=True)
-    (root / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
-    state = tmp_path / "state"
-    (root / str(state).lstrip("/")).mkdir(parents=True)
+    root, state = agent_root(tmp_path)
     lib = tmp_path / "lib.so"
     lib.write_bytes(os.urandom(64 * KIB))
     st = lib.stat()

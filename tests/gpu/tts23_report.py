@@ -33,17 +33,7 @@ ORDER = (
     "compiled_first_mega",
     "compiled_second_mega",
 )
-COLD_CASES = (
-    "cold",
-    "warmup_full",
-    "warmup_overlap",
-    "stack_beside",
-    "warmup_default",
-    "weights_overlap",
-    "warmup_learned",
-    "unlearned",
-    "learned_beside",
-)
+COLD_CASES = tuple(c for c in ORDER if c != "warm" and not c.startswith("compiled"))  # every cold-boot case
 LABEL = {
     "warm": "warm restart (page cache as left)",
     "cold": "cold (drop_caches), no warm-up",

@@ -7,31 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import time
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
-import pytest
-from fakehost import real_accounts
+from test_bytecode_stack_real import VENV, fincore, pytestmark, site_packages
+from test_prewarm_learned import agent_root, loop_for
+from test_prewarm_stack import _Log
 
 from vllm_nodeagent.config import parse_config
 from vllm_nodeagent.daemon.prewarm_step import learn_after_ready, prewarm_before_start
-from vllm_nodeagent.host import Host
 from vllm_nodeagent.prewarm.learned import PAGES_FILE
 
-VENV = os.environ.get("VLLM_VENV", "")
-pytestmark = [
-    pytest.mark.vllm_real,
-    pytest.mark.skipif(not VENV or not os.path.exists(f"{VENV}/bin/python"), reason="VLLM_VENV not set"),
-    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("fincore"), reason="needs root and fincore"),
-]
-
-
-def site() -> Path:
-    return next(Path(VENV, "lib").glob("python3*/site-packages"))
+__all__ = ["pytestmark"]  # the real-vLLM leg's marks and skips, as its sibling's
 
 
 def drop_tree(top: Path) -> None:
@@ -47,47 +34,13 @@ def drop_tree(top: Path) -> None:
                 os.close(fd)
 
 
-def fincore(paths: list[Path]) -> dict[str, int]:
-    out = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES,FILE", *map(str, paths)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return {line.split(" ", 1)[1]: int(line.split(" ", 1)[0]) for line in out.splitlines() if line.strip()}
-
-
-class _Log:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def info(self, event: str, **kw: Any) -> None:
-        self.events.append((event, kw))
-
-    warning = error = info
-
-
-def loop_for(root: Path, text: str, log: _Log) -> Any:
-    return SimpleNamespace(
-        ctx=SimpleNamespace(config=parse_config(text, "c"), host=Host(root)),
-        log=log,
-        notify=SimpleNamespace(status=lambda s: None),
-        metrics=SimpleNamespace(set_prewarm=lambda *a: None),
-        watchdog=lambda now: None,
-        clock=time.monotonic,
-    )
-
-
 def test_the_pages_a_real_vllm_import_faults_in_are_learned_and_read_back_before_the_start(tmp_path: Path) -> None:
-    sp = site()
+    sp = site_packages()
     api_pyc = next((sp / "vllm/entrypoints/openai/__pycache__").glob("api_server.*.pyc"))
     libtorch = sp / "torch/lib/libtorch_cpu.so"
     unused = sorted((sp / "torch/utils/tensorboard/__pycache__").glob("*.pyc"))  # never imported by a start
     assert unused and libtorch.exists()
-    root = tmp_path / "root"
-    real_accounts(root, "nobody")
-    (root / "proc").mkdir(parents=True)
-    (root / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
-    state = tmp_path / "state"
-    (root / str(state).lstrip("/")).mkdir(parents=True)
+    root, state = agent_root(tmp_path)
     text = (
         f'[agent]\nstate_dir = "{state}"\n[prewarm]\ninclude_model = false\nstack_learned = true\n'
         f'[vllm]\ncommand = ["{VENV}/bin/python", "-m", "vllm.entrypoints.openai.api_server"]\nuser = "nobody"\n'
@@ -102,7 +55,7 @@ def test_the_pages_a_real_vllm_import_faults_in_are_learned_and_read_back_before
         capture_output=True, timeout=600,
     )  # fmt: skip
     log = _Log()
-    thread = learn_after_ready(loop_for(root, text, log), os.getpid())
+    thread = learn_after_ready(loop_for(root, parse_config(text, "c"), log, []), os.getpid())
     assert thread is not None
     thread.join(300)
     doc = json.loads((root / str(state).lstrip("/") / PAGES_FILE).read_text())
@@ -115,7 +68,7 @@ def test_the_pages_a_real_vllm_import_faults_in_are_learned_and_read_back_before
 
     drop_tree(sp)
     log2 = _Log()
-    prewarm_before_start(loop_for(root, text, log2), lambda: "imports done")
+    prewarm_before_start(loop_for(root, parse_config(text, "c"), log2, []), lambda: "imports done")
     res = fincore([api_pyc, libtorch, *unused])
     assert res[str(api_pyc)] >= api_pyc.stat().st_size
     # the learned ranges of the library, no more than a few pages of the kernel's own around them
