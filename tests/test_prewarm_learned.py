@@ -105,7 +105,13 @@ def test_learned_pages_round_trip_and_what_changed_since_is_left_out(base: Path,
     assert (kept, nbytes) == (3, 3 * 64 * KIB)  # the cold file had no page resident: not learned
     doc = json.loads((state / PAGES_FILE).read_text())
     assert [Path(e[0]).name for e in doc["files"]] == ["a.pyc", "b.pyc", "c.so"]
-    assert oct((state / PAGES_FILE).stat().st_mode & 0o777) == "0o644"
+    assert oct((state / PAGES_FILE).stat().st_mode & 0o777) == "0o600"  # root's view of residency: root's only
+
+    # a later start that left nothing of these resident keeps the list it had
+    for p in files:
+        drop(p)
+    assert learn_pages(host, str(state), [warm_file(p) for p in files]) == (0, 0)
+    assert json.loads((state / PAGES_FILE).read_text()) == doc
 
     back, stale = learned_pages(host, str(state))
     assert [Path(f.path).name for f in back] == ["a.pyc", "b.pyc", "c.so"] and stale == 0

@@ -250,7 +250,20 @@ def learn_after_ready(loop: Loop, pid: int) -> Optional[threading.Thread]:
     return thread
 
 
+_learning = threading.Lock()  # one learning walk at a time: a READY soon after another does not start a second
+
+
 def _learn_pages(loop: Loop) -> None:
+    if not _learning.acquire(blocking=False):
+        loop.log.info("prewarm_learn_skipped", detail="the previous READY's learning still runs")
+        return
+    try:
+        _learn_pages_now(loop)
+    finally:
+        _learning.release()
+
+
+def _learn_pages_now(loop: Loop) -> None:
     from vllm_nodeagent.prewarm.learned import learn_pages
     from vllm_nodeagent.prewarm.stack import config_stack
 

@@ -51,8 +51,14 @@ def learn_pages(host: Host, state_dir: str, files: Sequence[WarmFile]) -> tuple[
         if ranges:
             kept.append([f.real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, [list(r) for r in ranges]])
             total += sum(n for _, n in ranges)
-    doc = {"version": 1, "files": kept}
-    host.write_file_atomic(_state_file(state_dir), json.dumps(doc, separators=(",", ":")).encode(), 0o644)
+    if not kept:
+        return 0, 0  # nothing resident (a start that read nothing of its stack?): the last list stays
+    data = json.dumps({"version": 1, "files": kept}, separators=(",", ":")).encode()
+    if len(data) > _MAX_BYTES:
+        raise ValueError(f"{len(kept)} files learned, {len(data)} bytes: over the {_MAX_BYTES} the reader accepts")
+    # 0600: root's mincore sees residency the kernel hides from other users (residency.residency_hidden); the
+    # walk's paths come from the vLLM user's sys.path, so the list may name files that user cannot read
+    host.write_file_atomic(_state_file(state_dir), data, 0o600)
     return len(kept), total
 
 

@@ -283,7 +283,7 @@ def apply_budget(files: list[WarmFile], budget: Optional[int], first: int = 0) -
     taken: list[WarmFile] = []
     skipped: list[WarmFile] = []
     left = budget
-    for f in files[:first] + sorted(files[first:], key=lambda f: (-f.size, f.path)):
+    for f in files[:first] + sorted(files[first:], key=lambda f: (-f.want, f.path)):
         if f.want <= left:
             taken.append(f)
             left -= f.want
