@@ -257,3 +257,41 @@ def test_without_stack_learned_nothing_is_learned_nor_read_before_the_start(tmp_
     prewarm_before_start(loop_for(root, cfg, log, []), lambda: "imports done")
     assert not [kw for ev, kw in log.events if ev == "prewarm_done" and kw.get("part") == "stack"]
     assert fincore([lib])[str(lib)] == 0
+
+
+def test_the_stack_walk_never_enters_a_directory_swapped_for_a_link_and_stops_at_its_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root walks a tree the vLLM user may own: a directory listed as one and swapped for a link to a decoy (of
+    this test's own) before the walk reaches it is not entered; a path entry holding more than the limit stops
+    the walk with a line that says so."""
+    import sys
+
+    from vllm_nodeagent.host import paths as hpaths
+    from vllm_nodeagent.prewarm import stack as st
+
+    top = tmp_path / "site"
+    (top / "pkg").mkdir(parents=True)
+    (top / "pkg" / "real.so").write_bytes(b"x")
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    (decoy / "secret.so").write_bytes(b"s")
+    listed = hpaths.scan
+
+    def scan_then_swap(d: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
+        entries = listed(d)
+        if Path(d) == top:  # the listing saw a directory; the owner swaps it now
+            (top / "pkg" / "real.so").unlink()
+            (top / "pkg").rmdir()
+            (top / "pkg").symlink_to(decoy)
+        return entries
+
+    monkeypatch.setattr(hpaths, "scan", scan_then_swap)
+    files, errors = st.stack_files(sys.executable, [str(top)])
+    assert not [f for f in files if "secret" in f.path] and not errors
+    monkeypatch.setattr(hpaths, "scan", listed)
+
+    for i in range(5):
+        (top / f"m{i}.so").write_bytes(b"y")
+    files, errors = st.stack_files(sys.executable, [str(top)], limit=3)
+    assert len(files) == 3 and errors == ["serving stack: stopped at 3 files (is a path entry a whole filesystem?)"]

@@ -31,8 +31,11 @@ LEARNED_FILE = "stack-learned.json"
 _MAX_LEARNED = 1 << 20  # bytes of the learned list we accept back
 
 
+STACK_FILES_MAX = 400_000  # an image's environment: ~70k; a path entry of "/" must not make root walk everything
+
+
 def stack_files(
-    python: str, paths: Sequence[str], learned_so: Optional[set[str]] = None
+    python: str, paths: Sequence[str], learned_so: Optional[set[str]] = None, limit: int = STACK_FILES_MAX
 ) -> tuple[list[WarmFile], list[str]]:
     """The interpreter (and the libpython beside it) and what an import reads under ``paths``: ``.pyc``, ``.so``
     and the ``.py`` that have no ``__pycache__`` entry (a valid pyc is read instead of its source, which is only
@@ -63,11 +66,13 @@ def stack_files(
     dirs_seen: set[tuple[int, int]] = set()
     for top in paths:
         stack = [top]
-        while stack:
+        while stack and len(files) < limit:
             d = stack.pop()
             try:
-                dst = hpaths.file_stat(d)
-                if (dst.st_dev, dst.st_ino) in dirs_seen:
+                # a path entry is taken as the interpreter names it; below it a directory swapped for a link
+                # since the listing is not entered (each file is reopened by its inode when read)
+                dst = hpaths.file_stat(d, follow=d == top)
+                if (dst.st_dev, dst.st_ino) in dirs_seen or not stat.S_ISDIR(dst.st_mode):
                     continue
                 dirs_seen.add((dst.st_dev, dst.st_ino))
                 entries = hpaths.scan(d)
@@ -93,7 +98,9 @@ def stack_files(
                 except OSError:
                     continue
             stack.extend(reversed(subdirs))
-    return files, errors
+    if len(files) >= limit:
+        errors.append(f"serving stack: stopped at {limit} files (is a path entry a whole filesystem?)")
+    return files[:limit], errors
 
 
 def _cached_stems(d: str, entries: list[os.DirEntry[str]]) -> set[str]:
