@@ -22,6 +22,9 @@ __all__ = ["pytestmark"]  # the real-vLLM leg's marks and skips, as its sibling'
 
 
 def drop_tree(top: Path) -> None:
+    """Drop the tree's pages from the page cache. A venv pip has just written (CI builds it in the same run) has
+    dirty pages, which DONTNEED leaves: written back first."""
+    os.sync()
     for d, _, names in os.walk(top):
         for n in names:
             p = os.path.join(d, n)
