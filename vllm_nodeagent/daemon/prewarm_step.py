@@ -254,19 +254,12 @@ _learning = threading.Lock()  # one learning walk at a time: a READY soon after 
 
 
 def _learn_pages(loop: Loop) -> None:
-    if not _learning.acquire(blocking=False):
-        loop.log.info("prewarm_learn_skipped", detail="the previous READY's learning still runs")
-        return
-    try:
-        _learn_pages_now(loop)
-    finally:
-        _learning.release()
-
-
-def _learn_pages_now(loop: Loop) -> None:
     from vllm_nodeagent.prewarm.learned import learn_pages
     from vllm_nodeagent.prewarm.stack import config_stack
 
+    if not _learning.acquire(blocking=False):
+        loop.log.info("prewarm_learn_skipped", detail="the previous READY's learning still runs")
+        return
     t0 = time.monotonic()
     try:
         stack, errors = config_stack(loop.ctx.config, loop.ctx.host, every_library=True)
@@ -277,6 +270,8 @@ def _learn_pages_now(loop: Loop) -> None:
     except Exception as exc:  # a learning bug must never reach the daemon: the next start just reads less
         loop.log.warning("prewarm_learn_failed", error=f"{type(exc).__name__}: {exc}")
         return
+    finally:
+        _learning.release()
     loop.log.info(
         "prewarm_learned_pages", files=files, bytes=nbytes, of_files=len(stack), seconds=round(time.monotonic() - t0, 3)
     )
