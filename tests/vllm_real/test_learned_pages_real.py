@@ -74,8 +74,11 @@ def test_the_pages_a_real_vllm_import_faults_in_are_learned_and_read_back_before
     prewarm_before_start(loop_for(root, parse_config(text, "c"), log2, []), lambda: "imports done")
     res = fincore([api_pyc, libtorch, *unused])
     assert res[str(api_pyc)] >= api_pyc.stat().st_size
-    # the learned ranges of the library, no more than a few pages of the kernel's own around them
-    assert learned[str(libtorch)] <= res[str(libtorch)] < learned[str(libtorch)] + (1 << 20)
+    # the learned ranges of the library, no more than a few pages of the kernel's own around them. Below: CI runs
+    # the VM bed beside this leg, and its reclaim took 50 pages (0.1 %) back between the read and fincore once
+    # (stop 31); the agent reads again what is gone when it looks (prewarm.reclaimed), fincore looks later.
+    lib = learned[str(libtorch)]
+    assert lib - lib // 100 <= res[str(libtorch)] < lib + (1 << 20)
     assert all(res[str(p)] == 0 for p in unused), res
     (stack,) = [kw for ev, kw in log2.events if ev == "prewarm_done" and kw.get("part") == "stack"]
     assert stack["files"] == len(learned) and stack["resident_bytes"] == stack["total_bytes"] == done["bytes"]

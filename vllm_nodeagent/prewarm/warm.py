@@ -57,6 +57,7 @@ class PrewarmResult:
     stack_files: int = 0  # of ``files``: the interpreter and libraries, warmed before the weights (issue 23)
     stack_bytes: int = 0
     stack_resident_after_bytes: int = 0
+    reclaimed_bytes: int = 0  # given back by the page cache during the read, found after it (read once more)
 
     @property
     def ok(self) -> bool:
@@ -92,11 +93,64 @@ class PrewarmResult:
             "stack_files": self.stack_files,
             "stack_bytes": self.stack_bytes,
             "stack_resident_after_bytes": self.stack_resident_after_bytes,
+            "reclaimed_bytes": self.reclaimed_bytes,
         }
 
 
 def _oserr(exc: OSError) -> str:
     return str(exc.strerror or exc)
+
+
+# The page cache may give back what was just read (reclaim on a busy node): what is short by at most this share
+# of the bytes wanted is read once more. More than that is a set the memory cannot hold: re-reading it would
+# only evict the rest again, so it is reported as it is.
+_READ_AGAIN_SHARE = 0.10
+
+
+def _residency_after(res: Residency, files: Sequence[WarmFile], file_errors: dict[str, str]) -> dict[str, int]:
+    """Resident bytes (or HIDDEN) of each file after the read; a file gone or unreadable gets its error."""
+    out: dict[str, int] = {}
+    for f in files:
+        try:
+            after = resident_bytes(res, f)
+        except OSError as exc:
+            file_errors.setdefault(f.path, f"{f.path}: residency after the read: {_oserr(exc)}")
+            continue
+        if after is None:
+            file_errors.setdefault(f.path, f"{f.path}: vanished during prewarm")
+            continue
+        out[f.path] = after
+    return out
+
+
+def _read_again(
+    res: Residency,
+    short: Sequence[WarmFile],
+    after_of: dict[str, int],
+    wanted: int,
+    opts: ReaderOptions,
+    file_errors: dict[str, str],
+    result: PrewarmResult,
+) -> dict[str, int]:
+    """Read once more the files the page cache gave pages of back during the read (``wanted``: the bytes of
+    all files measured); their residency after it."""
+    missing = sum(f.want - after_of[f.path] for f in short)
+    result.reclaimed_bytes = missing
+    fits = missing <= _READ_AGAIN_SHARE * wanted
+    log.get().warning(
+        "prewarm.reclaimed",
+        files=len(short),
+        missing_bytes=missing,
+        read_again=fits,
+        detail="the page cache gave back pages read moments before"
+        + ("; read once more" if fits else "; more than the memory holds beside the rest: not read again"),
+    )
+    if not fits:
+        return {}
+    t0 = time.monotonic()
+    result.read_bytes += read_files(short, opts, _Progress(missing, None), file_errors)
+    result.seconds += time.monotonic() - t0
+    return _residency_after(res, short, file_errors)
 
 
 def prewarm(
@@ -177,17 +231,20 @@ def prewarm(
     result.seconds = time.monotonic() - t0
     prog.finish()
     result.gbps = result.read_bytes / result.seconds / 1e9 if result.seconds > 0 else 0.0
-    for f in taken:
-        if f.path not in before:
+    measured = [f for f in taken if f.path in before]
+    after_of = _residency_after(res, measured, file_errors)
+    short = [
+        f
+        for f in measured
+        if f.path in after_of and f.path not in hidden | file_errors.keys() and after_of[f.path] < f.want
+    ]
+    if short:
+        wanted = sum(f.want for f in measured)
+        after_of.update(_read_again(res, short, after_of, wanted, opts, file_errors, result))
+    for f in measured:
+        if f.path not in after_of:
             continue
-        try:
-            after = resident_bytes(res, f)
-        except OSError as exc:
-            file_errors.setdefault(f.path, f"{f.path}: residency after the read: {_oserr(exc)}")
-            continue
-        if after is None:
-            file_errors.setdefault(f.path, f"{f.path}: vanished during prewarm")
-            continue
+        after = after_of[f.path]
         if after == HIDDEN:
             after = 0 if f.path in file_errors else f.want  # read in full without error; not measured
         try:
