@@ -15,6 +15,7 @@ from typing import Optional
 import pytest
 
 from vllm_nodeagent.host import Host
+from vllm_nodeagent.prewarm.ioprio import set_thread_io_priority, thread_io_priority
 from vllm_nodeagent.prewarm.reader import ReaderOptions
 from vllm_nodeagent.prewarm.residency import PAGE_SIZE, Residency, cachestat_pages, mincore_pages
 from vllm_nodeagent.prewarm.targets import (
@@ -411,6 +412,38 @@ def test_more_given_back_than_a_tenth_is_reported_not_read_again(tmp_path: Path)
     assert r.errors == [] and r.reclaimed_bytes == 2 * MIB
     assert resident(victim) == 0 and resident(big) == 4 * MIB and r.read_bytes == r.total_bytes
     assert r.resident_after_bytes == r.total_bytes - 2 * MIB  # the proof says what is resident, not what was read
+
+
+@pytest.mark.parametrize(("io_priority", "raw"), [("", None), ("low", (2 << 13) | 7), ("idle", 3 << 13)])
+def test_reader_threads_read_at_the_io_priority_asked_for_and_the_caller_keeps_its_own(
+    tmp_path: Path, io_priority: str, raw: Optional[int]
+) -> None:
+    """ioprio_get(2) in each reader thread as it takes its first file (the kernel's answer, per thread)."""
+    files = [write_file(tmp_path / "m" / f"{i}.safetensors", MIB) for i in range(3)]
+    cold(*files)
+    caller = thread_io_priority()
+    seen: list[int] = []
+    r = prewarm(
+        [str(tmp_path / "m")],
+        host=fake_root(tmp_path),
+        budget_bytes=None,
+        io_priority=io_priority,
+        _file_hook=lambda path: seen.append(thread_io_priority()),
+        reader=ReaderOptions(threads=3, segment_bytes=0, buffer_bytes=MIB),
+    )
+    assert r.errors == [] and len(seen) == len(files)
+    assert seen == [caller if raw is None else raw] * 3
+    assert thread_io_priority() == caller
+    assert ("I/O priority" in r.reader) == bool(io_priority)
+
+
+def test_an_unknown_io_priority_is_refused_and_the_files_are_still_read(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown I/O priority 'urgent'"):
+        set_thread_io_priority("urgent")
+    p = write_file(tmp_path / "m" / "a.safetensors", MIB)
+    cold(p)
+    r = prewarm([str(p)], host=fake_root(tmp_path), budget_bytes=None, io_priority="urgent")
+    assert r.errors == [] and r.read_bytes == r.resident_after_bytes == MIB
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")

@@ -170,8 +170,9 @@ class _Log:
     warning = error = info
 
 
+@pytest.mark.parametrize("io_priority", ["default", "idle"])
 def test_daemon_warm_up_beside_the_start_returns_at_once_and_reads_the_weights_not_the_stack(
-    tmp_path: Path, base: Path
+    tmp_path: Path, base: Path, io_priority: str
 ) -> None:
     """[prewarm] overlap (the default): prewarm_before_start waits for nothing; the thread reads the weights and
     not the stack (the H200 runs: a warm-up vLLM waited for cost more than it saved, and the stack read beside
@@ -193,8 +194,8 @@ def test_daemon_warm_up_beside_the_start_returns_at_once_and_reads_the_weights_n
     (root / "proc").mkdir(parents=True)
     (root / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
     cfg = parse_config(
-        f'[prewarm]\n[vllm]\ncommand = ["{base}/venv/bin/python", "-m", "vllm"]\nmodel = "{weights.parent}"\n'
-        'user = "nobody"\n',
+        f'[prewarm]\nio_priority = "{io_priority}"\n[vllm]\ncommand = ["{base}/venv/bin/python", "-m", "vllm"]\n'
+        f'model = "{weights.parent}"\nuser = "nobody"\n',
         "c",
     )
     log = _Log()
@@ -214,6 +215,8 @@ def test_daemon_warm_up_beside_the_start_returns_at_once_and_reads_the_weights_n
     assert parts == ["weights"], log.events  # no compile cache yet: no second part
     done = {kw["part"]: kw for ev, kw in log.events if ev == "prewarm_done"}
     assert done["weights"]["files"] == 1 and done["weights"]["stack_files"] == 0
+    # the reads beside the start at the class asked for (the threads' own class: tests/test_prewarm.py)
+    assert ("I/O priority idle" in str(done["weights"]["reader"])) == (io_priority == "idle"), done
 
 
 def make_compile_cache(root: Path, base: Path) -> tuple[Path, Path]:

@@ -148,6 +148,12 @@ class PrewarmConfig:
     stack_learned: bool = spec(
         "bool", False, doc="overlap: first the stack's pages a serving vLLM had resident (learned at READY)"
     )
+    io_priority: str = spec(
+        "str",
+        "default",
+        choices=("default", "low", "idle"),
+        doc="overlap: the I/O class of the reads beside vLLM's start (mq-deadline, bfq); default = the daemon's",
+    )
 
 
 @dataclass(frozen=True)

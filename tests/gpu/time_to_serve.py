@@ -25,6 +25,8 @@ Issue 23 (``--cfg-dir DIR``: DIR/cfg-<name>.toml, every case through the root da
                   server's imports are done (its engine process started), then the compile caches
   weights_overlap the same with [prewarm] stack = false (the weights only)
   warmup_learned  drop the cache; [prewarm] stack_learned = true: the pages a serving vLLM had resident, first
+  weights_idle    as weights_overlap with [prewarm] io_priority = "idle" (weights_low: "low")
+  warm_debug      a warm restart with VLLM_LOGGING_LEVEL=DEBUG (warm_importtime: PYTHONPROFILEIMPORTTIME=1)
   compiled_first  drop the cache and vLLM/torch/triton's compile caches; no --enforce-eager; the default warm-up
   compiled_second the same again, caches kept (what a restart or reboot sees)
 
@@ -488,6 +490,12 @@ TTS23 = {  # issue 23: case -> (config name, drop the page cache, clear the comp
     # [prewarm] stack_learned = true: the stack's learned pages before vLLM starts, then as weights_overlap. Run on
     # 2026-12-03 (6127aa3) with that behaviour in the "overlap" config, before it became a switch (off by default)
     "warmup_learned": ("learned", True, False),
+    # [prewarm] io_priority: the weights' read beside vLLM's start behind vLLM's own reads (mq-deadline)
+    "weights_idle": ("weights_idle", True, False),
+    "weights_low": ("weights_low", True, False),
+    # warm restarts with vLLM's debug log / PYTHONPROFILEIMPORTTIME=1: where the time goes, not how long
+    "warm_debug": ("plain_debug", False, False),
+    "warm_importtime": ("plain_importtime", False, False),
     "compiled_first": ("compiled", True, True),
     "compiled_second": ("compiled", True, False),
     "compiled_first_mega": ("compiled_mega", True, True),  # [vllm.env] VLLM_USE_MEGA_AOT_ARTIFACT = "1"

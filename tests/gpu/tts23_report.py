@@ -28,12 +28,16 @@ ORDER = (
     "warmup_learned",
     "unlearned",
     "learned_beside",
+    "weights_low",
+    "weights_idle",
+    "warm_debug",
+    "warm_importtime",
     "compiled_first",
     "compiled_second",
     "compiled_first_mega",
     "compiled_second_mega",
 )
-COLD_CASES = tuple(c for c in ORDER if c != "warm" and not c.startswith("compiled"))  # every cold-boot case
+COLD_CASES = tuple(c for c in ORDER if c != "warm" and not c.startswith(("compiled", "warm_")))  # cold boots
 LABEL = {
     "warm": "warm restart (page cache as left)",
     "cold": "cold (drop_caches), no warm-up",
@@ -45,6 +49,10 @@ LABEL = {
     "warmup_learned": "cold + the learned stack pages before the start, weights after vLLM's imports",
     "unlearned": "cold + the same config, nothing learned yet (= weights after vLLM's imports)",
     "learned_beside": "cold + the learned stack pages beside the start, weights after vLLM's imports",
+    "weights_low": "cold + weights after vLLM's imports at I/O class best-effort 7 (io_priority = low)",
+    "weights_idle": "cold + weights after vLLM's imports at I/O class idle (io_priority = idle)",
+    "warm_debug": "warm restart, VLLM_LOGGING_LEVEL=DEBUG (where the time goes)",
+    "warm_importtime": "warm restart, PYTHONPROFILEIMPORTTIME=1 (where the time goes)",
     "compiled_first": "compiled (no --enforce-eager), first start",
     "compiled_second": "compiled, second start (caches kept)",
     "compiled_first_mega": "compiled, first start, VLLM_USE_MEGA_AOT_ARTIFACT=1 (vLLM's one-artifact AOT load)",

@@ -56,7 +56,8 @@ stop_leftovers() {
     rm -f "$f"
 }
 
-write_configs() {  # plain (no prewarm), full (all before the start), overlap (the default), weights, learned, compiled
+write_configs() {  # plain (no prewarm), full (all before the start), overlap (the default), weights, learned, compiled,
+                  # weights_idle/_low (the weights' read beside the start at a lower I/O class), plain_debug/_importtime
     mkdir -p "$CFG"
     local ldp=${LD_LIBRARY_PATH:-} cmd args pyp
     if [ -n "$DRY" ]; then
@@ -86,6 +87,13 @@ write_configs() {  # plain (no prewarm), full (all before the start), overlap (t
     mk overlap "$eager" "overlap = true"
     mk weights "$eager" $'overlap = true\nstack = false'
     mk learned "$eager" $'overlap = true\nstack_learned = true'
+    mk weights_idle "$eager" $'overlap = true\nstack = false\nio_priority = "idle"'
+    mk weights_low "$eager" $'overlap = true\nstack = false\nio_priority = "low"'
+    # warm restarts that say where the time goes: vLLM's debug log (both processes); every import's time
+    mk plain_debug "$eager" ""
+    printf 'VLLM_LOGGING_LEVEL = "DEBUG"\n' >> "$CFG/cfg-plain_debug.toml"
+    mk plain_importtime "$eager" ""
+    printf 'PYTHONPROFILEIMPORTTIME = "1"\n' >> "$CFG/cfg-plain_importtime.toml"
     mk compiled "$( [ -n "$DRY" ] || echo ', "--max-num-seqs", "32"')" "overlap = true"
     # with vLLM's one-artifact AOT load (its default from torch 2.12 on): measured 2026-12-03, not the agent's default
     mk compiled_mega "$( [ -n "$DRY" ] || echo ', "--max-num-seqs", "32"')" "overlap = true"

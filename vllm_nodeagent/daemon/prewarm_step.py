@@ -144,8 +144,9 @@ def _background(
     ``used``: bytes of the budget the stack before the start took."""
     waited, why = _wait_for_imports(loop, may_read)
     loop.log.info("prewarm_weights_begin", waited_s=round(waited, 3), imports_done=why == IMPORTS_DONE, after=why)
+    prio = "" if pcfg.io_priority == "default" else pcfg.io_priority
     if targets:
-        done = _warm(loop, pcfg, targets, env, [], None, False, "weights", used)
+        done = _warm(loop, pcfg, targets, env, [], None, False, "weights", used, io_priority=prio)
         used += done.total_bytes if done is not None else 0
     try:
         caches = _compile_caches(loop)
@@ -153,7 +154,7 @@ def _background(
         loop.log.error("prewarm_failed", part="compile_cache", error=f"{type(exc).__name__}: {exc}")
         caches = []
     if caches:
-        _warm(loop, pcfg, [], env, caches, None, False, "compile_cache", used, threads=pcfg.threads or 16)
+        _warm(loop, pcfg, [], env, caches, None, False, "compile_cache", used, pcfg.threads or 16, io_priority=prio)
 
 
 def _wait_for_imports(loop: Loop, may_read: Callable[[], Optional[str]]) -> tuple[float, str]:
@@ -184,6 +185,7 @@ def _warm(
     used: int = 0,
     threads: int = 0,
     reader: Optional[ReaderOptions] = None,
+    io_priority: str = "",
 ) -> Optional[PrewarmResult]:
     """One prewarm pass; ``used``: bytes of the budget an earlier pass (the stack) already took."""
     from vllm_nodeagent.prewarm.targets import budget_from_config, vllm_hf_cache
@@ -201,6 +203,7 @@ def _warm(
             hf_cache=vllm_hf_cache(loop.ctx.config, loop.ctx.host, env),
             stack=stack,
             reader=reader,
+            io_priority=io_priority,
         )
     except Exception as exc:  # a failed prewarm must not stop serving; it is logged
         loop.log.error("prewarm_failed", part=what, error=f"{type(exc).__name__}: {exc}")
@@ -222,6 +225,7 @@ def _warm(
         skipped_bytes=result.skipped_bytes,
         skipped_first=result.skipped[0][0] if result.skipped else "",
         locked=result.locked is not None,
+        reader=result.reader,
     )
     return result
 

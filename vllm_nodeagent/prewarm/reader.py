@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from vllm_nodeagent import log
 from vllm_nodeagent.host import Host, paths
+from vllm_nodeagent.prewarm.ioprio import set_thread_io_priority
 from vllm_nodeagent.prewarm.targets import WarmFile
 from vllm_nodeagent.storage import Storage, storage_of
 
@@ -37,6 +39,8 @@ class ReaderOptions:
     fadvise: "none", "seq" (POSIX_FADV_SEQUENTIAL), "seq+willneed" (also WILLNEED on the segment) or "random"
     (POSIX_FADV_RANDOM: no readahead, exactly the segment: learned ranges, prewarm/learned.py).
     ahead_bytes: keep POSIX_FADV_WILLNEED this far ahead of the read position (0 = the kernel's readahead only).
+    io_priority: "" (the daemon's own), "low" or "idle" for every reader thread (prewarm/ioprio.py): the reads
+    beside vLLM's start.
     """
 
     threads: int = 0
@@ -45,6 +49,7 @@ class ReaderOptions:
     fadvise: str = "seq"
     method: str = "sendfile"
     ahead_bytes: int = 0
+    io_priority: str = ""
 
 
 # Parallel streams over segments: NVMe, virtio, SSDs, network filesystems, unknown (storage.Storage.parallel).
@@ -82,9 +87,10 @@ def main_storage(host: Host, files: Sequence[WarmFile]) -> Storage:
 def describe_reader(opts: ReaderOptions) -> str:
     layout = f"{opts.segment_bytes >> 20} MiB segments" if opts.segment_bytes else "whole files"
     ahead = f", WILLNEED {opts.ahead_bytes >> 20} MiB ahead" if opts.ahead_bytes else ""
+    prio = f", I/O priority {opts.io_priority}" if opts.io_priority else ""
     return (
         f"{opts.method}, {default_threads(opts.threads)} thread(s), {layout}, "
-        f"{opts.buffer_bytes >> 20} MiB calls, fadvise {opts.fadvise}{ahead}"
+        f"{opts.buffer_bytes >> 20} MiB calls, fadvise {opts.fadvise}{ahead}{prio}"
     )
 
 
@@ -208,12 +214,22 @@ def read_files(
     idx_lock = threading.Lock()
     total = [0]
     started: set[str] = set()
+    refused: list[str] = []
 
     def fail(f: WarmFile, msg: str) -> None:
         with idx_lock:
             errors.setdefault(f.path, f"{f.path}: {msg}")
 
     def worker() -> None:
+        if opts.io_priority:
+            try:
+                set_thread_io_priority(opts.io_priority)
+            except (OSError, ValueError) as exc:  # the read goes on at the daemon's own priority; said once
+                with idx_lock:
+                    said = bool(refused)
+                    refused.append(str(exc))
+                if not said:
+                    log.get().warning("prewarm.io_priority_refused", io_priority=opts.io_priority, error=str(exc))
         sink = paths.devnull_writer() if opts.method == "sendfile" else -1
         try:
             _work(sink)

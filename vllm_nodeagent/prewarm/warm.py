@@ -165,6 +165,7 @@ def prewarm(
     residency: Optional[str] = None,
     reader: Optional[ReaderOptions] = None,
     stack: Sequence[WarmFile] = (),
+    io_priority: str = "",
     _file_hook: Optional[FileHook] = None,
 ) -> PrewarmResult:
     """Warm ``targets`` into the page cache, largest file first, within ``budget_bytes`` (None = no limit).
@@ -175,6 +176,7 @@ def prewarm(
     ``_file_hook(path)`` runs before each file is first read (tests only).
     ``stack``: the serving stack's files (prewarm/stack.py), read first and counted first against the budget:
     what vLLM reads first, and small next to the weights.
+    ``io_priority``: "low" or "idle" for the reader threads (prewarm/ioprio.py; "" = this process's own).
     Never raises for bad targets or files: each problem is one line in ``errors`` and the rest is warmed.
     """
     logger = log.get()
@@ -223,6 +225,8 @@ def prewarm(
     opts = reader or reader_for(storage)
     if threads:
         opts = dataclasses.replace(opts, threads=threads)
+    if io_priority:
+        opts = dataclasses.replace(opts, io_priority=io_priority)
     result.threads = default_threads(opts.threads)
     result.reader = f"{describe_reader(opts)} on {storage.describe()}"
     prog = _Progress(sum(f.want for f in to_read), progress)
