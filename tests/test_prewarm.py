@@ -375,17 +375,24 @@ def test_file_vanishing_before_its_turn_is_reported(tmp_path: Path) -> None:
     assert r.total_bytes == r.resident_after_bytes == 3 * MIB + 1000
 
 
-def _reclaimed_during_read(tmp_path: Path, victim_size: int) -> tuple[PrewarmResult, Path, Path]:
+# CI's reclaim (the VM bed beside) may take a few more pages at any moment: 6 and 50 pages seen (stop 31). Bounds
+# below allow that much and still tell a re-read of the missing ranges from none, and from a whole file again.
+RECLAIM_SLACK = 256 * 1024
+
+
+def _reclaimed_during_read(tmp_path: Path, victim_size: int) -> tuple[PrewarmResult, Path, Path, list[int]]:
     """Three files read one thread, largest first; just before the last is read, the page cache gives the
-    ``victim`` back (DONTNEED: what reclaim on a busy node does to pages read moments before)."""
+    ``victim`` back (DONTNEED: what reclaim on a busy node does to pages read moments before). Also returns
+    the victim's residency just before it was given back (seen from the reader thread, asserted by the test)."""
     big = write_file(tmp_path / "m" / "a.safetensors", 4 * MIB)
     victim = write_file(tmp_path / "m" / "b.safetensors", victim_size)
     last = write_file(tmp_path / "m" / "c.json", 4096)
     cold(big, victim, last)
+    seen: list[int] = []
 
     def hook(path: str) -> None:
         if path == str(last):
-            assert resident(victim) == victim_size  # read in full by the first pass
+            seen.append(resident(victim))
             evict(victim)
 
     r = prewarm(
@@ -395,23 +402,57 @@ def _reclaimed_during_read(tmp_path: Path, victim_size: int) -> tuple[PrewarmRes
         _file_hook=hook,
         reader=ReaderOptions(threads=1, segment_bytes=0, buffer_bytes=MIB),
     )
-    return r, big, victim
+    return r, big, victim, seen
 
 
 def test_pages_the_cache_gave_back_during_the_read_are_read_once_more(tmp_path: Path) -> None:
-    r, big, victim = _reclaimed_during_read(tmp_path, 256 * 1024)
-    assert r.errors == [] and r.reclaimed_bytes == 256 * 1024
-    assert resident(victim) == 256 * 1024 and resident(big) == 4 * MIB
-    assert r.resident_after_bytes == r.total_bytes == 4 * MIB + 256 * 1024 + 4096
-    assert r.read_bytes == r.total_bytes + 256 * 1024  # the victim twice, nothing else
-    assert r.to_json()["reclaimed_bytes"] == 256 * 1024
+    size = 256 * 1024
+    r, big, victim, seen = _reclaimed_during_read(tmp_path, size)
+    assert seen and seen[0] >= size - RECLAIM_SLACK // 4  # read by the first pass
+    assert r.errors == [] and size <= r.reclaimed_bytes <= size + RECLAIM_SLACK
+    assert r.to_json()["reclaimed_bytes"] == r.reclaimed_bytes
+    again = r.read_bytes - r.total_bytes  # the victim's pages once more, about nothing else
+    assert size <= again <= r.reclaimed_bytes + RECLAIM_SLACK
+    assert resident(victim) >= size // 2 and r.total_bytes == 4 * MIB + size + 4096  # without the re-read: 0
+    assert resident(big) >= 4 * MIB - RECLAIM_SLACK
+    assert r.resident_after_bytes >= r.total_bytes - RECLAIM_SLACK
+
+
+def test_only_the_pages_given_back_are_read_again_not_the_whole_file(tmp_path: Path) -> None:
+    big = write_file(tmp_path / "m" / "a.safetensors", 4 * MIB)
+    last = write_file(tmp_path / "m" / "b.json", 4096)
+    cold(big, last)
+    seen: list[int] = []
+
+    def hook(path: str) -> None:
+        if path == str(last):  # 256 KiB in the middle of the big file, read moments before
+            fd = os.open(big, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, MIB, 256 * 1024, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            seen.append(resident(big))
+
+    r = prewarm(
+        [str(tmp_path / "m")],
+        host=fake_root(tmp_path),
+        budget_bytes=None,
+        _file_hook=hook,
+        reader=ReaderOptions(threads=1, segment_bytes=0, buffer_bytes=MIB),
+    )
+    assert seen and seen[0] <= 4 * MIB - 256 * 1024  # the hole was made
+    assert r.errors == [] and 256 * 1024 <= r.reclaimed_bytes <= 256 * 1024 + RECLAIM_SLACK
+    again = r.read_bytes - r.total_bytes
+    assert 256 * 1024 <= again <= r.reclaimed_bytes + RECLAIM_SLACK  # the hole, not 4 MiB again
+    assert resident(big) >= 4 * MIB - RECLAIM_SLACK and r.resident_after_bytes >= r.total_bytes - RECLAIM_SLACK
 
 
 def test_more_given_back_than_a_tenth_is_reported_not_read_again(tmp_path: Path) -> None:
-    r, big, victim = _reclaimed_during_read(tmp_path, 2 * MIB)  # a third of the set: memory that cannot hold it
-    assert r.errors == [] and r.reclaimed_bytes == 2 * MIB
-    assert resident(victim) == 0 and resident(big) == 4 * MIB and r.read_bytes == r.total_bytes
-    assert r.resident_after_bytes == r.total_bytes - 2 * MIB  # the proof says what is resident, not what was read
+    r, big, victim, seen = _reclaimed_during_read(tmp_path, 2 * MIB)  # a third of the set: more than memory holds
+    assert seen and seen[0] >= 2 * MIB - RECLAIM_SLACK
+    assert r.errors == [] and r.reclaimed_bytes >= 2 * MIB and r.read_bytes == r.total_bytes  # nothing again
+    assert resident(victim) == 0 and resident(big) >= 4 * MIB - RECLAIM_SLACK
+    assert r.resident_after_bytes <= r.total_bytes - 2 * MIB  # the proof says what is resident, not what was read
 
 
 @pytest.mark.parametrize(("io_priority", "raw"), [("", None), ("low", (2 << 13) | 7), ("idle", 3 << 13)])
@@ -444,6 +485,7 @@ def test_an_unknown_io_priority_is_refused_and_the_files_are_still_read(tmp_path
     cold(p)
     r = prewarm([str(p)], host=fake_root(tmp_path), budget_bytes=None, io_priority="urgent")
     assert r.errors == [] and r.read_bytes == r.resident_after_bytes == MIB
+    assert r.reader.endswith("(I/O priority refused: unknown I/O priority 'urgent': expected one of ['idle', 'low'])")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")

@@ -215,7 +215,9 @@ def test_daemon_warm_up_beside_the_start_returns_at_once_and_reads_the_weights_n
     assert parts == ["weights"], log.events  # no compile cache yet: no second part
     done = {kw["part"]: kw for ev, kw in log.events if ev == "prewarm_done"}
     assert done["weights"]["files"] == 1 and done["weights"]["stack_files"] == 0
-    # the reads beside the start at the class asked for (the threads' own class: tests/test_prewarm.py)
+    # the reads beside the start at the class asked for (the threads' own class: tests/test_prewarm.py); idle
+    # unless told (bench/io_priority.py)
+    assert parse_config("[prewarm]\n", "c").prewarm.io_priority == "idle"  # type: ignore[union-attr]
     assert ("I/O priority idle" in str(done["weights"]["reader"])) == (io_priority == "idle"), done
 
 

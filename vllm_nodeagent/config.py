@@ -150,7 +150,7 @@ class PrewarmConfig:
     )
     io_priority: str = spec(
         "str",
-        "default",
+        "idle",
         choices=("default", "low", "idle"),
         doc="overlap: the I/O class of the reads beside vLLM's start (mq-deadline, bfq); default = the daemon's",
     )

@@ -486,7 +486,8 @@ TTS23 = {  # issue 23: case -> (config name, drop the page cache, clear the comp
     "warmup_full": ("full", True, False),
     "warmup_overlap": ("overlap", True, False),
     "warmup_default": ("overlap", True, False),  # the same config as warmup_overlap, after the weights moved
-    "weights_overlap": ("weights", True, False),  # [prewarm] stack = false: only the weights, after the imports
+    # [prewarm] stack = false: only the weights, after the imports, at the daemon's own I/O class
+    "weights_overlap": ("weights", True, False),
     # [prewarm] stack_learned = true: the stack's learned pages before vLLM starts, then as weights_overlap. Run on
     # 2026-12-03 (6127aa3) with that behaviour in the "overlap" config, before it became a switch (off by default)
     "warmup_learned": ("learned", True, False),

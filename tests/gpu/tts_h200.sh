@@ -85,7 +85,7 @@ write_configs() {  # plain (no prewarm), full (all before the start), overlap (t
     mk plain "$eager" ""
     mk full "$eager" "overlap = false"
     mk overlap "$eager" "overlap = true"
-    mk weights "$eager" $'overlap = true\nstack = false'
+    mk weights "$eager" $'overlap = true\nstack = false\nio_priority = "default"'   # as recorded before io_priority
     mk learned "$eager" $'overlap = true\nstack_learned = true'
     mk weights_idle "$eager" $'overlap = true\nstack = false\nio_priority = "idle"'
     mk weights_low "$eager" $'overlap = true\nstack = false\nio_priority = "low"'

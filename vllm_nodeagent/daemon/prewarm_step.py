@@ -10,7 +10,8 @@ never starts an engine process; or no start is under way), then reads the model'
 too). Measured on an H200 (bench/README.md): any read beside the API server's import slowed it — the weights from
 ~10 s to 16-21 s, the serving stack (4.6 GB) from 13.1 to 17.2 s — so warming beside it was slower than no warm-up;
 the engine's import is CPU-bound and hides the weights' read. The stack is not read there: vLLM's own import reads
-it.
+it. ``[prewarm] io_priority`` (idle by default): those reads run at the idle I/O class, behind vLLM's own
+(bench/io_priority.py).
 
 ``stack_learned = true`` (overlap only; off by default): before vLLM starts, the pages of its stack that a serving
 vLLM had resident, learned by mincore at READY (prewarm/learned.py). Measured on the H200 (2.24 GB of 6,989 files,

@@ -21,15 +21,27 @@ _CLASS_SHIFT = 13
 _CLASS_BE, _CLASS_IDLE = 2, 3
 _WHO_PROCESS = 1  # with who = 0: the calling thread (the kernel's task, not the thread group)
 IO_PRIORITIES = {"low": (_CLASS_BE << _CLASS_SHIFT) | 7, "idle": _CLASS_IDLE << _CLASS_SHIFT}
-# (ioprio_set, ioprio_get) by machine: the syscalls have no libc wrapper
-_SYSCALLS = {"x86_64": (251, 252), "aarch64": (30, 31), "ppc64le": (273, 274), "s390x": (282, 283)}
+# (ioprio_set, ioprio_get) by machine, for a 64-bit process: the syscalls have no libc wrapper. The generic
+# table (aarch64, riscv64, loongarch64) numbers them 30/31.
+_SYSCALLS = {
+    "x86_64": (251, 252),
+    "aarch64": (30, 31),
+    "riscv64": (30, 31),
+    "loongarch64": (30, 31),
+    "ppc64le": (273, 274),
+    "ppc64": (273, 274),
+    "s390x": (282, 283),
+}
+# A 32-bit process (its own table, whatever uname says of the kernel): i386 and ARM EABI.
+_SYSCALLS_32 = {"x86_64": (289, 290), "i686": (289, 290), "i386": (289, 290), "armv7l": (314, 315)}
 
 
 def _numbers() -> tuple[int, int]:
     machine = os.uname().machine
-    if machine not in _SYSCALLS:
+    table = _SYSCALLS if ctypes.sizeof(ctypes.c_void_p) == 8 else _SYSCALLS_32
+    if machine not in table:
         raise OSError(38, f"ioprio_set: not known for this machine ({machine})")  # ENOSYS
-    return _SYSCALLS[machine]
+    return table[machine]
 
 
 def set_thread_io_priority(name: str) -> None:

@@ -206,15 +206,17 @@ def read_files(
     prog: _Progress,
     errors: dict[str, str],
     hook: Optional[FileHook] = None,
+    refused: Optional[list[str]] = None,
 ) -> int:
-    """Read every file once, in parallel; record one message per failed file. Returns bytes read."""
+    """Read every file once, in parallel; record one message per failed file. Returns bytes read. ``refused``
+    collects why a thread could not take ``opts.io_priority`` (one warning while it is empty)."""
     segs = _segments(files, opts.segment_bytes)
     nthreads = max(1, min(default_threads(opts.threads), len(segs)))
     next_idx = [0]
     idx_lock = threading.Lock()
     total = [0]
     started: set[str] = set()
-    refused: list[str] = []
+    said_why = refused if refused is not None else []
 
     def fail(f: WarmFile, msg: str) -> None:
         with idx_lock:
@@ -226,8 +228,8 @@ def read_files(
                 set_thread_io_priority(opts.io_priority)
             except (OSError, ValueError) as exc:  # the read goes on at the daemon's own priority; said once
                 with idx_lock:
-                    said = bool(refused)
-                    refused.append(str(exc))
+                    said = bool(said_why)
+                    said_why.append(str(exc))
                 if not said:
                     log.get().warning("prewarm.io_priority_refused", io_priority=opts.io_priority, error=str(exc))
         sink = paths.devnull_writer() if opts.method == "sendfile" else -1

@@ -33,7 +33,7 @@ from vllm_nodeagent.prewarm.reader import (
     read_files,
     reader_for,
 )
-from vllm_nodeagent.prewarm.residency import HIDDEN, Residency, resident_bytes
+from vllm_nodeagent.prewarm.residency import HIDDEN, Residency, resident_bytes, resident_ranges
 from vllm_nodeagent.prewarm.targets import WarmFile, apply_budget, resolve_targets
 
 
@@ -131,9 +131,11 @@ def _read_again(
     opts: ReaderOptions,
     file_errors: dict[str, str],
     result: PrewarmResult,
-) -> dict[str, int]:
-    """Read once more the files the page cache gave pages of back during the read (``wanted``: the bytes of
-    all files measured); their residency after it."""
+    progress: Optional[ProgressFn],
+    refused: list[str],
+) -> bool:
+    """Read once more what of ``short`` the page cache gave back during the read (``wanted``: the bytes of all
+    files measured); whether it was read (the progress callback keeps the watchdog fed meanwhile)."""
     missing = sum(f.want - after_of[f.path] for f in short)
     result.reclaimed_bytes = missing
     fits = missing <= _READ_AGAIN_SHARE * wanted
@@ -143,14 +145,45 @@ def _read_again(
         missing_bytes=missing,
         read_again=fits,
         detail="the page cache gave back pages read moments before"
-        + ("; read once more" if fits else "; more than the memory holds beside the rest: not read again"),
+        + ("; their ranges read once more" if fits else "; more than the memory holds beside the rest: not read again"),
     )
     if not fits:
-        return {}
+        return False
+    again = [g for g in (_only_missing(f) for f in short) if g is not None]
+    prog = _Progress(sum(f.want for f in again), progress)
     t0 = time.monotonic()
-    result.read_bytes += read_files(short, opts, _Progress(missing, None), file_errors)
+    result.read_bytes += read_files(again, opts, prog, file_errors, None, refused)
     result.seconds += time.monotonic() - t0
-    return _residency_after(res, short, file_errors)
+    prog.finish()
+    return True
+
+
+def _only_missing(f: WarmFile) -> Optional[WarmFile]:
+    """The file with, as its ranges, what of it (its ranges, else all of it) is not in the page cache now (by
+    mincore: a 4 GB shard 6 MiB short is read for 6 MiB, not 4 GB); None when nothing is missing any more. Where
+    the pages cannot be mapped, the file as it is (read it all again)."""
+    try:
+        fd = paths.open_regular(f.real, (f.dev, f.ino))
+    except OSError:
+        return f  # the read reports it
+    try:
+        held = resident_ranges(fd, f.size, join_pages=0)
+    except OSError:
+        return f
+    finally:
+        os.close(fd)
+    gaps: list[tuple[int, int]] = []
+    for first, length in f.ranges or ((0, f.size),):
+        at, end = first, first + length
+        for a, n in held:
+            if a + n <= at or a >= end:
+                continue
+            if a > at:
+                gaps.append((at, a - at))
+            at = max(at, a + n)
+        if at < end:
+            gaps.append((at, end - at))
+    return dataclasses.replace(f, ranges=tuple(gaps)) if gaps else None
 
 
 def prewarm(
@@ -230,21 +263,21 @@ def prewarm(
     result.threads = default_threads(opts.threads)
     result.reader = f"{describe_reader(opts)} on {storage.describe()}"
     prog = _Progress(sum(f.want for f in to_read), progress)
+    refused: list[str] = []  # the reader threads' refused ioprio_set, said once per prewarm
     t0 = time.monotonic()
-    result.read_bytes = read_files(to_read, opts, prog, file_errors, _file_hook)
+    result.read_bytes = read_files(to_read, opts, prog, file_errors, _file_hook, refused)
     result.seconds = time.monotonic() - t0
     prog.finish()
-    result.gbps = result.read_bytes / result.seconds / 1e9 if result.seconds > 0 else 0.0
     measured = [f for f in taken if f.path in before]
     after_of = _residency_after(res, measured, file_errors)
-    short = [
-        f
-        for f in measured
-        if f.path in after_of and f.path not in hidden | file_errors.keys() and after_of[f.path] < f.want
-    ]
-    if short:
-        wanted = sum(f.want for f in measured)
-        after_of.update(_read_again(res, short, after_of, wanted, opts, file_errors, result))
+    excluded = hidden | set(file_errors)
+    short = [f for f in measured if f.path in after_of and f.path not in excluded and after_of[f.path] < f.want]
+    wanted = sum(f.want for f in measured)
+    if short and _read_again(res, short, after_of, wanted, opts, file_errors, result, progress, refused):
+        after_of = _residency_after(res, measured, file_errors)  # all of them: the second read may evict others
+    result.gbps = result.read_bytes / result.seconds / 1e9 if result.seconds > 0 else 0.0
+    if refused:
+        result.reader += f" (I/O priority refused: {refused[0]})"
     for f in measured:
         if f.path not in after_of:
             continue
