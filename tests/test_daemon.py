@@ -264,6 +264,7 @@ def test_ready_only_after_health_then_sigterm_stops(bed: Bed) -> None:
     assert "READY=1" not in bed.notify.lines()
     bed.hold.unlink()
     ready = bed.notify.wait_for("READY=1", after=loading)
+    assert "vllm_nodeagent_vllm_up 1.0" in bed.metrics.read_text()  # written before READY=1 went out
     assert health(bed.port) == 200
     assert any(line.startswith("STATUS=serving") for line in bed.notify.lines()[ready : ready + 2])
     pid = bed.records()[0]["pid"]

@@ -295,3 +295,33 @@ def test_the_stack_walk_never_enters_a_directory_swapped_for_a_link_and_stops_at
         (top / f"m{i}.so").write_bytes(b"y")
     files, errors = st.stack_files(sys.executable, [str(top)], limit=3)
     assert len(files) == 3 and errors == ["serving stack: stopped at 3 files (is a path entry a whole filesystem?)"]
+
+
+def test_learned_ranges_the_cache_gave_back_are_read_again_within_the_ranges_only(base: Path) -> None:
+    """Reclaim between the ranges' read and the residency check (prewarm.reclaimed): what is read again is the
+    part of the learned ranges now missing — not the rest of the library, not the whole ranges."""
+    from vllm_nodeagent.prewarm.reader import ReaderOptions
+
+    lib, other = base / "libbig.so", base / "libother.so"
+    lib.write_bytes(os.urandom(2048 * KIB))
+    other.write_bytes(os.urandom(64 * KIB))
+    if not (cache_drops(lib) and cache_drops(other)):
+        pytest.skip("this filesystem keeps pages DONTNEED asks to drop (tmpfs?)")
+    f = warm_file(lib)
+    f.ranges = ((0, 16 * KIB), (1024 * KIB, 20 * KIB))
+
+    def hook(path: str) -> None:
+        if path == str(other):  # lib's ranges were read: give 8 KiB of the second back
+            fd = os.open(lib, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 1028 * KIB, 8 * KIB, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+    one_by_one = ReaderOptions(threads=1, segment_bytes=0, fadvise="random")
+    result = prewarm(
+        [], host=Host("/"), budget_bytes=None, stack=[f, warm_file(other)], reader=one_by_one, _file_hook=hook
+    )
+    assert result.errors == [] and 8 * KIB <= result.reclaimed_bytes < 8 * KIB + 64 * KIB
+    assert 8 * KIB <= result.read_bytes - (36 + 64) * KIB <= result.reclaimed_bytes  # the hole, in the ranges
+    assert fincore([lib])[str(lib)] == 36 * KIB  # the ranges again, and nothing outside them

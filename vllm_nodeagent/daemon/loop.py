@@ -210,6 +210,9 @@ class Loop:
         if all(c.ready() for c in self.components):
             self.ready_sent = True
             text = self.status_text()
+            # The textfile first: whoever READY=1 wakes (systemd, a rollout, a test) reads vllm_up 1 already;
+            # at the round's end it was written after READY (seen in CI: read between the two, up 0).
+            self.guarded("metrics", self.metrics.write)
             self.notify.ready(text)
             self.log.info("ready", status=text)
             if self.reload_pending:
