@@ -34,6 +34,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from prewarm import make_safetensors  # bench/prewarm.py: a file of random bytes, written once
+
 from vllm_nodeagent.host import Host
 from vllm_nodeagent.prewarm.warm import prewarm
 from vllm_nodeagent.storage import storage_of
@@ -51,21 +53,6 @@ with open(sys.argv[1], "rb", buffering=0) as f:
         pass
 print(json.dumps({"import_s": a - t, "weights_s": time.monotonic() - a}))
 """
-
-
-def make_big(path: str, size: int) -> None:
-    if os.path.exists(path) and os.path.getsize(path) == size:
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        left = size
-        while left:
-            n = min(left, 64 << 20)
-            f.write(os.urandom(n))
-            left -= n
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
 
 
 def drop_caches() -> None:
@@ -125,7 +112,8 @@ def main() -> int:
         print("bench/io_priority.py: --venv (or $VLLM_VENV): a venv with vLLM installed", file=sys.stderr)
         return 2
     big = os.path.join(a.dir, "weights.bin")
-    make_big(big, int(a.big_gib * (1 << 30)))
+    os.makedirs(a.dir, exist_ok=True)
+    make_safetensors(big, int(a.big_gib * (1 << 30)))
     storage = storage_of(Host("/"), os.stat(big).st_dev)
     sched = "?"
     if storage.name and os.path.exists(f"/sys/block/{storage.name}/queue/scheduler"):

@@ -8,7 +8,7 @@ import os
 import resource
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -332,6 +332,17 @@ def test_bad_targets_are_reported_and_the_rest_is_warmed(tmp_path: Path) -> None
     assert not r.ok
 
 
+def prewarm_in_turn(tmp_path: Path, hook: Callable[[str], None]) -> PrewarmResult:
+    """Prewarm ``tmp_path/m`` one file after another in one thread, ``hook(path)`` before each file is read."""
+    return prewarm(
+        [str(tmp_path / "m")],
+        host=fake_root(tmp_path),
+        budget_bytes=None,
+        _file_hook=hook,
+        reader=ReaderOptions(threads=1, segment_bytes=0, buffer_bytes=MIB),
+    )
+
+
 def test_file_shrinking_mid_read_is_reported(tmp_path: Path) -> None:
     big = write_file(tmp_path / "m" / "a.safetensors", 6 * MIB)
     small = write_file(tmp_path / "m" / "b.safetensors", 2 * MIB)
@@ -341,13 +352,7 @@ def test_file_shrinking_mid_read_is_reported(tmp_path: Path) -> None:
         if path == str(big):
             os.truncate(path, MIB)
 
-    r = prewarm(
-        [str(tmp_path / "m")],
-        host=fake_root(tmp_path),
-        budget_bytes=None,
-        _file_hook=hook,
-        reader=ReaderOptions(threads=1, segment_bytes=0, buffer_bytes=MIB),
-    )
+    r = prewarm_in_turn(tmp_path, hook)
     assert len(r.errors) == 1 and "a.safetensors" in r.errors[0] and "shrank" in r.errors[0]
     assert r.paths == [str(small)]
     assert r.resident_after_bytes == 2 * MIB == resident(small)
@@ -395,13 +400,7 @@ def _reclaimed_during_read(tmp_path: Path, victim_size: int) -> tuple[PrewarmRes
             seen.append(resident(victim))
             evict(victim)
 
-    r = prewarm(
-        [str(tmp_path / "m")],
-        host=fake_root(tmp_path),
-        budget_bytes=None,
-        _file_hook=hook,
-        reader=ReaderOptions(threads=1, segment_bytes=0, buffer_bytes=MIB),
-    )
+    r = prewarm_in_turn(tmp_path, hook)
     return r, big, victim, seen
 
 
@@ -433,13 +432,7 @@ def test_only_the_pages_given_back_are_read_again_not_the_whole_file(tmp_path: P
                 os.close(fd)
             seen.append(resident(big))
 
-    r = prewarm(
-        [str(tmp_path / "m")],
-        host=fake_root(tmp_path),
-        budget_bytes=None,
-        _file_hook=hook,
-        reader=ReaderOptions(threads=1, segment_bytes=0, buffer_bytes=MIB),
-    )
+    r = prewarm_in_turn(tmp_path, hook)
     assert seen and seen[0] <= 4 * MIB - 256 * 1024  # the hole was made
     assert r.errors == [] and 256 * 1024 <= r.reclaimed_bytes <= 256 * 1024 + RECLAIM_SLACK
     again = r.read_bytes - r.total_bytes
